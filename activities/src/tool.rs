@@ -1,0 +1,165 @@
+//! The tool contract: what a tool is, what the engine tells it about a call,
+//! and how it reports failure.
+//!
+//! This module holds plain types only. It must never perform I/O or know
+//! about any particular tool.
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+/// How a tool affects the world.
+///
+/// The engine uses this to decide what needs compensation on rollback and
+/// what needs a human when compensation is impossible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolKind {
+    /// Observes the world without changing it; safe to repeat.
+    Read,
+    /// Changes the world in a way another call can undo.
+    WriteReversible,
+    /// Changes the world in a way nothing can undo (an email that was sent).
+    WriteIrreversible,
+}
+
+impl ToolKind {
+    /// Whether calling the tool changes the world.
+    pub fn is_write(self) -> bool {
+        !matches!(self, ToolKind::Read)
+    }
+
+    /// The stable snake_case name, the same one serde uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolKind::Read => "read",
+            ToolKind::WriteReversible => "write_reversible",
+            ToolKind::WriteIrreversible => "write_irreversible",
+        }
+    }
+}
+
+impl std::fmt::Display for ToolKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the engine tells a tool about the call.
+#[derive(Debug, Clone)]
+pub struct ToolContext {
+    /// The task that made the call.
+    pub task_id: String,
+    /// History seq of the event that scheduled this call.
+    pub seq: i64,
+    /// Which attempt this is, starting at 1.
+    pub attempt: u32,
+    /// Always `format!("{task_id}:{seq}")`: the same for every attempt and
+    /// every duplicate delivery of one scheduled call, so a write tool can
+    /// make sure its effect happens at most once.
+    pub idempotency_key: String,
+}
+
+impl ToolContext {
+    /// Builds a context, deriving the idempotency key from the task and seq.
+    pub fn new(task_id: impl Into<String>, seq: i64, attempt: u32) -> Self {
+        let task_id = task_id.into();
+        let idempotency_key = format!("{task_id}:{seq}");
+        ToolContext {
+            task_id,
+            seq,
+            attempt,
+            idempotency_key,
+        }
+    }
+}
+
+/// A tool call that did not succeed.
+///
+/// `retryable` is the tool's judgement of whether the same call could
+/// succeed later (a timeout, a busy database), as opposed to a call that is
+/// wrong and will stay wrong (bad input, an unhealthy deploy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ToolError {
+    /// What went wrong, for a human: name the tool and, for bad input, the field.
+    pub message: String,
+    /// Whether the engine may try the same call again.
+    pub retryable: bool,
+}
+
+impl ToolError {
+    /// A failure that may go away if the call is tried again.
+    pub fn retryable(msg: impl Into<String>) -> Self {
+        ToolError {
+            message: msg.into(),
+            retryable: true,
+        }
+    }
+
+    /// A failure that trying again will not fix.
+    pub fn non_retryable(msg: impl Into<String>) -> Self {
+        ToolError {
+            message: msg.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// The outcome of one tool call: a JSON output or a [`ToolError`].
+pub type ToolResult = Result<serde_json::Value, ToolError>;
+
+/// A named operation with side effects or reads.
+///
+/// A write tool must be idempotent per [`ToolContext::idempotency_key`]: the
+/// engine may deliver the same call more than once (after a crash, a lost
+/// acknowledgement or a retry), and the world must change only once.
+pub trait Tool: Send + Sync + 'static {
+    /// The name steps use to call this tool, e.g. `deploy.set_version`.
+    fn name(&self) -> &str;
+
+    /// How the tool affects the world.
+    fn kind(&self) -> ToolKind;
+
+    /// What a human should do when no automatic compensation exists or it failed.
+    fn recovery_path(&self) -> Option<&str> {
+        None
+    }
+
+    /// Performs the call. `input` is the step's JSON input, unvalidated.
+    fn call<'a>(&'a self, ctx: ToolContext, input: serde_json::Value) -> BoxFuture<'a, ToolResult>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_derives_the_idempotency_key_from_task_and_seq() {
+        let ctx = ToolContext::new("task-1", 7, 3);
+        assert_eq!(ctx.idempotency_key, "task-1:7");
+        assert_eq!(ctx.attempt, 3);
+    }
+
+    #[test]
+    fn kind_names_match_serde() {
+        for kind in [
+            ToolKind::Read,
+            ToolKind::WriteReversible,
+            ToolKind::WriteIrreversible,
+        ] {
+            let json = serde_json::to_value(kind).expect("a ToolKind serializes");
+            assert_eq!(json, serde_json::Value::String(kind.as_str().to_owned()));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+        assert!(!ToolKind::Read.is_write());
+        assert!(ToolKind::WriteReversible.is_write());
+        assert!(ToolKind::WriteIrreversible.is_write());
+    }
+
+    #[test]
+    fn tool_error_constructors_set_retryable() {
+        assert!(ToolError::retryable("x").retryable);
+        assert!(!ToolError::non_retryable("x").retryable);
+        assert_eq!(ToolError::non_retryable("boom").to_string(), "boom");
+    }
+}

@@ -1,0 +1,704 @@
+//! `decide`: given a task's history, the attempt outcomes the shell collected and
+//! the time, which events come next. Also `actions` (what must execute now) and
+//! `projection` (the derived rows the store writes with the append).
+//!
+//! Pure: the time is an argument, tools are only looked up (never called), and the
+//! workflow is only replayed.
+
+use mandate_activities::{ToolKind, ToolRegistry};
+use serde_json::Value;
+
+use super::event::{Event, EventPayload, NewEvent, RecordedError};
+use super::limits::Limits;
+use super::state::{Outcome, PendingTimer, RollbackCause, TaskState, TaskStatus};
+use super::workflow::{self, DEFAULT_STEP_TIMEOUT_MS, MAX_STEP_TIMEOUT_MS, NewCommand, Workflow};
+
+/// What a step or compensation attempt targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The step scheduled at this seq.
+    Step(i64),
+    /// The compensation started at this seq.
+    Compensation(i64),
+}
+
+impl Target {
+    pub fn seq(self) -> i64 {
+        match self {
+            Self::Step(s) | Self::Compensation(s) => s,
+        }
+    }
+}
+
+/// The result of one attempt, as the shell observed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptOutcome {
+    pub target: Target,
+    pub attempt: u32,
+    pub result: Result<Value, RecordedError>,
+    pub started_at_ms: i64,
+    pub duration_ms: u64,
+}
+
+/// A tool call the shell must run now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    pub target: Target,
+    pub tool: String,
+    pub input: Value,
+    pub attempt: u32,
+    pub timeout_ms: u64,
+}
+
+/// Everything `decide` needs.
+pub struct DecideInput<'a> {
+    pub history: &'a [Event],
+    pub state: &'a TaskState,
+    pub now_ms: i64,
+    pub outcomes: &'a [AttemptOutcome],
+    /// `None` when the workflow is not registered in this binary.
+    pub workflow: Option<&'a dyn Workflow>,
+    pub tools: &'a ToolRegistry,
+    pub worker: &'a str,
+    pub limits: &'a Limits,
+}
+
+/// The events decided, and the state after them.
+#[derive(Debug)]
+pub struct Decision {
+    pub events: Vec<NewEvent>,
+    pub state: TaskState,
+}
+
+struct Draft<'a> {
+    input: &'a DecideInput<'a>,
+    state: TaskState,
+    new: Vec<NewEvent>,
+}
+
+impl Draft<'_> {
+    fn push(&mut self, actor: &str, payload: EventPayload) {
+        let seq = self.state.last_seq + 1;
+        let task_id = self.state.task_id.clone();
+        self.state.apply(&task_id, seq, self.input.now_ms, &payload);
+        self.new.push(NewEvent {
+            actor: actor.to_string(),
+            payload,
+        });
+    }
+
+    fn engine(&mut self, payload: EventPayload) {
+        self.push("engine", payload);
+    }
+
+    fn worker_actor(&self) -> String {
+        format!("worker:{}", self.input.worker)
+    }
+
+    fn record_outcome(&mut self, o: &AttemptOutcome) {
+        let now = self.input.now_ms;
+        let limit = self.input.limits.max_payload_bytes;
+        // An output over the limit is refused, never truncated.
+        let result = match &o.result {
+            Ok(v) => {
+                let len = serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX);
+                if len > limit {
+                    Err(RecordedError {
+                        message: format!(
+                            "tool output of {len} bytes exceeds the {limit}-byte payload limit"
+                        ),
+                        retryable: false,
+                    })
+                } else {
+                    Ok(v.clone())
+                }
+            }
+            Err(e) => Err(e.clone()),
+        };
+        let rolling_back = self.state.rollback.is_some();
+        let actor = self.worker_actor();
+        match o.target {
+            Target::Step(step_seq) => {
+                let Some(step) = self.state.steps.get(&step_seq) else {
+                    return;
+                };
+                // Fence stale results: only the current attempt of an open step counts,
+                // so a step is recorded completed exactly once.
+                if step.is_resolved() || o.attempt != step.next_attempt() {
+                    return;
+                }
+                let max_attempts = step.retry.max_attempts;
+                let backoff = step.retry.backoff_ms(o.attempt);
+                let payload = match result {
+                    Ok(output) => EventPayload::StepCompleted {
+                        step_seq,
+                        attempt: o.attempt,
+                        output,
+                        started_at_ms: o.started_at_ms,
+                        duration_ms: o.duration_ms,
+                    },
+                    Err(error) if error.retryable && o.attempt < max_attempts && !rolling_back => {
+                        EventPayload::StepAttemptFailed {
+                            step_seq,
+                            attempt: o.attempt,
+                            error,
+                            started_at_ms: o.started_at_ms,
+                            duration_ms: o.duration_ms,
+                            next_attempt_at_ms: now + backoff as i64,
+                        }
+                    }
+                    Err(error) => EventPayload::StepFailed {
+                        step_seq,
+                        attempt: o.attempt,
+                        error,
+                        started_at_ms: o.started_at_ms,
+                        duration_ms: o.duration_ms,
+                    },
+                };
+                self.push(&actor, payload);
+            }
+            Target::Compensation(compensation_seq) => {
+                let Some(c) = self.state.compensations.get(&compensation_seq) else {
+                    return;
+                };
+                if c.outcome.is_some() || o.attempt != c.failed_attempts + 1 {
+                    return;
+                }
+                let max_attempts = c.retry.max_attempts;
+                let backoff = c.retry.backoff_ms(o.attempt);
+                let payload = match result {
+                    Ok(output) => EventPayload::CompensationCompleted {
+                        compensation_seq,
+                        attempt: o.attempt,
+                        output,
+                        started_at_ms: o.started_at_ms,
+                        duration_ms: o.duration_ms,
+                    },
+                    Err(error) if error.retryable && o.attempt < max_attempts => {
+                        EventPayload::CompensationAttemptFailed {
+                            compensation_seq,
+                            attempt: o.attempt,
+                            error,
+                            started_at_ms: o.started_at_ms,
+                            duration_ms: o.duration_ms,
+                            next_attempt_at_ms: now + backoff as i64,
+                        }
+                    }
+                    Err(error) => EventPayload::CompensationFailed {
+                        compensation_seq,
+                        attempt: o.attempt,
+                        error,
+                        started_at_ms: o.started_at_ms,
+                        duration_ms: o.duration_ms,
+                    },
+                };
+                self.push(&actor, payload);
+            }
+        }
+    }
+
+    /// Fires due timers and resolves waits. Returns whether anything was decided.
+    fn resolve_waits(&mut self) -> bool {
+        let now = self.input.now_ms;
+        let before = self.new.len();
+        let due: Vec<i64> = self
+            .state
+            .timers
+            .values()
+            .filter(|t| !t.fired && t.fire_at_ms <= now)
+            .map(|t| t.seq)
+            .collect();
+        for timer_seq in due {
+            self.engine(EventPayload::TimerFired { timer_seq });
+        }
+        let waits: Vec<(i64, String, Option<i64>)> = self
+            .state
+            .waits
+            .values()
+            .filter(|w| !w.resolved)
+            .map(|w| (w.seq, w.name.clone(), w.deadline_at_ms))
+            .collect();
+        for (wait_seq, name, deadline) in waits {
+            let signal = self
+                .state
+                .signals
+                .values()
+                .find(|s| !s.consumed && s.name == name)
+                .map(|s| s.seq);
+            if let Some(signal_seq) = signal {
+                self.engine(EventPayload::SignalWaitResolved {
+                    wait_seq,
+                    signal_seq: Some(signal_seq),
+                    timed_out: false,
+                });
+            } else if deadline.is_some_and(|d| d <= now) {
+                self.engine(EventPayload::SignalWaitResolved {
+                    wait_seq,
+                    signal_seq: None,
+                    timed_out: true,
+                });
+            }
+        }
+        self.new.len() > before
+    }
+
+    /// Replays the workflow and records what it asks for next.
+    fn advance_workflow(&mut self) -> bool {
+        let before = self.new.len();
+        let Some(wf) = self.input.workflow else {
+            self.engine(EventPayload::TaskBlocked {
+                reason: format!(
+                    "workflow {:?} is not registered in this binary; deploy a binary that has it",
+                    self.state.workflow
+                ),
+                at_seq: None,
+                expected: None,
+                found: None,
+            });
+            return true;
+        };
+        let events: Vec<(i64, &EventPayload)> = self
+            .input
+            .history
+            .iter()
+            .map(|e| (e.seq, &e.payload))
+            .chain(
+                self.new
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (self.input.state.last_seq + 1 + i as i64, &e.payload)),
+            )
+            .collect();
+        let r = workflow::replay(
+            wf,
+            &self.state.task_id,
+            &self.state.input,
+            &events,
+            self.input.now_ms,
+        );
+        drop(events);
+        if let Some(nd) = r.nondeterminism {
+            self.engine(EventPayload::TaskBlocked {
+                reason: "non_determinism".to_string(),
+                at_seq: Some(nd.seq),
+                expected: Some(nd.expected),
+                found: Some(nd.found),
+            });
+            return true;
+        }
+        let limits = self.input.limits;
+        for command in r.new_commands {
+            if self.state.commands as usize >= limits.max_commands_per_task {
+                let error = format!(
+                    "the workflow issued more than {} commands (steps, sleeps, waits); raise the limit or split the task",
+                    limits.max_commands_per_task
+                );
+                self.engine(EventPayload::WorkflowFailed { error });
+                return true;
+            }
+            if let Err(error) = self.schedule(command) {
+                self.engine(EventPayload::WorkflowFailed { error });
+                return true;
+            }
+        }
+        match r.finished {
+            Some(Ok(output)) => {
+                let len = serde_json::to_vec(&output)
+                    .map(|b| b.len())
+                    .unwrap_or(usize::MAX);
+                if len > limits.max_payload_bytes {
+                    self.engine(EventPayload::WorkflowFailed {
+                        error: format!(
+                            "workflow output of {len} bytes exceeds the {}-byte payload limit",
+                            limits.max_payload_bytes
+                        ),
+                    });
+                } else {
+                    self.engine(EventPayload::TaskCompleted { output });
+                }
+            }
+            Some(Err(e)) => self.engine(EventPayload::WorkflowFailed { error: e.message }),
+            None => {}
+        }
+        self.new.len() > before
+    }
+
+    fn schedule(&mut self, command: NewCommand) -> Result<(), String> {
+        let now = self.input.now_ms;
+        let limits = self.input.limits;
+        match command {
+            NewCommand::Step { command, options } => {
+                let where_ = format!("step {:?}", options.name);
+                let retry = options.retry.unwrap_or_default();
+                retry.validate().map_err(|e| format!("{where_}: {e}"))?;
+                let timeout_ms = options.timeout_ms.unwrap_or(DEFAULT_STEP_TIMEOUT_MS);
+                if timeout_ms == 0 || timeout_ms > MAX_STEP_TIMEOUT_MS {
+                    return Err(format!(
+                        "{where_}: timeout must be between 1 and {MAX_STEP_TIMEOUT_MS} ms, got {timeout_ms}"
+                    ));
+                }
+                for (field, v) in [
+                    ("input", Some(&options.input)),
+                    (
+                        "compensation.input",
+                        options.compensation.as_ref().map(|c| &c.input),
+                    ),
+                ] {
+                    if let Some(v) = v {
+                        limits
+                            .check_payload(v)
+                            .map_err(|e| format!("{where_}: {field}: {e}"))?;
+                    }
+                }
+                let (kind, tool_recovery) = match self.input.tools.get(&options.tool) {
+                    Some(t) => (t.kind(), t.recovery_path().map(str::to_string)),
+                    // Unknown tools are scheduled and fail at execution with a clear
+                    // error, so the workflow sees an ordinary step failure.
+                    None => (ToolKind::Read, None),
+                };
+                if let Some(c) = &options.compensation
+                    && self.input.tools.get(&c.tool).is_none()
+                {
+                    return Err(format!(
+                        "{where_}: compensation tool {:?} is not registered",
+                        c.tool
+                    ));
+                }
+                self.engine(EventPayload::StepScheduled {
+                    command,
+                    name: options.name,
+                    tool: options.tool,
+                    kind,
+                    input: options.input,
+                    retry,
+                    timeout_ms,
+                    compensation: options.compensation,
+                    recovery_path: options.recovery_path.or(tool_recovery),
+                });
+            }
+            NewCommand::Timer {
+                command,
+                duration_ms,
+            } => {
+                if duration_ms > limits.max_timer_ms {
+                    return Err(format!(
+                        "sleep of {duration_ms} ms exceeds the limit of {} ms",
+                        limits.max_timer_ms
+                    ));
+                }
+                self.engine(EventPayload::TimerStarted {
+                    command,
+                    duration_ms,
+                    fire_at_ms: now + duration_ms as i64,
+                });
+            }
+            NewCommand::SignalWait {
+                command,
+                name,
+                approval,
+                timeout_ms,
+            } => {
+                if timeout_ms.is_some_and(|t| t > limits.max_timer_ms) {
+                    return Err(format!(
+                        "wait for {name:?}: timeout exceeds the limit of {} ms",
+                        limits.max_timer_ms
+                    ));
+                }
+                self.engine(EventPayload::SignalWaitStarted {
+                    command,
+                    name,
+                    approval,
+                    deadline_at_ms: timeout_ms.map(|t| now + t as i64),
+                });
+            }
+            NewCommand::Marker {
+                command,
+                kind,
+                value,
+            } => self.engine(EventPayload::MarkerRecorded {
+                command,
+                kind,
+                value,
+            }),
+        }
+        Ok(())
+    }
+
+    /// Drives the saga's rollback one compensation at a time, in reverse
+    /// completion order. Returns whether anything was decided.
+    fn advance_rollback(&mut self) -> bool {
+        let before = self.new.len();
+        let now = self.input.now_ms;
+        // Steps waiting for a retry are abandoned; steps mid-attempt must resolve
+        // first, so that a step that did complete is also compensated.
+        let waiting: Vec<(i64, u32)> = self
+            .state
+            .open_steps()
+            .filter(|s| s.next_attempt_at_ms.is_some())
+            .map(|s| (s.seq, s.failed_attempts))
+            .collect();
+        for (step_seq, attempts) in waiting {
+            self.engine(EventPayload::StepFailed {
+                step_seq,
+                attempt: attempts,
+                error: RecordedError {
+                    message: "abandoned: the task is rolling back".to_string(),
+                    retryable: false,
+                },
+                started_at_ms: now,
+                duration_ms: 0,
+            });
+        }
+        if self.state.open_steps().next().is_some() || self.state.open_compensation().is_some() {
+            return self.new.len() > before;
+        }
+        if let Some(failed) = self
+            .state
+            .compensations
+            .values()
+            .find(|c| matches!(c.outcome, Some(Outcome::Failed { .. })))
+        {
+            let step = &self.state.steps[&failed.step_seq];
+            let error = match &failed.outcome {
+                Some(Outcome::Failed { error, .. }) => error.message.clone(),
+                _ => String::new(),
+            };
+            let mut recovery_paths: Vec<String> = step.recovery_path.iter().cloned().collect();
+            recovery_paths.extend(self.state.skipped.iter().filter_map(|(_, r)| r.clone()));
+            let reason = format!(
+                "compensation of step {:?} ({}) failed for good: {error}; a person must undo it",
+                step.name, failed.tool
+            );
+            let step_seq = Some(failed.step_seq);
+            self.engine(EventPayload::TaskEscalated {
+                reason,
+                step_seq,
+                recovery_paths,
+            });
+            return true;
+        }
+        // The next completed step, newest first, that still needs undoing.
+        loop {
+            let next = self
+                .state
+                .completion_order
+                .iter()
+                .rev()
+                .map(|seq| &self.state.steps[seq])
+                .find(|s| {
+                    !self.state.rollback_handled.contains_key(&s.seq)
+                        && (s.compensation.is_some() || s.kind.is_write())
+                })
+                .cloned();
+            let Some(step) = next else { break };
+            match step.compensation {
+                Some(c) => {
+                    self.engine(EventPayload::CompensationStarted {
+                        step_seq: step.seq,
+                        tool: c.tool,
+                        input: c.input,
+                        retry: c.retry,
+                    });
+                    return true;
+                }
+                None => {
+                    let reason = match step.kind {
+                        ToolKind::WriteIrreversible => "the step is irreversible".to_string(),
+                        _ => "the step has no compensation".to_string(),
+                    };
+                    self.engine(EventPayload::CompensationSkipped {
+                        step_seq: step.seq,
+                        reason,
+                        recovery_path: step.recovery_path.clone(),
+                    });
+                }
+            }
+        }
+        let compensated_steps = self
+            .state
+            .compensations
+            .values()
+            .filter(|c| matches!(c.outcome, Some(Outcome::Completed { .. })))
+            .count() as u32;
+        let payload = if !self.state.skipped.is_empty() {
+            let recovery_paths = self
+                .state
+                .skipped
+                .iter()
+                .filter_map(|(_, r)| r.clone())
+                .collect();
+            EventPayload::TaskEscalated {
+                reason: format!(
+                    "{} completed step(s) cannot be undone automatically; a person must follow the recovery path",
+                    self.state.skipped.len()
+                ),
+                step_seq: self.state.skipped.first().map(|(s, _)| *s),
+                recovery_paths,
+            }
+        } else if self.state.rollback == Some(RollbackCause::Cancelled) {
+            EventPayload::TaskCancelled {
+                rolled_back: true,
+                compensated_steps,
+            }
+        } else {
+            EventPayload::TaskFailed {
+                error: self.state.error.clone().unwrap_or_default(),
+                compensated_steps,
+            }
+        };
+        self.engine(payload);
+        true
+    }
+}
+
+/// Decides the events that follow `input.history` given the outcomes and the time.
+pub fn decide(input: &DecideInput<'_>) -> Decision {
+    let mut d = Draft {
+        input,
+        state: input.state.clone(),
+        new: Vec::new(),
+    };
+    if d.state.is_final() || d.state.blocked.is_some() {
+        return Decision {
+            events: d.new,
+            state: d.state,
+        };
+    }
+    if !d.state.started {
+        let actor = d.worker_actor();
+        d.push(
+            &actor,
+            EventPayload::TaskStarted {
+                worker: input.worker.to_string(),
+            },
+        );
+    }
+    for o in input.outcomes {
+        d.record_outcome(o);
+    }
+    // Each pass may resolve something the workflow then reacts to; bounded.
+    for _ in 0..1_000 {
+        let mut progressed = d.resolve_waits();
+        if d.state.is_final() || d.state.blocked.is_some() {
+            break;
+        }
+        if d.state.cancel_requested == Some(false) {
+            d.engine(EventPayload::TaskCancelled {
+                rolled_back: false,
+                compensated_steps: 0,
+            });
+            break;
+        }
+        if d.state.paused {
+            break;
+        }
+        if d.state.rollback.is_none() {
+            progressed |= d.advance_workflow();
+        }
+        if d.state.rollback.is_some() && !d.state.is_final() && d.state.blocked.is_none() {
+            progressed |= d.advance_rollback();
+        }
+        if !progressed || d.state.is_final() || d.state.blocked.is_some() {
+            break;
+        }
+    }
+    if input.state.last_seq + d.new.len() as i64 > input.limits.max_history_events as i64
+        && !d.state.is_final()
+    {
+        // Refuse to grow past the limit: keep only a block marker.
+        d.state = input.state.clone();
+        d.new.clear();
+        d.engine(EventPayload::TaskBlocked {
+            reason: format!(
+                "history would exceed {} events; the task needs a person",
+                input.limits.max_history_events
+            ),
+            at_seq: None,
+            expected: None,
+            found: None,
+        });
+    }
+    Decision {
+        events: d.new,
+        state: d.state,
+    }
+}
+
+/// The attempts that should be running now.
+pub fn actions(state: &TaskState, now_ms: i64) -> Vec<Action> {
+    if state.is_final() || state.paused || state.blocked.is_some() {
+        return Vec::new();
+    }
+    let due = |next: Option<i64>| next.is_none_or(|t| t <= now_ms);
+    let mut out: Vec<Action> = state
+        .open_steps()
+        .filter(|s| due(s.next_attempt_at_ms))
+        .map(|s| Action {
+            target: Target::Step(s.seq),
+            tool: s.tool.clone(),
+            input: s.input.clone(),
+            attempt: s.next_attempt(),
+            timeout_ms: s.timeout_ms,
+        })
+        .collect();
+    for c in state
+        .compensations
+        .values()
+        .filter(|c| c.outcome.is_none() && due(c.next_attempt_at_ms))
+    {
+        let timeout_ms = state
+            .steps
+            .get(&c.step_seq)
+            .map(|s| s.timeout_ms)
+            .unwrap_or(DEFAULT_STEP_TIMEOUT_MS);
+        out.push(Action {
+            target: Target::Compensation(c.seq),
+            tool: c.tool.clone(),
+            input: c.input.clone(),
+            attempt: c.failed_attempts + 1,
+            timeout_ms,
+        });
+    }
+    out
+}
+
+/// The derived rows written in the same transaction as an append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Projection {
+    pub status: TaskStatus,
+    /// When a worker must look at the task next; `None` while it waits only on
+    /// the outside world (a signal) or is final.
+    pub ready_at_ms: Option<i64>,
+    pub timers: Vec<PendingTimer>,
+    pub blocked_reason: Option<String>,
+}
+
+/// The projection of a settled state (after `decide`).
+pub fn projection(state: &TaskState, now_ms: i64) -> Projection {
+    let timers = state.pending_timers();
+    let ready_at_ms = if state.is_final() || state.blocked.is_some() || state.paused {
+        None
+    } else if !state.started || !actions(state, now_ms).is_empty() {
+        Some(now_ms)
+    } else {
+        timers.iter().map(|t| t.fire_at_ms).min()
+    };
+    Projection {
+        status: state.status(),
+        ready_at_ms,
+        timers,
+        blocked_reason: state.blocked.clone(),
+    }
+}
+
+/// The earliest moment after `now_ms` at which time alone changes something.
+pub fn next_wake(state: &TaskState, now_ms: i64) -> Option<i64> {
+    if state.is_final() || state.blocked.is_some() || state.paused {
+        return None;
+    }
+    state
+        .pending_timers()
+        .iter()
+        .map(|t| t.fire_at_ms)
+        .find(|t| *t > now_ms)
+}

@@ -1,0 +1,383 @@
+//! Persisted events: the facts a task's history is made of.
+//!
+//! Every variant here is a compatibility boundary: once an event has been written
+//! to a history, its meaning must never change. Add variants; never repurpose one.
+//! Names are facts in the past tense.
+
+use mandate_activities::ToolKind;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::retry::RetryPolicy;
+
+/// A step's undo: the tool call that reverses it, with its input resolved when
+/// the step is scheduled (before the step runs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compensation {
+    pub tool: String,
+    pub input: Value,
+    #[serde(default = "RetryPolicy::compensation_default")]
+    pub retry: RetryPolicy,
+}
+
+/// Why an attempt failed, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// The payload of one event. Serialized adjacently tagged: `{"type": .., "payload": {..}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "payload")]
+pub enum EventPayload {
+    /// The task was created. Always seq 1.
+    TaskSubmitted {
+        workflow: String,
+        workflow_version: u32,
+        input: Value,
+        #[serde(default)]
+        agent: Option<String>,
+        #[serde(default)]
+        on_behalf_of: Option<String>,
+        #[serde(default)]
+        idempotency_key: Option<String>,
+    },
+    /// A worker picked the task up for the first time (`queued → running`).
+    TaskStarted {
+        worker: String,
+    },
+    /// The workflow asked for a tool call. Its compensation is persisted here,
+    /// before the step runs. The idempotency key of every attempt is `task_id:seq`
+    /// with the seq of this event.
+    StepScheduled {
+        command: u32,
+        name: String,
+        tool: String,
+        kind: ToolKind,
+        input: Value,
+        retry: RetryPolicy,
+        timeout_ms: u64,
+        #[serde(default)]
+        compensation: Option<Compensation>,
+        #[serde(default)]
+        recovery_path: Option<String>,
+    },
+    StepCompleted {
+        step_seq: i64,
+        attempt: u32,
+        output: Value,
+        started_at_ms: i64,
+        duration_ms: u64,
+    },
+    /// An attempt failed and another one is due at `next_attempt_at_ms`.
+    StepAttemptFailed {
+        step_seq: i64,
+        attempt: u32,
+        error: RecordedError,
+        started_at_ms: i64,
+        duration_ms: u64,
+        next_attempt_at_ms: i64,
+    },
+    /// The step failed for good (non-retryable error or attempts exhausted).
+    StepFailed {
+        step_seq: i64,
+        attempt: u32,
+        error: RecordedError,
+        started_at_ms: i64,
+        duration_ms: u64,
+    },
+    /// A durable sleep began.
+    TimerStarted {
+        command: u32,
+        duration_ms: u64,
+        fire_at_ms: i64,
+    },
+    TimerFired {
+        timer_seq: i64,
+    },
+    /// The workflow began waiting for a named signal (an approval when `approval`).
+    SignalWaitStarted {
+        command: u32,
+        name: String,
+        #[serde(default)]
+        approval: bool,
+        #[serde(default)]
+        deadline_at_ms: Option<i64>,
+    },
+    /// A signal arrived from outside. Signals are buffered until a wait consumes them.
+    SignalReceived {
+        name: String,
+        payload: Value,
+        sender: String,
+    },
+    /// A wait ended: with the signal at `signal_seq`, or by its deadline.
+    SignalWaitResolved {
+        wait_seq: i64,
+        #[serde(default)]
+        signal_seq: Option<i64>,
+        timed_out: bool,
+    },
+    /// A value the workflow read from the outside world (`now()`), recorded so
+    /// replay returns the same value.
+    MarkerRecorded {
+        command: u32,
+        kind: String,
+        value: Value,
+    },
+    /// The workflow code returned an error: the saga rolls back.
+    WorkflowFailed {
+        error: String,
+    },
+    /// An operator asked to stop the task.
+    CancelRequested {
+        rollback: bool,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    TaskPaused {
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    TaskResumed {},
+    /// Rollback of the completed step at `step_seq` began.
+    CompensationStarted {
+        step_seq: i64,
+        tool: String,
+        input: Value,
+        retry: RetryPolicy,
+    },
+    CompensationCompleted {
+        compensation_seq: i64,
+        attempt: u32,
+        output: Value,
+        started_at_ms: i64,
+        duration_ms: u64,
+    },
+    CompensationAttemptFailed {
+        compensation_seq: i64,
+        attempt: u32,
+        error: RecordedError,
+        started_at_ms: i64,
+        duration_ms: u64,
+        next_attempt_at_ms: i64,
+    },
+    CompensationFailed {
+        compensation_seq: i64,
+        attempt: u32,
+        error: RecordedError,
+        started_at_ms: i64,
+        duration_ms: u64,
+    },
+    /// A completed step that cannot be undone automatically was left for a person.
+    CompensationSkipped {
+        step_seq: i64,
+        reason: String,
+        #[serde(default)]
+        recovery_path: Option<String>,
+    },
+    TaskCompleted {
+        output: Value,
+    },
+    /// Every compensation ran; the task is over (`failed_terminal`).
+    TaskFailed {
+        error: String,
+        compensated_steps: u32,
+    },
+    /// A person must act: a compensation failed for good, or a step could not be undone.
+    TaskEscalated {
+        reason: String,
+        #[serde(default)]
+        step_seq: Option<i64>,
+        #[serde(default)]
+        recovery_paths: Vec<String>,
+    },
+    TaskCancelled {
+        rolled_back: bool,
+        compensated_steps: u32,
+    },
+    /// The engine stopped advancing the task (non-determinism, limits). Nothing
+    /// more runs until the cause is fixed.
+    TaskBlocked {
+        reason: String,
+        #[serde(default)]
+        at_seq: Option<i64>,
+        #[serde(default)]
+        expected: Option<String>,
+        #[serde(default)]
+        found: Option<String>,
+    },
+}
+
+impl EventPayload {
+    /// The `type` string stored beside the payload.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::TaskSubmitted { .. } => "TaskSubmitted",
+            Self::TaskStarted { .. } => "TaskStarted",
+            Self::StepScheduled { .. } => "StepScheduled",
+            Self::StepCompleted { .. } => "StepCompleted",
+            Self::StepAttemptFailed { .. } => "StepAttemptFailed",
+            Self::StepFailed { .. } => "StepFailed",
+            Self::TimerStarted { .. } => "TimerStarted",
+            Self::TimerFired { .. } => "TimerFired",
+            Self::SignalWaitStarted { .. } => "SignalWaitStarted",
+            Self::SignalReceived { .. } => "SignalReceived",
+            Self::SignalWaitResolved { .. } => "SignalWaitResolved",
+            Self::MarkerRecorded { .. } => "MarkerRecorded",
+            Self::WorkflowFailed { .. } => "WorkflowFailed",
+            Self::CancelRequested { .. } => "CancelRequested",
+            Self::TaskPaused { .. } => "TaskPaused",
+            Self::TaskResumed { .. } => "TaskResumed",
+            Self::CompensationStarted { .. } => "CompensationStarted",
+            Self::CompensationCompleted { .. } => "CompensationCompleted",
+            Self::CompensationAttemptFailed { .. } => "CompensationAttemptFailed",
+            Self::CompensationFailed { .. } => "CompensationFailed",
+            Self::CompensationSkipped { .. } => "CompensationSkipped",
+            Self::TaskCompleted { .. } => "TaskCompleted",
+            Self::TaskFailed { .. } => "TaskFailed",
+            Self::TaskEscalated { .. } => "TaskEscalated",
+            Self::TaskCancelled { .. } => "TaskCancelled",
+            Self::TaskBlocked { .. } => "TaskBlocked",
+        }
+    }
+
+    /// Whether this event records a workflow command (matched in order on replay).
+    pub fn is_command(&self) -> bool {
+        matches!(
+            self,
+            Self::StepScheduled { .. }
+                | Self::TimerStarted { .. }
+                | Self::SignalWaitStarted { .. }
+                | Self::MarkerRecorded { .. }
+        )
+    }
+
+    /// Splits into the stored `(type, payload)` pair.
+    pub fn to_parts(&self) -> (&'static str, Value) {
+        let mut value = serde_json::to_value(self).expect("event payloads always serialize");
+        let payload = value
+            .get_mut("payload")
+            .map(Value::take)
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        (self.type_name(), payload)
+    }
+
+    /// Rebuilds a payload from its stored `(type, payload)` pair.
+    pub fn from_parts(event_type: &str, payload: &Value) -> Result<Self, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({"type": event_type, "payload": payload}))
+    }
+}
+
+/// One event of a history, as stored: the envelope, the payload, and its links in the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub task_id: String,
+    pub seq: i64,
+    pub recorded_at_ms: i64,
+    /// Who caused it: `engine`, `worker:<id>`, `agent:<name>`, `user:<name>`, `approver:<name>`.
+    pub actor: String,
+    pub payload: EventPayload,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// An event decided but not yet sealed into the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub actor: String,
+    pub payload: EventPayload,
+}
+
+impl NewEvent {
+    pub fn engine(payload: EventPayload) -> Self {
+        Self {
+            actor: "engine".to_string(),
+            payload,
+        }
+    }
+}
+
+/// Seals decided events into the chain after `(last_seq, last_hash)`.
+pub fn seal(
+    task_id: &str,
+    last_seq: i64,
+    last_hash: &str,
+    recorded_at_ms: i64,
+    events: &[NewEvent],
+) -> Vec<(Event, super::chain::RawEvent)> {
+    let mut prev = if last_seq == 0 {
+        super::chain::GENESIS_HASH.to_string()
+    } else {
+        last_hash.to_string()
+    };
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let (event_type, payload) = e.payload.to_parts();
+            let mut raw = super::chain::RawEvent {
+                task_id: task_id.to_string(),
+                seq: last_seq + 1 + i as i64,
+                event_type: event_type.to_string(),
+                recorded_at_ms,
+                actor: e.actor.clone(),
+                payload,
+                prev_hash: prev.clone(),
+                hash: String::new(),
+            };
+            // Payloads were checked against the limits (which include
+            // canonicalization) before they were decided.
+            raw.hash = raw
+                .compute_hash()
+                .expect("decided payloads are canonicalizable");
+            prev = raw.hash.clone();
+            let event = Event {
+                task_id: raw.task_id.clone(),
+                seq: raw.seq,
+                recorded_at_ms,
+                actor: raw.actor.clone(),
+                payload: e.payload.clone(),
+                prev_hash: raw.prev_hash.clone(),
+                hash: raw.hash.clone(),
+            };
+            (event, raw)
+        })
+        .collect()
+}
+
+/// Parses a verified raw event into a typed one.
+pub fn parse(raw: &super::chain::RawEvent) -> Result<Event, String> {
+    let payload = EventPayload::from_parts(&raw.event_type, &raw.payload).map_err(|e| {
+        format!(
+            "task {} event seq {}: {} payload does not parse: {e}",
+            raw.task_id, raw.seq, raw.event_type
+        )
+    })?;
+    Ok(Event {
+        task_id: raw.task_id.clone(),
+        seq: raw.seq,
+        recorded_at_ms: raw.recorded_at_ms,
+        actor: raw.actor.clone(),
+        payload,
+        prev_hash: raw.prev_hash.clone(),
+        hash: raw.hash.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_round_trip() {
+        let p = EventPayload::TimerFired { timer_seq: 4 };
+        let (t, v) = p.to_parts();
+        assert_eq!(t, "TimerFired");
+        assert_eq!(v, serde_json::json!({"timer_seq": 4}));
+        assert_eq!(EventPayload::from_parts(t, &v).unwrap(), p);
+        let r = EventPayload::TaskResumed {};
+        let (t, v) = r.to_parts();
+        assert_eq!(EventPayload::from_parts(t, &v).unwrap(), r);
+    }
+}

@@ -1,0 +1,1 @@
+//! Core tests: given events / when input / then events.

@@ -1,0 +1,694 @@
+//! The workflow programming model and the replayer that advances it.
+//!
+//! A workflow is deterministic Rust code that asks for things only through its
+//! [`WorkflowContext`]: tool calls (`step`), durable `sleep`, signal waits, the
+//! time (`now`) and ids. The engine never keeps a workflow in memory: to advance
+//! a task it runs the code from the start against the task's history
+//! ([`replay`]). Each command the code issues is matched, in order, with the
+//! command events the history recorded; results become visible to the code in
+//! the same batches in which they were appended, so the code sees the world as
+//! it did when it first ran. A command that does not match is a
+//! [`NonDeterminism`] naming the seq, the expected and the found command.
+//!
+//! Rules for workflow authors (documented in ARCHITECTURE.md): no clocks, no
+//! randomness, no I/O, no threads, no `select!`/racing between commands (use
+//! `join`/`join_all`; a signal wait's timeout is decided by the engine).
+//!
+//! Pure: polling uses no runtime, replay performs no side effect.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use futures::future::LocalBoxFuture;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::event::{Compensation, EventPayload, RecordedError};
+use super::retry::RetryPolicy;
+
+/// Default per-attempt timeout of a step.
+pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 60_000;
+/// Longest per-attempt timeout a step may ask for (one day).
+pub const MAX_STEP_TIMEOUT_MS: u64 = 86_400_000;
+
+/// A workflow: deterministic code the engine replays.
+pub trait Workflow: Send + Sync + 'static {
+    /// The registered name (`mandate submit <name>`).
+    fn name(&self) -> &str;
+    /// Bump when a change alters the commands the code issues.
+    fn version(&self) -> u32 {
+        1
+    }
+    /// Runs the workflow. The future must be driven only by the context.
+    fn run(
+        &self,
+        ctx: WorkflowContext,
+        input: Value,
+    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>>;
+}
+
+/// Why a workflow gave up: the saga rolls back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct WorkflowError {
+    pub message: String,
+}
+
+impl WorkflowError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StepError> for WorkflowError {
+    fn from(e: StepError) -> Self {
+        Self::new(e.to_string())
+    }
+}
+
+/// A step that failed for good, as the workflow sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("step {step} ({tool}) failed after {attempts} attempt(s): {message}")]
+pub struct StepError {
+    pub step: String,
+    pub tool: String,
+    pub attempts: u32,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// A signal delivered to a waiting workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signal {
+    pub name: String,
+    pub payload: Value,
+    pub sender: String,
+}
+
+/// What a step asks for. Build with [`StepOptions::new`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOptions {
+    pub name: String,
+    pub tool: String,
+    pub input: Value,
+    pub retry: Option<RetryPolicy>,
+    pub timeout_ms: Option<u64>,
+    pub compensation: Option<Compensation>,
+    pub recovery_path: Option<String>,
+}
+
+impl StepOptions {
+    /// A call of `tool` with `input`; the step's name defaults to the tool's.
+    pub fn new(tool: impl Into<String>, input: Value) -> Self {
+        let tool = tool.into();
+        Self {
+            name: tool.clone(),
+            tool,
+            input,
+            retry: None,
+            timeout_ms: None,
+            compensation: None,
+            recovery_path: None,
+        }
+    }
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout_ms = Some(timeout.as_millis() as u64);
+        self
+    }
+    /// The call that undoes this step; persisted before the step runs.
+    pub fn compensate(mut self, tool: impl Into<String>, input: Value) -> Self {
+        self.compensation = Some(Compensation {
+            tool: tool.into(),
+            input,
+            retry: RetryPolicy::compensation_default(),
+        });
+        self
+    }
+    /// What a person should do if the step cannot be undone automatically.
+    pub fn recovery(mut self, text: impl Into<String>) -> Self {
+        self.recovery_path = Some(text.into());
+        self
+    }
+}
+
+/// A command the code issued that the history does not hold yet.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NewCommand {
+    Step {
+        command: u32,
+        options: StepOptions,
+    },
+    Timer {
+        command: u32,
+        duration_ms: u64,
+    },
+    SignalWait {
+        command: u32,
+        name: String,
+        approval: bool,
+        timeout_ms: Option<u64>,
+    },
+    Marker {
+        command: u32,
+        kind: String,
+        value: Value,
+    },
+}
+
+/// The code issued a command that does not match the recorded history.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "non-determinism in task {task_id} at seq {seq}: history recorded {expected}, the workflow code issued {found}"
+)]
+pub struct NonDeterminism {
+    pub task_id: String,
+    pub seq: i64,
+    pub expected: String,
+    pub found: String,
+}
+
+/// What one replay found.
+#[derive(Debug)]
+pub struct ReplayResult {
+    /// `None` while the workflow is still waiting; its result once it returned.
+    pub finished: Option<Result<Value, WorkflowError>>,
+    pub new_commands: Vec<NewCommand>,
+    pub nondeterminism: Option<NonDeterminism>,
+    /// Commands the code issued in all (recorded and new).
+    pub commands_issued: u32,
+}
+
+#[derive(Debug, Clone)]
+enum Resolution {
+    Step(Result<Value, StepError>),
+    Timer,
+    Signal(Option<Signal>),
+}
+
+struct HistoryCommand {
+    seq: i64,
+    payload: EventPayload,
+}
+
+struct Replayer {
+    task_id: String,
+    now_ms: i64,
+    history: Vec<HistoryCommand>,
+    index_of_seq: HashMap<i64, u32>,
+    resolutions: HashMap<u32, Resolution>,
+    wakers: HashMap<u32, Waker>,
+    next_command: u32,
+    new_commands: Vec<NewCommand>,
+    nondeterminism: Option<NonDeterminism>,
+    ids_issued: u64,
+    signals: HashMap<i64, Signal>,
+    step_attempts: HashMap<i64, u32>,
+}
+
+fn describe_recorded(p: &EventPayload) -> String {
+    match p {
+        EventPayload::StepScheduled { name, tool, .. } => format!("step {name:?} (tool {tool})"),
+        EventPayload::TimerStarted { duration_ms, .. } => format!("sleep {duration_ms} ms"),
+        EventPayload::SignalWaitStarted { name, approval, .. } => {
+            format!(
+                "wait for {} {name:?}",
+                if *approval { "approval" } else { "signal" }
+            )
+        }
+        EventPayload::MarkerRecorded { kind, .. } => format!("marker {kind:?}"),
+        other => other.type_name().to_string(),
+    }
+}
+
+impl NewCommand {
+    fn describe(&self) -> String {
+        match self {
+            Self::Step { options, .. } => {
+                format!("step {:?} (tool {})", options.name, options.tool)
+            }
+            Self::Timer { duration_ms, .. } => format!("sleep {duration_ms} ms"),
+            Self::SignalWait { name, approval, .. } => {
+                format!(
+                    "wait for {} {name:?}",
+                    if *approval { "approval" } else { "signal" }
+                )
+            }
+            Self::Marker { kind, .. } => format!("marker {kind:?}"),
+        }
+    }
+
+    /// Whether a recorded command event is the same command.
+    fn matches(&self, recorded: &EventPayload) -> bool {
+        match (self, recorded) {
+            (
+                Self::Step { options, .. },
+                EventPayload::StepScheduled {
+                    name, tool, input, ..
+                },
+            ) => &options.name == name && &options.tool == tool && &options.input == input,
+            (
+                Self::Timer { duration_ms, .. },
+                EventPayload::TimerStarted {
+                    duration_ms: recorded,
+                    ..
+                },
+            ) => duration_ms == recorded,
+            (
+                Self::SignalWait { name, approval, .. },
+                EventPayload::SignalWaitStarted {
+                    name: n,
+                    approval: a,
+                    ..
+                },
+            ) => name == n && approval == a,
+            (Self::Marker { kind, .. }, EventPayload::MarkerRecorded { kind: k, .. }) => kind == k,
+            _ => false,
+        }
+    }
+}
+
+impl Replayer {
+    /// Issues a command: matches it against the history or records it as new.
+    /// Returns its index and, for markers, the value.
+    fn issue(&mut self, command: NewCommand) -> (u32, Option<Value>) {
+        let index = self.next_command;
+        self.next_command += 1;
+        if self.nondeterminism.is_some() {
+            return (index, None);
+        }
+        match self.history.get(index as usize) {
+            Some(recorded) => {
+                if !command.matches(&recorded.payload) {
+                    self.nondeterminism = Some(NonDeterminism {
+                        task_id: self.task_id.clone(),
+                        seq: recorded.seq,
+                        expected: describe_recorded(&recorded.payload),
+                        found: command.describe(),
+                    });
+                    return (index, None);
+                }
+                match &recorded.payload {
+                    EventPayload::MarkerRecorded { value, .. } => (index, Some(value.clone())),
+                    _ => (index, None),
+                }
+            }
+            None => {
+                let value = match &command {
+                    NewCommand::Marker { value, .. } => Some(value.clone()),
+                    _ => None,
+                };
+                self.new_commands.push(command);
+                (index, value)
+            }
+        }
+    }
+
+    fn resolve(&mut self, command_seq: i64, resolution: Resolution) {
+        if let Some(&index) = self.index_of_seq.get(&command_seq) {
+            self.resolutions.insert(index, resolution);
+            if let Some(w) = self.wakers.remove(&index) {
+                w.wake();
+            }
+        }
+    }
+
+    fn step_name(&self, step_seq: i64) -> (String, String) {
+        self.index_of_seq
+            .get(&step_seq)
+            .and_then(|i| self.history.get(*i as usize))
+            .map(|h| match &h.payload {
+                EventPayload::StepScheduled { name, tool, .. } => (name.clone(), tool.clone()),
+                _ => (String::new(), String::new()),
+            })
+            .unwrap_or_default()
+    }
+
+    /// Makes one non-command event visible to the code.
+    fn apply(&mut self, seq: i64, payload: &EventPayload) {
+        match payload {
+            EventPayload::StepCompleted {
+                step_seq, output, ..
+            } => self.resolve(*step_seq, Resolution::Step(Ok(output.clone()))),
+            EventPayload::StepAttemptFailed { step_seq, .. } => {
+                *self.step_attempts.entry(*step_seq).or_default() += 1;
+            }
+            EventPayload::StepFailed {
+                step_seq,
+                error,
+                attempt,
+                ..
+            } => {
+                let (step, tool) = self.step_name(*step_seq);
+                let RecordedError { message, retryable } = error.clone();
+                self.resolve(
+                    *step_seq,
+                    Resolution::Step(Err(StepError {
+                        step,
+                        tool,
+                        attempts: *attempt,
+                        message,
+                        retryable,
+                    })),
+                );
+            }
+            EventPayload::TimerFired { timer_seq } => self.resolve(*timer_seq, Resolution::Timer),
+            EventPayload::SignalReceived {
+                name,
+                payload,
+                sender,
+            } => {
+                self.signals.insert(
+                    seq,
+                    Signal {
+                        name: name.clone(),
+                        payload: payload.clone(),
+                        sender: sender.clone(),
+                    },
+                );
+            }
+            EventPayload::SignalWaitResolved {
+                wait_seq,
+                signal_seq,
+                ..
+            } => {
+                let signal = signal_seq.and_then(|s| self.signals.get(&s).cloned());
+                self.resolve(*wait_seq, Resolution::Signal(signal));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The handle workflow code uses for everything outside itself. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkflowContext {
+    inner: Rc<RefCell<Replayer>>,
+}
+
+/// A command's result, resolved by the history.
+struct CommandFuture {
+    inner: Rc<RefCell<Replayer>>,
+    index: u32,
+}
+
+impl Future for CommandFuture {
+    type Output = Resolution;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Resolution> {
+        let mut r = self.inner.borrow_mut();
+        match r.resolutions.get(&self.index) {
+            Some(res) => Poll::Ready(res.clone()),
+            None => {
+                r.wakers.insert(self.index, cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl WorkflowContext {
+    /// The task this code runs for.
+    pub fn task_id(&self) -> String {
+        self.inner.borrow().task_id.clone()
+    }
+
+    fn command(&self, command: NewCommand) -> (CommandFuture, Option<Value>) {
+        let (index, value) = self.inner.borrow_mut().issue(command);
+        (
+            CommandFuture {
+                inner: self.inner.clone(),
+                index,
+            },
+            value,
+        )
+    }
+
+    /// Calls a tool durably: scheduled (with its compensation) in the history,
+    /// retried per its policy, its result recorded once. Issued when called.
+    pub fn step(
+        &self,
+        options: StepOptions,
+    ) -> impl Future<Output = Result<Value, StepError>> + use<> {
+        let command = self.inner.borrow().next_command;
+        let (fut, _) = self.command(NewCommand::Step { command, options });
+        async move {
+            match fut.await {
+                Resolution::Step(r) => r,
+                other => unreachable!("a step resolved as {other:?}"),
+            }
+        }
+    }
+
+    /// Sleeps durably: survives restarts; fires once.
+    pub fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + use<> {
+        let command = self.inner.borrow().next_command;
+        let (fut, _) = self.command(NewCommand::Timer {
+            command,
+            duration_ms: duration.as_millis() as u64,
+        });
+        async move {
+            fut.await;
+        }
+    }
+
+    /// Waits for the next signal named `name`; `None` when `timeout` passes first.
+    pub fn wait_signal(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Option<Signal>> + use<> {
+        self.wait(name, false, timeout)
+    }
+
+    /// Like [`Self::wait_signal`], and the task shows `needs_approval` meanwhile.
+    pub fn wait_approval(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Option<Signal>> + use<> {
+        self.wait(name, true, timeout)
+    }
+
+    fn wait(
+        &self,
+        name: &str,
+        approval: bool,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Option<Signal>> + use<> {
+        let command = self.inner.borrow().next_command;
+        let (fut, _) = self.command(NewCommand::SignalWait {
+            command,
+            name: name.to_string(),
+            approval,
+            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+        });
+        async move {
+            match fut.await {
+                Resolution::Signal(s) => s,
+                other => unreachable!("a signal wait resolved as {other:?}"),
+            }
+        }
+    }
+
+    /// The time, in ms since the Unix epoch, recorded on first run and replayed after.
+    pub fn now(&self) -> i64 {
+        let (command, now_ms) = {
+            let r = self.inner.borrow();
+            (r.next_command, r.now_ms)
+        };
+        let (_, value) = self.command(NewCommand::Marker {
+            command,
+            kind: "now".to_string(),
+            value: Value::from(now_ms),
+        });
+        value.and_then(|v| v.as_i64()).unwrap_or(now_ms)
+    }
+
+    /// A UUID derived from the task id and a counter: the same on every replay.
+    pub fn new_id(&self) -> uuid::Uuid {
+        let mut r = self.inner.borrow_mut();
+        r.ids_issued += 1;
+        let digest = Sha256::new()
+            .chain_update(r.task_id.as_bytes())
+            .chain_update(r.ids_issued.to_be_bytes())
+            .finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Uuid::new_v8(bytes)
+    }
+}
+
+struct FlagWaker(AtomicBool);
+
+impl Wake for FlagWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Polls until the future stops making progress.
+fn poll_until_stalled(
+    fut: &mut LocalBoxFuture<'static, Result<Value, WorkflowError>>,
+    flag: &Arc<FlagWaker>,
+    waker: &Waker,
+) -> Option<Result<Value, WorkflowError>> {
+    let mut cx = Context::from_waker(waker);
+    // Combinators such as FuturesUnordered yield after a budget and wake
+    // themselves; keep polling while someone woke us, within a bound.
+    for _ in 0..10_000 {
+        flag.0.store(false, Ordering::SeqCst);
+        if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
+            return Some(r);
+        }
+        if !flag.0.load(Ordering::SeqCst) {
+            return None;
+        }
+    }
+    None
+}
+
+/// Runs `workflow` against a history (`events`: seq and payload, in order, which
+/// may end with events decided but not yet appended). `now_ms` is what new
+/// markers record. Never performs a side effect.
+pub fn replay(
+    workflow: &dyn Workflow,
+    task_id: &str,
+    input: &Value,
+    events: &[(i64, &EventPayload)],
+    now_ms: i64,
+) -> ReplayResult {
+    let history: Vec<HistoryCommand> = events
+        .iter()
+        .filter(|(_, p)| p.is_command())
+        .map(|(seq, p)| HistoryCommand {
+            seq: *seq,
+            payload: (*p).clone(),
+        })
+        .collect();
+    let index_of_seq = history
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.seq, i as u32))
+        .collect();
+    let inner = Rc::new(RefCell::new(Replayer {
+        task_id: task_id.to_string(),
+        now_ms,
+        history,
+        index_of_seq,
+        resolutions: HashMap::new(),
+        wakers: HashMap::new(),
+        next_command: 0,
+        new_commands: Vec::new(),
+        nondeterminism: None,
+        ids_issued: 0,
+        signals: HashMap::new(),
+        step_attempts: HashMap::new(),
+    }));
+    let ctx = WorkflowContext {
+        inner: inner.clone(),
+    };
+    let mut fut = workflow.run(ctx, input.clone());
+    let flag = Arc::new(FlagWaker(AtomicBool::new(false)));
+    let waker = Waker::from(flag.clone());
+
+    let mut finished = None;
+    let mut i = 0;
+    while i <= events.len() {
+        // Make the next run of results visible, exactly as they were appended...
+        while i < events.len() && !events[i].1.is_command() {
+            inner.borrow_mut().apply(events[i].0, events[i].1);
+            i += 1;
+        }
+        // ...and let the code react to them.
+        finished = poll_until_stalled(&mut fut, &flag, &waker);
+        if finished.is_some() || inner.borrow().nondeterminism.is_some() {
+            break;
+        }
+        // The commands recorded next were issued by that poll (or will be, by a
+        // later one: they are matched by order when issued).
+        while i < events.len() && events[i].1.is_command() {
+            i += 1;
+        }
+        if i == events.len() {
+            break;
+        }
+    }
+    drop(fut);
+    let mut r = Rc::try_unwrap(inner)
+        .ok()
+        .expect("the workflow future was dropped, so no context clone remains")
+        .into_inner();
+    if r.nondeterminism.is_none() && (r.next_command as usize) < r.history.len() {
+        let recorded = &r.history[r.next_command as usize];
+        r.nondeterminism = Some(NonDeterminism {
+            task_id: task_id.to_string(),
+            seq: recorded.seq,
+            expected: describe_recorded(&recorded.payload),
+            found: if finished.is_some() {
+                "no further command (the workflow returned)".to_string()
+            } else {
+                "no further command (the workflow is waiting)".to_string()
+            },
+        });
+    }
+    ReplayResult {
+        finished: if r.nondeterminism.is_some() {
+            None
+        } else {
+            finished
+        },
+        new_commands: if r.nondeterminism.is_some() {
+            Vec::new()
+        } else {
+            r.new_commands
+        },
+        nondeterminism: r.nondeterminism,
+        commands_issued: r.next_command,
+    }
+}
+
+/// Workflows by name.
+#[derive(Clone, Default)]
+pub struct WorkflowRegistry {
+    workflows: HashMap<String, Arc<dyn Workflow>>,
+}
+
+impl WorkflowRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Registers a workflow; a later registration under the same name replaces the earlier.
+    pub fn register(&mut self, workflow: impl Workflow) -> &mut Self {
+        self.workflows
+            .insert(workflow.name().to_string(), Arc::new(workflow));
+        self
+    }
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Workflow>> {
+        self.workflows.get(name).cloned()
+    }
+    /// Sorted names.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.workflows.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}

@@ -1,0 +1,433 @@
+//! What callers outside a task do to it: submit, signal, cancel, pause, resume,
+//! read. Each is a fenced append decided from the task's verified history,
+//! retried on conflict, and refused (writing nothing) when it makes no sense.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::Engine;
+use crate::core::chain;
+use crate::core::decide::projection;
+use crate::core::event::{self, Event, EventPayload, NewEvent};
+use crate::core::state::{TaskState, TaskStatus};
+use crate::store::{self, AppendOutcome, AppendRequest, LeaseUpdate, NewTask, TaskRow};
+
+/// Refusals (bad input, wrong state) and failures of the client API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown workflow {name:?}; this binary has: {}", known.join(", "))]
+    UnknownWorkflow { name: String, known: Vec<String> },
+    #[error("invalid {field}: {message}")]
+    InvalidInput { field: String, message: String },
+    #[error("no task with id {task_id}; `mandate list` shows the known tasks")]
+    TaskNotFound { task_id: String },
+    #[error("task {task_id} is {status}, which is final: nothing can {action} it any more")]
+    TaskFinal {
+        task_id: String,
+        status: TaskStatus,
+        action: &'static str,
+    },
+    #[error("task {task_id}: {message}")]
+    Rejected { task_id: String, message: String },
+    #[error(
+        "the history of task {task_id} is corrupt: {source}. It is halted; run `mandate replay {task_id}` for details"
+    )]
+    Corrupt {
+        task_id: String,
+        #[source]
+        source: chain::Error,
+    },
+    #[error("task {task_id}: stored event does not parse: {message}")]
+    Unparseable { task_id: String, message: String },
+    #[error("task {task_id} kept changing while appending {what}; try again")]
+    Contention { task_id: String, what: &'static str },
+    #[error("timed out after {waited:?} waiting for task {task_id} (now {status})")]
+    Timeout {
+        task_id: String,
+        status: TaskStatus,
+        waited: Duration,
+    },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// Who submits, for whom, and how to make a retry safe.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    pub agent: Option<String>,
+    pub on_behalf_of: Option<String>,
+    /// A retry with the same key returns the task the first call created.
+    pub idempotency_key: Option<String>,
+    /// Recorded as the submission's actor (default `agent:<agent>` or `user:cli`).
+    pub actor: Option<String>,
+}
+
+/// A submission's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub task_id: String,
+    /// True when the idempotency key named a task that existed already.
+    pub existing: bool,
+}
+
+const APPEND_RETRIES: usize = 20;
+
+impl Engine {
+    /// Creates a task. Validates everything first; on refusal nothing is written.
+    pub async fn submit(
+        &self,
+        workflow: &str,
+        input: Value,
+        options: SubmitOptions,
+    ) -> Result<Submitted, Error> {
+        let s = &self.shared;
+        let wf = s
+            .workflows
+            .get(workflow)
+            .ok_or_else(|| Error::UnknownWorkflow {
+                name: workflow.to_string(),
+                known: s.workflows.names(),
+            })?;
+        s.limits
+            .check_payload(&input)
+            .map_err(|message| Error::InvalidInput {
+                field: "input".into(),
+                message,
+            })?;
+        for (field, v) in [
+            ("agent", &options.agent),
+            ("on_behalf_of", &options.on_behalf_of),
+            ("idempotency_key", &options.idempotency_key),
+        ] {
+            if let Some(v) = v {
+                s.limits
+                    .check_name(field, v)
+                    .map_err(|message| Error::InvalidInput {
+                        field: field.into(),
+                        message,
+                    })?;
+            }
+        }
+        if let Some(key) = &options.idempotency_key
+            && let Some(row) = s.store.find_by_idempotency_key(key).await?
+        {
+            return Ok(Submitted {
+                task_id: row.id,
+                existing: true,
+            });
+        }
+        let now = s.clock.now_ms();
+        let task_id = uuid::Uuid::now_v7().to_string();
+        let actor = options
+            .actor
+            .clone()
+            .unwrap_or_else(|| match &options.agent {
+                Some(a) => format!("agent:{a}"),
+                None => "user:cli".to_string(),
+            });
+        let new = [NewEvent {
+            actor,
+            payload: EventPayload::TaskSubmitted {
+                workflow: workflow.to_string(),
+                workflow_version: wf.version(),
+                input,
+                agent: options.agent.clone(),
+                on_behalf_of: options.on_behalf_of.clone(),
+                idempotency_key: options.idempotency_key.clone(),
+            },
+        }];
+        let sealed = event::seal(&task_id, 0, "", now, &new);
+        let state = TaskState::fold(sealed.iter().map(|(e, _)| e));
+        let request = AppendRequest {
+            task_id: task_id.clone(),
+            expected_seq: 0,
+            events: sealed.into_iter().map(|(_, raw)| raw).collect(),
+            projection: projection(&state, now),
+            timers: None,
+            create: Some(NewTask {
+                workflow: workflow.to_string(),
+                workflow_version: wf.version(),
+                agent: options.agent.clone(),
+                idempotency_key: options.idempotency_key.clone(),
+                created_at_ms: now,
+            }),
+            lease: LeaseUpdate::Keep,
+            wake: true,
+        };
+        match s.store.append(request).await {
+            Ok(AppendOutcome::Appended) => {
+                s.publish(&task_id, 1, TaskStatus::Queued);
+                Ok(Submitted {
+                    task_id,
+                    existing: false,
+                })
+            }
+            Ok(AppendOutcome::DuplicateIdempotencyKey { existing_task_id }) => Ok(Submitted {
+                task_id: existing_task_id,
+                existing: true,
+            }),
+            Ok(AppendOutcome::Conflict { .. }) => Err(Error::Contention {
+                task_id,
+                what: "the submission",
+            }),
+            Err(e) => {
+                // Another process may have won a race on the idempotency key.
+                if let Some(key) = &options.idempotency_key
+                    && let Ok(Some(row)) = s.store.find_by_idempotency_key(key).await
+                {
+                    return Ok(Submitted {
+                        task_id: row.id,
+                        existing: true,
+                    });
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Delivers a signal; it waits in the history until the workflow takes it.
+    pub async fn signal(
+        &self,
+        task_id: &str,
+        name: &str,
+        payload: Value,
+        sender: &str,
+    ) -> Result<i64, Error> {
+        let s = &self.shared;
+        s.limits
+            .check_name("signal name", name)
+            .map_err(|message| Error::InvalidInput {
+                field: "name".into(),
+                message,
+            })?;
+        s.limits
+            .check_payload(&payload)
+            .map_err(|message| Error::InvalidInput {
+                field: "payload".into(),
+                message,
+            })?;
+        let actor = sender.to_string();
+        self.append_external(task_id, "signal", |_| {
+            Ok(vec![NewEvent {
+                actor: actor.clone(),
+                payload: EventPayload::SignalReceived {
+                    name: name.to_string(),
+                    payload: payload.clone(),
+                    sender: sender.to_string(),
+                },
+            }])
+        })
+        .await
+    }
+
+    /// Asks a task to stop; with `rollback`, its completed steps are compensated first.
+    pub async fn cancel(
+        &self,
+        task_id: &str,
+        rollback: bool,
+        by: &str,
+        reason: Option<String>,
+    ) -> Result<i64, Error> {
+        self.append_external(task_id, "cancel", |state| {
+            if state.cancel_requested.is_some() {
+                return Err(Error::Rejected {
+                    task_id: task_id.to_string(),
+                    message: "a cancellation was already requested".into(),
+                });
+            }
+            Ok(vec![NewEvent {
+                actor: by.to_string(),
+                payload: EventPayload::CancelRequested {
+                    rollback,
+                    reason: reason.clone(),
+                },
+            }])
+        })
+        .await
+    }
+
+    /// Pauses a task: running attempts finish, no new one starts until resumed.
+    pub async fn pause(
+        &self,
+        task_id: &str,
+        by: &str,
+        reason: Option<String>,
+    ) -> Result<i64, Error> {
+        self.append_external(task_id, "pause", |state| {
+            if state.paused {
+                return Err(Error::Rejected {
+                    task_id: task_id.to_string(),
+                    message: "the task is already paused".into(),
+                });
+            }
+            Ok(vec![NewEvent {
+                actor: by.to_string(),
+                payload: EventPayload::TaskPaused {
+                    reason: reason.clone(),
+                },
+            }])
+        })
+        .await
+    }
+
+    /// Resumes a paused task where it was.
+    pub async fn resume(&self, task_id: &str, by: &str) -> Result<i64, Error> {
+        self.append_external(task_id, "resume", |state| {
+            if !state.paused {
+                return Err(Error::Rejected {
+                    task_id: task_id.to_string(),
+                    message: "the task is not paused".into(),
+                });
+            }
+            Ok(vec![NewEvent {
+                actor: by.to_string(),
+                payload: EventPayload::TaskResumed {},
+            }])
+        })
+        .await
+    }
+
+    /// Appends events decided by `make` from the current state; retries on conflict.
+    async fn append_external(
+        &self,
+        task_id: &str,
+        action: &'static str,
+        make: impl Fn(&TaskState) -> Result<Vec<NewEvent>, Error>,
+    ) -> Result<i64, Error> {
+        let s = &self.shared;
+        for _ in 0..APPEND_RETRIES {
+            let history = self.history(task_id).await?;
+            let state = TaskState::fold(&history);
+            if state.is_final() {
+                return Err(Error::TaskFinal {
+                    task_id: task_id.to_string(),
+                    status: state.status(),
+                    action,
+                });
+            }
+            let new = make(&state)?;
+            let now = s.clock.now_ms();
+            let sealed = event::seal(task_id, state.last_seq, &state.last_hash, now, &new);
+            let mut after = state.clone();
+            for (e, _) in &sealed {
+                after.apply(task_id, e.seq, e.recorded_at_ms, &e.payload);
+            }
+            let mut proj = projection(&after, now);
+            // An outside event always needs a worker's decision.
+            if !after.is_final() && !after.paused {
+                proj.ready_at_ms = Some(now);
+            }
+            let timers_after = after.pending_timers();
+            let timers = (timers_after != state.pending_timers()).then_some(timers_after);
+            let last_seq = sealed.last().map(|(e, _)| e.seq).unwrap_or(state.last_seq);
+            let status = proj.status;
+            let request = AppendRequest {
+                task_id: task_id.to_string(),
+                expected_seq: state.last_seq,
+                events: sealed.into_iter().map(|(_, raw)| raw).collect(),
+                projection: proj,
+                timers,
+                create: None,
+                lease: LeaseUpdate::Keep,
+                wake: true,
+            };
+            match s.store.append(request).await? {
+                AppendOutcome::Appended => {
+                    s.publish(task_id, last_seq, status);
+                    s.poke(task_id);
+                    return Ok(last_seq);
+                }
+                AppendOutcome::Conflict { .. } => continue,
+                AppendOutcome::DuplicateIdempotencyKey { .. } => {
+                    return Err(Error::Contention {
+                        task_id: task_id.to_string(),
+                        what: action,
+                    });
+                }
+            }
+        }
+        Err(Error::Contention {
+            task_id: task_id.to_string(),
+            what: action,
+        })
+    }
+
+    /// The task's derived row.
+    pub async fn task(&self, task_id: &str) -> Result<TaskRow, Error> {
+        self.shared
+            .store
+            .get_task(task_id)
+            .await?
+            .ok_or_else(|| Error::TaskNotFound {
+                task_id: task_id.to_string(),
+            })
+    }
+
+    /// The task's history, chain verified from seq 1.
+    pub async fn history(&self, task_id: &str) -> Result<Vec<Event>, Error> {
+        load_verified(self.shared.store.as_ref(), task_id).await
+    }
+
+    /// Waits until the task reaches a final status (or `timeout` passes).
+    pub async fn wait_until_final(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<TaskRow, Error> {
+        let mut updates = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let row = self.task(task_id).await?;
+            if row.status.is_final() {
+                return Ok(row);
+            }
+            // Updates from this process arrive at once; other processes' through
+            // the bounded poll.
+            let wait = async {
+                loop {
+                    match updates.recv().await {
+                        Ok(u) if u.task_id == task_id => return,
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = wait => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Error::Timeout { task_id: task_id.to_string(), status: row.status, waited: timeout });
+                }
+            }
+        }
+    }
+}
+
+/// Loads a history, verifies its chain, and parses it. Unknown task → `TaskNotFound`.
+pub(crate) async fn load_verified(
+    store: &dyn store::Store,
+    task_id: &str,
+) -> Result<Vec<Event>, Error> {
+    let raw = store.load_history(task_id).await?;
+    if raw.is_empty() {
+        return Err(Error::TaskNotFound {
+            task_id: task_id.to_string(),
+        });
+    }
+    chain::verify(task_id, &raw).map_err(|source| Error::Corrupt {
+        task_id: task_id.to_string(),
+        source,
+    })?;
+    raw.iter()
+        .map(|r| {
+            event::parse(r).map_err(|message| Error::Unparseable {
+                task_id: task_id.to_string(),
+                message,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,155 @@
+//! The shell: the engine's client API (submit, signal, cancel, pause), the
+//! workers that advance tasks (claim → load → decide → append → dispatch), and
+//! the clock.
+//!
+//! Nothing in memory is needed to continue a task: a driver's cached history is
+//! an optimisation, rebuilt from the store after any conflict or restart.
+
+mod client;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicI64;
+
+use mandate_activities::ToolRegistry;
+use tokio::sync::{Notify, broadcast};
+
+use crate::core::limits::Limits;
+use crate::core::state::TaskStatus;
+use crate::core::workflow::WorkflowRegistry;
+use crate::store::Store;
+
+pub use client::{Error, SubmitOptions, Submitted};
+pub use worker::{WorkerConfig, WorkerHandle};
+
+/// Where time comes from (injected, so tests and replays control it).
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> i64;
+}
+
+/// The wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// A change to a task, published after each append this process made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskUpdate {
+    pub task_id: String,
+    pub last_seq: i64,
+    pub status: TaskStatus,
+}
+
+/// A task a local worker is driving: how to poke it, and what it has seen.
+pub(crate) struct ActiveTask {
+    pub poke: Arc<Notify>,
+    pub last_seq: Arc<AtomicI64>,
+}
+
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub workflows: WorkflowRegistry,
+    pub tools: ToolRegistry,
+    pub limits: Limits,
+    pub clock: Arc<dyn Clock>,
+    pub active: Mutex<HashMap<String, ActiveTask>>,
+    pub updates: broadcast::Sender<TaskUpdate>,
+}
+
+impl Shared {
+    /// Wakes the local driver of a task, if any (after an outside append).
+    pub(crate) fn poke(&self, task_id: &str) {
+        if let Some(a) = self
+            .active
+            .lock()
+            .expect("active map poisoned")
+            .get(task_id)
+        {
+            a.poke.notify_one();
+        }
+    }
+
+    pub(crate) fn publish(&self, task_id: &str, last_seq: i64, status: TaskStatus) {
+        let _ = self.updates.send(TaskUpdate {
+            task_id: task_id.to_string(),
+            last_seq,
+            status,
+        });
+    }
+}
+
+/// The engine: a store, the workflows and tools this binary knows, and limits.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, workflows: WorkflowRegistry, tools: ToolRegistry) -> Self {
+        Self::with_options(
+            store,
+            workflows,
+            tools,
+            Limits::default(),
+            Arc::new(SystemClock),
+        )
+    }
+
+    pub fn with_options(
+        store: Arc<dyn Store>,
+        workflows: WorkflowRegistry,
+        tools: ToolRegistry,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let (updates, _) = broadcast::channel(4096);
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                workflows,
+                tools,
+                limits,
+                clock,
+                active: Mutex::new(HashMap::new()),
+                updates,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+    pub fn workflows(&self) -> &WorkflowRegistry {
+        &self.shared.workflows
+    }
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.shared.tools
+    }
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+    pub fn now_ms(&self) -> i64 {
+        self.shared.clock.now_ms()
+    }
+
+    /// Updates of tasks this process appended to.
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskUpdate> {
+        self.shared.updates.subscribe()
+    }
+
+    /// Starts a worker that claims and advances tasks until stopped.
+    pub fn start_worker(&self, config: WorkerConfig) -> WorkerHandle {
+        worker::start(self.shared.clone(), config)
+    }
+}

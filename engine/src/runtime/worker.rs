@@ -1,0 +1,529 @@
+//! Workers: claim ready tasks with leases, and drive each claimed task with one
+//! tokio task (its driver) that loops load → decide → append → dispatch.
+//!
+//! A driver is the only writer of its task inside this process; across
+//! processes the lease and the seq fence keep it that way (a stale driver's
+//! append conflicts, and it reloads). A driver holds its task while attempts run
+//! or a short timer is due, and otherwise gives it back to the queue.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use mandate_activities::ToolContext;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::client::load_verified;
+use super::{ActiveTask, Shared};
+use crate::core::decide::{self, Action, AttemptOutcome, DecideInput, Target};
+use crate::core::event::{self, Event, RecordedError};
+use crate::core::state::TaskState;
+use crate::store::{AppendOutcome, AppendRequest, LeaseUpdate};
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Lease owner id; unique per process.
+    pub id: String,
+    /// How long a claim holds a task without renewal. After a crash, other
+    /// workers take the task over once this has passed.
+    pub lease_ms: i64,
+    /// Longest sleep of an idle worker between looks at the queue (the fallback
+    /// when no wake-up arrives: another SQLite process, a missed NOTIFY).
+    pub poll_interval: Duration,
+    /// Most tasks driven at once (bounds memory and in-flight attempts).
+    pub max_active_tasks: usize,
+    /// Most tasks taken per claim.
+    pub claim_batch: u32,
+    /// A driver keeps an idle task while its next timer is at most this far away.
+    pub idle_hold: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            id: format!("w-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+            lease_ms: 10_000,
+            poll_interval: Duration::from_millis(500),
+            max_active_tasks: 10_000,
+            claim_batch: 256,
+            idle_hold: Duration::from_millis(1_000),
+        }
+    }
+}
+
+/// A running worker. Dropping it does not stop it: call [`WorkerHandle::shutdown`].
+pub struct WorkerHandle {
+    stop: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+    id: String,
+}
+
+impl WorkerHandle {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Stops claiming, stops drivers (their attempts are abandoned: at-least-once
+    /// delivery runs them again elsewhere), gives leases back, and waits.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+    }
+}
+
+pub(crate) fn start(shared: Arc<Shared>, config: WorkerConfig) -> WorkerHandle {
+    let (stop, stop_rx) = watch::channel(false);
+    let id = config.id.clone();
+    let done = tokio::spawn(run(shared, config, stop_rx));
+    WorkerHandle { stop, done, id }
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receiver<bool>) {
+    let config = Arc::new(config);
+    let wake = shared.store.wakeups();
+    let mut drivers: JoinSet<String> = JoinSet::new();
+    let renewer = tokio::spawn(renew_leases(shared.clone(), config.clone(), stop.clone()));
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        while let Some(done) = drivers.try_join_next() {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a task driver panicked");
+            }
+        }
+        let free = config.max_active_tasks.saturating_sub(drivers.len());
+        let mut claimed_full = false;
+        if free > 0 {
+            let limit = (free as u32).min(config.claim_batch);
+            let now = shared.clock.now_ms();
+            match shared
+                .store
+                .claim(&config.id, now, config.lease_ms, limit)
+                .await
+            {
+                Ok(ids) => {
+                    backoff = Duration::from_millis(50);
+                    claimed_full = ids.len() as u32 == limit;
+                    for task_id in ids {
+                        let already = shared
+                            .active
+                            .lock()
+                            .expect("active map")
+                            .contains_key(&task_id);
+                        if already {
+                            // Our own lease expired and we re-claimed it; the driver goes on.
+                            continue;
+                        }
+                        let poke = Arc::new(Notify::new());
+                        let last_seq = Arc::new(AtomicI64::new(0));
+                        shared.active.lock().expect("active map").insert(
+                            task_id.clone(),
+                            ActiveTask {
+                                poke: poke.clone(),
+                                last_seq: last_seq.clone(),
+                            },
+                        );
+                        let driver = Driver {
+                            shared: shared.clone(),
+                            config: config.clone(),
+                            task_id: task_id.clone(),
+                            poke,
+                            seen_seq: last_seq,
+                            stop: stop.clone(),
+                        };
+                        drivers.spawn(async move {
+                            driver.run().await;
+                            task_id
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming work failed; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopped(&mut stop) => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        if claimed_full {
+            continue;
+        }
+        let now = shared.clock.now_ms();
+        let mut sleep_for = config.poll_interval;
+        if free > 0
+            && let Ok(Some(next)) = shared.store.next_ready_at().await
+        {
+            sleep_for = sleep_for.min(Duration::from_millis((next - now).max(0) as u64));
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep_for) => {}
+            Some(done) = drivers.join_next(), if !drivers.is_empty() => {
+                if let Err(e) = done { tracing::error!(error = %e, "a task driver panicked"); }
+            }
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    while drivers.join_next().await.is_some() {}
+    renewer.abort();
+}
+
+/// Extends this worker's leases every third of the lease, and pokes drivers
+/// whose task changed under them (signals from other processes).
+async fn renew_leases(
+    shared: Arc<Shared>,
+    config: Arc<WorkerConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = Duration::from_millis((config.lease_ms / 3).max(50) as u64);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped(&mut stop) => return,
+        }
+        let now = shared.clock.now_ms();
+        match shared.store.renew(&config.id, now, config.lease_ms).await {
+            Ok(held) => {
+                let active = shared.active.lock().expect("active map");
+                for (task_id, last_seq) in held {
+                    if let Some(a) = active.get(&task_id)
+                        && a.last_seq.load(Ordering::SeqCst) < last_seq
+                    {
+                        a.poke.notify_one();
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing leases failed"),
+        }
+    }
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    config: Arc<WorkerConfig>,
+    task_id: String,
+    poke: Arc<Notify>,
+    seen_seq: Arc<AtomicI64>,
+    stop: watch::Receiver<bool>,
+}
+
+enum Loaded {
+    Ok(Vec<Event>),
+    Gone,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        self.drive().await;
+        self.shared
+            .active
+            .lock()
+            .expect("active map")
+            .remove(&self.task_id);
+    }
+
+    async fn load(&self) -> Loaded {
+        let mut backoff = Duration::from_millis(20);
+        for _ in 0..8 {
+            match load_verified(self.shared.store.as_ref(), &self.task_id).await {
+                Ok(h) => return Loaded::Ok(h),
+                Err(super::Error::Corrupt { source, .. }) => {
+                    tracing::error!(task_id = %self.task_id, error = %source, "history chain is broken; task halted");
+                    let _ = self
+                        .shared
+                        .store
+                        .quarantine(&self.task_id, &format!("broken history chain: {source}"))
+                        .await;
+                    return Loaded::Gone;
+                }
+                Err(super::Error::Unparseable { message, .. }) => {
+                    tracing::error!(task_id = %self.task_id, error = %message, "history does not parse; task halted");
+                    let _ = self.shared.store.quarantine(&self.task_id, &message).await;
+                    return Loaded::Gone;
+                }
+                Err(super::Error::TaskNotFound { .. }) => return Loaded::Gone,
+                Err(e) => {
+                    tracing::warn!(task_id = %self.task_id, error = %e, "loading history failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        }
+        Loaded::Gone
+    }
+
+    async fn drive(&mut self) {
+        let Loaded::Ok(mut history) = self.load().await else {
+            return;
+        };
+        let mut state = TaskState::fold(&history);
+        self.seen_seq.store(state.last_seq, Ordering::SeqCst);
+        let workflow = self.shared.workflows.get(&state.workflow);
+        let (tx, mut rx) = mpsc::unbounded_channel::<AttemptOutcome>();
+        let mut running: HashMap<Target, (u32, tokio::task::AbortHandle)> = HashMap::new();
+        let mut outcomes: Vec<AttemptOutcome> = Vec::new();
+        let mut store_backoff = Duration::from_millis(20);
+        let owner = self.config.id.clone();
+        loop {
+            let now = self.shared.clock.now_ms();
+            let decision = decide::decide(&DecideInput {
+                history: &history,
+                state: &state,
+                now_ms: now,
+                outcomes: &outcomes,
+                workflow: workflow.as_deref(),
+                tools: &self.shared.tools,
+                worker: &owner,
+                limits: &self.shared.limits,
+            });
+            if !decision.events.is_empty() {
+                let after = decision.state;
+                let acts_after = decide::actions(&after, now);
+                let still_running = running
+                    .keys()
+                    .any(|t| acts_after.iter().any(|a| a.target == *t));
+                let idle = acts_after.is_empty() && !still_running;
+                let far = decide::next_wake(&after, now)
+                    .is_none_or(|t| t - now > self.config.idle_hold.as_millis() as i64);
+                let release = after.is_final() || after.blocked.is_some() || (idle && far);
+                let sealed = event::seal(
+                    &self.task_id,
+                    state.last_seq,
+                    &state.last_hash,
+                    now,
+                    &decision.events,
+                );
+                let timers_after = after.pending_timers();
+                let timers = (timers_after != state.pending_timers()).then_some(timers_after);
+                let projection = decide::projection(&after, now);
+                let status = projection.status;
+                let request = AppendRequest {
+                    task_id: self.task_id.clone(),
+                    expected_seq: state.last_seq,
+                    events: sealed.iter().map(|(_, raw)| raw.clone()).collect(),
+                    projection,
+                    timers,
+                    create: None,
+                    lease: if release {
+                        LeaseUpdate::Release {
+                            owner: owner.clone(),
+                        }
+                    } else {
+                        LeaseUpdate::Keep
+                    },
+                    wake: release,
+                };
+                match self.shared.store.append(request).await {
+                    Ok(AppendOutcome::Appended) => {
+                        store_backoff = Duration::from_millis(20);
+                        history.extend(sealed.into_iter().map(|(e, _)| e));
+                        let mut after = after;
+                        after.last_hash =
+                            history.last().map(|e| e.hash.clone()).unwrap_or_default();
+                        state = after;
+                        outcomes.clear();
+                        self.seen_seq.store(state.last_seq, Ordering::SeqCst);
+                        self.shared.publish(&self.task_id, state.last_seq, status);
+                        if release {
+                            abort_all(&mut running);
+                            return;
+                        }
+                    }
+                    Ok(AppendOutcome::Conflict { .. }) => {
+                        // Someone else appended (a signal, a cancel, another worker):
+                        // rebuild from the store; stale outcomes are fenced by decide.
+                        let Loaded::Ok(h) = self.load().await else {
+                            abort_all(&mut running);
+                            return;
+                        };
+                        history = h;
+                        state = TaskState::fold(&history);
+                        self.seen_seq.store(state.last_seq, Ordering::SeqCst);
+                        continue;
+                    }
+                    Ok(AppendOutcome::DuplicateIdempotencyKey { .. }) => {
+                        unreachable!("drivers never create tasks")
+                    }
+                    Err(e) => {
+                        // Possibly an ambiguous commit: back off and rebuild from the store.
+                        tracing::warn!(task_id = %self.task_id, error = %e, "append failed; reloading");
+                        tokio::time::sleep(store_backoff).await;
+                        store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
+                        let Loaded::Ok(h) = self.load().await else {
+                            abort_all(&mut running);
+                            return;
+                        };
+                        history = h;
+                        state = TaskState::fold(&history);
+                        continue;
+                    }
+                }
+            } else {
+                outcomes.clear();
+            }
+            if state.is_final() || state.blocked.is_some() {
+                abort_all(&mut running);
+                let _ = self
+                    .shared
+                    .store
+                    .release(&self.task_id, &owner, state.last_seq)
+                    .await;
+                return;
+            }
+            let now = self.shared.clock.now_ms();
+            let acts = decide::actions(&state, now);
+            // Attempts no longer wanted (resolved elsewhere, superseded) stop.
+            running.retain(|target, (attempt, handle)| {
+                let keep = acts
+                    .iter()
+                    .any(|a| a.target == *target && a.attempt == *attempt);
+                if !keep {
+                    handle.abort();
+                }
+                keep
+            });
+            for a in acts {
+                if running.contains_key(&a.target) {
+                    continue;
+                }
+                let handle = self.dispatch(a.clone(), tx.clone());
+                running.insert(a.target, (a.attempt, handle));
+            }
+            let wake_at = decide::next_wake(&state, now);
+            if running.is_empty() {
+                let near =
+                    wake_at.is_some_and(|t| t - now <= self.config.idle_hold.as_millis() as i64);
+                if !near {
+                    match self
+                        .shared
+                        .store
+                        .release(&self.task_id, &owner, state.last_seq)
+                        .await
+                    {
+                        Ok(true) => return,
+                        _ => {
+                            // Something was appended meanwhile: look again.
+                            let Loaded::Ok(h) = self.load().await else {
+                                return;
+                            };
+                            history = h;
+                            state = TaskState::fold(&history);
+                            continue;
+                        }
+                    }
+                }
+            }
+            let sleep = wake_at.map(|t| Duration::from_millis((t - now).max(0) as u64));
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                Some(o) = rx.recv() => {
+                    running.remove(&o.target);
+                    outcomes.push(o);
+                    while let Ok(o) = rx.try_recv() {
+                        running.remove(&o.target);
+                        outcomes.push(o);
+                    }
+                }
+                _ = self.poke.notified() => {
+                    let Loaded::Ok(h) = self.load().await else { abort_all(&mut running); return };
+                    history = h;
+                    state = TaskState::fold(&history);
+                    self.seen_seq.store(state.last_seq, Ordering::SeqCst);
+                }
+                _ = sleep_opt(sleep) => {}
+                _ = stopped(&mut stop) => {
+                    abort_all(&mut running);
+                    let _ = self.shared.store.release(&self.task_id, &owner, state.last_seq).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs one attempt on its own tokio task; its outcome comes back on `tx`.
+    fn dispatch(
+        &self,
+        action: Action,
+        tx: mpsc::UnboundedSender<AttemptOutcome>,
+    ) -> tokio::task::AbortHandle {
+        let shared = self.shared.clone();
+        let task_id = self.task_id.clone();
+        let handle = tokio::spawn(async move {
+            let started_at_ms = shared.clock.now_ms();
+            let t0 = Instant::now();
+            let result = match shared.tools.get(&action.tool) {
+                None => Err(RecordedError {
+                    message: format!(
+                        "tool {:?} is not registered in this worker; known tools: {}",
+                        action.tool,
+                        shared.tools.names().join(", ")
+                    ),
+                    retryable: false,
+                }),
+                Some(tool) => {
+                    let ctx = ToolContext::new(task_id, action.target.seq(), action.attempt);
+                    let call =
+                        AssertUnwindSafe(tool.call(ctx, action.input.clone())).catch_unwind();
+                    match tokio::time::timeout(Duration::from_millis(action.timeout_ms), call).await
+                    {
+                        Ok(Ok(Ok(v))) => Ok(v),
+                        Ok(Ok(Err(e))) => Err(RecordedError {
+                            message: e.message,
+                            retryable: e.retryable,
+                        }),
+                        Ok(Err(_panic)) => Err(RecordedError {
+                            message: format!("tool {:?} panicked", action.tool),
+                            retryable: false,
+                        }),
+                        Err(_) => Err(RecordedError {
+                            message: format!(
+                                "attempt {} timed out after {} ms",
+                                action.attempt, action.timeout_ms
+                            ),
+                            retryable: true,
+                        }),
+                    }
+                }
+            };
+            let _ = tx.send(AttemptOutcome {
+                target: action.target,
+                attempt: action.attempt,
+                result,
+                started_at_ms,
+                duration_ms: t0.elapsed().as_millis() as u64,
+            });
+        });
+        handle.abort_handle()
+    }
+}
+
+fn abort_all(running: &mut HashMap<Target, (u32, tokio::task::AbortHandle)>) {
+    for (_, (_, h)) in running.drain() {
+        h.abort();
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}

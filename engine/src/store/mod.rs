@@ -1,0 +1,232 @@
+//! Storage: one trait, two backends (SQLite, PostgreSQL), and the group-commit
+//! writer they share.
+//!
+//! Every write goes through [`writer`]: appends from many tasks, claims, lease
+//! renewals and releases queue up while a transaction commits and the next
+//! transaction takes them all (group commit). An append names the seq it
+//! expects; a stale writer gets [`AppendOutcome::Conflict`] and nothing of its
+//! request is written. Derived rows (task status, work queue, timers) are
+//! written in the same transaction as the events they derive from.
+//!
+//! Never decides anything: what to append is `core`'s business.
+
+mod plan;
+pub mod postgres;
+pub mod sqlite;
+mod writer;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::sync::Notify;
+
+use crate::core::chain::RawEvent;
+use crate::core::decide::Projection;
+use crate::core::state::{PendingTimer, TaskStatus};
+
+pub use writer::WriterConfig;
+
+/// Storage failures (not rejections: a conflict is an [`AppendOutcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "database URL {url:?} is not usable: {reason}. Use sqlite://PATH (e.g. sqlite://mandate.db) or postgres://USER@HOST:PORT/DB"
+    )]
+    BadUrl { url: String, reason: String },
+    #[error("cannot connect to {backend} database {url}: {source}")]
+    Connect {
+        backend: &'static str,
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("migrating the {backend} schema failed: {source}")]
+    Migrate {
+        backend: &'static str,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database error during {during}: {source}")]
+    Database {
+        during: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the store's writer has stopped (the process is shutting down)")]
+    WriterStopped,
+}
+
+impl Error {
+    pub(crate) fn db(during: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+        move |source| Error::Database { during, source }
+    }
+}
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Columns written when a task is created (expected seq 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub workflow: String,
+    pub workflow_version: u32,
+    pub agent: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// What an append does to the appender's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseUpdate {
+    /// Leave the lease as it is (external appends; a worker that keeps going).
+    Keep,
+    /// Give the task back to the queue (a worker going idle), if `owner` still holds it.
+    Release { owner: String },
+}
+
+/// One fenced append: events sealed into the chain plus the rows derived from them.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    pub task_id: String,
+    /// The task's current last seq as the appender saw it; 0 creates the task.
+    pub expected_seq: i64,
+    pub events: Vec<RawEvent>,
+    pub projection: Projection,
+    /// `Some` when the pending timers changed (the rows are replaced).
+    pub timers: Option<Vec<PendingTimer>>,
+    pub create: Option<NewTask>,
+    pub lease: LeaseUpdate,
+    /// Tell idle workers (here and in other processes) to look for work.
+    pub wake: bool,
+}
+
+/// How an append ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Appended,
+    /// The fence held: the task's last seq was not the expected one. Nothing written.
+    Conflict {
+        actual_seq: Option<i64>,
+    },
+    /// A task with this idempotency key exists already. Nothing written.
+    DuplicateIdempotencyKey {
+        existing_task_id: String,
+    },
+}
+
+/// The derived row of one task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRow {
+    pub id: String,
+    pub workflow: String,
+    pub workflow_version: u32,
+    pub agent: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub status: TaskStatus,
+    pub last_seq: i64,
+    pub last_hash: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub ready_at_ms: Option<i64>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at_ms: Option<i64>,
+    pub blocked_reason: Option<String>,
+}
+
+/// Filters for [`Store::list_tasks`]; newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub status: Option<TaskStatus>,
+    pub workflow: Option<String>,
+    pub agent: Option<String>,
+    /// Only tasks created at or after this time.
+    pub since_ms: Option<i64>,
+    /// Keyset pagination: only tasks created before this `(created_at_ms, id)`.
+    pub before: Option<(i64, String)>,
+    pub limit: u32,
+}
+
+/// The store contract both backends pass (see `tests/` for the shared suite).
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+    /// Appends through the group-commit writer.
+    fn append(&self, request: AppendRequest) -> BoxFuture<'_, Result<AppendOutcome, Error>>;
+    /// The whole history of a task in seq order, unverified (empty if unknown).
+    fn load_history(&self, task_id: &str) -> BoxFuture<'_, Result<Vec<RawEvent>, Error>>;
+    fn get_task(&self, task_id: &str) -> BoxFuture<'_, Result<Option<TaskRow>, Error>>;
+    fn find_by_idempotency_key(&self, key: &str) -> BoxFuture<'_, Result<Option<TaskRow>, Error>>;
+    fn list_tasks(&self, filter: TaskFilter) -> BoxFuture<'_, Result<Vec<TaskRow>, Error>>;
+    /// Number of tasks per status.
+    fn count_by_status(&self) -> BoxFuture<'_, Result<Vec<(TaskStatus, i64)>, Error>>;
+    /// The derived timer rows of a task.
+    fn timers(&self, task_id: &str) -> BoxFuture<'_, Result<Vec<PendingTimer>, Error>>;
+    /// Leases up to `limit` ready tasks whose lease is free or expired.
+    fn claim(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<String>, Error>>;
+    /// Extends every lease `owner` holds; returns `(task_id, last_seq)` of each.
+    fn renew(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<(String, i64)>, Error>>;
+    /// Frees a lease if the owner still holds it and nothing was appended since `expected_seq`.
+    fn release(
+        &self,
+        task_id: &str,
+        owner: &str,
+        expected_seq: i64,
+    ) -> BoxFuture<'_, Result<bool, Error>>;
+    /// Takes a task out of the queue without appending (its history cannot be
+    /// trusted or parsed): the reason is kept in `blocked_reason`.
+    fn quarantine(&self, task_id: &str, reason: &str) -> BoxFuture<'_, Result<(), Error>>;
+    /// The earliest `ready_at_ms` of a task nobody holds (for an idle worker's sleep).
+    fn next_ready_at(&self) -> BoxFuture<'_, Result<Option<i64>, Error>>;
+    /// Notified after commits that may have made work available (here, and on
+    /// PostgreSQL in other processes too, through LISTEN/NOTIFY).
+    fn wakeups(&self) -> Arc<Notify>;
+}
+
+/// Opens the store a URL names: `sqlite://PATH` (created on first use) or `postgres://…`.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, Error> {
+    open_with(url, WriterConfig::default()).await
+}
+
+/// [`open`] with writer settings.
+pub async fn open_with(url: &str, config: WriterConfig) -> Result<Arc<dyn Store>, Error> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url, config).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(url, config).await?))
+    } else {
+        Err(Error::BadUrl {
+            url: url.to_string(),
+            reason: "unknown scheme".to_string(),
+        })
+    }
+}
+
+pub(crate) fn status_from_db(s: &str) -> Result<TaskStatus, Error> {
+    TaskStatus::parse(s)
+        .ok_or_else(|| Error::Corrupt(format!("unknown task status {s:?} in tasks table")))
+}

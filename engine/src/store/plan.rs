@@ -1,0 +1,121 @@
+//! Planning one group-commit batch in memory: which appends pass their fence, and
+//! the rows the accepted ones write. Shared by both backends so that fencing
+//! means the same thing on SQLite and PostgreSQL.
+
+use std::collections::HashMap;
+
+use crate::core::chain::RawEvent;
+use crate::core::state::PendingTimer;
+
+use super::{AppendOutcome, AppendRequest, LeaseUpdate, NewTask};
+
+/// The final derived row of one task after the batch.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskUpsert {
+    pub id: String,
+    pub create: Option<NewTask>,
+    pub status: &'static str,
+    pub last_seq: i64,
+    pub last_hash: String,
+    pub updated_at_ms: i64,
+    pub ready_at_ms: Option<i64>,
+    /// `Some(owner)`: free the lease if `owner` holds it.
+    pub release_owner: Option<String>,
+    pub blocked_reason: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct BatchPlan {
+    pub outcomes: Vec<AppendOutcome>,
+    pub events: Vec<RawEvent>,
+    pub tasks: Vec<TaskUpsert>,
+    /// Tasks whose timer rows are replaced, with the new rows.
+    pub timers: Vec<(String, Vec<PendingTimer>)>,
+    pub wake: bool,
+}
+
+/// Decides each append's fate in order. `current_seq` holds the stored last seq
+/// of every task the batch names (absent: no such task); `existing_keys` the
+/// idempotency keys already taken.
+pub(crate) fn plan(
+    requests: &[&AppendRequest],
+    mut current_seq: HashMap<String, i64>,
+    existing_keys: &HashMap<String, String>,
+) -> BatchPlan {
+    let mut out = BatchPlan::default();
+    let mut index_of_task: HashMap<String, usize> = HashMap::new();
+    let mut timers_of_task: HashMap<String, usize> = HashMap::new();
+    let mut keys_in_batch: HashMap<String, String> = HashMap::new();
+    for req in requests {
+        let actual = current_seq.get(&req.task_id).copied();
+        let fence_ok = match (req.expected_seq, actual) {
+            (0, None) => req.create.is_some(),
+            (expected, Some(actual)) => expected == actual && expected > 0,
+            _ => false,
+        };
+        if !fence_ok {
+            out.outcomes
+                .push(AppendOutcome::Conflict { actual_seq: actual });
+            continue;
+        }
+        if let Some(key) = req.create.as_ref().and_then(|c| c.idempotency_key.as_ref()) {
+            if let Some(existing) = existing_keys.get(key).or_else(|| keys_in_batch.get(key)) {
+                out.outcomes.push(AppendOutcome::DuplicateIdempotencyKey {
+                    existing_task_id: existing.clone(),
+                });
+                continue;
+            }
+            keys_in_batch.insert(key.clone(), req.task_id.clone());
+        }
+        let Some(last) = req.events.last() else {
+            // An append of nothing changes nothing but still passes its fence.
+            out.outcomes.push(AppendOutcome::Appended);
+            continue;
+        };
+        current_seq.insert(req.task_id.clone(), last.seq);
+        out.events.extend(req.events.iter().cloned());
+        let release_owner = match &req.lease {
+            LeaseUpdate::Keep => None,
+            LeaseUpdate::Release { owner } => Some(owner.clone()),
+        };
+        let row = TaskUpsert {
+            id: req.task_id.clone(),
+            create: req.create.clone(),
+            status: req.projection.status.as_str(),
+            last_seq: last.seq,
+            last_hash: last.hash.clone(),
+            updated_at_ms: last.recorded_at_ms,
+            ready_at_ms: req.projection.ready_at_ms,
+            release_owner,
+            blocked_reason: req.projection.blocked_reason.clone(),
+        };
+        match index_of_task.get(&req.task_id) {
+            Some(&i) => {
+                let prev = &mut out.tasks[i];
+                let create = prev.create.take();
+                let release_owner = row.release_owner.clone().or(prev.release_owner.take());
+                *prev = TaskUpsert {
+                    create,
+                    release_owner,
+                    ..row
+                };
+            }
+            None => {
+                index_of_task.insert(req.task_id.clone(), out.tasks.len());
+                out.tasks.push(row);
+            }
+        }
+        if let Some(t) = &req.timers {
+            match timers_of_task.get(&req.task_id) {
+                Some(&i) => out.timers[i].1 = t.clone(),
+                None => {
+                    timers_of_task.insert(req.task_id.clone(), out.timers.len());
+                    out.timers.push((req.task_id.clone(), t.clone()));
+                }
+            }
+        }
+        out.wake |= req.wake;
+        out.outcomes.push(AppendOutcome::Appended);
+    }
+    out
+}

@@ -1,0 +1,248 @@
+//! The group-commit writer: one tokio task per store that owns the write path.
+//!
+//! Requests queue on a channel while a transaction commits; the next
+//! transaction takes everything queued (up to `max_batch`). With full
+//! durability (`synchronous=FULL`, `synchronous_commit=on`) a commit costs an
+//! fsync, so sharing it across tasks is what makes throughput possible. If a
+//! batch fails as a whole, each request is retried alone so one bad request
+//! cannot fail the others.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::{AppendOutcome, AppendRequest, Error};
+
+/// Settings of the writer.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Most operations one transaction takes.
+    pub max_batch: usize,
+    /// Bound of the request queue (back-pressure beyond it).
+    pub queue_capacity: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 1_000,
+            queue_capacity: 10_000,
+        }
+    }
+}
+
+/// One write, as the backend sees it.
+#[derive(Debug, Clone)]
+pub(crate) enum WriteOp {
+    Append(Box<AppendRequest>),
+    Claim {
+        owner: String,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    },
+    Renew {
+        owner: String,
+        now_ms: i64,
+        lease_ms: i64,
+    },
+    Release {
+        task_id: String,
+        owner: String,
+        expected_seq: i64,
+    },
+    Quarantine {
+        task_id: String,
+        reason: String,
+    },
+}
+
+/// One write's result.
+#[derive(Debug)]
+pub(crate) enum WriteResult {
+    Append(AppendOutcome),
+    Claim(Vec<String>),
+    Renew(Vec<(String, i64)>),
+    Release(bool),
+    Quarantine,
+}
+
+impl WriteResult {
+    fn wakes(&self) -> bool {
+        matches!(self, WriteResult::Release(true))
+    }
+}
+
+/// What a backend implements: run a batch in one transaction.
+pub(crate) trait BatchExecutor: Send + 'static {
+    /// Runs `ops` in one transaction. `Ok` holds one result per op and whether
+    /// other workers should be woken; `Err` means nothing of the batch may be
+    /// assumed written (or, for an ambiguous commit, that callers must reload).
+    fn execute<'a>(
+        &'a mut self,
+        ops: &'a [WriteOp],
+    ) -> BoxFuture<'a, Result<(Vec<WriteResult>, bool), Error>>;
+}
+
+type Reply = oneshot::Sender<Result<WriteResult, Error>>;
+
+/// Handle to a running writer.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::Sender<(WriteOp, Reply)>,
+}
+
+impl Writer {
+    pub(crate) fn spawn(
+        mut exec: impl BatchExecutor,
+        config: WriterConfig,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(WriteOp, Reply)>(config.queue_capacity);
+        tokio::spawn(async move {
+            let mut batch: Vec<(WriteOp, Reply)> = Vec::with_capacity(config.max_batch);
+            loop {
+                let n = rx.recv_many(&mut batch, config.max_batch).await;
+                if n == 0 {
+                    break;
+                }
+                let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = batch.drain(..).unzip();
+                match exec.execute(&ops).await {
+                    Ok((results, wake_others)) => {
+                        let mut woke = wake_others;
+                        for (r, reply) in results.into_iter().zip(replies) {
+                            woke |= r.wakes();
+                            let _ = reply.send(Ok(r));
+                        }
+                        if woke {
+                            wake.notify_waiters();
+                            wake.notify_one();
+                        }
+                    }
+                    Err(e) if ops.len() == 1 => {
+                        let _ = replies.into_iter().next().map(|r| r.send(Err(e)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, batch = ops.len(), "group commit failed; retrying each write alone");
+                        for (op, reply) in ops.into_iter().zip(replies) {
+                            let one = [op];
+                            let r = match exec.execute(&one).await {
+                                Ok((mut rs, w)) => {
+                                    if w {
+                                        wake.notify_waiters();
+                                        wake.notify_one();
+                                    }
+                                    rs.pop().ok_or(Error::WriterStopped)
+                                }
+                                Err(e) => Err(e),
+                            };
+                            let _ = reply.send(r);
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    pub(crate) async fn submit(&self, op: WriteOp) -> Result<WriteResult, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((op, reply))
+            .await
+            .map_err(|_| Error::WriterStopped)?;
+        rx.await.map_err(|_| Error::WriterStopped)?
+    }
+
+    pub(crate) async fn append(&self, req: AppendRequest) -> Result<AppendOutcome, Error> {
+        match self.submit(WriteOp::Append(Box::new(req))).await? {
+            WriteResult::Append(o) => Ok(o),
+            other => Err(Error::Corrupt(format!(
+                "writer answered an append with {other:?}"
+            ))),
+        }
+    }
+
+    pub(crate) async fn claim(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<String>, Error> {
+        match self
+            .submit(WriteOp::Claim {
+                owner: owner.to_string(),
+                now_ms,
+                lease_ms,
+                limit,
+            })
+            .await?
+        {
+            WriteResult::Claim(v) => Ok(v),
+            other => Err(Error::Corrupt(format!(
+                "writer answered a claim with {other:?}"
+            ))),
+        }
+    }
+
+    pub(crate) async fn renew(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<(String, i64)>, Error> {
+        match self
+            .submit(WriteOp::Renew {
+                owner: owner.to_string(),
+                now_ms,
+                lease_ms,
+            })
+            .await?
+        {
+            WriteResult::Renew(v) => Ok(v),
+            other => Err(Error::Corrupt(format!(
+                "writer answered a renewal with {other:?}"
+            ))),
+        }
+    }
+
+    pub(crate) async fn release(
+        &self,
+        task_id: &str,
+        owner: &str,
+        expected_seq: i64,
+    ) -> Result<bool, Error> {
+        match self
+            .submit(WriteOp::Release {
+                task_id: task_id.to_string(),
+                owner: owner.to_string(),
+                expected_seq,
+            })
+            .await?
+        {
+            WriteResult::Release(v) => Ok(v),
+            other => Err(Error::Corrupt(format!(
+                "writer answered a release with {other:?}"
+            ))),
+        }
+    }
+}
+
+impl Writer {
+    pub(crate) async fn quarantine(&self, task_id: &str, reason: &str) -> Result<(), Error> {
+        match self
+            .submit(WriteOp::Quarantine {
+                task_id: task_id.to_string(),
+                reason: reason.to_string(),
+            })
+            .await?
+        {
+            WriteResult::Quarantine => Ok(()),
+            other => Err(Error::Corrupt(format!(
+                "writer answered a quarantine with {other:?}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,45 @@
+-- Mandate core schema (PostgreSQL). The events table is ground truth; every
+-- other table here is derived from it (except the lease columns, which
+-- coordinate workers and carry no history).
+
+CREATE TABLE tasks (
+    id                   TEXT PRIMARY KEY NOT NULL,
+    workflow             TEXT NOT NULL,
+    workflow_version     BIGINT NOT NULL,
+    agent                TEXT,
+    idempotency_key      TEXT UNIQUE,
+    status               TEXT NOT NULL,
+    last_seq             BIGINT NOT NULL,
+    last_hash            TEXT NOT NULL,
+    created_at_ms        BIGINT NOT NULL,
+    updated_at_ms        BIGINT NOT NULL,
+    ready_at_ms          BIGINT,
+    lease_owner          TEXT,
+    lease_expires_at_ms  BIGINT,
+    blocked_reason       TEXT
+);
+
+CREATE INDEX tasks_ready ON tasks (ready_at_ms) WHERE ready_at_ms IS NOT NULL;
+CREATE INDEX tasks_lease_owner ON tasks (lease_owner) WHERE lease_owner IS NOT NULL;
+CREATE INDEX tasks_status_created ON tasks (status, created_at_ms);
+CREATE INDEX tasks_created ON tasks (created_at_ms);
+
+CREATE TABLE events (
+    task_id         TEXT NOT NULL,
+    seq             BIGINT NOT NULL,
+    event_type      TEXT NOT NULL,
+    recorded_at_ms  BIGINT NOT NULL,
+    actor           TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    prev_hash       TEXT NOT NULL,
+    hash            TEXT NOT NULL,
+    PRIMARY KEY (task_id, seq)
+);
+
+CREATE TABLE timers (
+    task_id     TEXT NOT NULL,
+    seq         BIGINT NOT NULL,
+    fire_at_ms  BIGINT NOT NULL,
+    kind        TEXT NOT NULL,
+    PRIMARY KEY (task_id, seq)
+);
