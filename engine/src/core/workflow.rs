@@ -238,7 +238,8 @@ fn describe_recorded(p: &EventPayload) -> String {
 }
 
 impl NewCommand {
-    fn describe(&self) -> String {
+    /// A short human description, as used in non-determinism reports.
+    pub fn describe(&self) -> String {
         match self {
             Self::Step { options, .. } => {
                 format!("step {:?} (tool {})", options.name, options.tool)
@@ -690,5 +691,58 @@ impl WorkflowRegistry {
         let mut v: Vec<String> = self.workflows.keys().cloned().collect();
         v.sort();
         v
+    }
+}
+
+/// Re-runs `workflow` against a complete stored history with no side effects and
+/// checks that the code issues exactly the recorded commands and, where the
+/// history says the workflow returned, returns the same result.
+pub fn check_history(
+    workflow: &dyn Workflow,
+    history: &[super::event::Event],
+) -> Result<(), NonDeterminism> {
+    let Some(first) = history.first() else {
+        return Ok(());
+    };
+    let state = super::state::TaskState::fold(history);
+    let events: Vec<(i64, &EventPayload)> = history.iter().map(|e| (e.seq, &e.payload)).collect();
+    let r = replay(
+        workflow,
+        &first.task_id,
+        &state.input,
+        &events,
+        state.updated_at_ms,
+    );
+    if let Some(nd) = r.nondeterminism {
+        return Err(nd);
+    }
+    let recorded_end = history.iter().find_map(|e| match &e.payload {
+        EventPayload::TaskCompleted { output } => Some((e.seq, Ok(output.clone()))),
+        EventPayload::WorkflowFailed { error } => Some((e.seq, Err(error.clone()))),
+        _ => None,
+    });
+    let Some((seq, recorded)) = recorded_end else {
+        return Ok(());
+    };
+    let mismatch = |found: String| NonDeterminism {
+        task_id: first.task_id.clone(),
+        seq,
+        expected: match &recorded {
+            Ok(v) => format!("the workflow returned {v}"),
+            Err(e) => format!("the workflow failed: {e}"),
+        },
+        found,
+    };
+    if let Some(c) = r.new_commands.first() {
+        return Err(mismatch(format!("a further command: {}", c.describe())));
+    }
+    match (&recorded, r.finished) {
+        (Ok(a), Some(Ok(b))) if *a == b => Ok(()),
+        (Err(a), Some(Err(b))) if *a == b.message => Ok(()),
+        // Limits turn an over-large output into a failure; the code itself succeeded.
+        (Err(a), Some(Ok(_))) if a.contains("payload limit") || a.contains("commands") => Ok(()),
+        (_, Some(Ok(v))) => Err(mismatch(format!("the workflow returned {v}"))),
+        (_, Some(Err(e))) => Err(mismatch(format!("the workflow failed: {}", e.message))),
+        (_, None) => Err(mismatch("the workflow still waiting".to_string())),
     }
 }

@@ -1,0 +1,633 @@
+//! Workflow scenarios, each on SQLite and PostgreSQL, each checked live and
+//! replayed from its stored history.
+
+use std::time::Duration;
+
+use mandate_engine::runtime::Error as EngineError;
+use mandate_engine::{EventPayload, TaskStatus};
+use mandate_tests::{Backend, Harness, backend_tests, types};
+use serde_json::{Value, json};
+
+async fn service_version(h: &Harness, service: &str) -> Option<String> {
+    h.world
+        .get("service", service)
+        .await
+        .expect("world")
+        .and_then(|v| v.get("version").and_then(Value::as_str).map(str::to_string))
+}
+
+async fn deploy_completes(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let (id, row) = h
+        .run(
+            "deploy_with_rollback",
+            json!({"service": "checkout", "version": "v2"}),
+        )
+        .await;
+    assert_eq!(row.status, TaskStatus::Completed);
+    assert_eq!(service_version(&h, "checkout").await.as_deref(), Some("v2"));
+    let history = h.engine.history(&id).await.unwrap();
+    assert_eq!(
+        types(&history),
+        [
+            "TaskSubmitted",
+            "TaskStarted",
+            "StepScheduled",
+            "StepCompleted",
+            "StepScheduled",
+            "StepCompleted",
+            "StepScheduled",
+            "StepCompleted",
+            "TaskCompleted"
+        ]
+    );
+    // The compensation was persisted with the step, before it ran.
+    let EventPayload::StepScheduled { compensation, .. } = &history[4].payload else {
+        panic!("seq 5 is {:?}", history[4].payload)
+    };
+    assert_eq!(
+        compensation.as_ref().unwrap().input,
+        json!({"service": "checkout", "version": "v0"})
+    );
+    h.assert_replays(&id).await;
+}
+
+async fn failed_health_check_rolls_back(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let (_, first) = h
+        .run(
+            "deploy_with_rollback",
+            json!({"service": "checkout", "version": "v2"}),
+        )
+        .await;
+    assert_eq!(first.status, TaskStatus::Completed);
+    let (id, row) = h
+        .run(
+            "deploy_with_rollback",
+            json!({"service": "checkout", "version": "v3-bad"}),
+        )
+        .await;
+    assert_eq!(row.status, TaskStatus::FailedTerminal);
+    // The side effect was undone: the service runs the version it ran before.
+    assert_eq!(service_version(&h, "checkout").await.as_deref(), Some("v2"));
+    let history = h.engine.history(&id).await.unwrap();
+    let t = types(&history);
+    assert!(
+        t.ends_with(&[
+            "StepFailed",
+            "WorkflowFailed",
+            "CompensationStarted",
+            "CompensationCompleted",
+            "TaskFailed"
+        ]),
+        "{t:?}"
+    );
+    let EventPayload::TaskFailed {
+        compensated_steps,
+        error,
+    } = &history.last().unwrap().payload
+    else {
+        unreachable!()
+    };
+    assert_eq!(*compensated_steps, 1);
+    assert!(error.contains("unhealthy"), "{error}");
+    h.assert_replays(&id).await;
+}
+
+fn fault(mode: &str) -> Value {
+    json!({"tool": "test.fault", "input": {"mode": mode}})
+}
+
+async fn retries_then_succeeds(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let (id, row) = h
+        .run(
+            "saga",
+            json!({"stages": [[{"tool": "test.fault", "input": {"mode": "fail_times", "times": 2},
+                                "retry": {"max_attempts": 3, "initial_backoff_ms": 10}}]]}),
+        )
+        .await;
+    assert_eq!(row.status, TaskStatus::Completed);
+    let history = h.engine.history(&id).await.unwrap();
+    let failures: Vec<(u32, i64)> = history
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EventPayload::StepAttemptFailed {
+                attempt,
+                next_attempt_at_ms,
+                ..
+            } => Some((*attempt, *next_attempt_at_ms - e.recorded_at_ms)),
+            _ => None,
+        })
+        .collect();
+    // Exponential backoff: 10 ms, then 20 ms.
+    assert_eq!(failures, vec![(1, 10), (2, 20)]);
+    assert!(matches!(
+        history.iter().rev().nth(1).unwrap().payload,
+        EventPayload::StepCompleted { attempt: 3, .. }
+    ));
+    h.assert_replays(&id).await;
+}
+
+async fn non_retryable_error_fails_at_once(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let (id, row) = h
+        .run("saga", json!({"stages": [[{"tool": "test.fault", "input": {"mode": "fail_terminal"}, "retry": {"max_attempts": 5}}]]}))
+        .await;
+    assert_eq!(row.status, TaskStatus::FailedTerminal);
+    let history = h.engine.history(&id).await.unwrap();
+    assert!(!types(&history).contains(&"StepAttemptFailed"));
+    assert!(
+        history
+            .iter()
+            .any(|e| matches!(e.payload, EventPayload::StepFailed { attempt: 1, .. }))
+    );
+    h.assert_replays(&id).await;
+}
+
+async fn attempts_are_bounded_and_time_out(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let (id, row) = h
+        .run(
+            "saga",
+            json!({"stages": [[{"tool": "test.fault", "input": {"mode": "hang"}, "timeout_ms": 100,
+                                "retry": {"max_attempts": 2, "initial_backoff_ms": 10}}]]}),
+        )
+        .await;
+    assert_eq!(row.status, TaskStatus::FailedTerminal);
+    let history = h.engine.history(&id).await.unwrap();
+    let messages: Vec<String> = history
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EventPayload::StepAttemptFailed { error, .. }
+            | EventPayload::StepFailed { error, .. } => Some(error.message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.contains("timed out after 100 ms")),
+        "{messages:?}"
+    );
+    h.assert_replays(&id).await;
+}
+
+async fn failed_compensation_escalates(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let (id, row) = h
+        .run(
+            "saga",
+            json!({"stages": [
+                [{"tool": "kv.put", "input": {"key": "k1", "value": 1},
+                  "compensate": {"tool": "test.fault", "input": {"mode": "fail"}, "retry": {"max_attempts": 2, "initial_backoff_ms": 10}},
+                  "recovery_path": "delete key k1 by hand"}],
+                [fault("fail_terminal")]
+            ]}),
+        )
+        .await;
+    assert_eq!(row.status, TaskStatus::EscalatedToHuman);
+    let history = h.engine.history(&id).await.unwrap();
+    let EventPayload::TaskEscalated {
+        recovery_paths,
+        reason,
+        ..
+    } = &history.last().unwrap().payload
+    else {
+        panic!("{:?}", history.last())
+    };
+    assert_eq!(recovery_paths, &vec!["delete key k1 by hand".to_string()]);
+    assert!(reason.contains("compensation"), "{reason}");
+    let t = types(&history);
+    assert!(
+        t.contains(&"CompensationAttemptFailed") && t.contains(&"CompensationFailed"),
+        "{t:?}"
+    );
+    h.assert_replays(&id).await;
+}
+
+async fn parallel_steps_compensate_in_reverse_completion_order(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let put = |k: &str| json!({"tool": "kv.put", "input": {"key": k, "value": k}, "compensate": {"tool": "kv.delete", "input": {"key": k}}});
+    let (id, row) = h
+        .run("saga", json!({"stages": [[put("a"), put("b"), put("c")], [put("d")], [fault("fail_terminal")]]}))
+        .await;
+    assert_eq!(row.status, TaskStatus::FailedTerminal);
+    for k in ["a", "b", "c", "d"] {
+        assert_eq!(
+            h.world.get("kv", k).await.unwrap(),
+            None,
+            "key {k} was left behind"
+        );
+    }
+    let history = h.engine.history(&id).await.unwrap();
+    let completed: Vec<i64> = history
+        .iter()
+        .filter_map(|e| match e.payload {
+            EventPayload::StepCompleted { step_seq, .. } => Some(step_seq),
+            _ => None,
+        })
+        .collect();
+    let compensated: Vec<i64> = history
+        .iter()
+        .filter_map(|e| match e.payload {
+            EventPayload::CompensationStarted { step_seq, .. } => Some(step_seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(completed.len(), 4);
+    assert_eq!(compensated, completed.into_iter().rev().collect::<Vec<_>>());
+    h.assert_replays(&id).await;
+}
+
+async fn irreversible_step_escalates_after_rollback(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let (id, row) = h
+        .run(
+            "saga",
+            json!({"stages": [
+                [{"tool": "kv.put", "input": {"key": "x", "value": 1}, "compensate": {"tool": "kv.delete", "input": {"key": "x"}}}],
+                [{"tool": "email.send", "input": {"to": "a@example.com", "subject": "hi"}}],
+                [fault("fail_terminal")]
+            ]}),
+        )
+        .await;
+    assert_eq!(row.status, TaskStatus::EscalatedToHuman);
+    // The reversible step was still undone.
+    assert_eq!(h.world.get("kv", "x").await.unwrap(), None);
+    let history = h.engine.history(&id).await.unwrap();
+    assert!(types(&history).contains(&"CompensationSkipped"));
+    let EventPayload::TaskEscalated { recovery_paths, .. } = &history.last().unwrap().payload
+    else {
+        unreachable!()
+    };
+    assert!(
+        recovery_paths
+            .iter()
+            .any(|r| r.contains("correction email")),
+        "{recovery_paths:?}"
+    );
+    h.assert_replays(&id).await;
+}
+
+async fn durable_sleep_fires(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let (id, row) = h
+        .run("saga", json!({"stages": [[{"sleep_ms": 300}], [{"tool": "test.echo", "input": {"after": "sleep"}}]]}))
+        .await;
+    assert_eq!(row.status, TaskStatus::Completed);
+    let history = h.engine.history(&id).await.unwrap();
+    let started = history
+        .iter()
+        .find(|e| matches!(e.payload, EventPayload::TimerStarted { .. }))
+        .unwrap();
+    let fired = history
+        .iter()
+        .find(|e| matches!(e.payload, EventPayload::TimerFired { .. }))
+        .unwrap();
+    assert!(fired.recorded_at_ms - started.recorded_at_ms >= 300);
+    h.assert_replays(&id).await;
+}
+
+async fn approval_signal_lets_the_deploy_run(b: Backend) {
+    let mut h = Harness::new(b).await;
+    h.start_worker();
+    let id = h
+        .engine
+        .submit(
+            "gated_deploy",
+            json!({"service": "billing", "version": "v5"}),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .task_id;
+    h.wait_for(&id, |s| s == TaskStatus::NeedsApproval).await;
+    assert_eq!(
+        service_version(&h, "billing").await,
+        None,
+        "nothing runs before approval"
+    );
+    h.engine
+        .signal(&id, "approve", json!({"approved": true}), "approver:carol")
+        .await
+        .unwrap();
+    let row = h
+        .engine
+        .wait_until_final(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(row.status, TaskStatus::Completed);
+    assert_eq!(service_version(&h, "billing").await.as_deref(), Some("v5"));
+    let history = h.engine.history(&id).await.unwrap();
+    let received = history
+        .iter()
+        .find(|e| matches!(e.payload, EventPayload::SignalReceived { .. }))
+        .unwrap();
+    assert_eq!(received.actor, "approver:carol");
+    h.assert_replays(&id).await;
+}
+
+async fn signal_wait_times_out(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let (id, row) = h
+        .run(
+            "gated_deploy",
+            json!({"service": "billing", "version": "v5", "approval_timeout_ms": 200}),
+        )
+        .await;
+    assert_eq!(row.status, TaskStatus::FailedTerminal);
+    let history = h.engine.history(&id).await.unwrap();
+    assert!(history.iter().any(|e| matches!(
+        e.payload,
+        EventPayload::SignalWaitResolved {
+            timed_out: true,
+            ..
+        }
+    )));
+    assert_eq!(service_version(&h, "billing").await, None);
+    h.assert_replays(&id).await;
+}
+
+async fn waiting_saga(h: &mut Harness) -> String {
+    h.start_worker();
+    let id = h
+        .engine
+        .submit(
+            "saga",
+            json!({"stages": [
+                [{"tool": "kv.put", "input": {"key": "held", "value": true}, "compensate": {"tool": "kv.delete", "input": {"key": "held"}}}],
+                [{"wait_signal": "go"}]
+            ]}),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .task_id;
+    // Wait until the wait is recorded (the put completed before it).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let history = h.engine.history(&id).await.unwrap();
+        if history
+            .iter()
+            .any(|e| matches!(e.payload, EventPayload::SignalWaitStarted { .. }))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga never started waiting"
+        );
+        let mut updates = h.engine.subscribe();
+        let _ = tokio::time::timeout(Duration::from_millis(100), updates.recv()).await;
+    }
+    id
+}
+
+async fn cancel_with_rollback_compensates(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let id = waiting_saga(&mut h).await;
+    assert!(h.world.get("kv", "held").await.unwrap().is_some());
+    h.engine
+        .cancel(&id, true, "user:ops", Some("wrong target".into()))
+        .await
+        .unwrap();
+    let row = h
+        .engine
+        .wait_until_final(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(row.status, TaskStatus::Cancelled);
+    assert_eq!(h.world.get("kv", "held").await.unwrap(), None);
+    let history = h.engine.history(&id).await.unwrap();
+    assert!(matches!(
+        history.last().unwrap().payload,
+        EventPayload::TaskCancelled {
+            rolled_back: true,
+            compensated_steps: 1
+        }
+    ));
+}
+
+async fn cancel_without_rollback_leaves_effects(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let id = waiting_saga(&mut h).await;
+    h.engine.cancel(&id, false, "user:ops", None).await.unwrap();
+    let row = h
+        .engine
+        .wait_until_final(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(row.status, TaskStatus::Cancelled);
+    assert!(h.world.get("kv", "held").await.unwrap().is_some());
+}
+
+async fn finished_tasks_refuse_signals_and_cancels(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let (id, row) = h
+        .run(
+            "saga",
+            json!({"stages": [[{"tool": "test.echo", "input": {}}]]}),
+        )
+        .await;
+    assert_eq!(row.status, TaskStatus::Completed);
+    let err = h
+        .engine
+        .signal(&id, "go", json!({}), "user:x")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::TaskFinal { .. }), "{err}");
+    assert!(err.to_string().contains("completed"), "{err}");
+    let err = h
+        .engine
+        .cancel(&id, true, "user:x", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::TaskFinal { .. }), "{err}");
+    assert_eq!(
+        h.engine.task(&id).await.unwrap().last_seq,
+        row.last_seq,
+        "nothing was appended"
+    );
+    let err = h
+        .engine
+        .signal(
+            "0198f0b8-0000-7000-8000-000000000000",
+            "go",
+            json!({}),
+            "user:x",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::TaskNotFound { .. }), "{err}");
+}
+
+async fn bad_submissions_write_nothing(b: Backend) {
+    let h = Harness::new(b).await;
+    let err = h
+        .engine
+        .submit("no_such_workflow", json!({}), Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unknown workflow \"no_such_workflow\""),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("deploy_with_rollback"),
+        "lists the known ones: {err}"
+    );
+    let huge = json!({"blob": "x".repeat(300 * 1024)});
+    let err = h
+        .engine
+        .submit("saga", huge, Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::InvalidInput { ref field, .. } if field == "input"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    let err = h
+        .engine
+        .submit(
+            "saga",
+            json!({}),
+            mandate_engine::SubmitOptions {
+                agent: Some("bad agent name!".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("agent"), "{err}");
+    let all = h
+        .engine
+        .store()
+        .list_tasks(Default::default())
+        .await
+        .unwrap();
+    assert!(all.is_empty(), "refused submissions wrote {all:?}");
+}
+
+async fn idempotent_submission_returns_the_same_task(b: Backend) {
+    let h = Harness::new(b).await;
+    let opts = || mandate_engine::SubmitOptions {
+        idempotency_key: Some("req-42".into()),
+        ..Default::default()
+    };
+    let a = h
+        .engine
+        .submit("saga", json!({"stages": []}), opts())
+        .await
+        .unwrap();
+    let b2 = h
+        .engine
+        .submit("saga", json!({"stages": []}), opts())
+        .await
+        .unwrap();
+    assert!(!a.existing && b2.existing);
+    assert_eq!(a.task_id, b2.task_id);
+    assert_eq!(
+        h.engine
+            .store()
+            .list_tasks(Default::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn pause_holds_and_resume_continues(b: Backend) {
+    let mut h = Harness::new(b).await;
+    h.start_worker();
+    let id = h
+        .engine
+        .submit("saga", json!({"stages": [[{"sleep_ms": 200}], [{"tool": "kv.put", "input": {"key": "after", "value": 1}}]]}), Default::default())
+        .await
+        .unwrap()
+        .task_id;
+    h.engine
+        .pause(&id, "user:ops", Some("investigating".into()))
+        .await
+        .unwrap();
+    h.wait_for(&id, |s| s == TaskStatus::Paused).await;
+    // Past the sleep, still paused: the step after it has not run.
+    let mut updates = h.engine.subscribe();
+    let _ = tokio::time::timeout(Duration::from_millis(400), async {
+        while updates.recv().await.is_ok() {}
+    })
+    .await;
+    assert_eq!(h.engine.task(&id).await.unwrap().status, TaskStatus::Paused);
+    assert_eq!(h.world.get("kv", "after").await.unwrap(), None);
+    h.engine.resume(&id, "user:ops").await.unwrap();
+    let row = h
+        .engine
+        .wait_until_final(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(row.status, TaskStatus::Completed);
+    assert!(h.world.get("kv", "after").await.unwrap().is_some());
+    h.assert_replays(&id).await;
+}
+
+async fn deterministic_now_and_ids_replay(b: Backend) {
+    use futures::future::LocalBoxFuture;
+    use mandate_engine::{StepOptions, Workflow, WorkflowContext, WorkflowError};
+    struct Stamps;
+    impl Workflow for Stamps {
+        fn name(&self) -> &str {
+            "stamps"
+        }
+        fn run(
+            &self,
+            ctx: WorkflowContext,
+            _input: Value,
+        ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+            Box::pin(async move {
+                let t = ctx.now();
+                let id = ctx.new_id();
+                let out = ctx
+                    .step(StepOptions::new(
+                        "test.echo",
+                        json!({"t": t, "id": id.to_string()}),
+                    ))
+                    .await?;
+                Ok(out)
+            })
+        }
+    }
+    let mut h = Harness::with(b, |w, _| {
+        w.register(Stamps);
+    })
+    .await;
+    let (id, row) = h.run("stamps", json!({})).await;
+    assert_eq!(row.status, TaskStatus::Completed);
+    let history = h.engine.history(&id).await.unwrap();
+    assert!(types(&history).contains(&"MarkerRecorded"));
+    h.assert_replays(&id).await;
+}
+
+backend_tests!(
+    deploy_completes,
+    failed_health_check_rolls_back,
+    retries_then_succeeds,
+    non_retryable_error_fails_at_once,
+    attempts_are_bounded_and_time_out,
+    failed_compensation_escalates,
+    parallel_steps_compensate_in_reverse_completion_order,
+    irreversible_step_escalates_after_rollback,
+    durable_sleep_fires,
+    approval_signal_lets_the_deploy_run,
+    signal_wait_times_out,
+    cancel_with_rollback_compensates,
+    cancel_without_rollback_leaves_effects,
+    finished_tasks_refuse_signals_and_cancels,
+    bad_submissions_write_nothing,
+    idempotent_submission_returns_the_same_task,
+    pause_holds_and_resume_continues,
+    deterministic_now_and_ids_replay,
+);
