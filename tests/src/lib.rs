@@ -287,3 +287,29 @@ macro_rules! backend_tests {
         }
     };
 }
+
+/// Runs one SQL statement directly against a test database (to tamper with it).
+pub async fn exec_sql(db: &TestDb, sql: &str) -> u64 {
+    match db.backend {
+        Backend::Sqlite => {
+            let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db.url)
+                .await
+                .expect("connect sqlite");
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .rows_affected()
+        }
+        Backend::Postgres => {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+                .await
+                .expect("connect postgres");
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .rows_affected()
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The store contract, written once against the `Store` trait and run on both
+//! backends: fenced appends, creation, idempotency keys, leases, group commit,
+//! listing, and the engine's limits.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use mandate_engine::core::decide::projection;
+use mandate_engine::core::event::{NewEvent, seal};
+use mandate_engine::store::{AppendOutcome, AppendRequest, LeaseUpdate, TaskFilter};
+use mandate_engine::{EventPayload, Limits, TaskState, TaskStatus};
+use mandate_tests::{Backend, Harness, TestDb, backend_tests};
+use serde_json::json;
+
+/// An append of one signal event after `expected_seq`, built by hand.
+async fn signal_request(h: &Harness, id: &str, expected_seq: i64) -> AppendRequest {
+    let history = h.engine.history(id).await.unwrap();
+    let state = TaskState::fold(&history);
+    let new = [NewEvent::engine(EventPayload::SignalReceived {
+        name: "x".into(),
+        payload: json!({}),
+        sender: "test".into(),
+    })];
+    let now = h.engine.now_ms();
+    let sealed = seal(id, expected_seq, &state.last_hash, now, &new);
+    AppendRequest {
+        task_id: id.to_string(),
+        expected_seq,
+        events: sealed.into_iter().map(|(_, r)| r).collect(),
+        projection: projection(&state, now),
+        timers: None,
+        create: None,
+        lease: LeaseUpdate::Keep,
+        wake: false,
+    }
+}
+
+async fn appends_are_fenced_by_expected_seq(b: Backend) {
+    let h = Harness::new(b).await;
+    let id = h
+        .engine
+        .submit("saga", json!({"stages": []}), Default::default())
+        .await
+        .unwrap()
+        .task_id;
+    let store = h.engine.store();
+    // A stale writer (expects seq 0, or a future seq) loses and writes nothing.
+    for expected in [0, 2, 7] {
+        let mut req = signal_request(&h, &id, 1).await;
+        req.expected_seq = expected;
+        let out = store.append(req).await.unwrap();
+        assert_eq!(
+            out,
+            AppendOutcome::Conflict {
+                actual_seq: Some(1)
+            },
+            "expected {expected}"
+        );
+    }
+    assert_eq!(store.load_history(&id).await.unwrap().len(), 1);
+    // The right writer wins; a second writer with the same expectation loses.
+    assert_eq!(
+        store
+            .append(signal_request(&h, &id, 1).await)
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    assert_eq!(
+        store
+            .append(signal_request(&h, &id, 1).await)
+            .await
+            .unwrap(),
+        AppendOutcome::Conflict {
+            actual_seq: Some(2)
+        }
+    );
+    let row = store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(row.last_seq, 2);
+    h.engine
+        .history(&id)
+        .await
+        .expect("the chain still verifies");
+    // Appending to a task that does not exist is a conflict too.
+    let mut req = signal_request(&h, &id, 2).await;
+    req.task_id = "no-such-task".into();
+    assert_eq!(
+        store.append(req).await.unwrap(),
+        AppendOutcome::Conflict { actual_seq: None }
+    );
+}
+
+async fn concurrent_appends_share_commits(b: Backend) {
+    let h = Harness::new(b).await;
+    // 300 submissions at once go through the group-commit writer together.
+    let ids: Vec<String> = join_all((0..300).map(|i| {
+        h.engine
+            .submit("saga", json!({"stages": [], "n": i}), Default::default())
+    }))
+    .await
+    .into_iter()
+    .map(|r| r.unwrap().task_id)
+    .collect();
+    let all = h
+        .engine
+        .store()
+        .list_tasks(TaskFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 300);
+    // Many concurrent appends to one task: exactly one wins per seq.
+    let id = &ids[0];
+    let reqs = join_all((0..20).map(|_| signal_request(&h, id, 1))).await;
+    let outs = join_all(reqs.into_iter().map(|r| h.engine.store().append(r))).await;
+    let won = outs
+        .iter()
+        .filter(|o| matches!(o, Ok(AppendOutcome::Appended)))
+        .count();
+    assert_eq!(won, 1, "{outs:?}");
+    h.engine.history(id).await.unwrap();
+}
+
+async fn leases_exclude_until_they_expire(b: Backend) {
+    let h = Harness::new(b).await;
+    let store = h.engine.store();
+    let id = h
+        .engine
+        .submit("saga", json!({"stages": []}), Default::default())
+        .await
+        .unwrap()
+        .task_id;
+    let now = h.engine.now_ms() + 10;
+    assert_eq!(
+        store.claim("a", now, 1_000, 10).await.unwrap(),
+        vec![id.clone()]
+    );
+    assert!(
+        store.claim("b", now, 1_000, 10).await.unwrap().is_empty(),
+        "a holds it"
+    );
+    assert_eq!(
+        store.renew("a", now + 500, 1_000).await.unwrap(),
+        vec![(id.clone(), 1)]
+    );
+    // Renewed to now+1500: b still cannot take it at now+1200, can at now+1600.
+    assert!(
+        store
+            .claim("b", now + 1_200, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.claim("b", now + 1_600, 1_000, 10).await.unwrap(),
+        vec![id.clone()]
+    );
+    // a lost it: its renewal returns nothing and its release is refused.
+    assert!(
+        store
+            .renew("a", now + 1_700, 1_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!store.release(&id, "a", 1).await.unwrap());
+    // b releases only if nothing was appended since it looked.
+    assert!(!store.release(&id, "b", 0).await.unwrap());
+    assert!(store.release(&id, "b", 1).await.unwrap());
+    let row = store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!((row.lease_owner, row.lease_expires_at_ms), (None, None));
+    assert_eq!(
+        store.claim("c", now + 1_800, 1_000, 10).await.unwrap(),
+        vec![id]
+    );
+}
+
+async fn listing_filters_and_pages_newest_first(b: Backend) {
+    let mut h = Harness::new(b).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let agent = if i % 2 == 0 { "even" } else { "odd" };
+        let opts = mandate_engine::SubmitOptions {
+            agent: Some(agent.into()),
+            ..Default::default()
+        };
+        ids.push(
+            h.engine
+                .submit("saga", json!({"stages": []}), opts)
+                .await
+                .unwrap()
+                .task_id,
+        );
+        // Distinct creation times make the order observable.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let store = h.engine.store().clone();
+    let page1 = store
+        .list_tasks(TaskFilter {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page1.iter().map(|t| &t.id).collect::<Vec<_>>(),
+        vec![&ids[4], &ids[3]]
+    );
+    let last = page1.last().unwrap();
+    let page2 = store
+        .list_tasks(TaskFilter {
+            limit: 2,
+            before: Some((last.created_at_ms, last.id.clone())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page2.iter().map(|t| &t.id).collect::<Vec<_>>(),
+        vec![&ids[2], &ids[1]]
+    );
+    let odd = store
+        .list_tasks(TaskFilter {
+            agent: Some("odd".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(odd.len(), 2);
+    let queued = store
+        .list_tasks(TaskFilter {
+            status: Some(TaskStatus::Queued),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 5);
+    drop(store);
+    h.start_worker();
+    for id in &ids {
+        h.engine
+            .wait_until_final(id, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    let counts = h.engine.store().count_by_status().await.unwrap();
+    assert_eq!(counts, vec![(TaskStatus::Completed, 5)]);
+}
+
+async fn limits_are_enforced(b: Backend) {
+    let db = TestDb::new(b).await;
+    let limits = Limits {
+        max_commands_per_task: 3,
+        max_payload_bytes: 2_000,
+        ..Limits::default()
+    };
+    let mut h = Harness::on(db, limits, |_, tools| {
+        tools.register(BigOutput);
+    })
+    .await;
+    let step = json!({"tool": "test.echo", "input": {}});
+    let (id, row) = h
+        .run(
+            "saga",
+            json!({"stages": [[step.clone()], [step.clone()], [step.clone()], [step.clone()]]}),
+        )
+        .await;
+    assert_eq!(row.status, TaskStatus::FailedTerminal);
+    let state = TaskState::fold(&h.engine.history(&id).await.unwrap());
+    assert!(state.error.unwrap().contains("more than 3 commands"));
+    // A tool output over the payload limit fails the step, never truncated.
+    let (id, row) = h
+        .run(
+            "saga",
+            json!({"stages": [[{"tool": "test.big", "input": {"bytes": 5_000}}]]}),
+        )
+        .await;
+    assert_eq!(row.status, TaskStatus::FailedTerminal);
+    let state = TaskState::fold(&h.engine.history(&id).await.unwrap());
+    assert!(
+        state.error.as_deref().unwrap().contains("exceeds"),
+        "{:?}",
+        state.error
+    );
+}
+
+/// Returns a string of `bytes` bytes.
+struct BigOutput;
+
+impl mandate_activities::Tool for BigOutput {
+    fn name(&self) -> &str {
+        "test.big"
+    }
+    fn kind(&self) -> mandate_activities::ToolKind {
+        mandate_activities::ToolKind::Read
+    }
+    fn call<'a>(
+        &'a self,
+        _ctx: mandate_activities::ToolContext,
+        input: serde_json::Value,
+    ) -> futures::future::BoxFuture<'a, mandate_activities::ToolResult> {
+        let n = input["bytes"].as_u64().unwrap_or(0) as usize;
+        Box::pin(async move { Ok(json!("b".repeat(n))) })
+    }
+}
+
+backend_tests!(
+    appends_are_fenced_by_expected_seq,
+    concurrent_appends_share_commits,
+    leases_exclude_until_they_expire,
+    listing_filters_and_pages_newest_first,
+    limits_are_enforced,
+);
