@@ -1,0 +1,235 @@
+//! The command line, declared with clap. Only shapes and help texts here;
+//! checks that need more than a type (JSON, names, limits) happen in the
+//! commands so their errors can say what to do.
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// Mandate runs AI-agent tasks as durable, event-sourced sagas on SQLite or PostgreSQL.
+///
+/// Start here: `mandate demo` runs a deploy that completes and one that is
+/// rolled back, in a throw-away database, and prints what happened.
+#[derive(Debug, Parser)]
+#[command(name = "mandate", version, propagate_version = true)]
+pub struct Cli {
+    /// Database URL: sqlite://PATH (created on first use) or postgres://USER@HOST:PORT/DB
+    /// [default: sqlite://mandate.db]
+    #[arg(
+        long,
+        global = true,
+        env = "MANDATE_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub db: Option<String>,
+
+    /// Log to stderr: -v info, -vv debug, -vvv trace (default warn; RUST_LOG wins when set)
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a worker that claims and advances tasks until Ctrl-C or SIGTERM
+    Serve(ServeArgs),
+    /// Run two deploys (one completes, one is rolled back) in a temporary database
+    Demo,
+    /// Create a task; prints its id alone on stdout
+    Submit(SubmitArgs),
+    /// Show one task: its row, its steps and its result
+    Status(StatusArgs),
+    /// List tasks, newest first
+    List(ListArgs),
+    /// Print a task's history as a timeline, or as JSON Lines with --json
+    History(HistoryArgs),
+    /// Send a signal (e.g. an approval) to a task; prints the seq of the recorded event
+    Signal(SignalArgs),
+    /// Ask a task to stop, optionally rolling back its completed steps
+    Cancel(CancelArgs),
+    /// Pause a task: attempts in flight finish, nothing new starts until resumed
+    Pause(PauseArgs),
+    /// Resume a paused task where it was
+    Resume(ResumeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Lease owner id of this worker; unique per process [default: a generated id]
+    #[arg(long, value_name = "ID")]
+    pub worker_id: Option<String>,
+    /// How long a claim holds a task without renewal; after a crash other workers
+    /// take its tasks over once this has passed
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(i64).range(1_000..=3_600_000))]
+    pub lease_ms: i64,
+    /// Most tasks driven at once by this process
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_active: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Workflow to run (e.g. deploy_with_rollback, gated_deploy, saga)
+    pub workflow: String,
+    /// The task's input: inline JSON, @FILE to read a file, or - to read stdin
+    #[arg(long, value_name = "JSON|@FILE|-", allow_hyphen_values = true)]
+    pub input: String,
+    /// The submitting agent (recorded; the actor becomes agent:<A>)
+    #[arg(long, value_name = "A")]
+    pub agent: Option<String>,
+    /// The user the agent acts for
+    #[arg(long, value_name = "U")]
+    pub on_behalf_of: Option<String>,
+    /// A retry with the same key returns the task the first call created
+    #[arg(long, value_name = "K")]
+    pub idempotency_key: Option<String>,
+    /// Wait until the task is final; exit 1 unless it completed (needs a running `mandate serve`)
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds [default: 300]
+    #[arg(long, value_name = "N", requires = "wait",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Task id (from `mandate submit` or `mandate list`)
+    pub id: String,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only tasks with this status (queued, running, completed, failed_terminal, …)
+    #[arg(long, value_name = "S")]
+    pub status: Option<String>,
+    /// Only tasks of this workflow
+    #[arg(long, value_name = "W")]
+    pub workflow: Option<String>,
+    /// Only tasks submitted by this agent
+    #[arg(long, value_name = "A")]
+    pub agent: Option<String>,
+    /// Most tasks shown
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+    /// Print a JSON array instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Task id
+    pub id: String,
+    /// Print JSON Lines, one event per line
+    #[arg(long)]
+    pub json: bool,
+    /// With --json: dump the stored rows without verifying the hash chain
+    /// (to export a history that fails verification)
+    #[arg(long, requires = "json")]
+    pub unverified: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SignalArgs {
+    /// Task id
+    pub id: String,
+    /// Signal name (e.g. approve)
+    pub name: String,
+    /// Payload: inline JSON, @FILE or - for stdin [default: {}]
+    #[arg(long, value_name = "JSON|@FILE|-", allow_hyphen_values = true)]
+    pub payload: Option<String>,
+    /// Identity recorded as the sender
+    #[arg(long = "as", value_name = "IDENTITY", default_value = "user:cli")]
+    pub identity: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Task id
+    pub id: String,
+    /// Compensate the task's completed steps (in reverse order) before it ends
+    #[arg(long)]
+    pub rollback: bool,
+    /// Why, recorded in the history
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Identity recorded as the one who cancelled
+    #[arg(long = "as", value_name = "IDENTITY", default_value = "user:cli")]
+    pub identity: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// Task id
+    pub id: String,
+    /// Why, recorded in the history
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Identity recorded as the one who paused
+    #[arg(long = "as", value_name = "IDENTITY", default_value = "user:cli")]
+    pub identity: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// Task id
+    pub id: String,
+    /// Identity recorded as the one who resumed
+    #[arg(long = "as", value_name = "IDENTITY", default_value = "user:cli")]
+    pub identity: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn timeout_needs_wait_and_unverified_needs_json() {
+        assert!(
+            Cli::try_parse_from([
+                "mandate",
+                "submit",
+                "saga",
+                "--input",
+                "{}",
+                "--timeout-secs",
+                "3"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["mandate", "history", "x", "--unverified"]).is_err());
+        assert!(Cli::try_parse_from(["mandate", "history", "x", "--json", "--unverified"]).is_ok());
+    }
+
+    #[test]
+    fn stdin_input_and_global_db_parse() {
+        let cli = Cli::try_parse_from([
+            "mandate",
+            "submit",
+            "saga",
+            "--input",
+            "-",
+            "--db",
+            "sqlite://x.db",
+        ])
+        .unwrap();
+        assert_eq!(cli.db.as_deref(), Some("sqlite://x.db"));
+        match cli.command {
+            Command::Submit(s) => assert_eq!(s.input, "-"),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

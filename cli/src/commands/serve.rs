@@ -1,0 +1,58 @@
+//! `mandate serve`: one worker in this process, until SIGINT or SIGTERM.
+//!
+//! On the first signal the worker stops claiming, gives its leases back and
+//! the process exits 0; a second signal exits at once (130), leaving the
+//! leases to expire. Either way no task is lost: another worker takes over.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use mandate_engine::{Limits, WorkerConfig};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::app::{self, Database, refused};
+use crate::args::ServeArgs;
+
+pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = WorkerConfig::default();
+    if let Some(id) = args.worker_id {
+        Limits::default()
+            .check_name("--worker-id", &id)
+            .map_err(refused)?;
+        config.id = id;
+    }
+    config.lease_ms = args.lease_ms;
+    if let Some(n) = args.max_active {
+        config.max_active_tasks = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+
+    // Listen before anything starts, so an early Ctrl-C is not lost.
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+
+    let (engine, _world) = app::open_engine(db).await?;
+    let worker = engine.start_worker(config);
+    let worker_id = worker.id().to_string();
+
+    // The HTTP API (SPEC §10) starts here, sharing `engine`, and is stopped
+    // before the worker below so no request lands on a stopping engine.
+
+    eprintln!(
+        "mandate serving {} as worker {worker_id}; Ctrl-C to stop",
+        db.shown()
+    );
+    let received = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    eprintln!(
+        "{received}: stopping worker {worker_id} and giving its leases back (signal again to exit at once)"
+    );
+    tokio::select! {
+        _ = worker.shutdown() => {}
+        _ = interrupt.recv() => return Ok(ExitCode::from(130)),
+        _ = terminate.recv() => return Ok(ExitCode::from(143)),
+    }
+    eprintln!("worker {worker_id} stopped");
+    Ok(ExitCode::SUCCESS)
+}
