@@ -42,16 +42,15 @@ impl FreshDb {
     }
 
     pub async fn drop_now(self) {
-        if let Some((admin_url, name)) = &self.pg {
-            if let Ok(mut admin) =
+        if let Some((admin_url, name)) = &self.pg
+            && let Ok(mut admin) =
                 <sqlx::PgConnection as sqlx::Connection>::connect(admin_url).await
-            {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await;
-            }
+        {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await;
         }
     }
 }

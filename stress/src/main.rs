@@ -5,6 +5,7 @@
 //! - latency: one five-step task at a time, submit → final, p50/p99;
 //! - the raw durable-append rate of the same store (one event per commit,
 //!   waiting for each), the ceiling a step's first append cannot beat.
+//!
 //! Every figure is measured in the same run; nothing is asserted.
 
 mod bench;
