@@ -52,8 +52,8 @@ pub struct Action {
 
 /// Everything `decide` needs.
 pub struct DecideInput<'a> {
+    /// The persisted history the state was folded from.
     pub history: &'a [Event],
-    pub state: &'a TaskState,
     pub now_ms: i64,
     pub outcomes: &'a [AttemptOutcome],
     /// `None` when the workflow is not registered in this binary.
@@ -72,6 +72,8 @@ pub struct Decision {
 
 struct Draft<'a> {
     input: &'a DecideInput<'a>,
+    /// The last seq of the persisted history (new events follow it).
+    base_seq: i64,
     state: TaskState,
     new: Vec<NewEvent>,
 }
@@ -266,7 +268,7 @@ impl Draft<'_> {
                 self.new
                     .iter()
                     .enumerate()
-                    .map(|(i, e)| (self.input.state.last_seq + 1 + i as i64, &e.payload)),
+                    .map(|(i, e)| (self.base_seq + 1 + i as i64, &e.payload)),
             )
             .collect();
         let r = workflow::replay(
@@ -551,11 +553,15 @@ impl Draft<'_> {
     }
 }
 
-/// Decides the events that follow `input.history` given the outcomes and the time.
-pub fn decide(input: &DecideInput<'_>) -> Decision {
+/// Decides the events that follow `input.history` given the outcomes and the
+/// time. `state` is the fold of `input.history`; it is taken by value (and
+/// returned in the [`Decision`], advanced) so the hot path never copies it.
+pub fn decide(input: &DecideInput<'_>, state: TaskState) -> Decision {
+    let base_seq = state.last_seq;
     let mut d = Draft {
         input,
-        state: input.state.clone(),
+        base_seq,
+        state,
         new: Vec::new(),
     };
     if d.state.is_final() || d.state.blocked.is_some() {
@@ -602,11 +608,11 @@ pub fn decide(input: &DecideInput<'_>) -> Decision {
             break;
         }
     }
-    if input.state.last_seq + d.new.len() as i64 > input.limits.max_history_events as i64
-        && !d.state.is_final()
+    if base_seq + d.new.len() as i64 > input.limits.max_history_events as i64 && !d.state.is_final()
     {
-        // Refuse to grow past the limit: keep only a block marker.
-        d.state = input.state.clone();
+        // Refuse to grow past the limit: keep only a block marker (rare, so
+        // rebuilding the state by a fold is fine).
+        d.state = TaskState::fold(input.history);
         d.new.clear();
         d.engine(EventPayload::TaskBlocked {
             reason: format!(

@@ -284,16 +284,21 @@ impl Driver {
         let owner = self.config.id.clone();
         loop {
             let now = self.shared.clock.now_ms();
-            let decision = decide::decide(&DecideInput {
-                history: &history,
-                state: &state,
-                now_ms: now,
-                outcomes: &outcomes,
-                workflow: workflow.as_deref(),
-                tools: &self.shared.tools,
-                worker: &owner,
-                limits: &self.shared.limits,
-            });
+            let before_seq = state.last_seq;
+            let before_hash = state.last_hash.clone();
+            let before_timers = state.pending_timers();
+            let decision = decide::decide(
+                &DecideInput {
+                    history: &history,
+                    now_ms: now,
+                    outcomes: &outcomes,
+                    workflow: workflow.as_deref(),
+                    tools: &self.shared.tools,
+                    worker: &owner,
+                    limits: &self.shared.limits,
+                },
+                std::mem::take(&mut state),
+            );
             if !decision.events.is_empty() {
                 let after = decision.state;
                 let acts_after = decide::actions(&after, now);
@@ -306,18 +311,18 @@ impl Driver {
                 let release = after.is_final() || after.blocked.is_some() || (idle && far);
                 let sealed = event::seal(
                     &self.task_id,
-                    state.last_seq,
-                    &state.last_hash,
+                    before_seq,
+                    &before_hash,
                     now,
                     &decision.events,
                 );
                 let timers_after = after.pending_timers();
-                let timers = (timers_after != state.pending_timers()).then_some(timers_after);
+                let timers = (timers_after != before_timers).then_some(timers_after);
                 let projection = decide::projection(&after, now);
                 let status = projection.status;
                 let request = AppendRequest {
                     task_id: self.task_id.clone(),
-                    expected_seq: state.last_seq,
+                    expected_seq: before_seq,
                     events: sealed.iter().map(|(_, raw)| raw.clone()).collect(),
                     projection,
                     timers,
@@ -377,6 +382,7 @@ impl Driver {
                     }
                 }
             } else {
+                state = decision.state;
                 outcomes.clear();
             }
             if state.is_final() || state.blocked.is_some() {
