@@ -1,1 +1,408 @@
-//! Core tests: given events / when input / then events.
+//! Core tests: given events / when input / then events, as plain data. No
+//! store, no runtime: `decide` and `replay` are pure.
+
+use futures::future::LocalBoxFuture;
+use mandate_activities::{ToolContext, ToolKind, ToolRegistry, ToolResult};
+use serde_json::{Value, json};
+
+use super::decide::{AttemptOutcome, DecideInput, Target, actions, decide, projection};
+use super::event::{Event, EventPayload, NewEvent, RecordedError, seal};
+use super::limits::Limits;
+use super::retry::RetryPolicy;
+use super::state::{TaskState, TaskStatus};
+use super::workflow::{StepOptions, Workflow, WorkflowContext, WorkflowError, check_history};
+
+struct Noop(&'static str, ToolKind);
+
+impl mandate_activities::Tool for Noop {
+    fn name(&self) -> &str {
+        self.0
+    }
+    fn kind(&self) -> ToolKind {
+        self.1
+    }
+    fn call<'a>(
+        &'a self,
+        _: ToolContext,
+        input: Value,
+    ) -> futures::future::BoxFuture<'a, ToolResult> {
+        Box::pin(async move { Ok(input) })
+    }
+}
+
+fn tools() -> ToolRegistry {
+    let mut t = ToolRegistry::new();
+    t.register(Noop("read", ToolKind::Read))
+        .register(Noop("write", ToolKind::WriteReversible))
+        .register(Noop("undo", ToolKind::WriteReversible))
+        .register(Noop("send", ToolKind::WriteIrreversible));
+    t
+}
+
+/// Two sequential steps; the first is compensated by `undo`.
+struct TwoSteps;
+
+impl Workflow for TwoSteps {
+    fn name(&self) -> &str {
+        "two"
+    }
+    fn run(
+        &self,
+        ctx: WorkflowContext,
+        _: Value,
+    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+        Box::pin(async move {
+            let a = ctx
+                .step(
+                    StepOptions::new("write", json!({"n": 1}))
+                        .name("a")
+                        .compensate("undo", json!({"n": 1}))
+                        .retry(RetryPolicy {
+                            max_attempts: 2,
+                            initial_backoff_ms: 100,
+                            ..RetryPolicy::default()
+                        }),
+                )
+                .await?;
+            let b = ctx
+                .step(StepOptions::new("read", json!({"n": 2})).name("b"))
+                .await?;
+            Ok(json!([a, b]))
+        })
+    }
+}
+
+/// A history, sealed at time 1000 + seq.
+fn history(events: Vec<EventPayload>) -> Vec<Event> {
+    let mut out: Vec<Event> = Vec::new();
+    for p in events {
+        let (last_seq, last_hash) = out
+            .last()
+            .map(|e| (e.seq, e.hash.clone()))
+            .unwrap_or((0, String::new()));
+        let sealed = seal(
+            "t1",
+            last_seq,
+            &last_hash,
+            1000 + last_seq + 1,
+            &[NewEvent::engine(p)],
+        );
+        out.extend(sealed.into_iter().map(|(e, _)| e));
+    }
+    out
+}
+
+fn submitted() -> EventPayload {
+    EventPayload::TaskSubmitted {
+        workflow: "two".into(),
+        workflow_version: 1,
+        input: json!({}),
+        agent: None,
+        on_behalf_of: None,
+        idempotency_key: None,
+    }
+}
+
+fn step_a_scheduled() -> EventPayload {
+    EventPayload::StepScheduled {
+        command: 0,
+        name: "a".into(),
+        tool: "write".into(),
+        kind: ToolKind::WriteReversible,
+        input: json!({"n": 1}),
+        retry: RetryPolicy {
+            max_attempts: 2,
+            initial_backoff_ms: 100,
+            ..RetryPolicy::default()
+        },
+        timeout_ms: 60_000,
+        compensation: Some(super::event::Compensation {
+            tool: "undo".into(),
+            input: json!({"n": 1}),
+            retry: RetryPolicy::compensation_default(),
+        }),
+        recovery_path: None,
+    }
+}
+
+fn when(
+    given: &[Event],
+    now_ms: i64,
+    outcomes: &[AttemptOutcome],
+) -> (Vec<EventPayload>, TaskState) {
+    let tools = tools();
+    let limits = Limits::default();
+    let d = decide(
+        &DecideInput {
+            history: given,
+            now_ms,
+            outcomes,
+            workflow: Some(&TwoSteps),
+            tools: &tools,
+            worker: "w",
+            limits: &limits,
+        },
+        TaskState::fold(given),
+    );
+    (d.events.into_iter().map(|e| e.payload).collect(), d.state)
+}
+
+fn ok(target: Target, attempt: u32, output: Value) -> AttemptOutcome {
+    AttemptOutcome {
+        target,
+        attempt,
+        result: Ok(output),
+        started_at_ms: 0,
+        duration_ms: 1,
+    }
+}
+
+fn err(target: Target, attempt: u32, retryable: bool) -> AttemptOutcome {
+    AttemptOutcome {
+        target,
+        attempt,
+        result: Err(RecordedError {
+            message: "boom".into(),
+            retryable,
+        }),
+        started_at_ms: 0,
+        duration_ms: 1,
+    }
+}
+
+#[test]
+fn a_new_task_starts_and_schedules_its_first_step_with_its_compensation() {
+    let given = history(vec![submitted()]); // 1
+    let (then, state) = when(&given, 5_000, &[]);
+    assert_eq!(
+        then,
+        vec![
+            EventPayload::TaskStarted { worker: "w".into() },
+            step_a_scheduled()
+        ]
+    );
+    assert_eq!(state.status(), TaskStatus::Executing);
+    let acts = actions(&state, 5_000);
+    assert_eq!(acts.len(), 1);
+    assert_eq!((acts[0].target, acts[0].attempt), (Target::Step(3), 1));
+}
+
+#[test]
+fn a_completion_records_once_and_the_next_step_follows_in_the_same_decision() {
+    let given = history(vec![
+        submitted(),                                      // 1
+        EventPayload::TaskStarted { worker: "w".into() }, // 2
+        step_a_scheduled(),                               // 3
+    ]);
+    let (then, _) = when(
+        &given,
+        5_000,
+        &[
+            ok(Target::Step(3), 1, json!("A")),
+            ok(Target::Step(3), 1, json!("dup")),
+        ],
+    );
+    assert_eq!(then.len(), 2, "{then:?}");
+    assert!(
+        matches!(&then[0], EventPayload::StepCompleted { step_seq: 3, output, .. } if *output == json!("A"))
+    );
+    assert!(matches!(&then[1], EventPayload::StepScheduled { name, .. } if name == "b"));
+}
+
+#[test]
+fn a_stale_attempt_is_fenced() {
+    let given = history(vec![
+        submitted(),
+        EventPayload::TaskStarted { worker: "w".into() },
+        step_a_scheduled(),
+    ]);
+    let (then, _) = when(&given, 5_000, &[ok(Target::Step(3), 2, json!("late"))]);
+    assert!(then.is_empty(), "attempt 2 was never started: {then:?}");
+}
+
+#[test]
+fn a_retryable_failure_waits_with_backoff_then_fails_for_good() {
+    let mut given = history(vec![
+        submitted(),
+        EventPayload::TaskStarted { worker: "w".into() },
+        step_a_scheduled(),
+    ]);
+    let (then, state) = when(&given, 5_000, &[err(Target::Step(3), 1, true)]);
+    assert!(matches!(
+        then[0],
+        EventPayload::StepAttemptFailed {
+            attempt: 1,
+            next_attempt_at_ms: 5_100,
+            ..
+        }
+    ));
+    assert_eq!(state.status(), TaskStatus::FailedRetryable);
+    assert!(actions(&state, 5_050).is_empty(), "not before the backoff");
+    assert_eq!(actions(&state, 5_100)[0].attempt, 2);
+    assert_eq!(projection(&state, 5_000).ready_at_ms, Some(5_100));
+    given = history(vec![
+        submitted(),
+        EventPayload::TaskStarted { worker: "w".into() },
+        step_a_scheduled(),
+        then[0].clone(),
+    ]);
+    let (then, state) = when(&given, 5_200, &[err(Target::Step(3), 2, true)]);
+    assert!(
+        matches!(then[0], EventPayload::StepFailed { attempt: 2, .. }),
+        "max_attempts is 2: {then:?}"
+    );
+    assert!(
+        matches!(&then[1], EventPayload::WorkflowFailed { error } if error.contains("failed after 2 attempt(s)"))
+    );
+    // Nothing completed, so nothing to compensate: the task fails at once.
+    assert!(matches!(
+        then[2],
+        EventPayload::TaskFailed {
+            compensated_steps: 0,
+            ..
+        }
+    ));
+    assert_eq!(state.status(), TaskStatus::FailedTerminal);
+}
+
+#[test]
+fn a_failure_after_a_completed_write_compensates_it() {
+    let given = history(vec![
+        submitted(),                                      // 1
+        EventPayload::TaskStarted { worker: "w".into() }, // 2
+        step_a_scheduled(),                               // 3
+        EventPayload::StepCompleted {
+            step_seq: 3,
+            attempt: 1,
+            output: json!("A"),
+            started_at_ms: 0,
+            duration_ms: 1,
+        }, // 4
+        EventPayload::StepScheduled {
+            command: 1,
+            name: "b".into(),
+            tool: "read".into(),
+            kind: ToolKind::Read,
+            input: json!({"n": 2}),
+            retry: RetryPolicy::default(),
+            timeout_ms: 60_000,
+            compensation: None,
+            recovery_path: None,
+        }, // 5
+    ]);
+    let (then, state) = when(&given, 5_000, &[err(Target::Step(5), 1, false)]);
+    assert!(matches!(
+        then[0],
+        EventPayload::StepFailed { step_seq: 5, .. }
+    ));
+    assert!(matches!(then[1], EventPayload::WorkflowFailed { .. }));
+    assert!(
+        matches!(&then[2], EventPayload::CompensationStarted { step_seq: 3, tool, .. } if tool == "undo")
+    );
+    assert_eq!(state.status(), TaskStatus::Compensating);
+    let acts = actions(&state, 5_000);
+    assert_eq!(
+        (acts[0].target, acts[0].tool.as_str()),
+        (Target::Compensation(8), "undo")
+    );
+    // The compensation completes: the task has failed, fully compensated.
+    let mut more = given.clone();
+    for p in then {
+        let (s, h) = (more.last().unwrap().seq, more.last().unwrap().hash.clone());
+        more.extend(
+            seal("t1", s, &h, 5_000, &[NewEvent::engine(p)])
+                .into_iter()
+                .map(|(e, _)| e),
+        );
+    }
+    let (then, state) = when(
+        &more,
+        5_100,
+        &[ok(Target::Compensation(8), 1, json!("undone"))],
+    );
+    assert!(matches!(
+        then[0],
+        EventPayload::CompensationCompleted {
+            compensation_seq: 8,
+            ..
+        }
+    ));
+    assert!(matches!(
+        then[1],
+        EventPayload::TaskFailed {
+            compensated_steps: 1,
+            ..
+        }
+    ));
+    assert_eq!(state.status(), TaskStatus::FailedTerminal);
+    check_history(&TwoSteps, &more).unwrap();
+}
+
+#[test]
+fn cancel_without_rollback_ends_at_once_and_runs_nothing() {
+    let given = history(vec![
+        submitted(),
+        EventPayload::TaskStarted { worker: "w".into() },
+        step_a_scheduled(),
+        EventPayload::CancelRequested {
+            rollback: false,
+            reason: None,
+        },
+    ]);
+    let (then, state) = when(&given, 5_000, &[]);
+    assert_eq!(
+        then,
+        vec![EventPayload::TaskCancelled {
+            rolled_back: false,
+            compensated_steps: 0
+        }]
+    );
+    assert!(actions(&state, 5_000).is_empty());
+    assert_eq!(projection(&state, 5_000).ready_at_ms, None);
+}
+
+#[test]
+fn replay_reports_a_changed_command_with_its_seq() {
+    struct Changed;
+    impl Workflow for Changed {
+        fn name(&self) -> &str {
+            "two"
+        }
+        fn run(
+            &self,
+            ctx: WorkflowContext,
+            _: Value,
+        ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+            Box::pin(async move {
+                ctx.step(StepOptions::new("send", json!({})).name("a"))
+                    .await?;
+                Ok(json!(null))
+            })
+        }
+    }
+    let given = history(vec![
+        submitted(),
+        EventPayload::TaskStarted { worker: "w".into() },
+        step_a_scheduled(),
+    ]);
+    let nd = check_history(&Changed, &given).unwrap_err();
+    assert_eq!(nd.seq, 3);
+    assert_eq!(nd.expected, "step \"a\" (tool write)");
+    assert_eq!(nd.found, "step \"a\" (tool send)");
+}
+
+#[test]
+fn limits_refuse_oversized_payloads_and_odd_names() {
+    let l = Limits {
+        max_payload_bytes: 10,
+        ..Limits::default()
+    };
+    assert!(
+        l.check_payload(&json!("0123456789abcdef"))
+            .unwrap_err()
+            .contains("exceeds the limit of 10 bytes")
+    );
+    assert!(l.check_name("agent", "has space").is_err());
+    assert!(l.check_name("agent", "").is_err());
+    assert!(l.check_name("agent", "agent-7:eu/1").is_ok());
+}
