@@ -130,7 +130,10 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
     // The ceiling: one event per transaction, each awaited before the next.
     let raw_appends_per_s = raw_append_rate(&engine, args.appends).await?;
 
-    let worker = engine.start_worker(WorkerConfig::default());
+    let worker = engine.start_worker(WorkerConfig {
+        eager_start: std::env::var("MANDATE_BENCH_NO_EAGER").is_err(),
+        ..WorkerConfig::default()
+    });
     // Warm up (connections, caches).
     let warm: Vec<String> =
         join_all((0..50).map(|i| engine.submit("saga", five_step_input(i), Default::default())))

@@ -180,6 +180,7 @@ async fn failed_compensation_escalates(b: Backend) {
         .run(
             "saga",
             json!({"stages": [
+                [{"tool": "kv.put", "input": {"key": "k0", "value": 0}, "compensate": {"tool": "kv.delete", "input": {"key": "k0"}}}],
                 [{"tool": "kv.put", "input": {"key": "k1", "value": 1},
                   "compensate": {"tool": "test.fault", "input": {"mode": "fail"}, "retry": {"max_attempts": 2, "initial_backoff_ms": 10}},
                   "recovery_path": "delete key k1 by hand"}],
@@ -197,8 +198,18 @@ async fn failed_compensation_escalates(b: Backend) {
     else {
         panic!("{:?}", history.last())
     };
-    assert_eq!(recovery_paths, &vec!["delete key k1 by hand".to_string()]);
-    assert!(reason.contains("compensation"), "{reason}");
+    assert_eq!(recovery_paths[0], "delete key k1 by hand");
+    // The older step was not undone after the failure, and it is named.
+    assert_eq!(recovery_paths.len(), 2, "{recovery_paths:?}");
+    assert!(
+        recovery_paths[1].contains("kv.delete") && recovery_paths[1].contains("k0"),
+        "{recovery_paths:?}"
+    );
+    assert!(h.world.get("kv", "k0").await.unwrap().is_some());
+    assert!(
+        reason.contains("compensation") && reason.contains("1 older step"),
+        "{reason}"
+    );
     let t = types(&history);
     assert!(
         t.contains(&"CompensationAttemptFailed") && t.contains(&"CompensationFailed"),
@@ -574,6 +585,59 @@ async fn pause_holds_and_resume_continues(b: Backend) {
     h.assert_replays(&id).await;
 }
 
+async fn pause_lets_running_attempts_finish(b: Backend) {
+    let mut h = Harness::new(b).await;
+    h.start_worker();
+    let id = h
+        .engine
+        .submit(
+            "saga",
+            json!({"stages": [[{"tool": "test.fault", "input": {"mode": "sleep", "sleep_ms": 400}}], [{"tool": "kv.put", "input": {"key": "next", "value": 1}}]]}),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .task_id;
+    h.wait_for(&id, |s| s == TaskStatus::Running).await;
+    h.engine.pause(&id, "user:ops", None).await.unwrap();
+    // The running attempt's result is recorded while paused; nothing new starts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let history = h.engine.history(&id).await.unwrap();
+        if history
+            .iter()
+            .any(|e| matches!(e.payload, EventPayload::StepCompleted { .. }))
+        {
+            assert!(!history.iter().any(|e| matches!(&e.payload, EventPayload::StepScheduled { tool, .. } if tool == "kv.put")));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the running attempt never finished"
+        );
+        let mut u = h.engine.subscribe();
+        let _ = tokio::time::timeout(Duration::from_millis(100), u.recv()).await;
+    }
+    assert_eq!(h.engine.task(&id).await.unwrap().status, TaskStatus::Paused);
+    h.engine.resume(&id, "user:ops").await.unwrap();
+    let row = h
+        .engine
+        .wait_until_final(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(row.status, TaskStatus::Completed);
+    let attempts = h
+        .engine
+        .history(&id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e.payload, EventPayload::StepCompleted { attempt: 1, .. }))
+        .count();
+    assert_eq!(attempts, 2, "each step ran once");
+    h.assert_replays(&id).await;
+}
+
 async fn deterministic_now_and_ids_replay(b: Backend) {
     use futures::future::LocalBoxFuture;
     use mandate_engine::{StepOptions, Workflow, WorkflowContext, WorkflowError};
@@ -629,5 +693,6 @@ backend_tests!(
     bad_submissions_write_nothing,
     idempotent_submission_returns_the_same_task,
     pause_holds_and_resume_continues,
+    pause_lets_running_attempts_finish,
     deterministic_now_and_ids_replay,
 );

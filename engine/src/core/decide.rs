@@ -99,22 +99,15 @@ impl Draft<'_> {
 
     fn record_outcome(&mut self, o: &AttemptOutcome) {
         let now = self.input.now_ms;
-        let limit = self.input.limits.max_payload_bytes;
-        // An output over the limit is refused, never truncated.
+        // An output over the limits is refused, never truncated.
         let result = match &o.result {
-            Ok(v) => {
-                let len = serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX);
-                if len > limit {
-                    Err(RecordedError {
-                        message: format!(
-                            "tool output of {len} bytes exceeds the {limit}-byte payload limit"
-                        ),
-                        retryable: false,
-                    })
-                } else {
-                    Ok(v.clone())
-                }
-            }
+            Ok(v) => match self.input.limits.check_payload(v) {
+                Ok(()) => Ok(v.clone()),
+                Err(e) => Err(RecordedError {
+                    message: format!("tool output refused: {e}"),
+                    retryable: false,
+                }),
+            },
             Err(e) => Err(e.clone()),
         };
         let rolling_back = self.state.rollback.is_some();
@@ -467,9 +460,44 @@ impl Draft<'_> {
             };
             let mut recovery_paths: Vec<String> = step.recovery_path.iter().cloned().collect();
             recovery_paths.extend(self.state.skipped.iter().filter_map(|(_, r)| r.clone()));
+            // Older completed steps are not compensated after a compensation
+            // failed (they may depend on each other): name each, so nothing is
+            // dropped silently.
+            let left: Vec<String> = self
+                .state
+                .completion_order
+                .iter()
+                .rev()
+                .map(|seq| &self.state.steps[seq])
+                .filter(|s| {
+                    !self.state.rollback_handled.contains_key(&s.seq)
+                        && (s.compensation.is_some() || s.kind.is_write())
+                })
+                .map(|s| match &s.compensation {
+                    Some(c) => format!(
+                        "step {:?} (seq {}) was not compensated: run {} with {} by hand",
+                        s.name, s.seq, c.tool, c.input
+                    ),
+                    None => format!(
+                        "step {:?} (seq {}) was not compensated: {}",
+                        s.name,
+                        s.seq,
+                        s.recovery_path
+                            .clone()
+                            .unwrap_or_else(|| "no recovery path recorded".into())
+                    ),
+                })
+                .collect();
+            recovery_paths.extend(left.iter().cloned());
             let reason = format!(
-                "compensation of step {:?} ({}) failed for good: {error}; a person must undo it",
-                step.name, failed.tool
+                "compensation of step {:?} ({}) failed for good: {error}; a person must undo it{}",
+                step.name,
+                failed.tool,
+                if left.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and {} older step(s)", left.len())
+                }
             );
             let step_seq = Some(failed.step_seq);
             self.engine(EventPayload::TaskEscalated {
@@ -666,6 +694,24 @@ pub fn actions(state: &TaskState, now_ms: i64) -> Vec<Action> {
         });
     }
     out
+}
+
+/// Whether `attempt` is still the current attempt of an open step or
+/// compensation of a task that is not final (its result would be recorded).
+pub fn attempt_is_current(state: &TaskState, target: Target, attempt: u32) -> bool {
+    if state.is_final() || state.blocked.is_some() {
+        return false;
+    }
+    match target {
+        Target::Step(seq) => state
+            .steps
+            .get(&seq)
+            .is_some_and(|s| !s.is_resolved() && s.next_attempt() == attempt),
+        Target::Compensation(seq) => state
+            .compensations
+            .get(&seq)
+            .is_some_and(|c| c.outcome.is_none() && c.failed_attempts + 1 == attempt),
+    }
 }
 
 /// The derived rows written in the same transaction as an append.

@@ -3,6 +3,32 @@
 
 use serde_json::Value;
 
+/// Largest integer RFC 8785 (I-JSON) represents exactly: 2^53 − 1.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Refuses numbers the hash chain cannot tell apart: integers beyond ±(2^53 − 1)
+/// are rounded by RFC 8785 canonicalization, so an edit to them would go unseen.
+fn check_numbers(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Number(n) => {
+            let too_big = match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => u > MAX_SAFE_INTEGER,
+                (None, Some(i)) => i.unsigned_abs() > MAX_SAFE_INTEGER,
+                _ => false,
+            };
+            if too_big {
+                return Err(format!(
+                    "the number {n} is outside ±(2^53 − 1), which JSON hashing (RFC 8785) cannot represent exactly; send it as a string"
+                ));
+            }
+            Ok(())
+        }
+        Value::Array(a) => a.iter().try_for_each(check_numbers),
+        Value::Object(o) => o.values().try_for_each(check_numbers),
+        _ => Ok(()),
+    }
+}
+
 /// The bounds the engine enforces. `Default` gives the documented defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -40,6 +66,7 @@ impl Limits {
                 self.max_payload_bytes
             ));
         }
+        check_numbers(v)?;
         serde_json_canonicalizer::to_vec(v)
             .map_err(|e| format!("payload cannot be canonicalized for hashing: {e}"))?;
         Ok(())

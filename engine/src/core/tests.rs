@@ -405,4 +405,19 @@ fn limits_refuse_oversized_payloads_and_odd_names() {
     assert!(l.check_name("agent", "has space").is_err());
     assert!(l.check_name("agent", "").is_err());
     assert!(l.check_name("agent", "agent-7:eu/1").is_ok());
+    // Integers past 2^53 - 1 would hash like their rounded neighbours: refused.
+    let big = Limits::default();
+    assert!(
+        big.check_payload(&json!({"n": 9_007_199_254_740_993u64}))
+            .unwrap_err()
+            .contains("send it as a string")
+    );
+    assert!(
+        big.check_payload(&json!({"n": [-9_007_199_254_740_993i64]}))
+            .is_err()
+    );
+    assert!(
+        big.check_payload(&json!({"n": 9_007_199_254_740_991u64}))
+            .is_ok()
+    );
 }

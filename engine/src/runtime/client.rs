@@ -137,6 +137,7 @@ impl Engine {
                 idempotency_key: options.idempotency_key.clone(),
             },
         }];
+        let local = s.local_worker_with_room();
         let sealed = event::seal(&task_id, 0, "", now, &new);
         let state = TaskState::fold(sealed.iter().map(|(e, _)| e));
         let request = AppendRequest {
@@ -151,13 +152,19 @@ impl Engine {
                 agent: options.agent.clone(),
                 idempotency_key: options.idempotency_key.clone(),
                 created_at_ms: now,
+                lease: local.as_ref().map(|w| (w.id.clone(), now + w.lease_ms)),
             }),
             lease: LeaseUpdate::Keep,
-            wake: true,
+            wake: local.is_none(),
         };
         match s.store.append(request).await {
             Ok(AppendOutcome::Appended) => {
                 s.publish(&task_id, 1, TaskStatus::Queued);
+                // If the worker stopped meanwhile, the lease expires and any
+                // worker claims the task then.
+                if let Some(w) = local {
+                    let _ = w.adopt.send(task_id.clone());
+                }
                 Ok(Submitted {
                     task_id,
                     existing: false,
@@ -307,6 +314,15 @@ impl Engine {
                 });
             }
             let new = make(&state)?;
+            if state.last_seq as usize + new.len() > s.limits.max_history_events {
+                return Err(Error::Rejected {
+                    task_id: task_id.to_string(),
+                    message: format!(
+                        "its history holds {} events, the limit is {}: nothing more can be appended",
+                        state.last_seq, s.limits.max_history_events
+                    ),
+                });
+            }
             let now = s.clock.now_ms();
             let sealed = event::seal(task_id, state.last_seq, &state.last_hash, now, &new);
             let mut after = state.clone();

@@ -64,6 +64,18 @@ pub(crate) struct Shared {
     pub clock: Arc<dyn Clock>,
     pub active: Mutex<HashMap<String, ActiveTask>>,
     pub updates: broadcast::Sender<TaskUpdate>,
+    /// The worker running in this process, if any: submissions start on it
+    /// directly (eager start).
+    pub local_worker: Mutex<Option<LocalWorker>>,
+}
+
+/// How to hand a freshly created task to this process's worker.
+#[derive(Clone)]
+pub(crate) struct LocalWorker {
+    pub id: String,
+    pub lease_ms: i64,
+    pub max_active_tasks: usize,
+    pub adopt: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl Shared {
@@ -77,6 +89,13 @@ impl Shared {
         {
             a.poke.notify_one();
         }
+    }
+
+    /// The local worker, if it has room for one more task.
+    pub(crate) fn local_worker_with_room(&self) -> Option<LocalWorker> {
+        let w = self.local_worker.lock().expect("local worker").clone()?;
+        let active = self.active.lock().expect("active map").len();
+        (active < w.max_active_tasks).then_some(w)
     }
 
     pub(crate) fn publish(&self, task_id: &str, last_seq: i64, status: TaskStatus) {
@@ -123,6 +142,7 @@ impl Engine {
                 clock,
                 active: Mutex::new(HashMap::new()),
                 updates,
+                local_worker: Mutex::new(None),
             }),
         }
     }

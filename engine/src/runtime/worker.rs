@@ -41,6 +41,9 @@ pub struct WorkerConfig {
     pub claim_batch: u32,
     /// A driver keeps an idle task while its next timer is at most this far away.
     pub idle_hold: Duration,
+    /// Tasks submitted through this process's engine start on this worker at
+    /// once, created already leased to it, instead of waiting for a claim.
+    pub eager_start: bool,
 }
 
 impl Default for WorkerConfig {
@@ -52,6 +55,7 @@ impl Default for WorkerConfig {
             max_active_tasks: 10_000,
             claim_batch: 256,
             idle_hold: Duration::from_millis(1_000),
+            eager_start: true,
         }
     }
 }
@@ -96,6 +100,15 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
     let wake = shared.store.wakeups();
     let mut drivers: JoinSet<String> = JoinSet::new();
     let renewer = tokio::spawn(renew_leases(shared.clone(), config.clone(), stop.clone()));
+    let (adopt, mut adopt_rx) = mpsc::unbounded_channel();
+    if config.eager_start {
+        *shared.local_worker.lock().expect("local worker") = Some(super::LocalWorker {
+            id: config.id.clone(),
+            lease_ms: config.lease_ms,
+            max_active_tasks: config.max_active_tasks,
+            adopt,
+        });
+    }
     let mut backoff = Duration::from_millis(50);
     loop {
         if *stop.borrow() {
@@ -120,36 +133,7 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
                     backoff = Duration::from_millis(50);
                     claimed_full = ids.len() as u32 == limit;
                     for task_id in ids {
-                        let already = shared
-                            .active
-                            .lock()
-                            .expect("active map")
-                            .contains_key(&task_id);
-                        if already {
-                            // Our own lease expired and we re-claimed it; the driver goes on.
-                            continue;
-                        }
-                        let poke = Arc::new(Notify::new());
-                        let last_seq = Arc::new(AtomicI64::new(0));
-                        shared.active.lock().expect("active map").insert(
-                            task_id.clone(),
-                            ActiveTask {
-                                poke: poke.clone(),
-                                last_seq: last_seq.clone(),
-                            },
-                        );
-                        let driver = Driver {
-                            shared: shared.clone(),
-                            config: config.clone(),
-                            task_id: task_id.clone(),
-                            poke,
-                            seen_seq: last_seq,
-                            stop: stop.clone(),
-                        };
-                        drivers.spawn(async move {
-                            driver.run().await;
-                            task_id
-                        });
+                        spawn_driver(&shared, &config, &stop, &mut drivers, task_id);
                     }
                 }
                 Err(e) => {
@@ -175,6 +159,12 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
         }
         tokio::select! {
             _ = wake.notified() => {}
+            Some(task_id) = adopt_rx.recv() => {
+                spawn_driver(&shared, &config, &stop, &mut drivers, task_id);
+                while let Ok(task_id) = adopt_rx.try_recv() {
+                    spawn_driver(&shared, &config, &stop, &mut drivers, task_id);
+                }
+            }
             _ = tokio::time::sleep(sleep_for) => {}
             Some(done) = drivers.join_next(), if !drivers.is_empty() => {
                 if let Err(e) = done { tracing::error!(error = %e, "a task driver panicked"); }
@@ -182,8 +172,48 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
             _ = stopped(&mut stop) => break,
         }
     }
+    *shared.local_worker.lock().expect("local worker") = None;
     while drivers.join_next().await.is_some() {}
     renewer.abort();
+}
+
+/// Starts a driver for a task this worker holds the lease of (claimed, or
+/// created leased to it), unless one is running already.
+fn spawn_driver(
+    shared: &Arc<Shared>,
+    config: &Arc<WorkerConfig>,
+    stop: &watch::Receiver<bool>,
+    drivers: &mut JoinSet<String>,
+    task_id: String,
+) {
+    let poke = Arc::new(Notify::new());
+    let last_seq = Arc::new(AtomicI64::new(0));
+    {
+        let mut active = shared.active.lock().expect("active map");
+        if active.contains_key(&task_id) {
+            // Our own lease expired and we re-claimed it; the driver goes on.
+            return;
+        }
+        active.insert(
+            task_id.clone(),
+            ActiveTask {
+                poke: poke.clone(),
+                last_seq: last_seq.clone(),
+            },
+        );
+    }
+    let driver = Driver {
+        shared: shared.clone(),
+        config: config.clone(),
+        task_id: task_id.clone(),
+        poke,
+        seen_seq: last_seq,
+        stop: stop.clone(),
+    };
+    drivers.spawn(async move {
+        driver.run().await;
+        task_id
+    });
 }
 
 /// Extends this worker's leases every third of the lease, and pokes drivers
@@ -396,11 +426,10 @@ impl Driver {
             }
             let now = self.shared.clock.now_ms();
             let acts = decide::actions(&state, now);
-            // Attempts no longer wanted (resolved elsewhere, superseded) stop.
+            // Attempts no longer wanted (resolved elsewhere, superseded, task
+            // final) stop; a pause lets running attempts finish.
             running.retain(|target, (attempt, handle)| {
-                let keep = acts
-                    .iter()
-                    .any(|a| a.target == *target && a.attempt == *attempt);
+                let keep = decide::attempt_is_current(&state, *target, *attempt);
                 if !keep {
                     handle.abort();
                 }

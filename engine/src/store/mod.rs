@@ -88,6 +88,9 @@ pub struct NewTask {
     pub agent: Option<String>,
     pub idempotency_key: Option<String>,
     pub created_at_ms: i64,
+    /// Created already leased `(owner, expires_at_ms)` to a local worker that
+    /// starts it at once (eager start), instead of waiting for a claim.
+    pub lease: Option<(String, i64)>,
 }
 
 /// What an append does to the appender's lease.

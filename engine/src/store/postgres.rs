@@ -301,11 +301,11 @@ async fn write_plan(conn: &mut sqlx::PgConnection, p: &BatchPlan) -> Result<(), 
             "INSERT INTO tasks (id, workflow, workflow_version, agent, idempotency_key, status, last_seq, last_hash,
                                 created_at_ms, updated_at_ms, ready_at_ms, lease_owner, lease_expires_at_ms, blocked_reason)
              SELECT u.id, u.workflow, u.workflow_version, u.agent, u.idempotency_key, u.status, u.last_seq, u.last_hash,
-                    u.created_at_ms, u.updated_at_ms, u.ready_at_ms, u.lease_owner, NULL, u.blocked_reason
+                    u.created_at_ms, u.updated_at_ms, u.ready_at_ms, u.lease_owner, u.lease_expires_at_ms, u.blocked_reason
              FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],
-                         $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::text[])
+                         $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::text[], $14::bigint[])
                   AS u(id, workflow, workflow_version, agent, idempotency_key, status, last_seq, last_hash,
-                       created_at_ms, updated_at_ms, ready_at_ms, lease_owner, blocked_reason)
+                       created_at_ms, updated_at_ms, ready_at_ms, lease_owner, blocked_reason, lease_expires_at_ms)
              ON CONFLICT (id) DO UPDATE SET
                 status = excluded.status, last_seq = excluded.last_seq, last_hash = excluded.last_hash,
                 updated_at_ms = excluded.updated_at_ms, ready_at_ms = excluded.ready_at_ms,
@@ -328,10 +328,18 @@ async fn write_plan(conn: &mut sqlx::PgConnection, p: &BatchPlan) -> Result<(), 
         .bind(t.iter().map(|t| t.ready_at_ms).collect::<Vec<_>>())
         .bind(
             t.iter()
-                .map(|t| if t.create.is_some() { None } else { t.release_owner.clone() })
+                .map(|t| match &t.create {
+                    Some(c) => c.lease.as_ref().map(|l| l.0.clone()),
+                    None => t.release_owner.clone(),
+                })
                 .collect::<Vec<_>>(),
         )
         .bind(t.iter().map(|t| t.blocked_reason.clone()).collect::<Vec<_>>())
+        .bind(
+            t.iter()
+                .map(|t| t.create.as_ref().and_then(|c| c.lease.as_ref().map(|l| l.1)))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *conn)
         .await
         .map_err(Error::db("upsert task rows"))?;

@@ -296,13 +296,13 @@ async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan) -> Result<(), Er
                 .push_bind(c.map(|c| c.created_at_ms).unwrap_or(t.updated_at_ms))
                 .push_bind(t.updated_at_ms)
                 .push_bind(t.ready_at_ms)
-                // Carries the releasing owner on update; a created task has no lease.
-                .push_bind(if c.is_some() {
-                    None
-                } else {
-                    t.release_owner.clone()
+                // A created task may start leased (eager start); on update the
+                // column carries the releasing owner (see the ON CONFLICT clause).
+                .push_bind(match c {
+                    Some(c) => c.lease.as_ref().map(|l| l.0.clone()),
+                    None => t.release_owner.clone(),
                 })
-                .push_bind(None::<i64>)
+                .push_bind(c.and_then(|c| c.lease.as_ref().map(|l| l.1)))
                 .push_bind(&t.blocked_reason);
         });
         qb.push(
