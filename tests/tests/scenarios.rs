@@ -505,7 +505,7 @@ async fn bad_submissions_write_nothing(b: Backend) {
         .engine
         .submit(
             "saga",
-            json!({}),
+            json!({"stages": []}),
             mandate_engine::SubmitOptions {
                 agent: Some("bad agent name!".into()),
                 ..Default::default()
@@ -638,6 +638,88 @@ async fn pause_lets_running_attempts_finish(b: Backend) {
     h.assert_replays(&id).await;
 }
 
+async fn workflows_can_refuse_signals(b: Backend) {
+    use futures::future::LocalBoxFuture;
+    use mandate_engine::{Workflow, WorkflowContext, WorkflowError};
+    /// Waits for "approve"; only approvers may send it, never the submitting agent.
+    struct Guarded;
+    impl Workflow for Guarded {
+        fn name(&self) -> &str {
+            "guarded"
+        }
+        fn run(
+            &self,
+            ctx: WorkflowContext,
+            _input: Value,
+        ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+            Box::pin(async move {
+                let s = ctx
+                    .wait_approval("approve", None)
+                    .await
+                    .expect("no timeout");
+                Ok(json!({"by": s.sender}))
+            })
+        }
+        fn check_signal(
+            &self,
+            history: &[mandate_engine::Event],
+            _name: &str,
+            _payload: &Value,
+            sender: &str,
+        ) -> Result<(), String> {
+            let submitter = &history[0].actor;
+            if sender == submitter {
+                return Err("the submitting agent can never approve its own task".into());
+            }
+            if !sender.starts_with("approver:") {
+                return Err(format!("{sender} is not an approver"));
+            }
+            Ok(())
+        }
+    }
+    let mut h = Harness::with(b, |w, _| {
+        w.register(Guarded);
+    })
+    .await;
+    h.start_worker();
+    let opts = mandate_engine::SubmitOptions {
+        agent: Some("bot".into()),
+        ..Default::default()
+    };
+    let id = h
+        .engine
+        .submit("guarded", json!({}), opts)
+        .await
+        .unwrap()
+        .task_id;
+    h.wait_for(&id, |s| s == TaskStatus::NeedsApproval).await;
+    let before = h.engine.task(&id).await.unwrap().last_seq;
+    for who in ["agent:bot", "user:mallory"] {
+        let err = h
+            .engine
+            .signal(&id, "approve", json!({}), who)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EngineError::Rejected { .. }), "{err}");
+        assert!(err.to_string().contains(who), "{err}");
+    }
+    assert_eq!(
+        h.engine.task(&id).await.unwrap().last_seq,
+        before,
+        "refusals wrote nothing"
+    );
+    h.engine
+        .signal(&id, "approve", json!({}), "approver:carol")
+        .await
+        .unwrap();
+    let row = h
+        .engine
+        .wait_until_final(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(row.status, TaskStatus::Completed);
+}
+
 async fn deterministic_now_and_ids_replay(b: Backend) {
     use futures::future::LocalBoxFuture;
     use mandate_engine::{StepOptions, Workflow, WorkflowContext, WorkflowError};
@@ -694,5 +776,6 @@ backend_tests!(
     idempotent_submission_returns_the_same_task,
     pause_holds_and_resume_continues,
     pause_lets_running_attempts_finish,
+    workflows_can_refuse_signals,
     deterministic_now_and_ids_replay,
 );

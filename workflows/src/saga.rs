@@ -103,6 +103,12 @@ impl Workflow for Saga {
         "saga"
     }
 
+    fn validate_input(&self, input: &Value) -> Result<(), String> {
+        serde_json::from_value::<SagaInput>(input.clone())
+            .map(|_| ())
+            .map_err(|e| format!("saga input: {e}"))
+    }
+
     fn run(
         &self,
         ctx: WorkflowContext,

@@ -52,6 +52,25 @@ pub trait Workflow: Send + Sync + 'static {
         ctx: WorkflowContext,
         input: Value,
     ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>>;
+
+    /// Checks an input at submission, before anything is written. The message
+    /// must name what is wrong and where (e.g. the step and field).
+    fn validate_input(&self, _input: &Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Decides whether a signal may enter a task's history (e.g. only allowed
+    /// approvers, never the submitting agent). Runs before the append; a
+    /// refusal writes nothing. `history` is the task's verified history.
+    fn check_signal(
+        &self,
+        _history: &[super::event::Event],
+        _name: &str,
+        _payload: &Value,
+        _sender: &str,
+    ) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Why a workflow gave up: the saga rolls back.

@@ -95,6 +95,11 @@ impl Engine {
                 field: "input".into(),
                 message,
             })?;
+        wf.validate_input(&input)
+            .map_err(|message| Error::InvalidInput {
+                field: "input".into(),
+                message,
+            })?;
         for (field, v) in [
             ("agent", &options.agent),
             ("on_behalf_of", &options.on_behalf_of),
@@ -215,7 +220,14 @@ impl Engine {
                 message,
             })?;
         let actor = sender.to_string();
-        self.append_external(task_id, "signal", |_| {
+        self.append_external_with_history(task_id, "signal", |history, state| {
+            if let Some(wf) = s.workflows.get(&state.workflow) {
+                wf.check_signal(history, name, &payload, sender)
+                    .map_err(|message| Error::Rejected {
+                        task_id: task_id.to_string(),
+                        message: format!("signal {name:?} from {sender} refused: {message}"),
+                    })?;
+            }
             Ok(vec![NewEvent {
                 actor: actor.clone(),
                 payload: EventPayload::SignalReceived {
@@ -302,6 +314,17 @@ impl Engine {
         action: &'static str,
         make: impl Fn(&TaskState) -> Result<Vec<NewEvent>, Error>,
     ) -> Result<i64, Error> {
+        self.append_external_with_history(task_id, action, |_, state| make(state))
+            .await
+    }
+
+    /// Like [`Self::append_external`], with the verified history at hand too.
+    async fn append_external_with_history(
+        &self,
+        task_id: &str,
+        action: &'static str,
+        make: impl Fn(&[Event], &TaskState) -> Result<Vec<NewEvent>, Error>,
+    ) -> Result<i64, Error> {
         let s = &self.shared;
         for _ in 0..APPEND_RETRIES {
             let history = self.history(task_id).await?;
@@ -313,7 +336,7 @@ impl Engine {
                     action,
                 });
             }
-            let new = make(&state)?;
+            let new = make(&history, &state)?;
             if state.last_seq as usize + new.len() > s.limits.max_history_events {
                 return Err(Error::Rejected {
                     task_id: task_id.to_string(),
