@@ -16,15 +16,24 @@ CREATE TABLE tasks (
     -- The work queue: when a worker must next look at the task (NULL: waiting on
     -- the outside world, or final).
     ready_at_ms          INTEGER,
+    -- The worker holding the task; its lease lives in `workers` (one row per
+    -- worker, renewed in O(1) however many tasks it holds).
     lease_owner          TEXT,
-    lease_expires_at_ms  INTEGER,
     blocked_reason       TEXT
 );
 
-CREATE INDEX tasks_ready ON tasks (ready_at_ms) WHERE ready_at_ms IS NOT NULL;
+-- Ready tasks nobody holds: what a claim takes first.
+CREATE INDEX tasks_ready_free ON tasks (ready_at_ms) WHERE ready_at_ms IS NOT NULL AND lease_owner IS NULL;
 CREATE INDEX tasks_lease_owner ON tasks (lease_owner) WHERE lease_owner IS NOT NULL;
 CREATE INDEX tasks_status_created ON tasks (status, created_at_ms);
 CREATE INDEX tasks_created ON tasks (created_at_ms);
+
+-- Worker leases: a worker's tasks are its own while `lease_expires_at_ms` is
+-- in the future; after that any worker may claim them. Coordination, not history.
+CREATE TABLE workers (
+    id                   TEXT PRIMARY KEY NOT NULL,
+    lease_expires_at_ms  INTEGER NOT NULL
+);
 
 CREATE TABLE events (
     task_id         TEXT NOT NULL,

@@ -94,8 +94,11 @@ async fn concurrent_appends_share_commits(b: Backend) {
     let h = Harness::new(b).await;
     // 300 submissions at once go through the group-commit writer together.
     let ids: Vec<String> = join_all((0..300).map(|i| {
-        h.engine
-            .submit("saga", json!({"stages": [], "n": i}), Default::default())
+        h.engine.submit(
+            "saga",
+            json!({"stages": [[{"tool": "test.echo", "input": {"n": i}}]]}),
+            Default::default(),
+        )
     }))
     .await
     .into_iter()

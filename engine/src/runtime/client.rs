@@ -157,7 +157,7 @@ impl Engine {
                 agent: options.agent.clone(),
                 idempotency_key: options.idempotency_key.clone(),
                 created_at_ms: now,
-                lease: local.as_ref().map(|w| (w.id.clone(), now + w.lease_ms)),
+                lease_owner: local.as_ref().map(|w| w.id.clone()),
             }),
             lease: LeaseUpdate::Keep,
             wake: local.is_none(),

@@ -73,7 +73,6 @@ pub(crate) struct Shared {
 #[derive(Clone)]
 pub(crate) struct LocalWorker {
     pub id: String,
-    pub lease_ms: i64,
     pub max_active_tasks: usize,
     pub adopt: tokio::sync::mpsc::UnboundedSender<String>,
 }

@@ -101,10 +101,16 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
     let mut drivers: JoinSet<String> = JoinSet::new();
     let renewer = tokio::spawn(renew_leases(shared.clone(), config.clone(), stop.clone()));
     let (adopt, mut adopt_rx) = mpsc::unbounded_channel();
-    if config.eager_start {
+    // Tasks created for this worker are only safe once its lease row exists
+    // (otherwise a crash would leave them held by a worker that never expires).
+    let registered = shared
+        .store
+        .renew(&config.id, shared.clock.now_ms(), config.lease_ms)
+        .await
+        .is_ok();
+    if config.eager_start && registered {
         *shared.local_worker.lock().expect("local worker") = Some(super::LocalWorker {
             id: config.id.clone(),
-            lease_ms: config.lease_ms,
             max_active_tasks: config.max_active_tasks,
             adopt,
         });

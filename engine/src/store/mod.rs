@@ -24,7 +24,7 @@ use crate::core::chain::RawEvent;
 use crate::core::decide::Projection;
 use crate::core::state::{PendingTimer, TaskStatus};
 
-pub use writer::WriterConfig;
+pub use writer::{WriterConfig, WriterStats};
 
 /// Storage failures (not rejections: a conflict is an [`AppendOutcome`]).
 #[derive(Debug, thiserror::Error)]
@@ -88,9 +88,9 @@ pub struct NewTask {
     pub agent: Option<String>,
     pub idempotency_key: Option<String>,
     pub created_at_ms: i64,
-    /// Created already leased `(owner, expires_at_ms)` to a local worker that
-    /// starts it at once (eager start), instead of waiting for a claim.
-    pub lease: Option<(String, i64)>,
+    /// Created already held by a local worker that starts it at once (eager
+    /// start), instead of waiting for a claim. The worker's lease row must exist.
+    pub lease_owner: Option<String>,
 }
 
 /// What an append does to the appender's lease.
@@ -208,6 +208,8 @@ pub trait Store: Send + Sync + 'static {
     /// Notified after commits that may have made work available (here, and on
     /// PostgreSQL in other processes too, through LISTEN/NOTIFY).
     fn wakeups(&self) -> Arc<Notify>;
+    /// The group-commit writer's counters.
+    fn writer_stats(&self) -> Arc<WriterStats>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created on first use) or `postgres://…`.

@@ -201,31 +201,64 @@ async fn run_batch(
                 lease_ms,
                 limit,
             } => {
-                let rows = sqlx::query(
-                    "UPDATE tasks SET lease_owner = $1, lease_expires_at_ms = $2
+                heartbeat(conn, owner, now_ms + lease_ms).await?;
+                // Free ready tasks first (an index holds only those), then the
+                // ready tasks of workers whose lease expired (crashed or stalled).
+                let mut ids: Vec<String> = sqlx::query(
+                    "UPDATE tasks SET lease_owner = $1
                      WHERE id IN (SELECT id FROM tasks
-                                  WHERE ready_at_ms IS NOT NULL AND ready_at_ms <= $3
-                                    AND (lease_owner IS NULL OR lease_expires_at_ms < $3)
-                                  ORDER BY ready_at_ms LIMIT $4
+                                  WHERE ready_at_ms IS NOT NULL AND lease_owner IS NULL AND ready_at_ms <= $2
+                                  ORDER BY ready_at_ms LIMIT $3
                                   FOR UPDATE SKIP LOCKED)
                      RETURNING id",
                 )
                 .bind(owner)
-                .bind(now_ms + lease_ms)
                 .bind(now_ms)
                 .bind(*limit as i64)
                 .fetch_all(&mut *conn)
                 .await
-                .map_err(Error::db("claim"))?;
-                WriteResult::Claim(rows.iter().map(|r| r.get(0)).collect())
+                .map_err(Error::db("claim"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+                if (ids.len() as u32) < *limit {
+                    let rest = *limit as i64 - ids.len() as i64;
+                    let orphans = sqlx::query(
+                        "UPDATE tasks SET lease_owner = $1
+                         WHERE id IN (SELECT t.id FROM workers w JOIN tasks t ON t.lease_owner = w.id
+                                      WHERE w.lease_expires_at_ms < $2 AND w.id <> $1
+                                        AND t.ready_at_ms IS NOT NULL AND t.ready_at_ms <= $2
+                                      LIMIT $3
+                                  FOR UPDATE OF t SKIP LOCKED)
+                         RETURNING id",
+                    )
+                    .bind(owner)
+                    .bind(now_ms)
+                    .bind(rest)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(Error::db("claim expired leases"))?;
+                    ids.extend(orphans.iter().map(|r| r.get::<String, _>(0)));
+                }
+                WriteResult::Claim(ids)
             }
             WriteOp::Renew {
                 owner,
                 now_ms,
                 lease_ms,
             } => {
-                let rows = sqlx::query("UPDATE tasks SET lease_expires_at_ms = $1 WHERE lease_owner = $2 RETURNING id, last_seq")
-                    .bind(now_ms + lease_ms)
+                // One row per worker: renewal costs the same for 1 or 100,000 tasks.
+                heartbeat(conn, owner, now_ms + lease_ms).await?;
+                // Bounded growth: forget workers long dead that hold nothing.
+                sqlx::query(
+                    "DELETE FROM workers WHERE lease_expires_at_ms < $1
+                     AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.lease_owner = workers.id)",
+                )
+                .bind(now_ms - 86_400_000)
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::db("forget dead workers"))?;
+                let rows = sqlx::query("SELECT id, last_seq FROM tasks WHERE lease_owner = $1")
                     .bind(owner)
                     .fetch_all(&mut *conn)
                     .await
@@ -238,7 +271,7 @@ async fn run_batch(
                 expected_seq,
             } => {
                 let done = sqlx::query(
-                    "UPDATE tasks SET lease_owner = NULL, lease_expires_at_ms = NULL
+                    "UPDATE tasks SET lease_owner = NULL
                      WHERE id = $1 AND lease_owner = $2 AND last_seq = $3",
                 )
                 .bind(task_id)
@@ -252,7 +285,7 @@ async fn run_batch(
             }
             WriteOp::Quarantine { task_id, reason } => {
                 sqlx::query(
-                    "UPDATE tasks SET ready_at_ms = NULL, lease_owner = NULL, lease_expires_at_ms = NULL, blocked_reason = $1
+                    "UPDATE tasks SET ready_at_ms = NULL, lease_owner = NULL, blocked_reason = $1
                      WHERE id = $2",
                 )
                 .bind(reason)
@@ -299,19 +332,17 @@ async fn write_plan(conn: &mut sqlx::PgConnection, p: &BatchPlan) -> Result<(), 
         let c = |t: &super::plan::TaskUpsert| t.create.clone();
         sqlx::query(
             "INSERT INTO tasks (id, workflow, workflow_version, agent, idempotency_key, status, last_seq, last_hash,
-                                created_at_ms, updated_at_ms, ready_at_ms, lease_owner, lease_expires_at_ms, blocked_reason)
+                                created_at_ms, updated_at_ms, ready_at_ms, lease_owner, blocked_reason)
              SELECT u.id, u.workflow, u.workflow_version, u.agent, u.idempotency_key, u.status, u.last_seq, u.last_hash,
-                    u.created_at_ms, u.updated_at_ms, u.ready_at_ms, u.lease_owner, u.lease_expires_at_ms, u.blocked_reason
+                    u.created_at_ms, u.updated_at_ms, u.ready_at_ms, u.lease_owner, u.blocked_reason
              FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],
-                         $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::text[], $14::bigint[])
+                         $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::text[])
                   AS u(id, workflow, workflow_version, agent, idempotency_key, status, last_seq, last_hash,
-                       created_at_ms, updated_at_ms, ready_at_ms, lease_owner, blocked_reason, lease_expires_at_ms)
+                       created_at_ms, updated_at_ms, ready_at_ms, lease_owner, blocked_reason)
              ON CONFLICT (id) DO UPDATE SET
                 status = excluded.status, last_seq = excluded.last_seq, last_hash = excluded.last_hash,
                 updated_at_ms = excluded.updated_at_ms, ready_at_ms = excluded.ready_at_ms,
                 blocked_reason = excluded.blocked_reason,
-                lease_expires_at_ms = CASE WHEN excluded.lease_owner IS NOT NULL AND tasks.lease_owner = excluded.lease_owner
-                                           THEN NULL ELSE tasks.lease_expires_at_ms END,
                 lease_owner = CASE WHEN excluded.lease_owner IS NOT NULL AND tasks.lease_owner = excluded.lease_owner
                                    THEN NULL ELSE tasks.lease_owner END",
         )
@@ -329,17 +360,13 @@ async fn write_plan(conn: &mut sqlx::PgConnection, p: &BatchPlan) -> Result<(), 
         .bind(
             t.iter()
                 .map(|t| match &t.create {
-                    Some(c) => c.lease.as_ref().map(|l| l.0.clone()),
+                    Some(c) => c.lease_owner.clone(),
                     None => t.release_owner.clone(),
                 })
                 .collect::<Vec<_>>(),
         )
         .bind(t.iter().map(|t| t.blocked_reason.clone()).collect::<Vec<_>>())
-        .bind(
-            t.iter()
-                .map(|t| t.create.as_ref().and_then(|c| c.lease.as_ref().map(|l| l.1)))
-                .collect::<Vec<_>>(),
-        )
+
         .execute(&mut *conn)
         .await
         .map_err(Error::db("upsert task rows"))?;
@@ -523,4 +550,26 @@ impl Store for PgStore {
     fn wakeups(&self) -> Arc<Notify> {
         self.wake.clone()
     }
+
+    fn writer_stats(&self) -> Arc<super::WriterStats> {
+        self.writer.stats.clone()
+    }
+}
+
+/// Extends (or first records) a worker's lease.
+async fn heartbeat(
+    conn: &mut sqlx::PgConnection,
+    owner: &str,
+    expires_at_ms: i64,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO workers (id, lease_expires_at_ms) VALUES ($1, $2)
+         ON CONFLICT (id) DO UPDATE SET lease_expires_at_ms = excluded.lease_expires_at_ms",
+    )
+    .bind(owner)
+    .bind(expires_at_ms)
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::db("worker heartbeat"))?;
+    Ok(())
 }

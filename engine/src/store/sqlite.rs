@@ -191,36 +191,66 @@ async fn run_batch(
                 lease_ms,
                 limit,
             } => {
-                let rows = sqlx::query(
-                    "UPDATE tasks SET lease_owner = ?1, lease_expires_at_ms = ?2
+                heartbeat(conn, owner, now_ms + lease_ms).await?;
+                // Free ready tasks first (an index holds only those), then the
+                // ready tasks of workers whose lease expired (crashed or stalled).
+                let mut ids: Vec<String> = sqlx::query(
+                    "UPDATE tasks SET lease_owner = ?1
                      WHERE id IN (SELECT id FROM tasks
-                                  WHERE ready_at_ms IS NOT NULL AND ready_at_ms <= ?3
-                                    AND (lease_owner IS NULL OR lease_expires_at_ms < ?3)
-                                  ORDER BY ready_at_ms LIMIT ?4)
+                                  WHERE ready_at_ms IS NOT NULL AND lease_owner IS NULL AND ready_at_ms <= ?2
+                                  ORDER BY ready_at_ms LIMIT ?3)
                      RETURNING id",
                 )
                 .bind(owner)
-                .bind(now_ms + lease_ms)
                 .bind(now_ms)
                 .bind(*limit as i64)
                 .fetch_all(&mut *conn)
                 .await
-                .map_err(Error::db("claim"))?;
-                WriteResult::Claim(rows.iter().map(|r| r.get(0)).collect())
+                .map_err(Error::db("claim"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+                if (ids.len() as u32) < *limit {
+                    let rest = *limit as i64 - ids.len() as i64;
+                    let orphans = sqlx::query(
+                        "UPDATE tasks SET lease_owner = ?1
+                         WHERE id IN (SELECT t.id FROM workers w JOIN tasks t ON t.lease_owner = w.id
+                                      WHERE w.lease_expires_at_ms < ?2 AND w.id <> ?1
+                                        AND t.ready_at_ms IS NOT NULL AND t.ready_at_ms <= ?2
+                                      LIMIT ?3)
+                         RETURNING id",
+                    )
+                    .bind(owner)
+                    .bind(now_ms)
+                    .bind(rest)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(Error::db("claim expired leases"))?;
+                    ids.extend(orphans.iter().map(|r| r.get::<String, _>(0)));
+                }
+                WriteResult::Claim(ids)
             }
             WriteOp::Renew {
                 owner,
                 now_ms,
                 lease_ms,
             } => {
-                let rows = sqlx::query(
-                    "UPDATE tasks SET lease_expires_at_ms = ?1 WHERE lease_owner = ?2 RETURNING id, last_seq",
+                // One row per worker: renewal costs the same for 1 or 100,000 tasks.
+                heartbeat(conn, owner, now_ms + lease_ms).await?;
+                // Bounded growth: forget workers long dead that hold nothing.
+                sqlx::query(
+                    "DELETE FROM workers WHERE lease_expires_at_ms < ?1
+                     AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.lease_owner = workers.id)",
                 )
-                .bind(now_ms + lease_ms)
-                .bind(owner)
-                .fetch_all(&mut *conn)
+                .bind(now_ms - 86_400_000)
+                .execute(&mut *conn)
                 .await
-                .map_err(Error::db("lease renewal"))?;
+                .map_err(Error::db("forget dead workers"))?;
+                let rows = sqlx::query("SELECT id, last_seq FROM tasks WHERE lease_owner = ?1")
+                    .bind(owner)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(Error::db("lease renewal"))?;
                 WriteResult::Renew(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
             }
             WriteOp::Release {
@@ -229,7 +259,7 @@ async fn run_batch(
                 expected_seq,
             } => {
                 let done = sqlx::query(
-                    "UPDATE tasks SET lease_owner = NULL, lease_expires_at_ms = NULL
+                    "UPDATE tasks SET lease_owner = NULL
                      WHERE id = ?1 AND lease_owner = ?2 AND last_seq = ?3",
                 )
                 .bind(task_id)
@@ -242,7 +272,7 @@ async fn run_batch(
             }
             WriteOp::Quarantine { task_id, reason } => {
                 sqlx::query(
-                    "UPDATE tasks SET ready_at_ms = NULL, lease_owner = NULL, lease_expires_at_ms = NULL, blocked_reason = ?1
+                    "UPDATE tasks SET ready_at_ms = NULL, lease_owner = NULL, blocked_reason = ?1
                      WHERE id = ?2",
                 )
                 .bind(reason)
@@ -281,7 +311,7 @@ async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan) -> Result<(), Er
     for chunk in p.tasks.chunks(ROWS_PER_STATEMENT) {
         let mut qb = QueryBuilder::<Sqlite>::new(
             "INSERT INTO tasks (id, workflow, workflow_version, agent, idempotency_key, status, last_seq, last_hash,
-                                created_at_ms, updated_at_ms, ready_at_ms, lease_owner, lease_expires_at_ms, blocked_reason) ",
+                                created_at_ms, updated_at_ms, ready_at_ms, lease_owner, blocked_reason) ",
         );
         qb.push_values(chunk, |mut b, t| {
             let c = t.create.as_ref();
@@ -299,10 +329,9 @@ async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan) -> Result<(), Er
                 // A created task may start leased (eager start); on update the
                 // column carries the releasing owner (see the ON CONFLICT clause).
                 .push_bind(match c {
-                    Some(c) => c.lease.as_ref().map(|l| l.0.clone()),
+                    Some(c) => c.lease_owner.clone(),
                     None => t.release_owner.clone(),
                 })
-                .push_bind(c.and_then(|c| c.lease.as_ref().map(|l| l.1)))
                 .push_bind(&t.blocked_reason);
         });
         qb.push(
@@ -310,8 +339,6 @@ async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan) -> Result<(), Er
                 status = excluded.status, last_seq = excluded.last_seq, last_hash = excluded.last_hash,
                 updated_at_ms = excluded.updated_at_ms, ready_at_ms = excluded.ready_at_ms,
                 blocked_reason = excluded.blocked_reason,
-                lease_expires_at_ms = CASE WHEN excluded.lease_owner IS NOT NULL AND tasks.lease_owner = excluded.lease_owner
-                                           THEN NULL ELSE tasks.lease_expires_at_ms END,
                 lease_owner = CASE WHEN excluded.lease_owner IS NOT NULL AND tasks.lease_owner = excluded.lease_owner
                                    THEN NULL ELSE tasks.lease_owner END",
         );
@@ -356,7 +383,7 @@ async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan) -> Result<(), Er
     Ok(())
 }
 
-pub(crate) const TASK_SELECT_COLUMNS: &str = "id, workflow, workflow_version, agent, idempotency_key, status, last_seq, last_hash, created_at_ms, updated_at_ms, ready_at_ms, lease_owner, lease_expires_at_ms, blocked_reason";
+pub(crate) const TASK_SELECT_COLUMNS: &str = "id, workflow, workflow_version, agent, idempotency_key, status, last_seq, last_hash, created_at_ms, updated_at_ms, ready_at_ms, lease_owner, (SELECT w.lease_expires_at_ms FROM workers w WHERE w.id = tasks.lease_owner) AS lease_expires_at_ms, blocked_reason";
 
 pub(crate) fn task_from_row<R>(r: &R) -> Result<TaskRow, Error>
 where
@@ -556,6 +583,10 @@ impl Store for SqliteStore {
     fn wakeups(&self) -> Arc<Notify> {
         self.wake.clone()
     }
+
+    fn writer_stats(&self) -> Arc<super::WriterStats> {
+        self.writer.stats.clone()
+    }
 }
 
 pub(crate) fn timer_from_parts(
@@ -610,4 +641,22 @@ where
     };
     qb.push(" ORDER BY created_at_ms DESC, id DESC LIMIT ")
         .push_bind(limit as i64);
+}
+
+/// Extends (or first records) a worker's lease.
+async fn heartbeat(
+    conn: &mut sqlx::SqliteConnection,
+    owner: &str,
+    expires_at_ms: i64,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO workers (id, lease_expires_at_ms) VALUES (?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET lease_expires_at_ms = excluded.lease_expires_at_ms",
+    )
+    .bind(owner)
+    .bind(expires_at_ms)
+    .execute(&mut *conn)
+    .await
+    .map_err(Error::db("worker heartbeat"))?;
+    Ok(())
 }

@@ -8,11 +8,35 @@
 //! cannot fail the others.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{AppendOutcome, AppendRequest, Error};
+
+/// Counters of one store's writer, for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed (or attempted).
+    pub batches: AtomicU64,
+    /// Operations they carried (appends, claims, renewals, releases).
+    pub ops: AtomicU64,
+    /// Time spent inside transactions, in microseconds.
+    pub busy_us: AtomicU64,
+}
+
+impl WriterStats {
+    /// `(batches, ops, busy_us)` at this moment.
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.ops.load(Ordering::Relaxed),
+            self.busy_us.load(Ordering::Relaxed),
+        )
+    }
+}
 
 /// Settings of the writer.
 #[derive(Debug, Clone)]
@@ -91,6 +115,7 @@ type Reply = oneshot::Sender<Result<WriteResult, Error>>;
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<(WriteOp, Reply)>,
+    pub(crate) stats: Arc<WriterStats>,
 }
 
 impl Writer {
@@ -100,6 +125,8 @@ impl Writer {
         wake: Arc<Notify>,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<(WriteOp, Reply)>(config.queue_capacity);
+        let stats = Arc::new(WriterStats::default());
+        let counters = stats.clone();
         tokio::spawn(async move {
             let mut batch: Vec<(WriteOp, Reply)> = Vec::with_capacity(config.max_batch);
             loop {
@@ -108,7 +135,14 @@ impl Writer {
                     break;
                 }
                 let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = batch.drain(..).unzip();
-                match exec.execute(&ops).await {
+                let started = Instant::now();
+                let outcome = exec.execute(&ops).await;
+                counters.batches.fetch_add(1, Ordering::Relaxed);
+                counters.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
+                counters
+                    .busy_us
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                match outcome {
                     Ok((results, wake_others)) => {
                         let mut woke = wake_others;
                         for (r, reply) in results.into_iter().zip(replies) {
@@ -143,7 +177,7 @@ impl Writer {
                 }
             }
         });
-        Self { tx }
+        Self { tx, stats }
     }
 
     pub(crate) async fn submit(&self, op: WriteOp) -> Result<WriteResult, Error> {
