@@ -17,7 +17,15 @@ const LEASE_MS: u64 = 1_500;
 
 fn serve(url: &str, worker: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_mandate"))
-        .args(["--db", url, "serve", "--worker-id", worker, "--lease-ms", &LEASE_MS.to_string()])
+        .args([
+            "--db",
+            url,
+            "serve",
+            "--worker-id",
+            worker,
+            "--lease-ms",
+            &LEASE_MS.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -30,7 +38,7 @@ fn saga(i: usize) -> Value {
     let put = |k: String| json!({"tool": "kv.put", "input": {"key": k, "value": i}, "compensate": {"tool": "kv.delete", "input": {"key": k}}});
     let mut stages = vec![
         json!([put(format!("{i}-a")), put(format!("{i}-b"))]),
-        json!([{"tool": "test.fault", "input": {"mode": "sleep", "sleep_ms": 300 + (i % 7) * 150}}]),
+        json!([{"tool": "test.fault", "input": {"mode": "sleep", "sleep_ms": 1_000 + (i % 7) * 200}}]),
         json!([put(format!("{i}-c"))]),
     ];
     if i % 4 == 0 {
@@ -42,15 +50,26 @@ fn saga(i: usize) -> Value {
 async fn sigkill_mid_flight_then_recover(backend: Backend) {
     let db = TestDb::new(backend).await;
     let (engine, world) = engine_for(&db.url, Limits::default(), |_, _| {}).await;
-    let mut first = serve(&db.url, "first");
+    // Everything is queued before the engine starts, so it takes all of them
+    // on at once and they are in flight together when it is killed.
     let mut ids = Vec::new();
     for i in 0..TASKS {
-        ids.push(engine.submit("saga", saga(i), Default::default()).await.unwrap().task_id);
+        ids.push(
+            engine
+                .submit("saga", saga(i), Default::default())
+                .await
+                .unwrap()
+                .task_id,
+        );
     }
+    let mut first = serve(&db.url, "first");
     // The engine runs in another process, so there is no in-process event to
     // wait on: look at the database at a bounded interval, within a timeout.
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let in_flight = tokio::time::timeout(Duration::from_secs(60), async {
+    // Each task sleeps 1-2 s in its middle stage, so even on a loaded machine
+    // most of them overlap.
+    let last_counts = std::sync::Mutex::new(Vec::new());
+    let in_flight = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
             tick.tick().await;
             let counts = engine.store().count_by_status().await.unwrap();
@@ -59,24 +78,36 @@ async fn sigkill_mid_flight_then_recover(backend: Backend) {
                 .filter(|(s, _)| !s.is_final() && *s != TaskStatus::Queued)
                 .map(|(_, n)| n)
                 .sum();
+            *last_counts.lock().unwrap() = counts;
             if moving >= 100 {
                 return moving;
             }
         }
     })
     .await
-    .expect("100 tasks never were in flight at once");
+    .unwrap_or_else(|_| {
+        panic!(
+            "100 tasks never were in flight at once; last counts {:?}",
+            last_counts.lock().unwrap()
+        )
+    });
     first.kill().expect("SIGKILL mandate serve");
     first.wait().unwrap();
     let unfinished = engine
         .store()
-        .list_tasks(mandate_engine::store::TaskFilter { limit: 1_000, ..Default::default() })
+        .list_tasks(mandate_engine::store::TaskFilter {
+            limit: 1_000,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .iter()
         .filter(|t| !t.status.is_final())
         .count();
-    assert!(unfinished >= 100, "only {unfinished} tasks were unfinished at the kill ({in_flight} in flight)");
+    assert!(
+        unfinished >= 100,
+        "only {unfinished} tasks were unfinished at the kill ({in_flight} in flight)"
+    );
 
     let mut second = serve(&db.url, "second");
     let all_final = tokio::time::timeout(Duration::from_secs(120), async {
@@ -99,7 +130,11 @@ async fn sigkill_mid_flight_then_recover(backend: Backend) {
     for (i, id) in ids.iter().enumerate() {
         let history = engine.history(id).await.expect("chain verifies");
         let row = engine.task(id).await.unwrap();
-        let expected = if i % 4 == 0 { TaskStatus::FailedTerminal } else { TaskStatus::Completed };
+        let expected = if i % 4 == 0 {
+            TaskStatus::FailedTerminal
+        } else {
+            TaskStatus::Completed
+        };
         assert_eq!(row.status, expected, "task {i} ({id})");
         // No step and no compensation recorded completed twice.
         let mut completed: HashMap<i64, usize> = HashMap::new();
@@ -111,7 +146,9 @@ async fn sigkill_mid_flight_then_recover(backend: Backend) {
                     *completed.entry(*step_seq).or_default() += 1;
                     order.push(*step_seq);
                 }
-                EventPayload::CompensationCompleted { compensation_seq, .. } => {
+                EventPayload::CompensationCompleted {
+                    compensation_seq, ..
+                } => {
                     *completed.entry(-compensation_seq).or_default() += 1;
                 }
                 EventPayload::CompensationStarted { step_seq, .. } => compensated.push(*step_seq),
@@ -121,26 +158,55 @@ async fn sigkill_mid_flight_then_recover(backend: Backend) {
                 taken_over += 1;
             }
         }
-        assert!(completed.values().all(|n| *n == 1), "task {id} recorded a completion twice: {completed:?}");
+        assert!(
+            completed.values().all(|n| *n == 1),
+            "task {id} recorded a completion twice: {completed:?}"
+        );
         if expected == TaskStatus::FailedTerminal {
             // Every completed write (all have compensations) undone, newest first.
             let writes: Vec<i64> = order
                 .iter()
                 .copied()
-                .filter(|s| history.iter().any(|e| e.seq == *s && matches!(&e.payload, EventPayload::StepScheduled { compensation: Some(_), .. })))
+                .filter(|s| {
+                    history.iter().any(|e| {
+                        e.seq == *s
+                            && matches!(
+                                &e.payload,
+                                EventPayload::StepScheduled {
+                                    compensation: Some(_),
+                                    ..
+                                }
+                            )
+                    })
+                })
                 .collect();
-            assert_eq!(compensated, writes.iter().rev().copied().collect::<Vec<_>>(), "task {id}");
+            assert_eq!(
+                compensated,
+                writes.iter().rev().copied().collect::<Vec<_>>(),
+                "task {id}"
+            );
             for k in ["a", "b", "c"] {
-                assert_eq!(world.get("kv", &format!("{i}-{k}")).await.unwrap(), None, "task {id} left {i}-{k} behind");
+                assert_eq!(
+                    world.get("kv", &format!("{i}-{k}")).await.unwrap(),
+                    None,
+                    "task {id} left {i}-{k} behind"
+                );
             }
         } else {
             for k in ["a", "b", "c"] {
-                assert_eq!(world.get("kv", &format!("{i}-{k}")).await.unwrap(), Some(json!(i)), "task {id}");
+                assert_eq!(
+                    world.get("kv", &format!("{i}-{k}")).await.unwrap(),
+                    Some(json!(i)),
+                    "task {id}"
+                );
             }
         }
         mandate_tests::assert_replays(&engine, id).await;
     }
-    assert!(taken_over > 0, "the second process recorded nothing: the crash hit no task");
+    assert!(
+        taken_over > 0,
+        "the second process recorded nothing: the crash hit no task"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
