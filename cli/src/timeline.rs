@@ -413,6 +413,7 @@ mod tests {
         RecordedError {
             message: message.into(),
             retryable,
+            effect_unknown: false,
         }
     }
 

@@ -41,7 +41,7 @@ fn saga(i: usize) -> Value {
         json!([{"tool": "test.fault", "input": {"mode": "sleep", "sleep_ms": 1_000 + (i % 7) * 200}}]),
         json!([put(format!("{i}-c"))]),
     ];
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         stages.push(json!([{"tool": "test.fault", "input": {"mode": "fail_terminal"}}]));
     }
     json!({ "stages": stages })
@@ -130,7 +130,7 @@ async fn sigkill_mid_flight_then_recover(backend: Backend) {
     for (i, id) in ids.iter().enumerate() {
         let history = engine.history(id).await.expect("chain verifies");
         let row = engine.task(id).await.unwrap();
-        let expected = if i % 4 == 0 {
+        let expected = if i.is_multiple_of(4) {
             TaskStatus::FailedTerminal
         } else {
             TaskStatus::Completed

@@ -720,6 +720,64 @@ async fn workflows_can_refuse_signals(b: Backend) {
     assert_eq!(row.status, TaskStatus::Completed);
 }
 
+async fn timed_out_write_is_compensated_too(b: Backend) {
+    use mandate_activities::{Tool, ToolContext, ToolKind, ToolResult, World};
+    /// Writes its key, then takes far longer than the step's timeout: the
+    /// effect happened although the attempt timed out.
+    struct SlowPut(World);
+    impl Tool for SlowPut {
+        fn name(&self) -> &str {
+            "slow.put"
+        }
+        fn kind(&self) -> ToolKind {
+            ToolKind::WriteReversible
+        }
+        fn call<'a>(
+            &'a self,
+            ctx: ToolContext,
+            input: Value,
+        ) -> futures::future::BoxFuture<'a, ToolResult> {
+            Box::pin(async move {
+                let key = input["key"].as_str().unwrap_or("k").to_string();
+                self.0
+                    .apply(&ctx.idempotency_key, "slow.put", "kv", &key, |_| {
+                        Ok((Some(json!(true)), json!({})))
+                    })
+                    .await
+                    .map_err(|e| mandate_activities::ToolError::retryable(e.to_string()))?;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok(json!({}))
+            })
+        }
+    }
+    let db = mandate_tests::TestDb::new(b).await;
+    let world = mandate_activities::World::connect(&db.url).await.unwrap();
+    let mut h = Harness::on(db, Default::default(), move |_, tools| {
+        tools.register(SlowPut(world));
+    })
+    .await;
+    let (id, row) = h
+        .run(
+            "saga",
+            json!({"stages": [[{"tool": "slow.put", "input": {"key": "slow"}, "timeout_ms": 200,
+                                "retry": {"max_attempts": 2, "initial_backoff_ms": 10},
+                                "compensate": {"tool": "kv.delete", "input": {"key": "slow"}}}]]}),
+        )
+        .await;
+    assert_eq!(row.status, TaskStatus::FailedTerminal);
+    assert_eq!(
+        h.world.get("kv", "slow").await.unwrap(),
+        None,
+        "the timed-out write was left behind"
+    );
+    let history = h.engine.history(&id).await.unwrap();
+    assert!(history.iter().any(
+        |e| matches!(&e.payload, EventPayload::StepFailed { error, .. } if error.effect_unknown)
+    ));
+    assert!(types(&history).contains(&"CompensationCompleted"));
+    h.assert_replays(&id).await;
+}
+
 async fn deterministic_now_and_ids_replay(b: Backend) {
     use futures::future::LocalBoxFuture;
     use mandate_engine::{StepOptions, Workflow, WorkflowContext, WorkflowError};
@@ -777,5 +835,6 @@ backend_tests!(
     pause_holds_and_resume_continues,
     pause_lets_running_attempts_finish,
     workflows_can_refuse_signals,
+    timed_out_write_is_compensated_too,
     deterministic_now_and_ids_replay,
 );

@@ -106,6 +106,8 @@ impl Draft<'_> {
                 Err(e) => Err(RecordedError {
                     message: format!("tool output refused: {e}"),
                     retryable: false,
+                    // The tool ran and returned: its effect happened.
+                    effect_unknown: true,
                 }),
             },
             Err(e) => Err(e.clone()),
@@ -439,6 +441,7 @@ impl Draft<'_> {
                 error: RecordedError {
                     message: "abandoned: the task is rolling back".to_string(),
                     retryable: false,
+                    effect_unknown: false,
                 },
                 started_at_ms: now,
                 duration_ms: 0,
@@ -463,12 +466,8 @@ impl Draft<'_> {
             // Older completed steps are not compensated after a compensation
             // failed (they may depend on each other): name each, so nothing is
             // dropped silently.
-            let left: Vec<String> = self
-                .state
-                .completion_order
-                .iter()
-                .rev()
-                .map(|seq| &self.state.steps[seq])
+            let left: Vec<String> = rollback_order(&self.state)
+                .into_iter()
                 .filter(|s| {
                     !self.state.rollback_handled.contains_key(&s.seq)
                         && (s.compensation.is_some() || s.kind.is_write())
@@ -509,12 +508,8 @@ impl Draft<'_> {
         }
         // The next completed step, newest first, that still needs undoing.
         loop {
-            let next = self
-                .state
-                .completion_order
-                .iter()
-                .rev()
-                .map(|seq| &self.state.steps[seq])
+            let next = rollback_order(&self.state)
+                .into_iter()
                 .find(|s| {
                     !self.state.rollback_handled.contains_key(&s.seq)
                         && (s.compensation.is_some() || s.kind.is_write())
@@ -579,6 +574,17 @@ impl Draft<'_> {
         self.engine(payload);
         true
     }
+}
+
+/// The steps a rollback must undo, newest first: completed steps by the order
+/// they completed, and failed steps whose effect is unknown (a timed-out
+/// attempt may have applied it) by when they failed. Compensations are
+/// idempotent per key, so undoing a step that had no effect is harmless.
+fn rollback_order(state: &TaskState) -> Vec<&super::state::StepState> {
+    let mut steps: Vec<&super::state::StepState> =
+        state.steps.values().filter(|s| s.needs_undo()).collect();
+    steps.sort_by_key(|s| std::cmp::Reverse(s.resolved_at_seq()));
+    steps
 }
 
 /// Decides the events that follow `input.history` given the outcomes and the

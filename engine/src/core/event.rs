@@ -25,6 +25,16 @@ pub struct Compensation {
 pub struct RecordedError {
     pub message: String,
     pub retryable: bool,
+    /// The attempt may have had its effect anyway: the engine cut it off (a
+    /// timeout) or the tool panicked. A tool that returns an error has, by
+    /// contract, applied nothing. Omitted when false, so older histories hash
+    /// the same.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub effect_unknown: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The payload of one event. Serialized adjacently tagged: `{"type": .., "payload": {..}}`.

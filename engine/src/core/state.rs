@@ -103,9 +103,31 @@ pub struct StepState {
     /// Set while waiting for the next attempt after a retryable failure.
     pub next_attempt_at_ms: Option<i64>,
     pub outcome: Option<Outcome>,
+    /// Some failed attempt may have had its effect (see `RecordedError::effect_unknown`).
+    pub effect_unknown: bool,
 }
 
 impl StepState {
+    /// Whether a rollback must undo this step: it completed, or it failed but
+    /// an attempt may have had its effect.
+    pub fn needs_undo(&self) -> bool {
+        match &self.outcome {
+            Some(Outcome::Completed { .. }) => true,
+            Some(Outcome::Failed { .. }) => self.effect_unknown,
+            None => false,
+        }
+    }
+
+    /// The seq of the event that resolved the step.
+    pub fn resolved_at_seq(&self) -> Option<i64> {
+        match &self.outcome {
+            Some(Outcome::Completed { at_seq, .. }) | Some(Outcome::Failed { at_seq, .. }) => {
+                Some(*at_seq)
+            }
+            None => None,
+        }
+    }
+
     pub fn is_resolved(&self) -> bool {
         self.outcome.is_some()
     }
@@ -259,6 +281,7 @@ impl TaskState {
                         failed_attempts: 0,
                         next_attempt_at_ms: None,
                         outcome: None,
+                        effect_unknown: false,
                     },
                 );
             }
@@ -277,9 +300,11 @@ impl TaskState {
             E::StepAttemptFailed {
                 step_seq,
                 next_attempt_at_ms,
+                error,
                 ..
             } => {
                 if let Some(s) = self.steps.get_mut(step_seq) {
+                    s.effect_unknown |= error.effect_unknown;
                     s.failed_attempts += 1;
                     s.next_attempt_at_ms = Some(*next_attempt_at_ms);
                 }
@@ -288,6 +313,7 @@ impl TaskState {
                 step_seq, error, ..
             } => {
                 if let Some(s) = self.steps.get_mut(step_seq) {
+                    s.effect_unknown |= error.effect_unknown;
                     s.failed_attempts += 1;
                     s.next_attempt_at_ms = None;
                     s.outcome = Some(Outcome::Failed {

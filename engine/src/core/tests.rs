@@ -164,6 +164,7 @@ fn err(target: Target, attempt: u32, retryable: bool) -> AttemptOutcome {
         result: Err(RecordedError {
             message: "boom".into(),
             retryable,
+            effect_unknown: false,
         }),
         started_at_ms: 0,
         duration_ms: 1,

@@ -168,6 +168,10 @@ impl StepOptions {
 }
 
 /// A command the code issued that the history does not hold yet.
+// serde_json's `preserve_order` (which cedar-policy turns on for the whole
+// workspace) makes `Value` maps larger; commands are short-lived, so the
+// size difference costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum NewCommand {
     Step {
@@ -376,7 +380,9 @@ impl Replayer {
                 ..
             } => {
                 let (step, tool) = self.step_name(*step_seq);
-                let RecordedError { message, retryable } = error.clone();
+                let RecordedError {
+                    message, retryable, ..
+                } = error.clone();
                 self.resolve(
                     *step_seq,
                     Resolution::Step(Err(StepError {

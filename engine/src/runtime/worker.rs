@@ -460,6 +460,20 @@ impl Driver {
                         .await
                     {
                         Ok(true) => return,
+                        Ok(false)
+                            if self
+                                .shared
+                                .store
+                                .get_task(&self.task_id)
+                                .await
+                                .is_ok_and(|t| {
+                                    t.is_none_or(|t| t.lease_owner.as_deref() != Some(&owner))
+                                }) =>
+                        {
+                            // Not ours any more (released by an append whose
+                            // commit was reported failed, or taken over): stop.
+                            return;
+                        }
                         _ => {
                             // Something was appended meanwhile: look again.
                             let Loaded::Ok(h) = self.load().await else {
@@ -518,6 +532,7 @@ impl Driver {
                         shared.tools.names().join(", ")
                     ),
                     retryable: false,
+                    effect_unknown: false,
                 }),
                 Some(tool) => {
                     let ctx = ToolContext::new(task_id, action.target.seq(), action.attempt);
@@ -529,10 +544,12 @@ impl Driver {
                         Ok(Ok(Err(e))) => Err(RecordedError {
                             message: e.message,
                             retryable: e.retryable,
+                            effect_unknown: false,
                         }),
                         Ok(Err(_panic)) => Err(RecordedError {
                             message: format!("tool {:?} panicked", action.tool),
                             retryable: false,
+                            effect_unknown: true,
                         }),
                         Err(_) => Err(RecordedError {
                             message: format!(
@@ -540,6 +557,7 @@ impl Driver {
                                 action.attempt, action.timeout_ms
                             ),
                             retryable: true,
+                            effect_unknown: true,
                         }),
                     }
                 }
