@@ -11,12 +11,17 @@
 //! order and approval belong to the engine. A tool only reports what happened
 //! and whether trying again could help ([`ToolError::retryable`]).
 
+pub mod catalog;
 pub mod demo;
+pub mod http;
+pub mod policy;
 mod registry;
 mod tool;
 pub mod world;
 
 pub use demo::register_demo_tools;
+pub use policy::Governance;
+pub use policy::tools::register_governance_tools;
 pub use registry::ToolRegistry;
 pub use tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 pub use world::World;

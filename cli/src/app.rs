@@ -5,12 +5,16 @@
 //! operations (unknown task, final task, bad URL, invalid JSON, a corrupt
 //! history), [`EXIT_FAILURE`] for everything else. A refusal never writes
 //! anything; commands check what they can before opening the database.
+//! `mandate replay` and `mandate verify` give their findings codes of their
+//! own, in the same numbering: [`EXIT_NON_DETERMINISM`] (1),
+//! [`EXIT_TAMPERED`] (2), [`EXIT_PROJECTION_MISMATCH`] (3).
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
-use mandate_activities::{ToolRegistry, World};
-use mandate_engine::{Engine, runtime, store};
+use mandate_activities::{Governance, ToolRegistry, World};
+use mandate_engine::{Engine, audit, runtime, store};
 
 /// Used when neither `--db` nor `MANDATE_DATABASE_URL` names a database.
 pub const DEFAULT_DB_URL: &str = "sqlite://mandate.db";
@@ -18,6 +22,12 @@ pub const DEFAULT_DB_URL: &str = "sqlite://mandate.db";
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_REFUSED: u8 = 2;
+/// `replay`: this binary's workflow code does not replay the history.
+pub const EXIT_NON_DETERMINISM: u8 = 1;
+/// `replay` / `verify`: a hash chain is broken (the history was tampered with).
+pub const EXIT_TAMPERED: u8 = 2;
+/// `replay` / `verify`: stored derived rows differ from the history.
+pub const EXIT_PROJECTION_MISMATCH: u8 = 3;
 
 /// The database a command works on, and whether the user named it.
 #[derive(Debug, Clone)]
@@ -68,8 +78,29 @@ impl Database {
     }
 }
 
-/// The engine with the built-in workflows and the demo tools, and the world
-/// those tools act on (the same database).
+/// The policy directory named by `--policies` / `MANDATE_POLICY_DIR`, set
+/// once by `commands::run` before any command opens the engine.
+static POLICY_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Records the policy directory for [`governance`] (first call wins).
+pub fn set_policy_dir(dir: Option<PathBuf>) {
+    let _ = POLICY_DIR.set(dir);
+}
+
+/// The catalog and policies in force: the `--policies` directory (watched
+/// for changes), or the shipped default. A directory that does not load is
+/// refused with its error.
+pub fn governance() -> anyhow::Result<Arc<Governance>> {
+    match POLICY_DIR.get().cloned().flatten() {
+        Some(dir) => Governance::load_dir(&dir)
+            .map(Arc::new)
+            .map_err(|e| refused(format!("policies in {}: {e}", dir.display()))),
+        None => Ok(Arc::new(Governance::shipped())),
+    }
+}
+
+/// The engine with the built-in workflows, the demo and governance tools,
+/// and the world those tools act on (the same database).
 pub async fn open_engine(db: &Database) -> anyhow::Result<(Engine, World)> {
     let url = db.url.as_str();
     if let Some(path) = sqlite_path(url)
@@ -85,11 +116,13 @@ pub async fn open_engine(db: &Database) -> anyhow::Result<(Engine, World)> {
         )));
     }
     // The store first: it refuses unknown schemes before anything is created.
+    let governance = governance()?;
     let store = store::open(url).await?;
     let world = World::connect(url).await?;
     let mut tools = ToolRegistry::new();
     mandate_activities::register_demo_tools(&mut tools, world.clone());
-    let engine = Engine::new(store, mandate_workflows::registry(), tools);
+    mandate_activities::register_governance_tools(&mut tools, governance.clone(), world.clone());
+    let engine = Engine::new(store, mandate_workflows::registry_with(governance), tools);
     Ok((engine, world))
 }
 
@@ -122,6 +155,12 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<store::Error>() {
             return store_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<audit::Error>() {
+            return match e {
+                audit::Error::TaskNotFound { .. } => EXIT_REFUSED,
+                audit::Error::Store(s) => store_code(s),
+            };
         }
         if let Some(e) = cause.downcast_ref::<mandate_activities::world::Error>() {
             return match e {
@@ -252,6 +291,10 @@ mod tests {
             task_id: "t".into(),
         });
         assert_eq!(exit_code(&not_found.context("reading t")), EXIT_REFUSED);
+        let no_task = anyhow::Error::new(audit::Error::TaskNotFound {
+            task_id: "t".into(),
+        });
+        assert_eq!(exit_code(&no_task), EXIT_REFUSED);
         let bad_url = anyhow::Error::new(store::Error::BadUrl {
             url: "x".into(),
             reason: "unknown scheme".into(),

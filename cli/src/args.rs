@@ -22,6 +22,11 @@ pub struct Cli {
     )]
     pub db: Option<String>,
 
+    /// Policy directory: catalog.yaml and Cedar rules (org/, team/<team>/, agent/<agent>/),
+    /// reloaded when its files change [default: the shipped catalog and baseline]
+    #[arg(long, global = true, env = "MANDATE_POLICY_DIR", value_name = "DIR")]
+    pub policies: Option<std::path::PathBuf>,
+
     /// Log to stderr: -v info, -vv debug, -vvv trace (default warn; RUST_LOG wins when set)
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
@@ -52,6 +57,20 @@ pub enum Command {
     Pause(PauseArgs),
     /// Resume a paused task where it was
     Resume(ResumeArgs),
+    /// Prove what happened to a task: verify its hash chain, rebuild its state,
+    /// replay its workflow code, print its timeline (exit 0 ok, 1 non-determinism,
+    /// 2 tampered, 3 derived rows differ); --all checks every task in flight
+    Replay(ReplayArgs),
+    /// Check the hash chain and derived rows of every task (or one), in bounded memory
+    Verify(VerifyArgs),
+    /// Plans: `plan check FILE` (dry run: decisions, rules, owners, rollback) and `plan submit FILE`
+    Plan(crate::commands::plan::PlanArgs),
+    /// Approve a gated step of a task as an identity (optionally with an edit)
+    Approve(crate::commands::approve::DecideArgs),
+    /// Reject a gated step of a task as an identity; the task rolls back
+    Reject(crate::commands::approve::DecideArgs),
+    /// List pending approvals: summary, risk, owners, evidence, rollback plan
+    Approvals(crate::commands::approvals::ApprovalsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +205,47 @@ pub struct ResumeArgs {
     pub identity: String,
 }
 
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Task id (or --all)
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub id: Option<String>,
+    /// Replay every task in flight with this binary's code: the safe-deploy check
+    #[arg(long)]
+    pub all: bool,
+    /// With --all: only tasks with this status (e.g. needs_approval, running)
+    #[arg(long, value_name = "S", conflicts_with = "id")]
+    pub status: Option<String>,
+    /// With --all: only tasks submitted within this long, e.g. 30m, 2h, 7d
+    #[arg(long, value_name = "DURATION", conflicts_with = "id")]
+    pub since: Option<String>,
+    /// With --all: final tasks too (completed, failed_terminal, escalated_to_human, cancelled)
+    #[arg(long, conflicts_with_all = ["id", "status"])]
+    pub every: bool,
+    /// Print one JSON document instead of text (schema: docs/replay.md)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Verify only this task [default: every task]
+    #[arg(conflicts_with_all = ["all", "status", "since"])]
+    pub id: Option<String>,
+    /// Every task (the default when no id is given)
+    #[arg(long)]
+    pub all: bool,
+    /// Only tasks with this status
+    #[arg(long, value_name = "S")]
+    pub status: Option<String>,
+    /// Only tasks submitted within this long, e.g. 30m, 2h, 7d
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+    /// Print one JSON document instead of text (schema: docs/replay.md)
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +272,25 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["mandate", "history", "x", "--unverified"]).is_err());
         assert!(Cli::try_parse_from(["mandate", "history", "x", "--json", "--unverified"]).is_ok());
+    }
+
+    #[test]
+    fn replay_takes_an_id_or_all_and_verify_takes_either() {
+        assert!(Cli::try_parse_from(["mandate", "replay"]).is_err());
+        assert!(Cli::try_parse_from(["mandate", "replay", "x", "--all"]).is_err());
+        assert!(Cli::try_parse_from(["mandate", "replay", "x", "--since", "1h"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "mandate", "replay", "--all", "--every", "--status", "running"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["mandate", "replay", "--all", "--since", "7d", "--json"]).is_ok()
+        );
+        assert!(Cli::try_parse_from(["mandate", "verify"]).is_ok());
+        assert!(Cli::try_parse_from(["mandate", "verify", "--all", "--status", "running"]).is_ok());
+        assert!(Cli::try_parse_from(["mandate", "verify", "x", "--all"]).is_err());
     }
 
     #[test]

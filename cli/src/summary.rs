@@ -90,7 +90,11 @@ fn write_value(b: &mut Bounded, value: &Value) -> bool {
             if !b.push("{") {
                 return false;
             }
-            for (i, (k, v)) in map.iter().enumerate() {
+            // Keys sorted, so a summary reads the same whatever order the
+            // map keeps (serde_json's preserve_order is on in this workspace).
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            for (i, (k, v)) in entries.into_iter().enumerate() {
                 if (i > 0 && !b.push(", ")) || !write_string(b, k) || !b.push(": ") {
                     return false;
                 }

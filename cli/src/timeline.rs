@@ -105,6 +105,35 @@ fn error(e: &RecordedError) -> String {
 }
 
 /// What one event means, in words, given the state before it.
+/// A `policy.check` output as one line: the path, each deciding rule with
+/// its message, and the policy set's hash (bounded like any other line).
+fn policy_decision(output: &serde_json::Value) -> Option<String> {
+    let decision = output.get("decision")?.as_str()?;
+    let rules = output.get("decided_by")?.as_array()?;
+    let hash = output
+        .get("policy_hash")
+        .and_then(|h| h.as_str())
+        .unwrap_or("");
+    let rules: Vec<String> = rules
+        .iter()
+        .map(|r| {
+            format!(
+                "{} \"{}\"",
+                r.get("id").and_then(|v| v.as_str()).unwrap_or("?"),
+                r.get("message").and_then(|v| v.as_str()).unwrap_or("")
+            )
+        })
+        .collect();
+    Some(summary::text(
+        &format!(
+            "{decision} by {} [policy set {}]",
+            rules.join("; "),
+            &hash[..hash.len().min(12)]
+        ),
+        MAX_TEXT_CHARS,
+    ))
+}
+
 fn describe(state: &TaskState, event: &Event) -> String {
     use EventPayload as E;
     match &event.payload {
@@ -161,6 +190,17 @@ fn describe(state: &TaskState, event: &Event) -> String {
             }
             s
         }
+        E::StepCompleted {
+            step_seq,
+            output,
+            duration_ms,
+            ..
+        } if policy_decision(output).is_some() => format!(
+            "step {} decided by policy ({}): {}",
+            step_name(state, *step_seq),
+            summary::duration(*duration_ms as i64),
+            policy_decision(output).unwrap_or_default()
+        ),
         E::StepCompleted {
             step_seq,
             attempt,
@@ -642,5 +682,49 @@ mod tests {
             lines[3]
         );
         assert!(render(&[]).is_empty());
+    }
+
+    #[test]
+    fn policy_decisions_show_their_rules_and_messages() {
+        use EventPayload as E;
+        let output = json!({"decision": "deny", "policy_hash": "abcdef0123456789",
+            "decided_by": [{"id": "org.autonomy.l0-observe-only", "message": "an L0 agent only observes", "level": "org"}]});
+        let events = vec![
+            ev(
+                1,
+                0,
+                "engine",
+                E::StepScheduled {
+                    command: 0,
+                    name: "a.policy".into(),
+                    tool: "policy.check".into(),
+                    kind: ToolKind::Read,
+                    input: json!({}),
+                    retry: RetryPolicy::default(),
+                    timeout_ms: 1000,
+                    compensation: None,
+                    recovery_path: None,
+                },
+            ),
+            ev(
+                2,
+                5,
+                "worker:w",
+                E::StepCompleted {
+                    step_seq: 1,
+                    attempt: 1,
+                    output,
+                    started_at_ms: T0,
+                    duration_ms: 1,
+                },
+            ),
+        ];
+        let text = render(&events).join("\n");
+        assert!(text.contains("decided by policy"), "{text}");
+        assert!(
+            text.contains("deny by org.autonomy.l0-observe-only \"an L0 agent only observes\""),
+            "{text}"
+        );
+        assert!(text.contains("policy set abcdef012345"), "{text}");
     }
 }

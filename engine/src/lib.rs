@@ -4,6 +4,7 @@
 //! - [`store`]: the storage trait with SQLite and PostgreSQL backends and group commit.
 //! - [`runtime`]: the shell — the client API ([`Engine`]), workers, the clock.
 
+pub mod audit;
 pub mod core;
 pub mod runtime;
 pub mod store;

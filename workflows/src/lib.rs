@@ -8,29 +8,52 @@
 //! - [`Saga`] (`saga`): a data-driven sequence of stages, each stage a set of
 //!   steps run in parallel; used by tests, the demo and the stress suite.
 //!
+//! - [`Plan`] (`plan`): a DAG of tool calls submitted as data, each step
+//!   checked by policy (a recorded `policy.check` step) and, when gated,
+//!   approved by people; [`Preapproval`] (`preapproval`) records a batch
+//!   pre-approval.
+//!
 //! Workflow code must be deterministic: it reads the world only through its
 //! `WorkflowContext` (see ARCHITECTURE.md, "Writing a workflow").
 
 mod deploy;
+pub mod plan;
 mod saga;
 
 pub use deploy::{DeployWithRollback, GatedDeploy};
+pub use plan::{Plan, Preapproval};
 pub use saga::{Saga, SagaInput, SagaItem, SagaStep};
 
+use std::sync::Arc;
+
+use mandate_activities::Governance;
 use mandate_engine::WorkflowRegistry;
 
-/// Every built-in workflow.
+/// Every built-in workflow; `plan` and `preapproval` validate against the
+/// shipped default catalog and policies.
 pub fn registry() -> WorkflowRegistry {
+    registry_with(Arc::new(Governance::shipped()))
+}
+
+/// Every built-in workflow, `plan` and `preapproval` governed by `governance`.
+pub fn registry_with(governance: Arc<Governance>) -> WorkflowRegistry {
     let mut r = WorkflowRegistry::new();
     register_all(&mut r);
+    register_governed(&mut r, governance);
     r
 }
 
-/// Registers every built-in workflow into `r`.
+/// Registers every built-in workflow that needs no governance into `r`.
 pub fn register_all(r: &mut WorkflowRegistry) {
     r.register(DeployWithRollback)
         .register(GatedDeploy)
         .register(Saga);
+}
+
+/// Registers `plan` and `preapproval`, governed by `governance`.
+pub fn register_governed(r: &mut WorkflowRegistry, governance: Arc<Governance>) {
+    r.register(Plan::new(governance.clone()))
+        .register(Preapproval::new(governance));
 }
 
 /// Reads a required string field of a workflow input.

@@ -20,6 +20,9 @@ pub struct SagaInput {
 }
 
 /// One item of a stage.
+// serde_json's `preserve_order` (on for the workspace through cedar-policy)
+// makes a step larger than the other items; a saga holds few, unboxed is fine.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum SagaItem {

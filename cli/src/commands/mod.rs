@@ -5,13 +5,18 @@
 //! Output discipline: stdout carries only what a script may read (an id, a
 //! seq, a table, JSON); progress and explanations go to stderr.
 
+pub(crate) mod approvals;
+pub(crate) mod approve;
 mod control;
 mod demo;
 mod history;
 mod list;
+pub(crate) mod plan;
+mod replay;
 mod serve;
 mod status;
 mod submit;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -20,6 +25,7 @@ use crate::args::{Cli, Command};
 
 /// Runs the command `cli` names.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    crate::app::set_policy_dir(cli.policies);
     let db = Database::from_arg(cli.db);
     match cli.command {
         Command::Serve(args) => serve::run(&db, args).await,
@@ -32,5 +38,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel(args) => control::cancel(&db, args).await,
         Command::Pause(args) => control::pause(&db, args).await,
         Command::Resume(args) => control::resume(&db, args).await,
+        Command::Replay(args) => replay::run(&db, args).await,
+        Command::Verify(args) => verify::run(&db, args).await,
+        Command::Plan(args) => plan::run(&db, args).await,
+        Command::Approve(args) => approve::run(&db, args, "approve").await,
+        Command::Reject(args) => approve::run(&db, args, "reject").await,
+        Command::Approvals(args) => approvals::run(&db, args).await,
     }
 }

@@ -1,0 +1,281 @@
+//! `mandate plan check FILE` (dry run) and `mandate plan submit FILE`.
+//!
+//! `check` validates the whole plan as a submission would, then evaluates
+//! each step against the policies in force and prints, per step, the
+//! decision, the rules behind it, the owners, and the compensation or
+//! recovery path. It runs nothing and opens no database. References to
+//! earlier outputs are unresolved in a dry run, so rules on such fields see
+//! the reference text.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use mandate_activities::policy::CheckRequest;
+use mandate_engine::{Limits, SubmitOptions, TaskStatus};
+use mandate_workflows::plan::{PlanLimits, parse_text, validate_plan};
+use serde_json::{Value, json};
+
+use crate::app::{self, Database, refused};
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(subcommand)]
+    pub command: PlanCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Dry run: validate the plan and print each step's policy decision, rules,
+    /// owners and rollback; runs nothing (exit 2 when the plan is refused)
+    Check {
+        /// Plan file (YAML or JSON), or - for stdin
+        file: String,
+        /// Print one JSON document instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit a plan file (YAML or JSON) as a `plan` task; prints the task id
+    Submit {
+        /// Plan file (YAML or JSON), or - for stdin
+        file: String,
+        /// A retry with the same key returns the task the first call created
+        #[arg(long, value_name = "K")]
+        idempotency_key: Option<String>,
+        /// Wait until the task is final; exit 1 unless it completed
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+fn read_plan(file: &str) -> anyhow::Result<Value> {
+    let limits = Limits::default();
+    let max = limits.max_payload_bytes.saturating_mul(4);
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(std::io::stdin(), max as u64 + 1),
+            &mut s,
+        )?;
+        s
+    } else {
+        let meta = std::fs::metadata(file)
+            .map_err(|e| refused(format!("cannot read plan file {file}: {e}")))?;
+        if meta.len() as usize > max {
+            return Err(refused(format!(
+                "plan file {file} is larger than {max} bytes"
+            )));
+        }
+        std::fs::read_to_string(file)
+            .map_err(|e| refused(format!("cannot read plan file {file}: {e}")))?
+    };
+    let value = parse_text(file, &text).map_err(refused)?;
+    limits
+        .check_payload(&value)
+        .map_err(|m| refused(format!("{file}: {m}")))?;
+    Ok(value)
+}
+
+pub async fn run(db: &Database, args: PlanArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        PlanCommand::Check { file, json } => check(&file, json),
+        PlanCommand::Submit {
+            file,
+            idempotency_key,
+            wait,
+        } => submit(db, &file, idempotency_key, wait).await,
+    }
+}
+
+/// The dry-run report of a plan: one entry per step, in run order.
+pub fn dry_run(plan: &Value) -> anyhow::Result<Value> {
+    let governance = app::governance()?;
+    let (doc, structure) = validate_plan(plan, &governance, &PlanLimits::default())
+        .map_err(|e| refused(format!("plan refused: {e}")))?;
+    let set = governance.current();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut steps = Vec::new();
+    for &i in &structure.order {
+        let s = &doc.steps[i];
+        let d = set.evaluate(&CheckRequest {
+            step: s.id.clone(),
+            tool: s.tool.clone(),
+            input: s.input.clone(),
+            agent: doc.agent.clone(),
+            on_behalf_of: doc.on_behalf_of.clone(),
+            environment: doc.environment.clone(),
+            now_ms: now,
+        });
+        let rollback = match (&s.compensate, &d.compensation) {
+            (Some(c), _) => json!({"compensation": {"tool": c.tool, "input": c.input}}),
+            (None, Some(c)) => json!({"compensation": c}),
+            (None, None) => match s.recovery_path.clone().or(d.recovery_path.clone()) {
+                Some(r) => json!({"recovery_path": r}),
+                None => json!(null),
+            },
+        };
+        steps.push(json!({
+            "step": s.id,
+            "tool": s.tool,
+            "depends_on": structure.deps[i].iter().map(|d| doc.steps[*d].id.clone()).collect::<Vec<_>>(),
+            "decision": d.decision,
+            "rules": d.decided_by,
+            "owners": d.owners,
+            "kind": d.kind,
+            "risk": d.risk,
+            "approval": d.approval,
+            "rollback": rollback,
+        }));
+    }
+    Ok(json!({
+        "agent": doc.agent,
+        "on_behalf_of": doc.on_behalf_of,
+        "reason": doc.reason,
+        "policy_hash": set.hash,
+        "steps": steps,
+    }))
+}
+
+fn check(file: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let plan = read_plan(file)?;
+    let report = dry_run(&plan)?;
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "plan by {}{}: {}",
+        report["agent"].as_str().unwrap_or("?"),
+        report["on_behalf_of"]
+            .as_str()
+            .map(|u| format!(" for {u}"))
+            .unwrap_or_default(),
+        report["reason"].as_str().unwrap_or("(no reason given)")
+    )?;
+    writeln!(
+        out,
+        "policy set {}",
+        &report["policy_hash"].as_str().unwrap_or("")
+            [..12.min(report["policy_hash"].as_str().unwrap_or("").len())]
+    )?;
+    for s in report["steps"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "\nstep {}  ({}{})  → {}",
+            s["step"].as_str().unwrap_or(""),
+            s["tool"].as_str().unwrap_or(""),
+            s["kind"]
+                .as_str()
+                .map(|k| format!(", {k}"))
+                .unwrap_or_default(),
+            s["decision"].as_str().unwrap_or("")
+        )?;
+        for r in s["rules"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  rule {} [{}]: {}",
+                r["id"].as_str().unwrap_or(""),
+                r["level"].as_str().unwrap_or(""),
+                r["message"].as_str().unwrap_or("")
+            )?;
+        }
+        let owners: Vec<&str> = s["owners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        writeln!(
+            out,
+            "  owners: {}",
+            if owners.is_empty() {
+                "-".to_string()
+            } else {
+                owners.join(", ")
+            }
+        )?;
+        if let Some(a) = s["approval"].as_object() {
+            writeln!(
+                out,
+                "  approval: quorum {} of {}; timeout {} ms{}",
+                a["quorum"],
+                a["approvers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                a["timeout_ms"],
+                a.get("escalation")
+                    .and_then(Value::as_str)
+                    .map(|e| format!("; escalates to {e}"))
+                    .unwrap_or_default()
+            )?;
+        }
+        let rollback = &s["rollback"];
+        let text = if let Some(c) = rollback.get("compensation") {
+            format!(
+                "compensate with {} {}",
+                c["tool"].as_str().unwrap_or(""),
+                c["input"]
+            )
+        } else if let Some(r) = rollback.get("recovery_path").and_then(Value::as_str) {
+            format!("no automatic undo; recovery path: {r}")
+        } else if s["kind"] == "read" {
+            "nothing to undo (read)".to_string()
+        } else {
+            "no automatic undo and no recovery path".to_string()
+        };
+        writeln!(out, "  rollback: {text}")?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn submit(
+    db: &Database,
+    file: &str,
+    idempotency_key: Option<String>,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let plan = read_plan(file)?;
+    let agent = plan["agent"].as_str().map(str::to_string);
+    let on_behalf_of = plan["on_behalf_of"].as_str().map(str::to_string);
+    let (engine, _world) = app::open_engine(db).await?;
+    let submitted = engine
+        .submit(
+            "plan",
+            plan,
+            SubmitOptions {
+                agent,
+                on_behalf_of,
+                idempotency_key,
+                actor: None,
+            },
+        )
+        .await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", submitted.task_id)?;
+        out.flush()?;
+    }
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let row = engine
+        .wait_until_final(&submitted.task_id, Duration::from_secs(300))
+        .await?;
+    eprintln!("task {} ended {}", submitted.task_id, row.status);
+    Ok(if row.status == TaskStatus::Completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(app::EXIT_FAILURE)
+    })
+}

@@ -1,0 +1,257 @@
+//! The `plan` workflow: whole-plan validation at submission (every refusal
+//! names the step and writes nothing), references between steps, concurrent
+//! branches, and rollback of every completed step of every branch.
+
+#[path = "support/gov.rs"]
+mod gov;
+
+use mandate_engine::{EventPayload as E, TaskStatus};
+use mandate_tests::{Backend, backend_tests};
+use serde_json::{Value, json};
+
+const AGENT: &str = "agent-deployer-7"; // L2, NO-DELETE: reversible writes run monitored
+
+fn plan(steps: Value) -> Value {
+    json!({"agent": AGENT, "on_behalf_of": "user-alice", "reason": "test", "steps": steps})
+}
+
+async fn invalid_plans_are_refused_naming_the_step_and_write_nothing(b: Backend) {
+    let g = gov::harness(b).await;
+    let too_many: Vec<Value> = (0..201)
+        .map(|i| json!({"id": format!("s{i}"), "tool": "test.echo"}))
+        .collect();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "unknown tool",
+            plan(json!([{"id": "a", "tool": "nope.nothing"}])),
+            "step \"a\": field tool: unknown tool \"nope.nothing\"",
+        ),
+        (
+            "cycle",
+            plan(json!([
+                {"id": "a", "tool": "test.echo", "depends_on": ["c"]},
+                {"id": "b", "tool": "test.echo", "depends_on": ["a"]},
+                {"id": "c", "tool": "test.echo", "depends_on": ["b"]},
+                {"id": "d", "tool": "test.echo"}])),
+            "steps \"a\", \"b\", \"c\" form a cycle",
+        ),
+        (
+            "dangling depends_on",
+            plan(json!([{"id": "a", "tool": "test.echo", "depends_on": ["ghost"]}])),
+            "step \"a\": field depends_on: no step \"ghost\" in the plan",
+        ),
+        (
+            "reference to a step that is not an ancestor",
+            plan(json!([
+                {"id": "rollback", "tool": "deploy.set_version",
+                 "input": {"service": "checkout", "version": "${steps.throttle.output.version}"}},
+                {"id": "throttle", "tool": "deploy.snapshot", "input": {"service": "checkout"},
+                 "depends_on": ["rollback"]}])),
+            "step \"rollback\": field input.version: reference to steps.throttle which is not an ancestor",
+        ),
+        (
+            "reference to an unknown step",
+            plan(
+                json!([{"id": "a", "tool": "test.echo", "input": {"x": "${steps.ghost.output.v}"}}]),
+            ),
+            "step \"a\": field input.x: reference to steps.ghost: no such step",
+        ),
+        (
+            "write step with neither compensation nor recovery path",
+            plan(json!([{"id": "purge", "tool": "archive.purge", "input": {}}])),
+            "step \"purge\": field compensate: tool archive.purge is write_irreversible and has neither a compensation nor a recovery path",
+        ),
+        (
+            "input failing the tool's schema",
+            plan(json!([{"id": "pay", "tool": "ledger.charge",
+                         "input": {"account": "acme", "amount_cents": "ten"}}])),
+            "step \"pay\": field input.amount_cents: expected integer, got string",
+        ),
+        (
+            "missing required input",
+            plan(json!([{"id": "pay", "tool": "ledger.charge", "input": {"account": "acme"}}])),
+            "step \"pay\": field input.amount_cents: required",
+        ),
+        (
+            "too many steps",
+            plan(Value::Array(too_many)),
+            "field steps: 201 steps, more than the limit of 200",
+        ),
+        (
+            "step input over the per-step limit",
+            plan(
+                json!([{"id": "big", "tool": "test.echo", "input": {"x": "y".repeat(70 * 1024)}}]),
+            ),
+            "step \"big\": field input: ",
+        ),
+        (
+            "unknown agent",
+            json!({"agent": "agent-nobody", "steps": [{"id": "a", "tool": "test.echo"}]}),
+            "field agent: agent \"agent-nobody\" is not in the catalog",
+        ),
+        (
+            "unknown field",
+            plan(json!([{"id": "a", "tool": "test.echo", "dependz": ["x"]}])),
+            "step \"a\": unknown field `dependz`",
+        ),
+    ];
+    for (what, doc, expected) in cases {
+        let err = g.submit(doc).await.expect_err(what);
+        assert!(
+            matches!(err, mandate_engine::runtime::Error::InvalidInput { .. }),
+            "{what}: {err}"
+        );
+        assert!(err.to_string().contains(expected), "{what}: got {err}");
+    }
+    assert_eq!(g.task_count().await, 0, "no task row after refusals");
+    let events = mandate_tests::exec_sql(&g.h.db, "DELETE FROM events").await;
+    assert_eq!(events, 0, "no event after refusals");
+}
+
+async fn references_resolve_from_recorded_outputs(b: Backend) {
+    let g = gov::harness(b).await;
+    let (id, status) = g
+        .run(plan(json!([
+            {"id": "snapshot", "tool": "deploy.snapshot", "input": {"service": "checkout"}},
+            {"id": "echo", "tool": "test.echo",
+             "input": {"was": "${steps.snapshot.output.version}", "text": "svc ${steps.snapshot.output.service}!"}}])))
+        .await;
+    assert_eq!(status, TaskStatus::Completed);
+    let out = g.output_of(&id, "echo").await.unwrap();
+    assert_eq!(out, json!({"was": "v0", "text": "svc checkout!"}));
+    // The reference implied the edge: echo ran after snapshot.
+    assert_eq!(
+        g.scheduled(&id).await,
+        ["snapshot.policy", "snapshot", "echo.policy", "echo"]
+    );
+    g.h.assert_replays(&id).await;
+}
+
+async fn branches_run_concurrently_and_a_failure_compensates_every_branch(b: Backend) {
+    let g = gov::harness(b).await;
+    let sleepy = |key: &str| json!({"key": key, "mode": "sleep", "sleep_ms": 500});
+    let (id, status) = g
+        .run(plan(json!([
+            {"id": "a1", "tool": "test.fault_write", "input": sleepy("a1")},
+            {"id": "a2", "tool": "test.fault_write", "input": {"key": "a2", "mode": "ok"}, "depends_on": ["a1"]},
+            {"id": "b1", "tool": "test.fault_write", "input": sleepy("b1")},
+            {"id": "c1", "tool": "test.fault_write", "input": sleepy("c1")},
+            {"id": "c2", "tool": "test.fault", "input": {"mode": "fail_terminal", "message": "boom"},
+             "depends_on": ["c1"]}])))
+        .await;
+    assert_eq!(status, TaskStatus::FailedTerminal);
+    let history = g.h.engine.history(&id).await.unwrap();
+    let mut names = std::collections::HashMap::new();
+    let mut intervals = std::collections::HashMap::new();
+    let mut completed_writes = Vec::new();
+    let mut compensated = Vec::new();
+    for e in &history {
+        match &e.payload {
+            E::StepScheduled { name, .. } => {
+                names.insert(e.seq, name.clone());
+            }
+            E::StepCompleted {
+                step_seq,
+                started_at_ms,
+                duration_ms,
+                ..
+            } => {
+                let name = names[step_seq].clone();
+                if ["a1", "a2", "b1", "c1"].contains(&name.as_str()) {
+                    intervals.insert(
+                        name.clone(),
+                        (*started_at_ms, *started_at_ms + *duration_ms as i64),
+                    );
+                    completed_writes.push(name);
+                }
+            }
+            E::CompensationStarted { step_seq, .. } => compensated.push(names[step_seq].clone()),
+            _ => {}
+        }
+    }
+    let roots = ["a1", "b1", "c1"].map(|n| intervals[n]);
+    let latest_start = roots.iter().map(|i| i.0).max().unwrap();
+    let earliest_end = roots.iter().map(|i| i.1).min().unwrap();
+    assert!(
+        latest_start < earliest_end,
+        "the three branches overlapped: {roots:?}"
+    );
+    let mut expected = completed_writes.clone();
+    expected.reverse();
+    assert_eq!(
+        compensated, expected,
+        "every completed step, newest completion first"
+    );
+    assert!(compensated.len() >= 3, "{compensated:?}");
+    for key in ["a1", "a2", "b1", "c1"] {
+        assert_eq!(
+            g.h.world.get("kv", key).await.unwrap(),
+            None,
+            "{key} undone"
+        );
+    }
+    g.h.assert_replays(&id).await;
+}
+
+/// The reference plans validate against their policies and decide as documented.
+#[test]
+fn reference_plans_validate_and_decide_as_documented() {
+    use mandate_activities::Governance;
+    use mandate_activities::policy::{CheckRequest, InterventionPath as P};
+    use mandate_workflows::plan::{PlanLimits, parse_text, validate_plan};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/examples");
+    let g = Governance::load_dir(root.join("policies")).expect("example policies load");
+    let decide = |file: &str| -> Vec<(String, P, Option<u32>, Option<String>)> {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let doc = parse_text(file, &text).unwrap();
+        let (plan, _) = validate_plan(&doc, &g, &PlanLimits::default())
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        plan.steps
+            .iter()
+            .map(|s| {
+                let d = g.current().evaluate(&CheckRequest {
+                    step: s.id.clone(),
+                    tool: s.tool.clone(),
+                    input: s.input.clone(),
+                    agent: plan.agent.clone(),
+                    on_behalf_of: plan.on_behalf_of.clone(),
+                    environment: plan.environment.clone(),
+                    now_ms: 0,
+                });
+                let a = d.approval.clone();
+                (
+                    s.id.clone(),
+                    d.decision,
+                    a.as_ref().map(|a| a.quorum),
+                    a.and_then(|a| a.escalation),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        decide("incident_mitigation.yaml"),
+        [
+            ("snapshot".into(), P::AutoExecute, None, None),
+            (
+                "rollback".into(),
+                P::GatedExecute,
+                Some(1),
+                Some("incident-commander".into())
+            ),
+            ("throttle".into(), P::MonitoredExecute, None, None),
+        ]
+    );
+    assert_eq!(
+        decide("payment_above_threshold.yaml"),
+        [
+            ("reserve".into(), P::MonitoredExecute, None, None),
+            ("pay".into(), P::GatedExecute, Some(2), None),
+        ]
+    );
+}
+
+backend_tests!(
+    invalid_plans_are_refused_naming_the_step_and_write_nothing,
+    references_resolve_from_recorded_outputs,
+    branches_run_concurrently_and_a_failure_compensates_every_branch,
+);

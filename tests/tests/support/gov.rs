@@ -1,0 +1,178 @@
+//! Governance for the plan, policy and approval suites: the shipped catalog
+//! plus a few test tools, the shipped org baseline plus payment rules, in a
+//! temporary policy directory that tests may rewrite (reload is immediate).
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mandate_activities::policy::{DEFAULT_CATALOG_YAML, DEFAULT_ORG_POLICY};
+use mandate_activities::{Governance, World};
+use mandate_engine::store::TaskFilter;
+use mandate_engine::{Limits, SubmitOptions, TaskStatus};
+use mandate_tests::{Backend, Harness, TestDb};
+use serde_json::{Value, json};
+
+/// Test tools appended to the shipped catalog.
+pub const EXTRA_TOOLS: &str = r#"
+  - name: archive.purge
+    kind: write_irreversible
+    operation: delete
+    owners: [team-platform]
+"#;
+
+/// Payment rules of the reference plan, plus two accounts with short
+/// approval timeouts (one escalating).
+pub const PAYMENT_RULES: &str = r#"
+@id("org.payments.large-needs-two")
+@message("a payment above 1000 needs two finance approvers")
+@role("gate")
+@path("gated_execute")
+@approvers("alice, bob")
+@quorum("2")
+permit(principal, action == Action::"ledger.charge", resource)
+when { context.amount > 1000 };
+
+@id("org.payments.huge-forbidden")
+@message("payments above 1000000 are never made by agents")
+forbid(principal, action == Action::"ledger.charge", resource)
+when { context.amount > 1000000 };
+
+@id("org.payments.slow-account")
+@message("account slow: approval times out fast")
+@role("gate")
+@path("gated_execute")
+@approvers("alice")
+@timeout_ms("400")
+permit(principal, action == Action::"ledger.charge", resource == Scope::"slow");
+
+@id("org.payments.escalating-account")
+@message("account esc: escalates to carol")
+@role("gate")
+@path("gated_execute")
+@approvers("alice")
+@timeout_ms("400")
+@escalation("carol")
+permit(principal, action == Action::"ledger.charge", resource == Scope::"esc");
+"#;
+
+/// Writes the test policy directory into `dir`.
+pub fn write_policies(dir: &Path) {
+    std::fs::create_dir_all(dir.join("org")).unwrap();
+    std::fs::write(
+        dir.join("catalog.yaml"),
+        format!("{DEFAULT_CATALOG_YAML}{EXTRA_TOOLS}"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("org/baseline.cedar"), DEFAULT_ORG_POLICY).unwrap();
+    std::fs::write(dir.join("org/payments.cedar"), PAYMENT_RULES).unwrap();
+}
+
+/// A harness whose `plan` and `preapproval` workflows and governance tools use
+/// the test policy directory (returned, to be rewritten by tests).
+pub struct GovHarness {
+    pub h: Harness,
+    pub governance: Arc<Governance>,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn harness(b: Backend) -> GovHarness {
+    let dir = tempfile::tempdir().unwrap();
+    write_policies(dir.path());
+    let governance = Arc::new(
+        Governance::load_dir(dir.path())
+            .expect("the test policies load")
+            .with_reload_interval(Duration::ZERO),
+    );
+    let db = TestDb::new(b).await;
+    let world = World::connect(&db.url).await.unwrap();
+    let g = governance.clone();
+    let mut h = Harness::on(db, Limits::default(), move |w, t| {
+        mandate_workflows::register_governed(w, g.clone());
+        mandate_activities::register_governance_tools(t, g, world);
+    })
+    .await;
+    h.start_worker();
+    GovHarness { h, governance, dir }
+}
+
+impl GovHarness {
+    pub async fn submit(&self, plan: Value) -> Result<String, mandate_engine::runtime::Error> {
+        let agent = plan["agent"].as_str().map(str::to_string);
+        self.h
+            .engine
+            .submit(
+                "plan",
+                plan,
+                SubmitOptions {
+                    agent,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map(|s| s.task_id)
+    }
+
+    pub async fn run(&self, plan: Value) -> (String, TaskStatus) {
+        let id = self.submit(plan).await.expect("submit");
+        let row = self
+            .h
+            .engine
+            .wait_until_final(&id, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("task {id} did not finish: {e}"));
+        (id, row.status)
+    }
+
+    pub async fn task_count(&self) -> usize {
+        self.h
+            .engine
+            .store()
+            .list_tasks(TaskFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len()
+    }
+
+    /// The recorded output of the step named `name`.
+    pub async fn output_of(&self, id: &str, name: &str) -> Option<Value> {
+        use mandate_engine::EventPayload as E;
+        let history = self.h.engine.history(id).await.unwrap();
+        let seq = history.iter().find_map(|e| match &e.payload {
+            E::StepScheduled { name: n, .. } if n == name => Some(e.seq),
+            _ => None,
+        })?;
+        history.iter().find_map(|e| match &e.payload {
+            E::StepCompleted {
+                step_seq, output, ..
+            } if *step_seq == seq => Some(output.clone()),
+            _ => None,
+        })
+    }
+
+    /// The names of scheduled steps, in order.
+    pub async fn scheduled(&self, id: &str) -> Vec<String> {
+        use mandate_engine::EventPayload as E;
+        self.h
+            .engine
+            .history(id)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|e| match &e.payload {
+                E::StepScheduled { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A one-step plan.
+pub fn one_step(agent: &str, tool: &str, input: Value) -> Value {
+    json!({"agent": agent, "reason": "test", "steps": [{"id": "only", "tool": tool, "input": input}]})
+}
