@@ -1,11 +1,27 @@
-//! The benchmark. See the crate docs for what it measures.
+//! The benchmark: every figure measured in one run, on a fresh database,
+//! beside its own baseline (the raw durable-append rate of the same store).
+//! Measures only; asserts nothing.
+//!
+//! - throughput: `--tasks` five-step tasks submitted at once, time until all
+//!   are final (median of `--runs`), and its ratio to the raw append rate;
+//! - latency: one five-step task at a time, submit → final, p50/p99;
+//! - signal → next step: a task waits for an approval (its driver has let
+//!   go); from the `signal` call to the next step's tool starting, in process;
+//! - recovery: `--recovery-tasks` tasks mid-step in an engine child process,
+//!   SIGKILL, a new process started at once: time until all are final;
+//! - memory: peak RSS of this process (engine + worker in process) with
+//!   `--memory-tasks` tasks waiting on a signal.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use futures::future::join_all;
-use mandate_activities::{ToolRegistry, World};
+use mandate_activities::{Tool, ToolContext, ToolKind, ToolRegistry, ToolResult, World};
 use mandate_engine::core::decide::projection;
 use mandate_engine::core::event::{NewEvent, seal};
 use mandate_engine::store::{AppendOutcome, AppendRequest, LeaseUpdate};
@@ -13,24 +29,52 @@ use mandate_engine::{Engine, EventPayload, TaskState, TaskStatus, WorkerConfig};
 use serde_json::{Value, json};
 
 use crate::freshdb::FreshDb;
+use crate::stats::{median, percentile, proc_status_kb};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// `sqlite`, or a PostgreSQL URL (a fresh database is created on its server).
     #[arg(long, default_value = "sqlite")]
     pub db: String,
-    /// Tasks in the throughput run.
+    /// Tasks in each throughput run.
     #[arg(long, default_value_t = 2_000)]
     pub tasks: usize,
+    /// Throughput runs; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
     /// Tasks run one at a time for the latency figures.
     #[arg(long, default_value_t = 200)]
     pub latency_tasks: usize,
     /// Appends in the raw durable-append measurement.
     #[arg(long, default_value_t = 2_000)]
     pub appends: usize,
+    /// Approval signals timed, one at a time (0 skips the measurement).
+    #[arg(long, default_value_t = 200)]
+    pub signals: usize,
+    /// Tasks in flight when the engine process is SIGKILLed (0 skips recovery).
+    #[arg(long, default_value_t = 1_000)]
+    pub recovery_tasks: usize,
+    /// The lease of the engine processes in the recovery measurement.
+    #[arg(long, default_value_t = 5_000)]
+    pub recovery_lease_ms: i64,
+    /// Tasks waiting on a signal for the memory figure (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    pub memory_tasks: usize,
     /// Write the figures as JSON to this file too.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+}
+
+/// The hidden engine process of the recovery measurement: demo tools, a
+/// worker with the given lease, until stdin closes or it is killed.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchWorkerArgs {
+    #[arg(long)]
+    pub db: String,
+    #[arg(long)]
+    pub worker_id: String,
+    #[arg(long)]
+    pub lease_ms: i64,
 }
 
 /// A five-step task: five sequential `test.echo` steps.
@@ -41,20 +85,41 @@ pub fn five_step_input(n: usize) -> Value {
     json!({ "stages": stages })
 }
 
-async fn engine_on(url: &str) -> anyhow::Result<Engine> {
+/// `bench.stamp` (read): notes when each task's call started, in process.
+#[derive(Clone, Default)]
+struct Stamp {
+    started: Arc<Mutex<HashMap<String, Instant>>>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Tool for Stamp {
+    fn name(&self) -> &str {
+        "bench.stamp"
+    }
+    fn kind(&self) -> ToolKind {
+        ToolKind::Read
+    }
+    fn call<'a>(&'a self, ctx: ToolContext, input: Value) -> BoxFuture<'a, ToolResult> {
+        let now = Instant::now();
+        self.started
+            .lock()
+            .expect("stamps")
+            .entry(ctx.task_id)
+            .or_insert(now);
+        self.notify.notify_waiters();
+        futures::future::ready(Ok(input)).boxed()
+    }
+}
+
+async fn engine_on(url: &str, stamp: Option<Stamp>) -> anyhow::Result<Engine> {
     let store = mandate_engine::store::open(url).await?;
     let world = World::connect(url).await?;
     let mut tools = ToolRegistry::new();
     mandate_activities::register_demo_tools(&mut tools, world);
-    Ok(Engine::new(store, mandate_workflows::registry(), tools))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
+    if let Some(s) = stamp {
+        tools.register(s);
     }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
+    Ok(Engine::new(store, mandate_workflows::registry(), tools))
 }
 
 /// Waits until every id in `ids` is final, counting final updates.
@@ -82,50 +147,201 @@ async fn wait_all_final(engine: &Engine, ids: &[String], timeout: Duration) -> a
     Ok(())
 }
 
+/// Every figure of one store.
+#[derive(Debug, Default)]
 pub struct Figures {
     pub store: &'static str,
+    pub durability: String,
     pub tasks_per_s: f64,
+    pub tasks_per_s_runs: Vec<f64>,
     pub steps_per_s: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub raw_appends_per_s: f64,
+    pub signal_p50_ms: Option<f64>,
+    pub signal_p99_ms: Option<f64>,
+    pub recovery_s: Option<f64>,
+    pub recovery_in_flight: usize,
+    pub memory_peak_mb: Option<f64>,
+    pub memory_baseline_mb: Option<f64>,
+    pub memory_submit_s: Option<f64>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let fresh = FreshDb::create(&args.db).await?;
     let result = measure(&args, &fresh.url).await;
     fresh.drop_now().await;
-    let f = result?;
+    let mut f = result?;
+
+    // Recovery and memory each on a database of their own, so that neither
+    // the earlier tasks nor the other measurement weigh on them.
+    if args.recovery_tasks > 0 {
+        let fresh = FreshDb::create(&args.db).await?;
+        let r = recovery(&args, &fresh.url).await;
+        fresh.drop_now().await;
+        f.recovery_s = Some(r?);
+        f.recovery_in_flight = args.recovery_tasks;
+    }
+    if args.memory_tasks > 0 {
+        let fresh = FreshDb::create(&args.db).await?;
+        let r = memory(&args, &fresh.url).await;
+        fresh.drop_now().await;
+        let (baseline, peak, submit_s) = r?;
+        f.memory_baseline_mb = Some(baseline);
+        f.memory_peak_mb = Some(peak);
+        f.memory_submit_s = Some(submit_s);
+    }
+
     let ratio = f.tasks_per_s / f.raw_appends_per_s;
-    println!("store                         {}", f.store);
+    let opt = |v: Option<f64>, unit: &str| {
+        v.map_or("not measured".to_string(), |v| format!("{v:.2} {unit}"))
+    };
+    println!("| figure ({}) | value | target |", f.store);
+    println!("|---|---|---|");
     println!(
-        "5-step tasks/s (throughput)   {:.0}  ({} tasks, {:.0} steps/s)",
-        f.tasks_per_s, args.tasks, f.steps_per_s
+        "| 5-step tasks/s ({} tasks at once, median of {}: {}) | {:.0} ({:.0} steps/s) | ≥ {} |",
+        args.tasks,
+        f.tasks_per_s_runs.len(),
+        f.tasks_per_s_runs
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        f.tasks_per_s,
+        f.steps_per_s,
+        if f.store == "sqlite" {
+            "3,000"
+        } else {
+            "1,500"
+        }
     );
     println!(
-        "one 5-step task p50 / p99     {:.2} ms / {:.2} ms  ({} tasks, one at a time)",
-        f.p50_ms, f.p99_ms, args.latency_tasks
-    );
-    println!(
-        "raw durable appends/s         {:.0}  (one event per commit, each awaited)",
+        "| raw durable appends/s (one event per commit, each awaited) | {:.0} | — |",
         f.raw_appends_per_s
     );
-    println!("tasks/s ÷ raw append rate     {ratio:.2}");
-    if let Some(path) = &args.json {
-        let doc = json!({
-            "store": f.store, "tasks": args.tasks, "tasks_per_s": f.tasks_per_s, "steps_per_s": f.steps_per_s,
-            "latency_tasks": args.latency_tasks, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms,
-            "raw_appends_per_s": f.raw_appends_per_s, "ratio": ratio,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+    println!("| tasks/s ÷ raw append rate | {ratio:.2} | ≥ 0.3 |");
+    println!(
+        "| one 5-step task, p50 / p99 ({} one at a time) | {:.2} ms / {:.2} ms | p50 ≤ {} ms |",
+        args.latency_tasks,
+        f.p50_ms,
+        f.p99_ms,
+        if f.store == "sqlite" { "1.5" } else { "4" }
+    );
+    println!(
+        "| approval signal → next step started, p50 / p99 ({} signals) | {} / {} | p99 ≤ 10 ms |",
+        args.signals,
+        opt(f.signal_p50_ms, "ms"),
+        opt(f.signal_p99_ms, "ms")
+    );
+    println!(
+        "| SIGKILL with {} tasks in flight → all final (lease {} ms) | {} | ≤ lease + 2 s = {:.1} s |",
+        f.recovery_in_flight,
+        args.recovery_lease_ms,
+        opt(f.recovery_s, "s"),
+        args.recovery_lease_ms as f64 / 1e3 + 2.0
+    );
+    println!(
+        "| peak RSS with {} tasks waiting on a signal (baseline {}) | {} | ≤ 150 MB |",
+        args.memory_tasks,
+        opt(f.memory_baseline_mb, "MB"),
+        opt(f.memory_peak_mb, "MB")
+    );
+    println!("\ndurability: {}", f.durability);
+    let doc = json!({
+        "store": f.store, "durability": f.durability, "machine": machine(),
+        "tasks": args.tasks, "tasks_per_s": f.tasks_per_s, "tasks_per_s_runs": f.tasks_per_s_runs,
+        "steps_per_s": f.steps_per_s,
+        "latency_tasks": args.latency_tasks, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms,
+        "raw_appends_per_s": f.raw_appends_per_s, "ratio": ratio,
+        "signals": args.signals, "signal_to_step_p50_ms": f.signal_p50_ms, "signal_to_step_p99_ms": f.signal_p99_ms,
+        "recovery_tasks": f.recovery_in_flight, "recovery_lease_ms": args.recovery_lease_ms, "recovery_s": f.recovery_s,
+        "memory_tasks": args.memory_tasks, "memory_peak_rss_mb": f.memory_peak_mb,
+        "memory_baseline_rss_mb": f.memory_baseline_mb, "memory_submit_s": f.memory_submit_s,
+    });
+    let path = args.json.clone().unwrap_or_else(|| {
+        std::path::PathBuf::from(format!("stress/results/bench-{}.json", f.store))
+    });
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("figures written to {}", path.display());
     Ok(())
 }
 
+/// The machine, for the results file.
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let mem_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    json!({
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory_gb": (mem_kb as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    })
+}
+
+/// What the store promises on commit, read back from the database.
+async fn durability(engine: &Engine, url: &str) -> String {
+    match engine.store().backend() {
+        mandate_engine::store::Backend::Sqlite => {
+            "SQLite WAL, synchronous=FULL (set by the store on every connection)".to_string()
+        }
+        mandate_engine::store::Backend::Postgres => {
+            let show = async {
+                let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+                let mut out = Vec::new();
+                for setting in [
+                    "synchronous_commit",
+                    "fsync",
+                    "wal_sync_method",
+                    "full_page_writes",
+                ] {
+                    let v: String =
+                        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+                            .fetch_one(&mut c)
+                            .await?;
+                    out.push(format!("{setting}={v}"));
+                }
+                Ok::<_, sqlx::Error>(out.join(", "))
+            };
+            match show.await {
+                Ok(s) if s.contains("synchronous_commit=on") && s.contains("fsync=on") => {
+                    format!("PostgreSQL {s}")
+                }
+                Ok(s) => {
+                    format!("PostgreSQL {s} — WEAKER THAN DURABLE: figures are not comparable")
+                }
+                Err(e) => format!("PostgreSQL (settings unreadable: {e})"),
+            }
+        }
+    }
+}
+
 async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
-    let engine = engine_on(url).await?;
+    let stamp = Stamp::default();
+    let engine = engine_on(url, Some(stamp.clone())).await?;
     let store_name = engine.store().backend().as_str();
+    let durability = durability(&engine, url).await;
 
     // The ceiling: one event per transaction, each awaited before the next.
     let raw_appends_per_s = raw_append_rate(&engine, args.appends).await?;
@@ -154,34 +370,243 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
         wait_all_final(&engine, std::slice::from_ref(&id), Duration::from_secs(30)).await?;
         lat.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    lat.sort_by(|a, b| a.total_cmp(b));
 
-    // Throughput: all at once.
-    let t0 = Instant::now();
+    // Throughput: all at once, a few times.
+    let mut runs = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        let t0 = Instant::now();
+        let ids: Vec<String> = join_all(
+            (0..args.tasks).map(|i| engine.submit("saga", five_step_input(i), Default::default())),
+        )
+        .await
+        .into_iter()
+        .map(|r| r.map(|s| s.task_id))
+        .collect::<Result<_, _>>()?;
+        wait_all_final(&engine, &ids, Duration::from_secs(600)).await?;
+        runs.push(args.tasks as f64 / t0.elapsed().as_secs_f64());
+        for id in ids.iter().step_by((ids.len() / 20).max(1)) {
+            anyhow::ensure!(
+                engine.task(id).await?.status == TaskStatus::Completed,
+                "task {id} did not complete"
+            );
+        }
+    }
+    let tasks_per_s = median(&runs);
+
+    let (signal_p50_ms, signal_p99_ms) = if args.signals > 0 {
+        let (a, b) = signal_latency(&engine, &stamp, args.signals).await?;
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
+    worker.shutdown().await;
+    Ok(Figures {
+        store: store_name,
+        durability,
+        tasks_per_s,
+        tasks_per_s_runs: runs,
+        steps_per_s: tasks_per_s * 5.0,
+        p50_ms: percentile(&lat, 50.0),
+        p99_ms: percentile(&lat, 99.0),
+        raw_appends_per_s,
+        signal_p50_ms,
+        signal_p99_ms,
+        ..Default::default()
+    })
+}
+
+/// From the `signal` call to the next step's tool starting, for tasks whose
+/// driver has let go of them while they wait for an approval.
+async fn signal_latency(engine: &Engine, stamp: &Stamp, n: usize) -> anyhow::Result<(f64, f64)> {
+    let input =
+        json!({"stages": [[{"wait_signal": "go", "approval": true}], [{"tool": "bench.stamp"}]]});
+    let ids: Vec<String> =
+        join_all((0..n).map(|_| engine.submit("saga", input.clone(), Default::default())))
+            .await
+            .into_iter()
+            .map(|r| r.map(|s| s.task_id))
+            .collect::<Result<_, _>>()?;
+    // Wait until every task shows needs_approval and nobody holds it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        loop {
+            let row = engine.task(id).await?;
+            if row.status == TaskStatus::NeedsApproval && row.lease_owner.is_none() {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "task {id} never came to wait idle for its approval"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let mut lat = Vec::with_capacity(n);
+    for id in &ids {
+        let started = stamp.notify.notified();
+        tokio::pin!(started);
+        started.as_mut().enable();
+        let t0 = Instant::now();
+        engine
+            .signal(id, "go", json!({"approved": true}), "bench")
+            .await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(t) = stamp.started.lock().expect("stamps").get(id) {
+                lat.push(t.duration_since(t0).as_secs_f64() * 1e3);
+                break;
+            }
+            tokio::select! {
+                _ = started.as_mut() => {
+                    started.set(stamp.notify.notified());
+                    started.as_mut().enable();
+                }
+                _ = tokio::time::sleep_until(deadline) => anyhow::bail!("the step after the signal to {id} never started"),
+            }
+        }
+    }
+    wait_all_final(engine, &ids, Duration::from_secs(60)).await?;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok((percentile(&lat, 50.0), percentile(&lat, 99.0)))
+}
+
+/// SIGKILL an engine process with `recovery_tasks` tasks mid-step, start a
+/// new one at once, and time until every task is final.
+async fn recovery(args: &BenchArgs, url: &str) -> anyhow::Result<f64> {
+    // The submitter runs no worker: the child does all the work.
+    let engine = engine_on(url, None).await?;
+    let input = json!({"stages": [
+        [{"tool": "test.fault", "input": {"mode": "sleep", "sleep_ms": 1_000}}],
+        [{"tool": "test.echo", "input": {}}],
+    ]});
     let ids: Vec<String> = join_all(
-        (0..args.tasks).map(|i| engine.submit("saga", five_step_input(i), Default::default())),
+        (0..args.recovery_tasks).map(|_| engine.submit("saga", input.clone(), Default::default())),
     )
     .await
     .into_iter()
     .map(|r| r.map(|s| s.task_id))
     .collect::<Result<_, _>>()?;
-    wait_all_final(&engine, &ids, Duration::from_secs(600)).await?;
-    let elapsed = t0.elapsed().as_secs_f64();
-    worker.shutdown().await;
-    for id in ids.iter().step_by((ids.len() / 20).max(1)) {
+    let spawn = |name: &str| -> anyhow::Result<tokio::process::Child> {
+        Ok(tokio::process::Command::new(std::env::current_exe()?)
+            .args([
+                "bench-worker",
+                "--db",
+                url,
+                "--worker-id",
+                name,
+                "--lease-ms",
+                &args.recovery_lease_ms.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?)
+    };
+    let mut first = spawn("recovery-first")?;
+    // In flight: started, not final. Poll the store (another process).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let counts = engine.store().count_by_status().await?;
+        let moving: i64 = counts
+            .iter()
+            .filter(|(s, _)| *s == TaskStatus::Executing || *s == TaskStatus::Running)
+            .map(|(_, n)| n)
+            .sum();
+        if moving as usize >= ids.len() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the tasks never were all in flight at once ({moving})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.start_kill()?;
+    let t0 = Instant::now();
+    first.wait().await?;
+    let mut second = spawn("recovery-second")?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let counts = engine.store().count_by_status().await?;
+        if counts.iter().all(|(s, _)| s.is_final()) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "tasks still unfinished 300 s after the kill: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = t0.elapsed().as_secs_f64();
+    drop(second.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(10), second.wait()).await;
+    for id in &ids {
         anyhow::ensure!(
             engine.task(id).await?.status == TaskStatus::Completed,
-            "task {id} did not complete"
+            "task {id} did not complete after the recovery"
         );
     }
-    Ok(Figures {
-        store: store_name,
-        tasks_per_s: args.tasks as f64 / elapsed,
-        steps_per_s: (args.tasks * 5) as f64 / elapsed,
-        p50_ms: percentile(&lat, 50.0),
-        p99_ms: percentile(&lat, 99.0),
-        raw_appends_per_s,
-    })
+    Ok(took)
+}
+
+pub async fn run_worker(args: BenchWorkerArgs) -> anyhow::Result<()> {
+    let engine = engine_on(&args.db, None).await?;
+    let worker = engine.start_worker(WorkerConfig {
+        id: args.worker_id,
+        lease_ms: args.lease_ms,
+        eager_start: false,
+        ..WorkerConfig::default()
+    });
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while matches!(tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await, Ok(n) if n > 0) {}
+    worker.shutdown().await;
+    Ok(())
+}
+
+/// Peak RSS of this process (engine and worker in process) with
+/// `memory_tasks` tasks waiting on a signal. Returns (baseline MB before
+/// submitting, peak MB, seconds the submissions took).
+async fn memory(args: &BenchArgs, url: &str) -> anyhow::Result<(f64, f64, f64)> {
+    let engine = engine_on(url, None).await?;
+    let worker = engine.start_worker(WorkerConfig::default());
+    let baseline = proc_status_kb("VmRSS").unwrap_or(0) as f64 / 1024.0;
+    let input = json!({"stages": [[{"wait_signal": "go", "approval": true}]]});
+    let t0 = Instant::now();
+    let mut submitted = 0;
+    while submitted < args.memory_tasks {
+        let n = (args.memory_tasks - submitted).min(1_000);
+        for r in
+            join_all((0..n).map(|_| engine.submit("saga", input.clone(), Default::default()))).await
+        {
+            r?;
+        }
+        submitted += n;
+    }
+    let submit_s = t0.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let counts = engine.store().count_by_status().await?;
+        let waiting: i64 = counts
+            .iter()
+            .filter(|(s, _)| *s == TaskStatus::NeedsApproval)
+            .map(|(_, n)| n)
+            .sum();
+        if waiting as usize >= args.memory_tasks {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {waiting} tasks came to wait"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the drivers that still hold a task go idle and give it back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let peak = proc_status_kb("VmHWM").unwrap_or(0) as f64 / 1024.0;
+    worker.shutdown().await;
+    Ok((baseline, peak, submit_s))
 }
 
 /// Appends `n` single-event transactions to one task, each awaited.
@@ -221,6 +646,5 @@ async fn raw_append_rate(engine: &Engine, n: usize) -> anyhow::Result<f64> {
             state.last_hash = e.hash.clone();
         }
     }
-    let _ = Arc::new(());
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }

@@ -1,15 +1,27 @@
-//! `mandate-stress`: measures Mandate against its limits.
+//! `mandate-stress`: proves rollback under load and faults, and measures
+//! Mandate against its limits.
 //!
-//! `mandate-stress bench --db URL` runs, on a fresh database each time:
-//! - throughput: N five-step tasks submitted at once, time until all are final;
-//! - latency: one five-step task at a time, submit → final, p50/p99;
-//! - the raw durable-append rate of the same store (one event per commit,
-//!   waiting for each), the ceiling a step's first append cannot beat.
-//!
-//! Every figure is measured in the same run; nothing is asserted.
+//! - `mandate-stress --db URL --tasks N --seed S [--faults LIST] [--kill-every D]`
+//!   (the default command, `run`): N seeded saga tasks driven by engine child
+//!   processes that are SIGKILLed, restarted and frozen past their lease,
+//!   while their store and tools inject faults; then an invariant report.
+//!   Exits 1 when an invariant fails. See `run` and `check`.
+//! - `mandate-stress bench --db URL`: throughput, latency, the durable-append
+//!   ceiling, signal → next step, recovery after SIGKILL, memory. Measures
+//!   only; asserts nothing. See `bench`.
+//! - `mandate-stress replay-bench`: replay and verify costs. See `replay_bench`.
+//! - `mandate-stress worker` (hidden): the engine child process of a run.
 
 mod bench;
+mod check;
+mod child;
+mod faults;
 mod freshdb;
+mod policy_bench;
+mod replay_bench;
+mod run;
+mod scenario;
+mod stats;
 
 use clap::{Parser, Subcommand};
 
@@ -22,17 +34,32 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "mandate-stress",
     version,
-    about = "Stress and benchmark Mandate against SQLite or PostgreSQL"
+    about = "Stress and benchmark Mandate against SQLite or PostgreSQL",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Without a subcommand: the stress run.
+    #[command(flatten)]
+    run: run::RunArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Throughput, latency and the durable-append ceiling on one store.
+    /// Throughput, latency, the durable-append ceiling, signal latency,
+    /// recovery after SIGKILL and memory, on one store.
     Bench(bench::BenchArgs),
+    /// Time `mandate replay` of a long history; with --tasks, the peak RSS of `verify --all`.
+    ReplayBench(replay_bench::ReplayBenchArgs),
+    /// Cost of the policy gate per plan step.
+    PolicyBench(policy_bench::PolicyBenchArgs),
+    /// The engine child process of a stress run (started by the run itself).
+    #[command(hide = true)]
+    Worker(child::WorkerArgs),
+    /// The engine child process of the recovery benchmark.
+    #[command(hide = true)]
+    BenchWorker(bench::BenchWorkerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,7 +69,12 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Bench(args) => bench::run(args).await,
+            None => run::run(cli.run).await,
+            Some(Command::Bench(args)) => bench::run(args).await,
+            Some(Command::ReplayBench(args)) => replay_bench::run(args).await,
+            Some(Command::PolicyBench(args)) => policy_bench::run(args),
+            Some(Command::Worker(args)) => child::run(args).await,
+            Some(Command::BenchWorker(args)) => bench::run_worker(args).await,
         }
     })
 }
