@@ -3,6 +3,7 @@
 //! - [`core`]: pure — events, the state fold, the hash chain, workflow replay, the decider.
 //! - [`store`]: the storage trait with SQLite and PostgreSQL backends and group commit.
 //! - [`runtime`]: the shell — the client API ([`Engine`]), workers, the clock.
+//! - [`audit`]: what `mandate replay` and `mandate verify` check (reads only).
 
 pub mod audit;
 pub mod core;

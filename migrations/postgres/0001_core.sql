@@ -23,8 +23,8 @@ CREATE TABLE tasks (
 -- Ready tasks nobody holds: what a claim takes first.
 CREATE INDEX tasks_ready_free ON tasks (ready_at_ms) WHERE ready_at_ms IS NOT NULL AND lease_owner IS NULL;
 CREATE INDEX tasks_lease_owner ON tasks (lease_owner) WHERE lease_owner IS NOT NULL;
-CREATE INDEX tasks_status_created ON tasks (status, created_at_ms);
-CREATE INDEX tasks_created ON tasks (created_at_ms);
+CREATE INDEX tasks_status_created ON tasks (status, created_at_ms, id);
+CREATE INDEX tasks_created ON tasks (created_at_ms, id);
 
 -- Worker leases: a worker's tasks are its own while `lease_expires_at_ms` is
 -- in the future; after that any worker may claim them. Coordination, not history.

@@ -255,6 +255,12 @@ async fn in_flight_task_with_changed_code_is_blocked(b: Backend) {
     let row = new_engine.task(&id).await.unwrap();
     assert_eq!(row.blocked_reason.as_deref(), Some("non_determinism"));
     assert_eq!(row.ready_at_ms, None);
+    // A signal to a blocked task is recorded but does not put it back in the queue.
+    new_engine
+        .signal(&id, "go", json!({}), "user:x")
+        .await
+        .unwrap();
+    assert_eq!(new_engine.task(&id).await.unwrap().ready_at_ms, None);
     worker.shutdown().await;
 }
 

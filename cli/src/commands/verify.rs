@@ -125,6 +125,9 @@ pub fn check_lines(audit: &TaskAudit) -> Vec<String> {
         ),
     });
     match &audit.projection {
+        ProjectionVerdict::Ok if !audit.chain.is_ok() => lines.push(
+            "projection   ok: the stored task row and timers match the stored events (which the chain does not vouch for)".into(),
+        ),
         ProjectionVerdict::Ok => {
             lines.push("projection   ok: the stored task row and timers match the history".into())
         }

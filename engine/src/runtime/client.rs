@@ -354,7 +354,8 @@ impl Engine {
             }
             let mut proj = projection(&after, now);
             // An outside event always needs a worker's decision.
-            if !after.is_final() && !after.paused {
+            // (A blocked task stays out of the queue until its cause is fixed.)
+            if !after.is_final() && !after.paused && after.blocked.is_none() {
                 proj.ready_at_ms = Some(now);
             }
             let timers_after = after.pending_timers();

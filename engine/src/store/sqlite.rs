@@ -626,13 +626,13 @@ where
         qb.push(" AND created_at_ms >= ").push_bind(since);
     }
     if let Some((created, id)) = &f.before {
-        qb.push(" AND (created_at_ms < ")
+        // A row value compares (created_at_ms, id) in one index range; the
+        // OR form made SQLite sort every remaining row for each page.
+        qb.push(" AND (created_at_ms, id) < (")
             .push_bind(*created)
-            .push(" OR (created_at_ms = ")
-            .push_bind(*created)
-            .push(" AND id < ")
+            .push(", ")
             .push_bind(id.clone())
-            .push("))");
+            .push(")");
     }
     let limit = if f.limit == 0 {
         100
