@@ -2,7 +2,12 @@
 //!
 //! One POST of the step's input as JSON, with the call's idempotency key in
 //! the `Idempotency-Key` header (the remote side must apply a key at most
-//! once), under a timeout and a response size limit. A 2xx response's JSON
+//! once), under a timeout and a response size limit. A compensation also
+//! sends `X-Mandate-Compensates: <the step's idempotency key>`: the service
+//! must fence that key in the same transaction as the undo, and refuse (a
+//! non-retryable 4xx such as 409) any later request carrying the fenced key
+//! as its `Idempotency-Key`, because that is a late attempt of a step
+//! already rolled back (see the `Tool` contract). A 2xx response's JSON
 //! body is the output; 408, 425, 429 and 5xx are retryable failures, other
 //! statuses are not. Only `http://` is spoken (a plain HTTP/1.1 client on a
 //! tokio socket): remote tools are expected behind a local gateway or
@@ -112,8 +117,13 @@ impl HttpTool {
             .map_err(|e| {
                 ToolError::retryable(format!("{name}: cannot connect to {}: {e}", url.host_port))
             })?;
+        let compensates = ctx
+            .compensates
+            .as_deref()
+            .map(|step_key| format!("X-Mandate-Compensates: {step_key}\r\n"))
+            .unwrap_or_default();
         let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nIdempotency-Key: {}\r\nX-Mandate-Attempt: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nIdempotency-Key: {}\r\nX-Mandate-Attempt: {}\r\n{compensates}Content-Length: {}\r\nConnection: close\r\n\r\n",
             url.path,
             url.host,
             ctx.idempotency_key,
@@ -236,6 +246,7 @@ mod tests {
         let request = h.await.unwrap();
         assert!(request.starts_with("POST /tool HTTP/1.1"), "{request}");
         assert!(request.contains("Idempotency-Key: t:4"), "{request}");
+        assert!(!request.contains("X-Mandate-Compensates"), "{request}");
         assert!(request.ends_with("{\"a\":1}"), "{request}");
 
         let (url, _h) = serve_once("HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n").await;
@@ -257,5 +268,20 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.message.contains("larger than the limit"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_compensation_sends_the_key_of_the_step_it_undoes() {
+        let (url, h) = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").await;
+        tool(url, 1024)
+            .call(ToolContext::compensation("t", 9, 1, 4), json!({}))
+            .await
+            .unwrap();
+        let request = h.await.unwrap();
+        assert!(request.contains("Idempotency-Key: t:9\r\n"), "{request}");
+        assert!(
+            request.contains("X-Mandate-Compensates: t:4\r\n"),
+            "{request}"
+        );
     }
 }

@@ -57,6 +57,15 @@ pub struct ToolContext {
     /// every duplicate delivery of one scheduled call, so a write tool can
     /// make sure its effect happens at most once.
     pub idempotency_key: String,
+    /// For a compensation: the idempotency key of the step it undoes
+    /// (`task_id:step_seq`); `None` for a step.
+    ///
+    /// An attempt of that step may still be running after the engine gave
+    /// up on it (it timed out), and may try to apply its effect after the
+    /// compensation ran. A write tool fences this key in the same
+    /// transaction as the undo, so that such a late attempt is refused
+    /// instead of leaving its effect behind: see the [`Tool`] contract.
+    pub compensates: Option<String>,
 }
 
 impl ToolContext {
@@ -69,7 +78,17 @@ impl ToolContext {
             seq,
             attempt,
             idempotency_key,
+            compensates: None,
         }
+    }
+
+    /// A compensation's context: the compensation is the call scheduled at
+    /// `seq` (its `CompensationStarted`), undoing the step scheduled at
+    /// `step_seq` of the same task.
+    pub fn compensation(task_id: impl Into<String>, seq: i64, attempt: u32, step_seq: i64) -> Self {
+        let mut ctx = ToolContext::new(task_id, seq, attempt);
+        ctx.compensates = Some(format!("{}:{step_seq}", ctx.task_id));
+        ctx
     }
 }
 
@@ -113,6 +132,22 @@ pub type ToolResult = Result<serde_json::Value, ToolError>;
 /// A write tool must be idempotent per [`ToolContext::idempotency_key`]: the
 /// engine may deliver the same call more than once (after a crash, a lost
 /// acknowledgement or a retry), and the world must change only once.
+///
+/// A write tool used as a compensation must also *fence* the step it undoes,
+/// [`ToolContext::compensates`]: in the same transaction as the undo, record
+/// that key as closed (insert a tombstone under the unique key its effects
+/// are recorded by, doing nothing if a row is already there), and refuse,
+/// with a non-retryable error and without applying anything, any later call
+/// whose idempotency key is fenced. The engine gives up on an attempt that
+/// outlives its timeout, but cannot stop it: without the fence that attempt
+/// could apply its effect after the compensation ran, and the rollback would
+/// leave it in place. With it, the unique key decides the race: if the
+/// step's effect committed first, the compensation sees it and undoes it; if
+/// the fence committed first, the step can no longer apply. A refused undo
+/// should still fence (the step is being rolled back either way).
+/// [`World::apply_call`](crate::World::apply_call) does all of this for the
+/// demo tools; remote tools receive the key as the `X-Mandate-Compensates`
+/// header ([`crate::http`]).
 pub trait Tool: Send + Sync + 'static {
     /// The name steps use to call this tool, e.g. `deploy.set_version`.
     fn name(&self) -> &str;
@@ -138,6 +173,15 @@ mod tests {
         let ctx = ToolContext::new("task-1", 7, 3);
         assert_eq!(ctx.idempotency_key, "task-1:7");
         assert_eq!(ctx.attempt, 3);
+        assert_eq!(ctx.compensates, None);
+    }
+
+    #[test]
+    fn a_compensation_context_names_the_step_it_undoes() {
+        let ctx = ToolContext::compensation("task-1", 12, 2, 7);
+        assert_eq!(ctx.idempotency_key, "task-1:12");
+        assert_eq!(ctx.compensates.as_deref(), Some("task-1:7"));
+        assert_eq!(ctx.attempt, 2);
     }
 
     #[test]

@@ -8,6 +8,19 @@
 //! transaction, so a duplicate delivery of the same call returns the first
 //! call's output and never changes the world twice.
 //!
+//! A compensation ([`World::apply_call`] with [`ToolContext::compensates`]
+//! set) also *fences* the key of the step it undoes, in the same
+//! transaction: it inserts a tombstone row under that key in `demo_effects`
+//! (`tool` = [`FENCE_TOOL`], output `{"fenced_by": <compensation's key>,
+//! "compensating_tool": …}`), doing nothing if the key already has a row. An
+//! apply whose key is fenced is refused ([`Error::Fenced`]) and writes
+//! nothing. Because the effect and the tombstone share the table's primary
+//! key, the database orders a late ("zombie") attempt of the step and its
+//! compensation on both backends: if the effect committed first, the
+//! compensation sees it and undoes it; if the fence committed first, the
+//! effect can never apply. A tombstone is not an effect: [`World::effect_count`]
+//! does not count it.
+//!
 //! This module must never touch the engine's own tables, and must never
 //! write a resource without recording its effect in the same transaction.
 
@@ -19,12 +32,19 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
-use crate::tool::ToolError;
+use crate::tool::{ToolContext, ToolError};
 
-/// The DDL for the demo tables. It is the migration file itself, so the
-/// engine's migrations and [`World::ensure_schema`] can never disagree.
-const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite/0002_demo_world.sql");
-const POSTGRES_SCHEMA: &str = include_str!("../../migrations/postgres/0002_demo_world.sql");
+/// The DDL for the demo tables and the demo seed data. They are the
+/// migration files themselves, so the engine's migrations and
+/// [`World::ensure_schema`] can never disagree.
+const SQLITE_SCHEMA: [&str; 2] = [
+    include_str!("../../migrations/sqlite/0002_demo_world.sql"),
+    include_str!("../../migrations/sqlite/0004_demo_iam.sql"),
+];
+const POSTGRES_SCHEMA: [&str; 2] = [
+    include_str!("../../migrations/postgres/0002_demo_world.sql"),
+    include_str!("../../migrations/postgres/0004_demo_iam.sql"),
+];
 
 /// Advisory lock held while PostgreSQL runs the DDL: two processes running
 /// `CREATE TABLE IF NOT EXISTS` at once can otherwise both try to create the
@@ -38,6 +58,11 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_KEY_BYTES: usize = 512;
 /// Largest resource value or effect output accepted, in bytes of JSON.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// The `tool` of a fence row in `demo_effects`: a tombstone a compensation
+/// left under the key of the step it undid. Not a tool name any tool can
+/// have (tool names never contain `<`), so it cannot be mistaken for an
+/// effect.
+pub const FENCE_TOOL: &str = "<fence>";
 /// Most resources [`World::list`] returns; more is an error, not a truncation,
 /// so a checker never silently misses a leaked resource.
 pub const MAX_LIST_ROWS: usize = 100_000;
@@ -93,8 +118,22 @@ pub enum Error {
         /// The limit it broke.
         limit: usize,
     },
+    /// The call's idempotency key was fenced by the compensation of its
+    /// step: the step is being (or was) rolled back, and this is a late
+    /// attempt of it. Nothing was written, and retrying cannot help.
+    #[error(
+        "demo world: the effect under idempotency key {idempotency_key} was not applied: \
+         the key was fenced by compensation {fenced_by}, which rolled this step back; \
+         this is a late attempt the engine had already given up on"
+    )]
+    Fenced {
+        /// The refused call's idempotency key (the step's).
+        idempotency_key: String,
+        /// The idempotency key of the compensation that fenced it.
+        fenced_by: String,
+    },
     /// The effect's function refused to apply (bad input, insufficient
-    /// balance). Nothing was written. This is a normal outcome, kept apart
+    /// balance). Nothing was written (a compensation still fences its step). This is a normal outcome, kept apart
     /// from database failures so the caller can pass it on unchanged.
     #[error(transparent)]
     Rejected(ToolError),
@@ -188,16 +227,19 @@ impl World {
         }
     }
 
-    /// Creates the demo tables if they do not exist. Safe to call any number
-    /// of times, from several processes at once.
+    /// Creates the demo tables if they do not exist and seeds the demo IAM
+    /// policies if they are missing. Safe to call any number of times, from
+    /// several processes at once.
     pub async fn ensure_schema(&self) -> Result<(), Error> {
         let action = "creating the demo tables";
         match &self.backend {
             Backend::Sqlite(pool) => {
-                sqlx::raw_sql(SQLITE_SCHEMA)
-                    .execute(pool)
-                    .await
-                    .map_err(db(action))?;
+                for file in SQLITE_SCHEMA {
+                    sqlx::raw_sql(file)
+                        .execute(pool)
+                        .await
+                        .map_err(db(action))?;
+                }
             }
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(db(action))?;
@@ -206,10 +248,12 @@ impl World {
                     .execute(&mut *tx)
                     .await
                     .map_err(db(action))?;
-                sqlx::raw_sql(POSTGRES_SCHEMA)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db(action))?;
+                for file in POSTGRES_SCHEMA {
+                    sqlx::raw_sql(file)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db(action))?;
+                }
                 tx.commit().await.map_err(db(action))?;
             }
         }
@@ -304,7 +348,12 @@ impl World {
     /// If `f` returns a [`ToolError`], nothing is written and the error comes
     /// back as [`Error::Rejected`]. Concurrent applies on one resource are
     /// serialized; two concurrent applies of the same key return the same
-    /// output and change the world once.
+    /// output and change the world once. If the key was fenced by a
+    /// compensation, nothing is written and the result is [`Error::Fenced`].
+    ///
+    /// This call compensates nothing; a tool should use
+    /// [`World::apply_call`], which also fences when the call is a
+    /// compensation.
     pub async fn apply<F>(
         &self,
         idempotency_key: &str,
@@ -316,12 +365,66 @@ impl World {
     where
         F: FnOnce(Option<Value>) -> Result<(Option<Value>, Value), ToolError> + Send,
     {
+        self.apply_fenced(idempotency_key, None, tool, namespace, key, f)
+            .await
+    }
+
+    /// [`World::apply`] for a tool call: the idempotency key is the
+    /// context's, and when the call is a compensation
+    /// ([`ToolContext::compensates`]) the same transaction fences the key
+    /// of the step it undoes, so a late attempt of that step is refused
+    /// with [`Error::Fenced`] instead of applying after the rollback.
+    ///
+    /// The fence is written first, before `f` reads the current value: on
+    /// PostgreSQL, if the step's effect is being committed at that moment,
+    /// the fence waits for it, and `f` then sees (and undoes) its result.
+    /// A compensation whose `f` refuses ([`Error::Rejected`]) still commits
+    /// its fence: the step is being rolled back either way, and a late
+    /// attempt must not apply behind a person's back.
+    pub async fn apply_call<F>(
+        &self,
+        ctx: &ToolContext,
+        tool: &str,
+        namespace: &str,
+        key: &str,
+        f: F,
+    ) -> Result<Value, Error>
+    where
+        F: FnOnce(Option<Value>) -> Result<(Option<Value>, Value), ToolError> + Send,
+    {
+        self.apply_fenced(
+            &ctx.idempotency_key,
+            ctx.compensates.as_deref(),
+            tool,
+            namespace,
+            key,
+            f,
+        )
+        .await
+    }
+
+    async fn apply_fenced<F>(
+        &self,
+        idempotency_key: &str,
+        compensates: Option<&str>,
+        tool: &str,
+        namespace: &str,
+        key: &str,
+        f: F,
+    ) -> Result<Value, Error>
+    where
+        F: FnOnce(Option<Value>) -> Result<(Option<Value>, Value), ToolError> + Send,
+    {
         check_key("idempotency key", idempotency_key)?;
+        if let Some(step_key) = compensates {
+            check_key("compensated idempotency key", step_key)?;
+        }
         check_key("tool name", tool)?;
         check_key("namespace", namespace)?;
         check_key("key", key)?;
         let target = Target {
             idempotency_key,
+            compensates,
             tool,
             namespace,
             key,
@@ -332,21 +435,33 @@ impl World {
         }
     }
 
-    /// How many effects were applied (rows in `demo_effects`); for tests and
-    /// the stress checker.
+    /// How many effects were applied (rows in `demo_effects`, fences not
+    /// counted); for tests and the stress checker.
     pub async fn effect_count(&self) -> Result<i64, Error> {
-        let action = "counting applied effects";
+        self.count_effect_rows(false).await
+    }
+
+    /// How many step keys compensations fenced (tombstone rows in
+    /// `demo_effects`); for tests and the stress checker.
+    pub async fn fence_count(&self) -> Result<i64, Error> {
+        self.count_effect_rows(true).await
+    }
+
+    async fn count_effect_rows(&self, fences: bool) -> Result<i64, Error> {
+        let (action, sql) = if fences {
+            (
+                "counting fenced keys",
+                "SELECT COUNT(*) FROM demo_effects WHERE tool = '<fence>'",
+            )
+        } else {
+            (
+                "counting applied effects",
+                "SELECT COUNT(*) FROM demo_effects WHERE tool <> '<fence>'",
+            )
+        };
         match &self.backend {
-            Backend::Sqlite(pool) => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM demo_effects")
-                    .fetch_one(pool)
-                    .await
-            }
-            Backend::Postgres(pool) => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM demo_effects")
-                    .fetch_one(pool)
-                    .await
-            }
+            Backend::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Backend::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
         }
         .map_err(db(action))
     }
@@ -356,6 +471,8 @@ impl World {
 /// same shape and every error can say where it happened.
 struct Target<'a> {
     idempotency_key: &'a str,
+    /// For a compensation, the key of the step it undoes (to fence).
+    compensates: Option<&'a str>,
     tool: &'a str,
     namespace: &'a str,
     key: &'a str,
@@ -371,6 +488,40 @@ impl Target<'_> {
 
     fn effect_row(&self) -> String {
         format!("demo_effects row {}", self.idempotency_key)
+    }
+
+    /// What an earlier row under this call's key means: a fence refuses
+    /// the call, an effect is a duplicate delivery returning its output.
+    fn recorded(&self, tool: &str, output: &str) -> Result<Value, Error> {
+        if tool == FENCE_TOOL {
+            let fence = parse_json(|| self.effect_row(), output)?;
+            let fenced_by = fence["fenced_by"].as_str().unwrap_or("?").to_owned();
+            tracing::info!(
+                idempotency_key = self.idempotency_key,
+                tool = self.tool,
+                fenced_by = %fenced_by,
+                "a late attempt was refused: its step was fenced by a compensation"
+            );
+            return Err(Error::Fenced {
+                idempotency_key: self.idempotency_key.to_owned(),
+                fenced_by,
+            });
+        }
+        tracing::debug!(
+            idempotency_key = self.idempotency_key,
+            tool = self.tool,
+            "duplicate delivery: returning the recorded output"
+        );
+        parse_json(|| self.effect_row(), output)
+    }
+
+    /// The output column of this compensation's fence row.
+    fn fence_output(&self) -> String {
+        serde_json::json!({
+            "fenced_by": self.idempotency_key,
+            "compensating_tool": self.tool,
+        })
+        .to_string()
     }
 }
 
@@ -421,27 +572,42 @@ where
     // BEGIN IMMEDIATE takes the write lock before the first read. With a
     // plain BEGIN two writers could both read, then both try to upgrade to a
     // write lock and one fails with SQLITE_BUSY regardless of busy_timeout.
+    // It also orders a step's late attempt and its compensation's fence: the
+    // database has one writer at a time.
     let mut tx = pool
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(db(target.describe("starting the transaction")))?;
 
-    let recorded: Option<String> =
-        sqlx::query_scalar("SELECT output FROM demo_effects WHERE idempotency_key = ?1")
+    let recorded: Option<(String, String)> =
+        sqlx::query_as("SELECT tool, output FROM demo_effects WHERE idempotency_key = ?1")
             .bind(target.idempotency_key)
             .fetch_optional(&mut *tx)
             .await
             .map_err(db(target.describe("looking up the recorded effect")))?;
-    if let Some(text) = recorded {
+    if let Some((tool, output)) = recorded {
         tx.rollback()
             .await
             .map_err(db(target.describe("ending the read-only transaction")))?;
-        tracing::debug!(
-            idempotency_key = target.idempotency_key,
-            tool = target.tool,
-            "duplicate delivery: returning the recorded output"
-        );
-        return parse_json(|| target.effect_row(), &text);
+        return target.recorded(&tool, &output);
+    }
+
+    let now = now_ms();
+    if let Some(step_key) = target.compensates {
+        // The fence: a tombstone under the step's key. If the step's effect
+        // is already recorded there, nothing is inserted and `f` below sees
+        // (and undoes) that effect.
+        sqlx::query(
+            "INSERT INTO demo_effects (idempotency_key, tool, output, applied_at_ms) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(step_key)
+        .bind(FENCE_TOOL)
+        .bind(target.fence_output())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(target.describe("fencing the compensated step")))?;
     }
 
     let current: Option<String> =
@@ -454,6 +620,13 @@ where
 
     let change = match decide(target, current, f) {
         Ok(change) => change,
+        Err(error) if target.compensates.is_some() => {
+            // A refused undo keeps its fence (see `World::apply_call`).
+            tx.commit()
+                .await
+                .map_err(db(target.describe("committing the fence of a refused undo")))?;
+            return Err(error);
+        }
         Err(error) => {
             // Roll back explicitly so the write lock is released now rather
             // than whenever the pool next touches this connection.
@@ -464,7 +637,6 @@ where
         }
     };
 
-    let now = now_ms();
     match &change.new_value {
         Some(text) => sqlx::query(
             "INSERT INTO demo_resources (namespace, key, value, updated_at_ms) VALUES (?1, ?2, ?3, ?4) \
@@ -514,6 +686,8 @@ where
     // take a transaction-scoped advisory lock on the resource's name instead.
     // A hash collision only makes two unrelated resources wait for each
     // other; each transaction holds one such lock, so it cannot deadlock.
+    // (A fence insert may also wait, on a step's uncommitted effect row; that
+    // transaction holds no lock the fence's holds, so no cycle forms.)
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
         .bind(target.namespace)
         .bind(target.key)
@@ -524,22 +698,38 @@ where
     // Read after taking the lock: under READ COMMITTED each statement sees
     // what committed before it started, so an effect applied by whoever held
     // the lock before us is visible here.
-    let recorded: Option<String> =
-        sqlx::query_scalar("SELECT output FROM demo_effects WHERE idempotency_key = $1")
+    let recorded: Option<(String, String)> =
+        sqlx::query_as("SELECT tool, output FROM demo_effects WHERE idempotency_key = $1")
             .bind(target.idempotency_key)
             .fetch_optional(&mut *tx)
             .await
             .map_err(db(target.describe("looking up the recorded effect")))?;
-    if let Some(text) = recorded {
+    if let Some((tool, output)) = recorded {
         tx.rollback()
             .await
             .map_err(db(target.describe("ending the read-only transaction")))?;
-        tracing::debug!(
-            idempotency_key = target.idempotency_key,
-            tool = target.tool,
-            "duplicate delivery: returning the recorded output"
-        );
-        return parse_json(|| target.effect_row(), &text);
+        return target.recorded(&tool, &output);
+    }
+
+    let now = now_ms();
+    if let Some(step_key) = target.compensates {
+        // The fence, before reading the current value: if a late attempt of
+        // the step is committing its effect row right now, this insert waits
+        // for it (the primary key), and the read below, a new statement,
+        // sees the effect it committed, which `f` then undoes. If the fence
+        // goes in first, the attempt's own insert waits for us and then
+        // conflicts, and it rolls back.
+        sqlx::query(
+            "INSERT INTO demo_effects (idempotency_key, tool, output, applied_at_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(step_key)
+        .bind(FENCE_TOOL)
+        .bind(target.fence_output())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(target.describe("fencing the compensated step")))?;
     }
 
     let current: Option<String> =
@@ -552,6 +742,13 @@ where
 
     let change = match decide(target, current, f) {
         Ok(change) => change,
+        Err(error) if target.compensates.is_some() => {
+            // A refused undo keeps its fence (see `World::apply_call`).
+            tx.commit()
+                .await
+                .map_err(db(target.describe("committing the fence of a refused undo")))?;
+            return Err(error);
+        }
         Err(error) => {
             if let Err(rollback) = tx.rollback().await {
                 tracing::warn!(error = %rollback, "{}", target.describe("rolling back a refused effect"));
@@ -560,7 +757,6 @@ where
         }
     };
 
-    let now = now_ms();
     match &change.new_value {
         Some(text) => sqlx::query(
             "INSERT INTO demo_resources (namespace, key, value, updated_at_ms) VALUES ($1, $2, $3, $4) \
@@ -583,8 +779,9 @@ where
 
     // The resource lock already makes same-key applies on one resource
     // safe. ON CONFLICT covers a caller that reuses an idempotency key on a
-    // different resource: the insert waits for the other transaction, and if
-    // it committed, ours is the duplicate and must not take effect.
+    // different resource, and a compensation fencing this key meanwhile:
+    // the insert waits for the other transaction, and if it committed, ours
+    // must not take effect (a duplicate, or a late attempt fenced off).
     let inserted: Option<String> = sqlx::query_scalar(
         "INSERT INTO demo_effects (idempotency_key, tool, output, applied_at_ms) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key",
@@ -600,8 +797,8 @@ where
         tx.rollback()
             .await
             .map_err(db(target.describe("undoing a duplicate effect")))?;
-        let recorded: Option<String> =
-            sqlx::query_scalar("SELECT output FROM demo_effects WHERE idempotency_key = $1")
+        let recorded: Option<(String, String)> =
+            sqlx::query_as("SELECT tool, output FROM demo_effects WHERE idempotency_key = $1")
                 .bind(target.idempotency_key)
                 .fetch_optional(pool)
                 .await
@@ -609,7 +806,7 @@ where
                     target.describe("reading the concurrently recorded effect")
                 ))?;
         return match recorded {
-            Some(text) => parse_json(|| target.effect_row(), &text),
+            Some((tool, output)) => target.recorded(&tool, &output),
             // This crate never deletes effect rows, so one that conflicted and
             // then vanished was removed by hand.
             None => Err(Error::Corrupt {

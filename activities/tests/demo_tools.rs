@@ -21,7 +21,9 @@ on_both_backends!(
     email_send_records_the_message,
     email_rejects_bad_input,
     duplicate_deliveries_of_every_write_tool_apply_once,
+    iam_list_validate_propose_put_and_restore,
     fault_write_writes_only_on_success,
+    a_compensating_tool_fences_its_step_against_a_late_attempt,
 );
 
 fn registry(db: &TestDb) -> ToolRegistry {
@@ -79,6 +81,11 @@ async fn every_demo_tool_is_registered_with_its_kind_and_recovery_path(db: &Test
         (names::EMAIL_SEND, ToolKind::WriteIrreversible),
         (names::FLAG_RESTORE, ToolKind::WriteReversible),
         (names::FLAG_SET, ToolKind::WriteReversible),
+        (names::IAM_LIST_POLICIES, ToolKind::Read),
+        (names::IAM_PROPOSE_POLICY, ToolKind::Read),
+        (names::IAM_PUT_POLICY, ToolKind::WriteReversible),
+        (names::IAM_RESTORE_POLICY, ToolKind::WriteReversible),
+        (names::IAM_VALIDATE_POLICY, ToolKind::Read),
         (names::KV_DELETE, ToolKind::WriteReversible),
         (names::KV_PUT, ToolKind::WriteReversible),
         (names::LEDGER_CHARGE, ToolKind::WriteReversible),
@@ -529,6 +536,14 @@ async fn duplicate_deliveries_of_every_write_tool_apply_once(db: &TestDb) {
         (names::KV_DELETE, json!({"key": "k"})),
         (names::EMAIL_SEND, json!({"to": "a@b.c", "subject": "s"})),
         (
+            names::IAM_PUT_POLICY,
+            json!({"policy": "data-export", "expected_version": 1, "document": {"Statement": []}}),
+        ),
+        (
+            names::IAM_RESTORE_POLICY,
+            json!({"policy": "data-export", "version": 1}),
+        ),
+        (
             names::TEST_FAULT_WRITE,
             json!({"mode": "ok", "key": "w", "output": {"w": 1}}),
         ),
@@ -558,6 +573,155 @@ async fn duplicate_deliveries_of_every_write_tool_apply_once(db: &TestDb) {
     );
     assert_eq!(db.world.get("kv", "k").await.unwrap(), None);
     assert_eq!(db.world.list("email").await.unwrap().len(), 1);
+    assert_eq!(
+        db.world
+            .get("iam_policy", "data-export")
+            .await
+            .unwrap()
+            .unwrap()["default_version"],
+        1
+    );
+}
+
+/// The seeded IAM estate: enumerate, validate, propose (a dry run that
+/// refuses unsafe or stale proposals), put, and restore.
+async fn iam_list_validate_propose_put_and_restore(db: &TestDb) {
+    let registry = registry(db);
+    let listed = call(&registry, names::IAM_LIST_POLICIES, 1, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(listed["count"], 4);
+    let original = listed["policies"]["ci-deployer"].clone();
+    assert_eq!(original["version"], 1);
+    assert_eq!(original["document"]["Statement"][0]["Action"], "*");
+    let audit = call(
+        &registry,
+        names::IAM_VALIDATE_POLICY,
+        2,
+        json!({"policies": listed["policies"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        audit["flagged"],
+        json!(["break-glass-admin", "ci-deployer", "data-export"])
+    );
+    assert_eq!(audit["clean"], false);
+    let tight =
+        json!({"Statement": [{"Effect": "Allow", "Action": "ecs:UpdateService", "Resource": "*"}]});
+    let proposal = call(
+        &registry,
+        names::IAM_PROPOSE_POLICY,
+        3,
+        json!({"policy": "ci-deployer", "document": tight, "base_version": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(proposal["base_version"], 1);
+    assert_eq!(proposal["current_document"], original["document"]);
+    assert_eq!(
+        proposal["findings_before"][0]["problem"],
+        "Action \"*\" allows every action"
+    );
+    assert_bad_input(
+        call(
+            &registry,
+            names::IAM_PROPOSE_POLICY,
+            4,
+            json!({"policy": "ci-deployer", "document": {"Statement": {"Effect": "Allow", "Action": "s3:*"}}}),
+        )
+        .await,
+        &["proposal for ci-deployer is itself unsafe", "s3:*"],
+    );
+    let put = call(
+        &registry,
+        names::IAM_PUT_POLICY,
+        5,
+        json!({"policy": "ci-deployer", "document": tight, "expected_version": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(put["previous_version"], 1);
+    assert_eq!(put["version"], 2);
+    assert_eq!(put["previous_document"], original["document"]);
+    // Stale: the policy is at version 2 now.
+    for (seq, tool, input) in [
+        (
+            6,
+            names::IAM_PUT_POLICY,
+            json!({"policy": "ci-deployer", "document": tight, "expected_version": 1}),
+        ),
+        (
+            7,
+            names::IAM_PROPOSE_POLICY,
+            json!({"policy": "ci-deployer", "document": tight, "base_version": 1}),
+        ),
+    ] {
+        assert_bad_input(
+            call(&registry, tool, seq, input).await,
+            &["ci-deployer is at version 2, not 1"],
+        );
+    }
+    let restored = call(
+        &registry,
+        names::IAM_RESTORE_POLICY,
+        8,
+        json!({"policy": "ci-deployer", "version": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(restored["previous_version"], 2);
+    assert_eq!(restored["document"], original["document"]);
+    let listed = call(
+        &registry,
+        names::IAM_LIST_POLICIES,
+        9,
+        json!({"prefix": "ci-"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed["policies"], json!({"ci-deployer": original}));
+    // Restoring the version in force changes nothing: a safe undo of a put
+    // that never happened.
+    let again = call(
+        &registry,
+        names::IAM_RESTORE_POLICY,
+        10,
+        json!({"policy": "ci-deployer", "version": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again["previous_version"], 1);
+    assert_bad_input(
+        call(
+            &registry,
+            names::IAM_RESTORE_POLICY,
+            11,
+            json!({"policy": "ci-deployer", "version": 9}),
+        )
+        .await,
+        &["keeps no version 9"],
+    );
+    assert_bad_input(
+        call(
+            &registry,
+            names::IAM_PUT_POLICY,
+            12,
+            json!({"policy": "ghost", "document": {}, "expected_version": 1}),
+        )
+        .await,
+        &["no IAM policy \"ghost\""],
+    );
+    assert_bad_input(
+        call(
+            &registry,
+            names::IAM_PUT_POLICY,
+            13,
+            json!({"policy": "ci-deployer", "document": {}}),
+        )
+        .await,
+        &["`expected_version` is missing"],
+    );
 }
 
 async fn fault_write_writes_only_on_success(db: &TestDb) {
@@ -607,4 +771,55 @@ async fn fault_write_writes_only_on_success(db: &TestDb) {
         Ok(json!({}))
     );
     assert_eq!(db.world.effect_count().await.unwrap(), 1);
+}
+
+async fn a_compensating_tool_fences_its_step_against_a_late_attempt(db: &TestDb) {
+    let registry = registry(db);
+    let tool = |name: &str| registry.get(name).expect("registered");
+    // Step 5 writes `late`; its attempt was given up on before it applied,
+    // and its compensation (seq 8) runs first.
+    let undo = tool(names::KV_DELETE)
+        .call(
+            ToolContext::compensation("task", 8, 1, 5),
+            json!({"key": "late"}),
+        )
+        .await;
+    assert_eq!(undo, Ok(json!({"key": "late", "previous": null})));
+    let late = tool(names::TEST_FAULT_WRITE)
+        .call(
+            ToolContext::new("task", 5, 1),
+            json!({"mode": "ok", "key": "late", "output": {"v": 1}}),
+        )
+        .await
+        .expect_err("a fenced step must not apply");
+    assert!(!late.retryable, "{late:?}");
+    assert!(
+        late.message.starts_with("test.fault_write: ")
+            && late.message.contains("fenced by compensation task:8"),
+        "{late:?}"
+    );
+    assert_eq!(db.world.get("kv", "late").await.unwrap(), None);
+    // The same holds across tools: a deploy rolled back by its own tool.
+    tool(names::DEPLOY_SET_VERSION)
+        .call(
+            ToolContext::compensation("task", 12, 1, 10),
+            json!({"service": "api", "version": "v0"}),
+        )
+        .await
+        .unwrap();
+    let late = tool(names::DEPLOY_SET_VERSION)
+        .call(
+            ToolContext::new("task", 10, 2),
+            json!({"service": "api", "version": "v9"}),
+        )
+        .await
+        .expect_err("a fenced deploy must not apply");
+    assert!(
+        late.message.contains("fenced by compensation task:12"),
+        "{late:?}"
+    );
+    assert_eq!(
+        db.world.get("service", "api").await.unwrap(),
+        Some(json!({"version": "v0"}))
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::TestDb;
-use mandate_activities::{ToolError, World, world};
+use mandate_activities::{ToolContext, ToolError, World, world};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -22,6 +22,11 @@ on_both_backends!(
     concurrent_applies_on_one_resource_are_serialized,
     ensure_schema_is_idempotent_and_a_second_world_sees_the_same_data,
     oversized_keys_are_refused_before_touching_the_database,
+    a_compensation_fences_its_step_so_a_late_apply_is_refused,
+    a_compensation_after_the_effect_undoes_it_and_fences_nothing,
+    a_refused_undo_still_fences_its_step,
+    a_late_apply_racing_its_compensation_on_one_resource_leaves_nothing,
+    a_late_apply_racing_its_compensation_on_another_resource_is_ordered_by_the_key,
 );
 
 async fn a_missing_resource_reads_as_none(db: &TestDb) {
@@ -317,4 +322,157 @@ async fn an_unreachable_database_is_a_connect_error_naming_the_url() {
         "{error:?}"
     );
     assert!(error.to_string().contains(&url), "{error}");
+}
+
+/// The step scheduled at seq 3 of task `task`, and its compensation at seq 9.
+fn step_and_undo(task: &str) -> (ToolContext, ToolContext) {
+    (
+        ToolContext::new(task, 3, 1),
+        ToolContext::compensation(task, 9, 1, 3),
+    )
+}
+
+async fn put(world: &World, ctx: &ToolContext, key: &str) -> Result<Value, world::Error> {
+    world
+        .apply_call(ctx, "kv.put", "kv", key, |_| {
+            Ok((Some(json!("v")), json!("put")))
+        })
+        .await
+}
+
+async fn delete(world: &World, ctx: &ToolContext, key: &str) -> Result<Value, world::Error> {
+    world
+        .apply_call(ctx, "kv.delete", "kv", key, |current| {
+            Ok((None, json!({ "deleted": current })))
+        })
+        .await
+}
+
+async fn a_compensation_fences_its_step_so_a_late_apply_is_refused(db: &TestDb) {
+    let (step, undo) = step_and_undo("t");
+    // The step's attempt was cut off before it applied; the rollback runs.
+    assert_eq!(
+        delete(&db.world, &undo, "k").await.unwrap(),
+        json!({"deleted": null})
+    );
+    assert_eq!(db.world.fence_count().await.unwrap(), 1);
+    // The late attempt arrives: refused, nothing written.
+    let error = put(&db.world, &step, "k").await.unwrap_err();
+    assert!(
+        matches!(&error, world::Error::Fenced { idempotency_key, fenced_by }
+            if idempotency_key == "t:3" && fenced_by == "t:9"),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("fenced by compensation t:9"),
+        "{error}"
+    );
+    assert_eq!(db.world.get("kv", "k").await.unwrap(), None);
+    // Only the compensation is an effect; the fence is not counted as one.
+    assert_eq!(db.world.effect_count().await.unwrap(), 1);
+    // A duplicate delivery of the compensation changes nothing.
+    assert_eq!(
+        delete(&db.world, &undo, "k").await.unwrap(),
+        json!({"deleted": null})
+    );
+    assert_eq!(db.world.fence_count().await.unwrap(), 1);
+    assert_eq!(db.world.effect_count().await.unwrap(), 1);
+}
+
+async fn a_compensation_after_the_effect_undoes_it_and_fences_nothing(db: &TestDb) {
+    let (step, undo) = step_and_undo("t");
+    assert_eq!(put(&db.world, &step, "k").await.unwrap(), json!("put"));
+    assert_eq!(
+        delete(&db.world, &undo, "k").await.unwrap(),
+        json!({"deleted": "v"})
+    );
+    assert_eq!(db.world.get("kv", "k").await.unwrap(), None);
+    // The key already held the step's effect, so no tombstone was needed;
+    // a late duplicate of the step returns its recorded output and applies
+    // nothing again.
+    assert_eq!(db.world.fence_count().await.unwrap(), 0);
+    assert_eq!(put(&db.world, &step, "k").await.unwrap(), json!("put"));
+    assert_eq!(db.world.get("kv", "k").await.unwrap(), None);
+    assert_eq!(db.world.effect_count().await.unwrap(), 2);
+}
+
+async fn a_refused_undo_still_fences_its_step(db: &TestDb) {
+    let (step, undo) = step_and_undo("t");
+    let error = db
+        .world
+        .apply_call(&undo, "ledger.refund", "kv", "k", |_| {
+            Err(ToolError::non_retryable("refund refused"))
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(&error, world::Error::Rejected(e) if e.message == "refund refused"));
+    assert_eq!(db.world.effect_count().await.unwrap(), 0);
+    assert_eq!(db.world.fence_count().await.unwrap(), 1);
+    let error = put(&db.world, &step, "k").await.unwrap_err();
+    assert!(matches!(error, world::Error::Fenced { .. }), "{error:?}");
+    assert_eq!(db.world.get("kv", "k").await.unwrap(), None);
+}
+
+async fn a_late_apply_racing_its_compensation_on_one_resource_leaves_nothing(db: &TestDb) {
+    // Whichever commits first, the key is gone afterwards: either the undo
+    // saw the effect and deleted it, or the fence refused the effect.
+    let rounds = 24;
+    let mut handles = Vec::new();
+    for n in 0..rounds {
+        let world = db.world.clone();
+        handles.push(tokio::spawn(async move {
+            let (step, undo) = step_and_undo(&format!("t{n}"));
+            let key = format!("k{n}");
+            let (late, undone) =
+                futures::join!(put(&world, &step, &key), delete(&world, &undo, &key));
+            undone.unwrap();
+            (late, world.get("kv", &key).await.unwrap())
+        }));
+    }
+    let (mut applied, mut fenced) = (0, 0);
+    for handle in handles {
+        let (late, left) = handle.await.unwrap();
+        assert_eq!(left, None, "the late effect was left behind");
+        match late {
+            Ok(_) => applied += 1,
+            Err(world::Error::Fenced { .. }) => fenced += 1,
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    assert_eq!(applied + fenced, rounds);
+    assert_eq!(db.world.fence_count().await.unwrap(), fenced as i64);
+}
+
+async fn a_late_apply_racing_its_compensation_on_another_resource_is_ordered_by_the_key(
+    db: &TestDb,
+) {
+    // Here the undo cannot see the step's resource (no shared resource
+    // lock), so only the shared idempotency key orders the two: exactly one
+    // of the effect and the fence is recorded under the step's key, and the
+    // step's resource holds a value only if its effect won.
+    let rounds = 24;
+    let mut handles = Vec::new();
+    for n in 0..rounds {
+        let world = db.world.clone();
+        handles.push(tokio::spawn(async move {
+            let (step, undo) = step_and_undo(&format!("t{n}"));
+            let (a, b) = (format!("a{n}"), format!("b{n}"));
+            let (late, undone) = futures::join!(put(&world, &step, &a), delete(&world, &undo, &b));
+            undone.unwrap();
+            (late, world.get("kv", &format!("a{n}")).await.unwrap())
+        }));
+    }
+    let mut fenced = 0;
+    for handle in handles {
+        match handle.await.unwrap() {
+            (Ok(_), Some(_)) => {}
+            (Err(world::Error::Fenced { .. }), None) => fenced += 1,
+            (late, left) => panic!("inconsistent: late apply {late:?}, resource {left:?}"),
+        }
+    }
+    assert_eq!(db.world.fence_count().await.unwrap(), fenced);
+    assert_eq!(
+        db.world.effect_count().await.unwrap(),
+        2 * rounds as i64 - fenced
+    );
 }

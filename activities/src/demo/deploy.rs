@@ -112,21 +112,15 @@ impl Tool for DeploySetVersion {
             let service = input.string("service")?.to_owned();
             let version = input.string("version")?.to_owned();
             self.world
-                .apply(
-                    &ctx.idempotency_key,
-                    DEPLOY_SET_VERSION,
-                    SERVICE,
-                    &service,
-                    |current| {
-                        let previous = version_of(DEPLOY_SET_VERSION, &service, current.as_ref())?;
-                        let output = json!({
-                            "service": service,
-                            "previous_version": previous,
-                            "version": version,
-                        });
-                        Ok((Some(json!({ "version": version })), output))
-                    },
-                )
+                .apply_call(&ctx, DEPLOY_SET_VERSION, SERVICE, &service, |current| {
+                    let previous = version_of(DEPLOY_SET_VERSION, &service, current.as_ref())?;
+                    let output = json!({
+                        "service": service,
+                        "previous_version": previous,
+                        "version": version,
+                    });
+                    Ok((Some(json!({ "version": version })), output))
+                })
                 .await
                 .map_err(|error| world_failure(DEPLOY_SET_VERSION, error))
         }

@@ -56,21 +56,15 @@ impl Tool for EmailSend {
             let message_id = format!("msg-{}", ctx.idempotency_key);
             let task_id = ctx.task_id.clone();
             self.world
-                .apply(
-                    &ctx.idempotency_key,
-                    EMAIL_SEND,
-                    EMAIL,
-                    &message_id,
-                    |_current| {
-                        let email = json!({
-                            "message_id": message_id,
-                            "to": to,
-                            "subject": subject,
-                            "task_id": task_id,
-                        });
-                        Ok((Some(email), json!({ "message_id": message_id })))
-                    },
-                )
+                .apply_call(&ctx, EMAIL_SEND, EMAIL, &message_id, |_current| {
+                    let email = json!({
+                        "message_id": message_id,
+                        "to": to,
+                        "subject": subject,
+                        "task_id": task_id,
+                    });
+                    Ok((Some(email), json!({ "message_id": message_id })))
+                })
                 .await
                 .map_err(|error| world_failure(EMAIL_SEND, error))
         }

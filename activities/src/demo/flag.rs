@@ -52,7 +52,7 @@ impl Tool for FlagSet {
             let flag = input.string("flag")?.to_owned();
             let value = input.value("value")?.clone();
             self.world
-                .apply(&ctx.idempotency_key, FLAG_SET, FLAG, &flag, |current| {
+                .apply_call(&ctx, FLAG_SET, FLAG, &flag, |current| {
                     let previous = current.unwrap_or(Value::Null);
                     let output = json!({ "flag": flag, "previous": previous, "value": value });
                     Ok((stored(value), output))
@@ -93,16 +93,10 @@ impl Tool for FlagRestore {
             let flag = input.string("flag")?.to_owned();
             let value = input.value("value")?.clone();
             self.world
-                .apply(
-                    &ctx.idempotency_key,
-                    FLAG_RESTORE,
-                    FLAG,
-                    &flag,
-                    |_current| {
-                        let output = json!({ "flag": flag, "value": value });
-                        Ok((stored(value), output))
-                    },
-                )
+                .apply_call(&ctx, FLAG_RESTORE, FLAG, &flag, |_current| {
+                    let output = json!({ "flag": flag, "value": value });
+                    Ok((stored(value), output))
+                })
                 .await
                 .map_err(|error| world_failure(FLAG_RESTORE, error))
         }

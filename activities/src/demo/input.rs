@@ -88,6 +88,14 @@ impl<'a> Input<'a> {
         }
     }
 
+    /// An optional integer greater than zero; `null` counts as absent.
+    pub(super) fn optional_positive_i64(&self, field: &str) -> Result<Option<i64>, ToolError> {
+        match self.fields.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.positive_i64(field).map(Some),
+        }
+    }
+
     /// A required unsigned integer no larger than `max`.
     pub(super) fn u64_at_most(&self, field: &str, max: u64) -> Result<u64, ToolError> {
         match self.fields.get(field) {

@@ -47,7 +47,7 @@ impl Tool for KvPut {
             let key = input.string("key")?.to_owned();
             let value = input.value("value")?.clone();
             self.world
-                .apply(&ctx.idempotency_key, KV_PUT, KV, &key, |current| {
+                .apply_call(&ctx, KV_PUT, KV, &key, |current| {
                     let previous = current.unwrap_or(Value::Null);
                     let output = json!({ "key": key, "previous": previous, "value": value });
                     let stored = (!value.is_null()).then_some(value);
@@ -89,7 +89,7 @@ impl Tool for KvDelete {
             let input = Input::new(KV_DELETE, &input)?;
             let key = input.string("key")?.to_owned();
             self.world
-                .apply(&ctx.idempotency_key, KV_DELETE, KV, &key, |current| {
+                .apply_call(&ctx, KV_DELETE, KV, &key, |current| {
                     let previous = current.unwrap_or(Value::Null);
                     Ok((None, json!({ "key": key, "previous": previous })))
                 })

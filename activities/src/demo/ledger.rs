@@ -71,7 +71,7 @@ impl Tool for LedgerCharge {
             let account = input.string("account")?.to_owned();
             let amount_cents = input.positive_i64("amount_cents")?;
             self.world
-                .apply(&ctx.idempotency_key, LEDGER_CHARGE, LEDGER, &account, |current| {
+                .apply_call(&ctx, LEDGER_CHARGE, LEDGER, &account, |current| {
                     let balance = balance_of(LEDGER_CHARGE, &account, current.as_ref())?;
                     let balance = balance.checked_add(amount_cents).ok_or_else(|| {
                         ToolError::non_retryable(format!(
@@ -123,7 +123,7 @@ impl Tool for LedgerRefund {
             let account = input.string("account")?.to_owned();
             let amount_cents = input.positive_i64("amount_cents")?;
             self.world
-                .apply(&ctx.idempotency_key, LEDGER_REFUND, LEDGER, &account, |current| {
+                .apply_call(&ctx, LEDGER_REFUND, LEDGER, &account, |current| {
                     let balance = balance_of(LEDGER_REFUND, &account, current.as_ref())?;
                     if amount_cents > balance {
                         return Err(ToolError::non_retryable(format!(

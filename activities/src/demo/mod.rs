@@ -1,15 +1,18 @@
 //! Demo tools: small, real tools whose side effects live in the [`World`]
 //! (the engine's own database), so a demo or a test can watch a deploy, a
-//! flag, a charge or a key appear and, after a rollback, disappear.
+//! flag, a charge, a key or an IAM policy change appear and, after a
+//! rollback, disappear.
 //!
-//! Every write goes through [`World::apply`] with the call's idempotency key,
-//! so a duplicate delivery never changes the world twice. These tools must
+//! Every write goes through [`World::apply_call`] with the call's context,
+//! so a duplicate delivery never changes the world twice, and a compensation
+//! fences the step it undoes against a late attempt. These tools must
 //! never keep state anywhere else (memory, files), or a restarted engine
 //! would see a different world than the one it left.
 
 mod deploy;
 mod email;
 mod flag;
+mod iam;
 mod input;
 mod kv;
 mod ledger;
@@ -22,6 +25,10 @@ use crate::world::{self, World};
 pub use deploy::{DeployHealthCheck, DeploySetVersion, DeploySnapshot, INITIAL_VERSION};
 pub use email::EmailSend;
 pub use flag::{FlagRestore, FlagSet};
+pub use iam::{
+    Finding, IamListPolicies, IamProposePolicy, IamPutPolicy, IamRestorePolicy, IamValidatePolicy,
+    MAX_KEPT_VERSIONS, audit_document,
+};
 pub use kv::{KvDelete, KvPut};
 pub use ledger::{LedgerCharge, LedgerRefund};
 pub use testing::{MAX_SLEEP_MS, TestEcho, TestFault, TestFaultWrite};
@@ -38,6 +45,16 @@ pub mod names {
     pub const FLAG_SET: &str = "flag.set";
     /// [`super::FlagRestore`].
     pub const FLAG_RESTORE: &str = "flag.restore";
+    /// [`super::IamListPolicies`].
+    pub const IAM_LIST_POLICIES: &str = "iam.list_policies";
+    /// [`super::IamValidatePolicy`].
+    pub const IAM_VALIDATE_POLICY: &str = "iam.validate_policy";
+    /// [`super::IamProposePolicy`].
+    pub const IAM_PROPOSE_POLICY: &str = "iam.propose_policy";
+    /// [`super::IamPutPolicy`].
+    pub const IAM_PUT_POLICY: &str = "iam.put_policy";
+    /// [`super::IamRestorePolicy`].
+    pub const IAM_RESTORE_POLICY: &str = "iam.restore_policy";
     /// [`super::LedgerCharge`].
     pub const LEDGER_CHARGE: &str = "ledger.charge";
     /// [`super::LedgerRefund`].
@@ -68,6 +85,8 @@ pub mod namespaces {
     pub const KV: &str = "kv";
     /// Sent emails, keyed by message id.
     pub const EMAIL: &str = "email";
+    /// IAM policies, keyed by name: `{default_version, versions: [{version, document}]}`.
+    pub const IAM_POLICY: &str = "iam_policy";
 }
 
 /// Registers every demo tool, all sharing `world`.
@@ -83,6 +102,11 @@ pub fn register_demo_tools(registry: &mut ToolRegistry, world: World) {
         .register(KvPut::new(world.clone()))
         .register(KvDelete::new(world.clone()))
         .register(EmailSend::new(world.clone()))
+        .register(IamListPolicies::new(world.clone()))
+        .register(IamValidatePolicy)
+        .register(IamProposePolicy::new(world.clone()))
+        .register(IamPutPolicy::new(world.clone()))
+        .register(IamRestorePolicy::new(world.clone()))
         .register(TestEcho)
         .register(TestFault)
         .register(TestFaultWrite::new(world));
@@ -96,6 +120,8 @@ pub fn register_demo_tools(registry: &mut ToolRegistry, world: World) {
 fn world_failure(tool: &str, error: world::Error) -> ToolError {
     match error {
         world::Error::Rejected(refusal) => refusal,
+        // A late attempt of a step that was rolled back: never retried.
+        world::Error::Fenced { .. } => ToolError::non_retryable(format!("{tool}: {error}")),
         world::Error::Connect { .. } | world::Error::Database { .. } => {
             ToolError::retryable(format!("{tool}: {error}"))
         }

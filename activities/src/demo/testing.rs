@@ -107,13 +107,9 @@ impl Tool for TestFaultWrite {
                 return Ok(output);
             };
             self.world
-                .apply(
-                    &ctx.idempotency_key,
-                    TEST_FAULT_WRITE,
-                    KV,
-                    &key,
-                    |_current| Ok((Some(output.clone()), output)),
-                )
+                .apply_call(&ctx, TEST_FAULT_WRITE, KV, &key, |_current| {
+                    Ok((Some(output.clone()), output))
+                })
                 .await
                 .map_err(|error| world_failure(TEST_FAULT_WRITE, error))
         }

@@ -144,6 +144,18 @@ impl PolicySet {
     /// Decides one step. Pure apart from reading the set; never fails: a
     /// request that cannot be judged is denied with the reason.
     pub fn evaluate(&self, r: &CheckRequest) -> PolicyDecision {
+        self.decide(r, false)
+    }
+
+    /// [`Self::evaluate`] for a dry run, where the input may still hold
+    /// `${…}` references to outputs not recorded yet: a string holding one
+    /// passes the input schema whatever type the field wants (the step's
+    /// `policy.check` checks the resolved input when it runs).
+    pub fn evaluate_unresolved(&self, r: &CheckRequest) -> PolicyDecision {
+        self.decide(r, true)
+    }
+
+    fn decide(&self, r: &CheckRequest, unresolved_references: bool) -> PolicyDecision {
         let c = &self.catalog;
         let Some(tool) = c.tool(&r.tool) else {
             return PolicyDecision::builtin_deny(
@@ -191,7 +203,9 @@ impl PolicySet {
             }
         }
         if let Some(schema) = &tool.input_schema
-            && let Err(e) = validate_schema(schema, &r.input, "input", &|_| false)
+            && let Err(e) = validate_schema(schema, &r.input, "input", &|v| {
+                unresolved_references && v.as_str().is_some_and(|s| s.contains("${"))
+            })
         {
             return fill(PolicyDecision::builtin_deny(
                 &self.hash,
