@@ -48,6 +48,10 @@ pub struct Action {
     pub input: Value,
     pub attempt: u32,
     pub timeout_ms: u64,
+    /// For a compensation, the seq of the step it undoes: the shell passes
+    /// that step's idempotency key to the tool so it can fence it
+    /// (`ToolContext::compensates`). `None` for a step.
+    pub compensates_step_seq: Option<i64>,
 }
 
 /// Everything `decide` needs.
@@ -61,6 +65,21 @@ pub struct DecideInput<'a> {
     pub tools: &'a ToolRegistry,
     pub worker: &'a str,
     pub limits: &'a Limits,
+    /// An active halt (kill switch) covering this task: no new step starts.
+    pub halt: Option<&'a HaltNotice>,
+}
+
+/// The halt a task falls under, as `decide` needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaltNotice {
+    pub id: String,
+    pub reason: Option<String>,
+}
+
+/// The actor of the pause a halt records (`halt:<id>`), so lifting the halt
+/// can find the tasks it paused.
+pub fn halt_actor(halt_id: &str) -> String {
+    format!("halt:{halt_id}")
 }
 
 /// The events decided, and the state after them.
@@ -616,6 +635,21 @@ pub fn decide(input: &DecideInput<'_>, state: TaskState) -> Decision {
     for o in input.outcomes {
         d.record_outcome(o);
     }
+    // The kill switch: recorded as a pause by the halt, so running attempts
+    // finish and nothing new starts until it is lifted.
+    if let Some(h) = input.halt
+        && !d.state.paused
+    {
+        d.push(
+            &halt_actor(&h.id),
+            EventPayload::TaskPaused {
+                reason: Some(match &h.reason {
+                    Some(r) => format!("halt {}: {r}", h.id),
+                    None => format!("halt {}", h.id),
+                }),
+            },
+        );
+    }
     // Each pass may resolve something the workflow then reacts to; bounded.
     for _ in 0..1_000 {
         let mut progressed = d.resolve_waits();
@@ -679,6 +713,7 @@ pub fn actions(state: &TaskState, now_ms: i64) -> Vec<Action> {
             input: s.input.clone(),
             attempt: s.next_attempt(),
             timeout_ms: s.timeout_ms,
+            compensates_step_seq: None,
         })
         .collect();
     for c in state
@@ -697,6 +732,7 @@ pub fn actions(state: &TaskState, now_ms: i64) -> Vec<Action> {
             input: c.input.clone(),
             attempt: c.failed_attempts + 1,
             timeout_ms,
+            compensates_step_seq: Some(c.step_seq),
         });
     }
     out

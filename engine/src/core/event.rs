@@ -150,6 +150,9 @@ pub enum EventPayload {
         reason: Option<String>,
     },
     TaskResumed {},
+    /// An operator asked for the next attempts waiting on a retry backoff to
+    /// run now.
+    RetryRequested {},
     /// Rollback of the completed step at `step_seq` began.
     CompensationStarted {
         step_seq: i64,
@@ -239,6 +242,7 @@ impl EventPayload {
             Self::CancelRequested { .. } => "CancelRequested",
             Self::TaskPaused { .. } => "TaskPaused",
             Self::TaskResumed { .. } => "TaskResumed",
+            Self::RetryRequested { .. } => "RetryRequested",
             Self::CompensationStarted { .. } => "CompensationStarted",
             Self::CompensationCompleted { .. } => "CompensationCompleted",
             Self::CompensationAttemptFailed { .. } => "CompensationAttemptFailed",

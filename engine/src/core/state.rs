@@ -403,6 +403,19 @@ impl TaskState {
             }
             E::TaskPaused { .. } => self.paused = true,
             E::TaskResumed {} => self.paused = false,
+            E::RetryRequested {} => {
+                // Backoffs end now; attempt counts and limits are unchanged.
+                for s in self.steps.values_mut() {
+                    if s.next_attempt_at_ms.is_some() {
+                        s.next_attempt_at_ms = Some(recorded_at_ms);
+                    }
+                }
+                for c in self.compensations.values_mut() {
+                    if c.next_attempt_at_ms.is_some() {
+                        c.next_attempt_at_ms = Some(recorded_at_ms);
+                    }
+                }
+            }
             E::CompensationStarted {
                 step_seq,
                 tool,

@@ -141,6 +141,7 @@ fn when(
             tools: &tools,
             worker: "w",
             limits: &limits,
+            halt: None,
         },
         TaskState::fold(given),
     );
@@ -186,6 +187,7 @@ fn a_new_task_starts_and_schedules_its_first_step_with_its_compensation() {
     let acts = actions(&state, 5_000);
     assert_eq!(acts.len(), 1);
     assert_eq!((acts[0].target, acts[0].attempt), (Target::Step(3), 1));
+    assert_eq!(acts[0].compensates_step_seq, None);
 }
 
 #[test]
@@ -306,6 +308,8 @@ fn a_failure_after_a_completed_write_compensates_it() {
         (acts[0].target, acts[0].tool.as_str()),
         (Target::Compensation(8), "undo")
     );
+    // The compensation names the step it undoes, so its tool can fence it.
+    assert_eq!(acts[0].compensates_step_seq, Some(3));
     // The compensation completes: the task has failed, fully compensated.
     let mut more = given.clone();
     for p in then {

@@ -290,6 +290,27 @@ impl Engine {
         .await
     }
 
+    /// Runs now the attempts a task is holding back for their retry backoff
+    /// (a task in `failed_retryable`). Attempt limits are unchanged.
+    pub async fn retry(&self, task_id: &str, by: &str) -> Result<i64, Error> {
+        self.append_external(task_id, "retry", |state| {
+            if state.status() != TaskStatus::FailedRetryable {
+                return Err(Error::Rejected {
+                    task_id: task_id.to_string(),
+                    message: format!(
+                        "only a task waiting for its next attempt (failed_retryable) can be retried; this one is {}",
+                        state.status()
+                    ),
+                });
+            }
+            Ok(vec![NewEvent {
+                actor: by.to_string(),
+                payload: EventPayload::RetryRequested {},
+            }])
+        })
+        .await
+    }
+
     /// Resumes a paused task where it was.
     pub async fn resume(&self, task_id: &str, by: &str) -> Result<i64, Error> {
         self.append_external(task_id, "resume", |state| {

@@ -6,6 +6,7 @@
 //! an optimisation, rebuilt from the store after any conflict or restart.
 
 mod client;
+mod halt;
 mod worker;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use crate::core::workflow::WorkflowRegistry;
 use crate::store::Store;
 
 pub use client::{Error, SubmitOptions, Submitted};
+pub use halt::{HALT_REFRESH, Lifted};
 pub use worker::{WorkerConfig, WorkerHandle};
 
 /// Where time comes from (injected, so tests and replays control it).
@@ -54,6 +56,11 @@ pub struct TaskUpdate {
 pub(crate) struct ActiveTask {
     pub poke: Arc<Notify>,
     pub last_seq: Arc<AtomicI64>,
+    /// Set (under the `active` lock) when the worker claimed the task again
+    /// while this driver ran, possibly after it released the lease and was
+    /// about to exit: the driver must then drive once more instead of leaving
+    /// a claimed task with no driver.
+    pub reclaimed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub(crate) struct Shared {
@@ -67,6 +74,8 @@ pub(crate) struct Shared {
     /// The worker running in this process, if any: submissions start on it
     /// directly (eager start).
     pub local_worker: Mutex<Option<LocalWorker>>,
+    /// The halts in force, as last read (see `halt`).
+    pub halts: std::sync::RwLock<Vec<crate::store::HaltRow>>,
 }
 
 /// How to hand a freshly created task to this process's worker.
@@ -142,6 +151,7 @@ impl Engine {
                 active: Mutex::new(HashMap::new()),
                 updates,
                 local_worker: Mutex::new(None),
+                halts: std::sync::RwLock::new(Vec::new()),
             }),
         }
     }

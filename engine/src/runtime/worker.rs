@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -87,7 +87,7 @@ pub(crate) fn start(shared: Arc<Shared>, config: WorkerConfig) -> WorkerHandle {
     WorkerHandle { stop, done, id }
 }
 
-async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     while !*rx.borrow() {
         if rx.changed().await.is_err() {
             std::future::pending::<()>().await;
@@ -100,6 +100,7 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
     let wake = shared.store.wakeups();
     let mut drivers: JoinSet<String> = JoinSet::new();
     let renewer = tokio::spawn(renew_leases(shared.clone(), config.clone(), stop.clone()));
+    let halts = tokio::spawn(super::halt::watch_halts(shared.clone(), stop.clone()));
     let (adopt, mut adopt_rx) = mpsc::unbounded_channel();
     // Tasks created for this worker are only safe once its lease row exists
     // (otherwise a crash would leave them held by a worker that never expires).
@@ -181,6 +182,7 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
     *shared.local_worker.lock().expect("local worker") = None;
     while drivers.join_next().await.is_some() {}
     renewer.abort();
+    halts.abort();
 }
 
 /// Starts a driver for a task this worker holds the lease of (claimed, or
@@ -194,10 +196,14 @@ fn spawn_driver(
 ) {
     let poke = Arc::new(Notify::new());
     let last_seq = Arc::new(AtomicI64::new(0));
+    let reclaimed = Arc::new(AtomicBool::new(false));
     {
         let mut active = shared.active.lock().expect("active map");
-        if active.contains_key(&task_id) {
-            // Our own lease expired and we re-claimed it; the driver goes on.
+        if let Some(a) = active.get(&task_id) {
+            // A driver is still running: it may have released the lease and be
+            // on its way out. Tell it to look again before it goes.
+            a.reclaimed.store(true, Ordering::SeqCst);
+            a.poke.notify_one();
             return;
         }
         active.insert(
@@ -205,6 +211,7 @@ fn spawn_driver(
             ActiveTask {
                 poke: poke.clone(),
                 last_seq: last_seq.clone(),
+                reclaimed: reclaimed.clone(),
             },
         );
     }
@@ -214,6 +221,7 @@ fn spawn_driver(
         task_id: task_id.clone(),
         poke,
         seen_seq: last_seq,
+        reclaimed,
         stop: stop.clone(),
     };
     drivers.spawn(async move {
@@ -258,6 +266,7 @@ struct Driver {
     task_id: String,
     poke: Arc<Notify>,
     seen_seq: Arc<AtomicI64>,
+    reclaimed: Arc<AtomicBool>,
     stop: watch::Receiver<bool>,
 }
 
@@ -268,12 +277,17 @@ enum Loaded {
 
 impl Driver {
     async fn run(mut self) {
-        self.drive().await;
-        self.shared
-            .active
-            .lock()
-            .expect("active map")
-            .remove(&self.task_id);
+        loop {
+            self.drive().await;
+            let mut active = self.shared.active.lock().expect("active map");
+            // Claimed again meanwhile (under this same lock): drive again
+            // rather than leave the claim without a driver.
+            if self.reclaimed.swap(false, Ordering::SeqCst) && !*self.stop.borrow() {
+                continue;
+            }
+            active.remove(&self.task_id);
+            return;
+        }
     }
 
     async fn load(&self) -> Loaded {
@@ -323,6 +337,7 @@ impl Driver {
             let before_seq = state.last_seq;
             let before_hash = state.last_hash.clone();
             let before_timers = state.pending_timers();
+            let halt = self.shared.halt_for(state.agent.as_deref());
             let decision = decide::decide(
                 &DecideInput {
                     history: &history,
@@ -332,6 +347,7 @@ impl Driver {
                     tools: &self.shared.tools,
                     worker: &owner,
                     limits: &self.shared.limits,
+                    halt: halt.as_ref(),
                 },
                 std::mem::take(&mut state),
             );
@@ -535,7 +551,15 @@ impl Driver {
                     effect_unknown: false,
                 }),
                 Some(tool) => {
-                    let ctx = ToolContext::new(task_id, action.target.seq(), action.attempt);
+                    // A compensation names the step it undoes, so the tool can
+                    // fence that step's key against a late (timed-out) attempt.
+                    let seq = action.target.seq();
+                    let ctx = match action.compensates_step_seq {
+                        Some(step_seq) => {
+                            ToolContext::compensation(task_id, seq, action.attempt, step_seq)
+                        }
+                        None => ToolContext::new(task_id, seq, action.attempt),
+                    };
                     let call =
                         AssertUnwindSafe(tool.call(ctx, action.input.clone())).catch_unwind();
                     match tokio::time::timeout(Duration::from_millis(action.timeout_ms), call).await
@@ -562,6 +586,13 @@ impl Driver {
                     }
                 }
             };
+            // Step latency for /metrics (a no-op unless a recorder is installed).
+            metrics::histogram!(
+                "mandate_step_attempt_duration_seconds",
+                "tool" => action.tool.clone(),
+                "outcome" => if result.is_ok() { "ok" } else { "error" },
+            )
+            .record(t0.elapsed().as_secs_f64());
             let _ = tx.send(AttemptOutcome {
                 target: action.target,
                 attempt: action.attempt,

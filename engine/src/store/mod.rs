@@ -10,6 +10,7 @@
 //!
 //! Never decides anything: what to append is `core`'s business.
 
+pub mod admin;
 mod plan;
 pub mod postgres;
 pub mod sqlite;
@@ -24,6 +25,7 @@ use crate::core::chain::RawEvent;
 use crate::core::decide::Projection;
 use crate::core::state::{PendingTimer, TaskStatus};
 
+pub use admin::{GlobalEvent, HaltRow, TokenRow};
 pub use writer::{WriterConfig, WriterStats};
 
 /// Storage failures (not rejections: a conflict is an [`AppendOutcome`]).
@@ -210,6 +212,43 @@ pub trait Store: Send + Sync + 'static {
     fn wakeups(&self) -> Arc<Notify>;
     /// The group-commit writer's counters.
     fn writer_stats(&self) -> Arc<WriterStats>;
+
+    /// Events of all tasks (of `agent`'s tasks only, of one `task` only, if
+    /// given) numbered after `after_gseq`, in commit order; at most `limit`
+    /// (capped at [`admin::MAX_PAGE`]).
+    fn events_after(
+        &self,
+        after_gseq: i64,
+        agent: Option<&str>,
+        task: Option<&str>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<GlobalEvent>, Error>>;
+    /// The highest global event number handed out.
+    fn event_head(&self) -> BoxFuture<'_, Result<i64, Error>>;
+    /// Tasks whose work is due now (the work queue's depth).
+    fn queue_depth(&self, now_ms: i64) -> BoxFuture<'_, Result<i64, Error>>;
+    /// Stores a token; false if its name is taken (nothing written).
+    fn insert_token(&self, token: TokenRow) -> BoxFuture<'_, Result<bool, Error>>;
+    /// The token whose secret hashes to `secret_sha256`, revoked or not.
+    fn token_by_secret(
+        &self,
+        secret_sha256: &str,
+    ) -> BoxFuture<'_, Result<Option<TokenRow>, Error>>;
+    fn list_tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, Error>>;
+    /// Revokes the live token named `name`; false if there is none.
+    fn revoke_token(&self, name: &str, at_ms: i64) -> BoxFuture<'_, Result<bool, Error>>;
+    /// Records a halt.
+    fn insert_halt(&self, halt: HaltRow) -> BoxFuture<'_, Result<(), Error>>;
+    /// Lifts the active halts of exactly this scope (`None`: the global ones);
+    /// returns them as lifted.
+    fn lift_halts(
+        &self,
+        agent: Option<&str>,
+        by: &str,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<HaltRow>, Error>>;
+    /// Halts, newest first (only the active ones if `active_only`).
+    fn halts(&self, active_only: bool, limit: u32) -> BoxFuture<'_, Result<Vec<HaltRow>, Error>>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created on first use) or `postgres://…`.

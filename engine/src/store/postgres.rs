@@ -311,9 +311,19 @@ async fn run_batch(
 async fn write_plan(conn: &mut sqlx::PgConnection, p: &BatchPlan) -> Result<(), Error> {
     if !p.events.is_empty() {
         let e = &p.events;
+        // The global order: the row lock on `event_log` is held until commit,
+        // so commit order and gseq order agree across processes. Taken after
+        // the task rows' locks, always, so lock order cannot deadlock.
+        let head: i64 =
+            sqlx::query_scalar("UPDATE event_log SET head = head + $1 WHERE id = 1 RETURNING head")
+                .bind(e.len() as i64)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(Error::db("take global event numbers"))?;
+        let first = head - e.len() as i64 + 1;
         sqlx::query(
-            "INSERT INTO events (task_id, seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash)
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])",
+            "INSERT INTO events (task_id, seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash, gseq)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[])",
         )
         .bind(e.iter().map(|e| e.task_id.clone()).collect::<Vec<_>>())
         .bind(e.iter().map(|e| e.seq).collect::<Vec<_>>())
@@ -323,6 +333,7 @@ async fn write_plan(conn: &mut sqlx::PgConnection, p: &BatchPlan) -> Result<(), 
         .bind(e.iter().map(|e| e.payload.to_string()).collect::<Vec<_>>())
         .bind(e.iter().map(|e| e.prev_hash.clone()).collect::<Vec<_>>())
         .bind(e.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
+        .bind((first..=head).collect::<Vec<i64>>())
         .execute(&mut *conn)
         .await
         .map_err(Error::db("insert events"))?;
@@ -554,6 +565,8 @@ impl Store for PgStore {
     fn writer_stats(&self) -> Arc<super::WriterStats> {
         self.writer.stats.clone()
     }
+
+    super::admin::admin_methods!();
 }
 
 /// Extends (or first records) a worker's lease.

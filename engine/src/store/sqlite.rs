@@ -289,11 +289,25 @@ async fn run_batch(
 }
 
 async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan) -> Result<(), Error> {
+    let mut gseq = if p.events.is_empty() {
+        0
+    } else {
+        // The global order: numbers taken inside this transaction, so commit
+        // order and gseq order agree.
+        let head: i64 =
+            sqlx::query_scalar("UPDATE event_log SET head = head + ?1 WHERE id = 1 RETURNING head")
+                .bind(p.events.len() as i64)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(Error::db("take global event numbers"))?;
+        head - p.events.len() as i64
+    };
     for chunk in p.events.chunks(ROWS_PER_STATEMENT) {
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO events (task_id, seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash) ",
+            "INSERT INTO events (task_id, seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash, gseq) ",
         );
         qb.push_values(chunk, |mut b, e| {
+            gseq += 1;
             b.push_bind(&e.task_id)
                 .push_bind(e.seq)
                 .push_bind(&e.event_type)
@@ -301,7 +315,8 @@ async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan) -> Result<(), Er
                 .push_bind(&e.actor)
                 .push_bind(e.payload.to_string())
                 .push_bind(&e.prev_hash)
-                .push_bind(&e.hash);
+                .push_bind(&e.hash)
+                .push_bind(gseq);
         });
         qb.build()
             .execute(&mut *conn)
@@ -587,6 +602,8 @@ impl Store for SqliteStore {
     fn writer_stats(&self) -> Arc<super::WriterStats> {
         self.writer.stats.clone()
     }
+
+    super::admin::admin_methods!();
 }
 
 pub(crate) fn timer_from_parts(

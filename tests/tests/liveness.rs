@@ -1,0 +1,115 @@
+//! Liveness under quick successions of outside events: a signal or cancel
+//! that lands while the task's driver is going idle must still be acted on.
+//!
+//! Found through the CLI over HTTP: after pause and resume, a signal sent
+//! right after was sometimes never taken — the worker re-claimed the task
+//! while its previous driver, having released the lease, had not yet left,
+//! so no driver ran and the lease was renewed forever. Races are not
+//! deterministic; each test repeats the succession enough times that the old
+//! bug (seen in ~1 of 10 rounds) would show.
+
+use std::time::Duration;
+
+use mandate_engine::TaskStatus;
+use mandate_tests::{Backend, Harness, backend_tests};
+use serde_json::json;
+
+const ROUNDS: usize = 40;
+
+async fn signal_right_after_resume_is_taken(b: Backend) {
+    let mut h = Harness::new(b).await;
+    h.start_worker();
+    for round in 0..ROUNDS {
+        let id = h
+            .engine
+            .submit(
+                "gated_deploy",
+                json!({"service": format!("svc{round}"), "version": "v2", "timeout_ms": 60_000}),
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .task_id;
+        h.wait_for(&id, |s| s == TaskStatus::NeedsApproval).await;
+        h.engine.pause(&id, "user:test", None).await.unwrap();
+        h.wait_for(&id, |s| s == TaskStatus::Paused).await;
+        h.engine.resume(&id, "user:test").await.unwrap();
+        h.wait_for(&id, |s| s == TaskStatus::NeedsApproval).await;
+        h.engine
+            .signal(&id, "approve", json!({"approved": true}), "user:test")
+            .await
+            .unwrap();
+        let row = h
+            .engine
+            .wait_until_final(&id, Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the signal was not taken: {e}"));
+        assert_eq!(row.status, TaskStatus::Completed, "round {round}");
+    }
+}
+
+async fn cancel_right_after_resume_is_taken(b: Backend) {
+    let mut h = Harness::new(b).await;
+    h.start_worker();
+    for round in 0..ROUNDS {
+        let id = h
+            .engine
+            .submit(
+                "gated_deploy",
+                json!({"service": format!("svc{round}"), "version": "v2", "timeout_ms": 60_000}),
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .task_id;
+        h.wait_for(&id, |s| s == TaskStatus::NeedsApproval).await;
+        h.engine.pause(&id, "user:test", None).await.unwrap();
+        h.engine.resume(&id, "user:test").await.unwrap();
+        h.engine.cancel(&id, true, "user:test", None).await.unwrap();
+        let row = h
+            .engine
+            .wait_until_final(&id, Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the cancel was not taken: {e}"));
+        assert_eq!(row.status, TaskStatus::Cancelled, "round {round}");
+    }
+}
+
+async fn signal_to_an_idle_saga_runs_the_next_stage(b: Backend) {
+    let mut h = Harness::new(b).await;
+    h.start_worker();
+    let input = json!({"stages": [[{"wait_signal": "go", "approval": true}], [{"tool": "test.echo", "input": {}}]]});
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(
+            h.engine
+                .submit("saga", input.clone(), Default::default())
+                .await
+                .unwrap()
+                .task_id,
+        );
+    }
+    for id in &ids {
+        h.wait_for(id, |s| s == TaskStatus::NeedsApproval).await;
+    }
+    for id in &ids {
+        h.engine
+            .signal(id, "go", json!({"approved": true}), "bench")
+            .await
+            .unwrap();
+    }
+    for id in &ids {
+        let row = h
+            .engine
+            .wait_until_final(id, Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(row.status, TaskStatus::Completed);
+    }
+}
+
+backend_tests!(
+    signal_right_after_resume_is_taken,
+    cancel_right_after_resume_is_taken,
+    signal_to_an_idle_saga_runs_the_next_stage,
+);
