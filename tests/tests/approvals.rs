@@ -10,6 +10,7 @@ use std::time::Duration;
 use mandate_engine::runtime::Error as EngineError;
 use mandate_engine::{EventPayload as E, SubmitOptions, TaskStatus};
 use mandate_tests::{Backend, backend_tests};
+use mandate_workflows::plan::approvals;
 use serde_json::{Value, json};
 
 const AGENT: &str = "agent-deployer-7";
@@ -252,6 +253,92 @@ async fn a_preapproval_is_recorded_and_lets_gated_steps_run(b: Backend) {
     g.h.assert_replays(&grant).await;
 }
 
+/// The inbox's rollback plan shows each compensation with its input rendered
+/// as the plan will register it: catalog mappings (`${input.…}`) and a
+/// plan's own `compensate` (`${steps.X.output…}`) resolved, an approver's
+/// edit applied; never the catalog's template text.
+async fn the_inbox_shows_compensations_as_they_will_run(b: Backend) {
+    let g = gov::harness(b).await;
+    // Catalog compensation: ledger.refund {account: ${input.account}, …}.
+    let catalog = g.submit(payment_plan("acme", 5000)).await.unwrap();
+    // A plan's own compensation, reading an earlier step's output.
+    let own = g
+        .submit(json!({"agent": AGENT, "reason": "pay the supplier",
+            "steps": [
+                {"id": "lookup", "tool": "test.echo", "input": {"refund_to": "acme-refunds"}},
+                {"id": "pay", "tool": "ledger.charge", "input": {"account": "acme", "amount_cents": 5000},
+                 "depends_on": ["lookup"],
+                 "compensate": {"tool": "ledger.refund",
+                    "input": {"account": "${steps.lookup.output.refund_to}", "amount_cents": "${input.amount_cents}"}}}]}))
+        .await
+        .unwrap();
+    let inbox = |id: String| {
+        let g = &g;
+        async move {
+            g.h.wait_for(&id, |s| s == TaskStatus::NeedsApproval).await;
+            let history = g.h.engine.history(&id).await.unwrap();
+            approvals::inbox_entries(&id, &history, None)
+        }
+    };
+    let entries = inbox(catalog.clone()).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].id, format!("{catalog}:pay"));
+    assert_eq!(
+        entries[0].rollback_plan,
+        vec![
+            r#"pay: compensate with ledger.refund {"account":"acme","amount_cents":5000}"#,
+            r#"mark: compensate with kv.delete {"key":"paying"}"#,
+        ]
+    );
+    let entries = inbox(own.clone()).await;
+    assert_eq!(
+        entries[0].rollback_plan,
+        vec![
+            r#"pay: compensate with ledger.refund {"account":"acme-refunds","amount_cents":5000}"#
+        ]
+    );
+    // The first of two approvers edits the amount: the refund follows it,
+    // and is exactly the compensation the step registers once it runs.
+    approve(
+        &g,
+        &catalog,
+        "alice",
+        json!({"decision": "approve", "edit": {"amount_cents": 4000}}),
+    )
+    .await
+    .unwrap();
+    let entries = inbox(catalog.clone()).await;
+    let shown = &entries[0].rollback_plan[0];
+    assert_eq!(
+        shown,
+        r#"pay: compensate with ledger.refund {"account":"acme","amount_cents":4000}"#
+    );
+    approve(&g, &catalog, "bob", json!({"decision": "approve"}))
+        .await
+        .unwrap();
+    assert_eq!(wait_final(&g, &catalog).await, TaskStatus::Completed);
+    let registered =
+        g.h.engine
+            .history(&catalog)
+            .await
+            .unwrap()
+            .into_iter()
+            .find_map(|e| match e.payload {
+                E::StepScheduled {
+                    name, compensation, ..
+                } if name == "pay" => compensation,
+                _ => None,
+            })
+            .expect("pay registered a compensation");
+    assert_eq!(
+        shown,
+        &format!(
+            "pay: compensate with {} {}",
+            registered.tool, registered.input
+        )
+    );
+}
+
 backend_tests!(
     quorum_needs_two_distinct_allowed_identities,
     a_rejection_rolls_back,
@@ -259,4 +346,5 @@ backend_tests!(
     a_timeout_aborts_and_compensates,
     an_escalation_is_recorded_and_the_secondary_may_approve,
     a_preapproval_is_recorded_and_lets_gated_steps_run,
+    the_inbox_shows_compensations_as_they_will_run,
 );

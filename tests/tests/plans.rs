@@ -7,6 +7,7 @@ mod gov;
 
 use mandate_engine::{EventPayload as E, TaskStatus};
 use mandate_tests::{Backend, backend_tests};
+use mandate_workflows::plan::approvals;
 use serde_json::{Value, json};
 
 const AGENT: &str = "agent-deployer-7"; // L2, NO-DELETE: reversible writes run monitored
@@ -209,7 +210,8 @@ fn reference_plans_validate_and_decide_as_documented() {
         plan.steps
             .iter()
             .map(|s| {
-                let d = g.current().evaluate(&CheckRequest {
+                // As the dry run does: a reference stands for any type.
+                let d = g.current().evaluate_unresolved(&CheckRequest {
                     step: s.id.clone(),
                     tool: s.tool.clone(),
                     input: s.input.clone(),
@@ -248,10 +250,229 @@ fn reference_plans_validate_and_decide_as_documented() {
             ("pay".into(), P::GatedExecute, Some(2), None),
         ]
     );
+    assert_eq!(
+        decide("iam_policy_auditor.yaml"),
+        [
+            ("enumerate".into(), P::AutoExecute, None, None),
+            ("validate".into(), P::AutoExecute, None, None),
+            ("propose_ci_deployer".into(), P::AutoExecute, None, None),
+            ("propose_data_export".into(), P::AutoExecute, None, None),
+            ("apply_ci_deployer".into(), P::GatedExecute, Some(1), None),
+            ("apply_data_export".into(), P::GatedExecute, Some(1), None),
+        ]
+    );
+    // Every example is one of the above, and its policies ship the default catalog.
+    let mut examples: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+        .collect();
+    examples.sort();
+    assert_eq!(
+        examples,
+        [
+            "iam_policy_auditor.yaml",
+            "incident_mitigation.yaml",
+            "payment_above_threshold.yaml"
+        ],
+        "a new example needs its decisions checked here"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("policies/catalog.yaml")).unwrap(),
+        mandate_activities::policy::DEFAULT_CATALOG_YAML,
+        "the examples' catalog is the shipped one"
+    );
+}
+
+fn iam_example() -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../workflows/examples/iam_policy_auditor.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    mandate_workflows::plan::parse_text("iam_policy_auditor.yaml", &text).unwrap()
+}
+
+async fn iam_harness(b: Backend) -> gov::GovHarness {
+    let policies =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/examples/policies");
+    gov::harness_with_policies(b, &policies).await
+}
+
+/// `(default version, its document)` of an IAM policy in the world.
+async fn iam_policy(g: &gov::GovHarness, name: &str) -> (i64, Value) {
+    let stored = g.h.world.get("iam_policy", name).await.unwrap().unwrap();
+    let version = stored["default_version"].as_i64().unwrap();
+    let document = stored["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == version)
+        .unwrap()["document"]
+        .clone();
+    (version, document)
+}
+
+/// Waits until step `step` of task `id` awaits approval; returns its inbox entry.
+async fn awaiting(g: &gov::GovHarness, id: &str, step: &str) -> approvals::InboxEntry {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut updates = g.h.engine.subscribe();
+        let history = g.h.engine.history(id).await.unwrap();
+        if let Some(e) = approvals::inbox_entries(id, &history, None)
+            .into_iter()
+            .find(|e| e.step == step)
+        {
+            return e;
+        }
+        let status = g.h.engine.task(id).await.unwrap().status;
+        assert!(
+            !status.is_final() && tokio::time::Instant::now() < deadline,
+            "step {step} of {id} never awaited approval (task {status})"
+        );
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(200), updates.recv()).await;
+    }
+}
+
+async fn approve_as_security(g: &gov::GovHarness, id: &str, step: &str) {
+    g.h.engine
+        .signal(
+            id,
+            &approvals::signal_name(step),
+            json!({"decision": "approve", "comment": "least privilege, checked"}),
+            "approver:security-oncall",
+        )
+        .await
+        .unwrap();
+}
+
+/// Approves the example's two applies as a security engineer, each once it
+/// waits; returns their inbox entries as they were and the final status.
+async fn approve_both_applies(
+    g: &gov::GovHarness,
+    id: &str,
+) -> (approvals::InboxEntry, approvals::InboxEntry, TaskStatus) {
+    let first = awaiting(g, id, "apply_ci_deployer").await;
+    approve_as_security(g, id, "apply_ci_deployer").await;
+    let second = awaiting(g, id, "apply_data_export").await;
+    approve_as_security(g, id, "apply_data_export").await;
+    let row =
+        g.h.engine
+            .wait_until_final(id, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+    (first, second, row.status)
+}
+
+/// The IAM policy auditor dry-runs: every step's decision, and the rollback
+/// of each apply with what only the proposal will tell named as such.
+#[test]
+fn the_iam_policy_auditor_dry_runs() {
+    use mandate_activities::Governance;
+    let policies =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/examples/policies");
+    let g = Governance::load_dir(policies).unwrap();
+    let report = mandate_workflows::plan::dry_run(&iam_example(), &g, 0).unwrap();
+    let steps = report["steps"].as_array().unwrap();
+    let apply = steps
+        .iter()
+        .find(|s| s["step"] == "apply_ci_deployer")
+        .unwrap();
+    assert_eq!(apply["decision"], "gated_execute");
+    assert_eq!(apply["rules"][0]["id"], "org.iam.change-gated");
+    assert_eq!(
+        apply["rollback"]["compensation"],
+        json!({"tool": "iam.restore_policy",
+               "input": {"policy": "ci-deployer", "version": "<from output of step propose_ci_deployer>"}})
+    );
+    assert!(steps.iter().all(|s| s["decision"] != "deny"), "{report:#}");
+}
+
+/// Enumerate → validate → propose → apply (each apply approved): the two
+/// wildcard policies are replaced, the others untouched.
+async fn the_iam_policy_auditor_runs_to_completion_when_approved(b: Backend) {
+    let g = iam_harness(b).await;
+    let before_auditor = iam_policy(&g, "read-only-auditor").await;
+    let id = g.submit(iam_example()).await.unwrap();
+    let (first, _, status) = approve_both_applies(&g, &id).await;
+    assert_eq!(
+        first.rollback_plan,
+        [
+            r#"apply_ci_deployer: compensate with iam.restore_policy {"policy":"ci-deployer","version":1}"#
+        ]
+    );
+    assert_eq!(status, TaskStatus::Completed);
+    let audit = g.output_of(&id, "validate").await.unwrap();
+    assert_eq!(
+        audit["flagged"],
+        json!(["break-glass-admin", "ci-deployer", "data-export"])
+    );
+    for (policy, step) in [
+        ("ci-deployer", "propose_ci_deployer"),
+        ("data-export", "propose_data_export"),
+    ] {
+        let proposal = g.output_of(&id, step).await.unwrap();
+        assert_eq!(
+            iam_policy(&g, policy).await,
+            (2, proposal["proposed_document"].clone()),
+            "{policy} replaced"
+        );
+    }
+    assert_eq!(iam_policy(&g, "read-only-auditor").await, before_auditor);
+    g.h.assert_replays(&id).await;
+}
+
+/// A failure in the apply stage (here a policy denial of a third change)
+/// rolls every applied change back, newest first, and the world's IAM
+/// documents are what they were.
+async fn a_denied_iam_change_rolls_back_the_applied_ones_in_reverse(b: Backend) {
+    let g = iam_harness(b).await;
+    let mut plan = iam_example();
+    plan["steps"].as_array_mut().unwrap().push(json!({
+        "id": "apply_break_glass", "tool": "iam.put_policy", "depends_on": ["apply_data_export"],
+        "input": {"policy": "break-glass-admin", "expected_version": 1,
+                  "document": {"Statement": [{"Effect": "Allow", "Action": "iam:Get*", "Resource": "*"}]}}}));
+    let mut before = Vec::new();
+    for name in ["ci-deployer", "data-export", "break-glass-admin"] {
+        before.push(iam_policy(&g, name).await);
+    }
+    let id = g.submit(plan).await.unwrap();
+    let (_, second, status) = approve_both_applies(&g, &id).await;
+    assert_eq!(
+        second.rollback_plan,
+        [
+            r#"apply_data_export: compensate with iam.restore_policy {"policy":"data-export","version":1}"#,
+            r#"apply_ci_deployer: compensate with iam.restore_policy {"policy":"ci-deployer","version":1}"#,
+        ]
+    );
+    assert_eq!(status, TaskStatus::FailedTerminal);
+    let denial = g.output_of(&id, "apply_break_glass.policy").await.unwrap();
+    assert_eq!(denial["decision"], "deny");
+    assert_eq!(denial["decided_by"][0]["id"], "org.iam.break-glass-frozen");
+    let history = g.h.engine.history(&id).await.unwrap();
+    let mut names = std::collections::HashMap::new();
+    let mut compensated = Vec::new();
+    for e in &history {
+        match &e.payload {
+            E::StepScheduled { name, .. } => {
+                names.insert(e.seq, name.clone());
+            }
+            E::CompensationStarted { step_seq, .. } => compensated.push(names[step_seq].clone()),
+            _ => {}
+        }
+    }
+    assert_eq!(compensated, ["apply_data_export", "apply_ci_deployer"]);
+    for (name, was) in ["ci-deployer", "data-export", "break-glass-admin"]
+        .into_iter()
+        .zip(before)
+    {
+        assert_eq!(iam_policy(&g, name).await.1, was.1, "{name} restored");
+    }
+    g.h.assert_replays(&id).await;
 }
 
 backend_tests!(
     invalid_plans_are_refused_naming_the_step_and_write_nothing,
     references_resolve_from_recorded_outputs,
     branches_run_concurrently_and_a_failure_compensates_every_branch,
+    the_iam_policy_auditor_runs_to_completion_when_approved,
+    a_denied_iam_change_rolls_back_the_applied_ones_in_reverse,
 );

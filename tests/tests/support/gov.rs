@@ -81,6 +81,31 @@ pub struct GovHarness {
 pub async fn harness(b: Backend) -> GovHarness {
     let dir = tempfile::tempdir().unwrap();
     write_policies(dir.path());
+    harness_in(b, dir).await
+}
+
+/// A harness governed by a copy of the policy directory `policies` (its
+/// `catalog.yaml` and `org/*.cedar`), e.g. `workflows/examples/policies`.
+pub async fn harness_with_policies(b: Backend, policies: &Path) -> GovHarness {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        policies.join("catalog.yaml"),
+        dir.path().join("catalog.yaml"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("org")).unwrap();
+    for file in std::fs::read_dir(policies.join("org")).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(
+            &file,
+            dir.path().join("org").join(file.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    harness_in(b, dir).await
+}
+
+async fn harness_in(b: Backend, dir: tempfile::TempDir) -> GovHarness {
     let governance = Arc::new(
         Governance::load_dir(dir.path())
             .expect("the test policies load")

@@ -5,10 +5,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use mandate_activities::policy::{InterventionPath, PolicyDecision};
+use mandate_activities::policy::{InterventionPath, PolicyDecision, RuleRef};
 use mandate_engine::{Event, EventPayload};
 use serde::Serialize;
 use serde_json::Value;
+
+use super::document::PlanDoc;
 
 /// The signal name that carries decisions for step `step`.
 pub fn signal_name(step: &str) -> String {
@@ -285,4 +287,175 @@ pub fn rollback_plan(history: &[Event]) -> Vec<String> {
     }
     out.reverse();
     out
+}
+
+/// One entry of the approval inbox (`mandate approvals`, `GET /v1/approvals`):
+/// a step waiting for a decision, with what an approver needs to decide it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InboxEntry {
+    /// The approval's stable id, `<task_id>:<step>` (see [`approval_id`]).
+    pub id: String,
+    pub task_id: String,
+    pub step: String,
+    /// `<agent> wants <tool> <input> (<reason>)`.
+    pub summary: String,
+    /// `low`, `medium` or `high`, from the policy decision.
+    pub risk: String,
+    pub decision: InterventionPath,
+    /// The rules that decided, with their explanation.
+    pub rules: Vec<RuleRef>,
+    /// The owners affected (blast radius).
+    pub owners: Vec<String>,
+    /// What the agent saw, as it submitted it.
+    pub evidence: Value,
+    /// How to undo: this step first, then every completed step, newest first.
+    pub rollback_plan: Vec<String>,
+    pub approvers: Vec<String>,
+    pub quorum: u32,
+    pub decisions: Vec<ApprovalDecision>,
+    pub escalated_to: Option<String>,
+    pub deadline_at_ms: Option<i64>,
+}
+
+/// The stable id of the approval of `step` in task `task_id`.
+pub fn approval_id(task_id: &str, step: &str) -> String {
+    format!("{task_id}:{step}")
+}
+
+/// Splits an approval id into `(task_id, step)`. Task ids are UUIDs and step
+/// ids are identifiers (`[A-Za-z_][A-Za-z0-9_]*`), so neither holds a `:` and
+/// the split is unambiguous; splitting at the last `:` keeps it so should
+/// task ids ever hold one. `None` when either part is empty.
+pub fn parse_approval_id(id: &str) -> Option<(&str, &str)> {
+    let (task_id, step) = id.rsplit_once(':')?;
+    (!task_id.is_empty() && !step.is_empty()).then_some((task_id, step))
+}
+
+/// The inbox entries of one task: each step of it that waits for a decision,
+/// or only those `identity` may decide and has not yet decided. Pure: reads
+/// the history alone.
+pub fn inbox_entries(task_id: &str, history: &[Event], identity: Option<&str>) -> Vec<InboxEntry> {
+    let (_actor, agent, input) = submitter(history);
+    let doc = super::validate::parse(&input).ok();
+    let outputs = doc
+        .as_ref()
+        .map(|d| recorded_outputs(history, d))
+        .unwrap_or_default();
+    let done = rollback_plan(history);
+    let mut out = Vec::new();
+    for p in pending(history) {
+        if let Some(who) = identity
+            && (!p.approvers.iter().any(|a| a == who)
+                || p.decisions.iter().any(|d| d.identity == who))
+        {
+            continue;
+        }
+        let mut rollback = vec![own_rollback(&p, doc.as_ref(), &outputs)];
+        rollback.extend(done.iter().cloned());
+        out.push(InboxEntry {
+            id: approval_id(task_id, &p.step),
+            task_id: task_id.to_string(),
+            summary: format!(
+                "{} wants {} {} ({})",
+                agent.clone().unwrap_or_default(),
+                p.tool,
+                p.input,
+                input["reason"].as_str().unwrap_or("no reason given")
+            ),
+            risk: p.decision.risk.clone(),
+            decision: p.decision.decision,
+            rules: p.decision.decided_by.clone(),
+            owners: p.decision.owners.clone(),
+            evidence: input["evidence"].clone(),
+            rollback_plan: rollback,
+            approvers: p.approvers,
+            quorum: p.quorum,
+            decisions: p.decisions,
+            escalated_to: p.escalated_to,
+            deadline_at_ms: p.deadline_at_ms,
+            step: p.step,
+        });
+    }
+    out
+}
+
+/// The recorded outputs of the plan's steps that completed, by step id.
+fn recorded_outputs(history: &[Event], doc: &PlanDoc) -> BTreeMap<String, Value> {
+    let mut names: HashMap<i64, &str> = HashMap::new();
+    let mut out = BTreeMap::new();
+    for e in history {
+        match &e.payload {
+            EventPayload::StepScheduled { name, .. } => {
+                if let Some(s) = doc.steps.iter().find(|s| &s.id == name) {
+                    names.insert(e.seq, &s.id);
+                }
+            }
+            EventPayload::StepCompleted {
+                step_seq, output, ..
+            } => {
+                if let Some(name) = names.get(step_seq) {
+                    out.insert(name.to_string(), output.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// How the pending step would be undone once it ran: its compensation
+/// rendered exactly as the plan will register it (with the input as edited by
+/// the approvals recorded so far), else its recovery path.
+fn own_rollback(
+    p: &PendingApproval,
+    doc: Option<&PlanDoc>,
+    outputs: &BTreeMap<String, Value>,
+) -> String {
+    let step = doc.and_then(|d| d.steps.iter().find(|s| s.id == p.step));
+    // The workflow runs the input with the last approver's edit merged in.
+    let edit = p
+        .decisions
+        .iter()
+        .rev()
+        .filter(|d| d.decision == "approve")
+        .find_map(|d| d.edit.as_ref());
+    let input = match edit {
+        Some(e) => super::merge(&p.input, e),
+        None => p.input.clone(),
+    };
+    let recovery = step
+        .and_then(|s| s.recovery_path.clone())
+        .or_else(|| p.decision.recovery_path.clone());
+    let compensation = step.map(|s| super::resolve_compensation(s, &p.decision, outputs, &input));
+    match (compensation, recovery) {
+        (Some(Ok(Some(c))), _) => format!("{}: compensate with {} {}", p.step, c.tool, c.input),
+        (Some(Err(e)), _) => format!(
+            "{}: its compensation does not resolve ({e}); the step will fail before it runs",
+            p.step
+        ),
+        (None, _) => format!(
+            "{}: the plan of this task does not parse, so its compensation is unknown",
+            p.step
+        ),
+        (Some(Ok(None)), Some(r)) => format!("{}: no automatic undo; {r}", p.step),
+        (Some(Ok(None)), None) => {
+            format!("{}: no automatic undo and no recovery path", p.step)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approval_ids_round_trip() {
+        let task = "0190f3a2-7c1e-7b3a-9e4f-1a2b3c4d5e6f";
+        let id = approval_id(task, "pay_2");
+        assert_eq!(id, format!("{task}:pay_2"));
+        assert_eq!(parse_approval_id(&id), Some((task, "pay_2")));
+        for bad in ["", "no-colon", ":pay", "task:"] {
+            assert_eq!(parse_approval_id(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -13,6 +13,7 @@
 
 pub mod approvals;
 pub mod document;
+mod dry_run;
 pub mod refs;
 pub mod validate;
 
@@ -38,6 +39,7 @@ use mandate_engine::{
 use serde_json::{Value, json};
 
 pub use document::{PlanDoc, PlanStep, parse_text};
+pub use dry_run::dry_run;
 pub use validate::{PlanLimits, Structure};
 
 /// The `plan` workflow. Holds the governance it validates submissions against.
@@ -138,8 +140,39 @@ fn steps_context(outputs: &BTreeMap<String, Value>) -> Value {
     )
 }
 
+/// The compensation `step` registers when it runs with `input`: the step's
+/// own `compensate`, else the catalog's from its policy decision, its input
+/// template resolved against the recorded outputs of earlier steps and
+/// `input` (`${steps.X.output…}`, `${input.…}`). It is fixed before the step
+/// runs (it must also undo a step whose effect is unknown), so it never reads
+/// the step's own output. The approval inbox shows exactly this.
+pub fn resolve_compensation(
+    step: &PlanStep,
+    decision: &PolicyDecision,
+    outputs: &BTreeMap<String, Value>,
+    input: &Value,
+) -> Result<Option<Compensation>, String> {
+    let (tool, template, retry) = match (&step.compensate, &decision.compensation) {
+        (Some(c), _) => (c.tool.clone(), c.input.clone(), c.retry.clone()),
+        (None, Some(c)) => (
+            c["tool"].as_str().unwrap_or_default().to_string(),
+            c.get("input").cloned().unwrap_or(json!({})),
+            None,
+        ),
+        (None, None) => return Ok(None),
+    };
+    let context = json!({"steps": steps_context(outputs), "input": input});
+    let resolved = refs::resolve(&template, &context, "compensate.input")
+        .map_err(|e| format!("step {:?}: {e}", step.id))?;
+    Ok(Some(Compensation {
+        tool,
+        input: resolved,
+        retry: retry.unwrap_or_else(RetryPolicy::compensation_default),
+    }))
+}
+
 /// Shallow merge: the approver's edit replaces the fields it names.
-fn merge(input: &Value, edit: &Value) -> Value {
+pub(crate) fn merge(input: &Value, edit: &Value) -> Value {
     let mut out = input.clone();
     if let (Some(o), Some(e)) = (out.as_object_mut(), edit.as_object()) {
         for (k, v) in e {
@@ -302,26 +335,8 @@ impl RunState {
         if let Some(t) = step.timeout_ms {
             options = options.timeout(Duration::from_millis(t));
         }
-        let steps = steps_context(&self.outputs.borrow());
-        let comp_ctx = json!({"steps": steps, "input": input});
-        let compensation = match (&step.compensate, &decision.compensation) {
-            (Some(c), _) => Some((c.tool.clone(), c.input.clone(), c.retry.clone())),
-            (None, Some(c)) => Some((
-                c["tool"].as_str().unwrap_or_default().to_string(),
-                c.get("input").cloned().unwrap_or(json!({})),
-                None,
-            )),
-            (None, None) => None,
-        };
-        if let Some((tool, template, retry)) = compensation {
-            let resolved = refs::resolve(&template, &comp_ctx, "compensate.input")
-                .map_err(|e| format!("step {:?}: {e}", step.id))?;
-            options.compensation = Some(Compensation {
-                tool,
-                input: resolved,
-                retry: retry.unwrap_or_else(RetryPolicy::compensation_default),
-            });
-        }
+        options.compensation =
+            resolve_compensation(step, &decision, &self.outputs.borrow(), &input)?;
         if let Some(r) = step
             .recovery_path
             .clone()

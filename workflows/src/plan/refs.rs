@@ -103,6 +103,49 @@ pub fn resolve(v: &Value, context: &Value, path: &str) -> Result<Value, String> 
     resolve_in(&env, &ctx, v, path)
 }
 
+/// Resolves what `context` allows and says plainly what it does not: a
+/// string whose references read outputs not recorded yet becomes `<from
+/// output of step X>`. For showing a compensation before its step ran (a dry
+/// run); never for running anything.
+pub fn render_known(v: &Value, context: &Value) -> Value {
+    match v {
+        Value::String(s) if s.contains("${") => match resolve(v, context, "") {
+            Ok(r) if !is_pending(&r) => r,
+            Ok(r) => placeholder(r.as_str().unwrap_or(s)),
+            Err(_) => placeholder(s),
+        },
+        Value::Array(a) => Value::Array(a.iter().map(|x| render_known(x, context)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| (k.clone(), render_known(x, context)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// `<from output of step X, Y>` for the steps `s`'s references read.
+fn placeholder(s: &str) -> Value {
+    let mut found = Vec::new();
+    let _ = collect(&Value::String(s.to_string()), "", &mut found);
+    let mut steps: Vec<String> = found
+        .iter()
+        .flat_map(|(_, expr)| variables(expr).unwrap_or_default())
+        .filter_map(|var| {
+            var.strip_prefix("steps.")
+                .and_then(|rest| rest.split('.').next())
+                .map(str::to_string)
+        })
+        .collect();
+    steps.sort();
+    steps.dedup();
+    Value::String(if steps.is_empty() {
+        format!("<unresolved: {s}>")
+    } else {
+        format!("<from output of step {}>", steps.join(", "))
+    })
+}
+
 fn eval(
     env: &Environment<'static>,
     ctx: &minijinja::Value,
@@ -177,6 +220,19 @@ mod tests {
         assert_eq!(r, json!({"a": 42, "b": "v=x!", "c": 1}));
         let e = resolve(&json!("${steps.snap.output.nope}"), &ctx, "input.x").unwrap_err();
         assert!(e.starts_with("field input.x: reference"), "{e}");
+    }
+
+    #[test]
+    fn render_known_names_the_steps_whose_output_is_missing() {
+        let input =
+            json!({"policy": "ci", "expected_version": "${steps.propose.output.base_version}"});
+        let template = json!({"policy": "${input.policy}", "version": "${input.expected_version}",
+            "note": "was ${steps.enumerate.output.count}", "n": 1});
+        assert_eq!(
+            render_known(&template, &json!({"steps": {}, "input": input})),
+            json!({"policy": "ci", "version": "<from output of step propose>",
+                "note": "<from output of step enumerate>", "n": 1})
+        );
     }
 
     #[test]
