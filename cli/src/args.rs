@@ -27,6 +27,22 @@ pub struct Cli {
     #[arg(long, global = true, env = "MANDATE_POLICY_DIR", value_name = "DIR")]
     pub policies: Option<std::path::PathBuf>,
 
+    /// A Mandate API server (http://HOST:PORT): submit, status, list, history, signal,
+    /// cancel, pause, resume, retry, approve, reject, approvals, halt and plan go through
+    /// it instead of the database (serve, demo, replay, verify and token always use the database)
+    #[arg(long, global = true, env = "MANDATE_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// Bearer token for --server (from `mandate token create`); it decides who you are
+    #[arg(
+        long,
+        global = true,
+        env = "MANDATE_TOKEN",
+        hide_env_values = true,
+        value_name = "T"
+    )]
+    pub token: Option<String>,
+
     /// Log to stderr: -v info, -vv debug, -vvv trace (default warn; RUST_LOG wins when set)
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
@@ -43,7 +59,8 @@ pub enum Command {
     Demo,
     /// Create a task; prints its id alone on stdout
     Submit(SubmitArgs),
-    /// Show one task: its row, its steps and its result
+    /// Show one task: its row, its steps and its result (with --server the lease
+    /// and idempotency key are not shown: the API does not give them)
     Status(StatusArgs),
     /// List tasks, newest first
     List(ListArgs),
@@ -57,6 +74,11 @@ pub enum Command {
     Pause(PauseArgs),
     /// Resume a paused task where it was
     Resume(ResumeArgs),
+    /// Run now the attempts a failed_retryable task holds back for backoff; prints the seq
+    Retry(RetryArgs),
+    /// The kill switch: halt all work or one agent's (running attempts finish, no new
+    /// step starts); `halt --lift` lifts it and resumes the tasks it paused
+    Halt(HaltArgs),
     /// Prove what happened to a task: verify its hash chain, rebuild its state,
     /// replay its workflow code, print its timeline (exit 0 ok, 1 non-determinism,
     /// 2 tampered, 3 derived rows differ); --all checks every task in flight
@@ -65,12 +87,16 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Plans: `plan check FILE` (dry run: decisions, rules, owners, rollback) and `plan submit FILE`
     Plan(crate::commands::plan::PlanArgs),
-    /// Approve a gated step of a task as an identity (optionally with an edit)
+    /// Approve a gated step of a task as an identity (--as; with --server the token's),
+    /// optionally with an edit
     Approve(crate::commands::approve::DecideArgs),
-    /// Reject a gated step of a task as an identity; the task rolls back
+    /// Reject a gated step of a task as an identity (--as; with --server the token's);
+    /// the task rolls back
     Reject(crate::commands::approve::DecideArgs),
     /// List pending approvals: summary, risk, owners, evidence, rollback plan
     Approvals(crate::commands::approvals::ApprovalsArgs),
+    /// API tokens: `token create --role R --name N` (printed once), `token list`, `token revoke N`
+    Token(crate::commands::token::TokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +112,20 @@ pub struct ServeArgs {
     /// Most tasks driven at once by this process
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_active: Option<u64>,
+    /// Address of the HTTP API (port 0 picks a free port; the address is printed)
+    #[arg(long, value_name = "ADDR", default_value = mandate_api::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Run the worker only, without the HTTP API
+    #[arg(long, conflicts_with = "listen")]
+    pub no_http: bool,
+    /// Requests per second each API token may make (sustained)
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limit: u32,
+    /// Requests an API token may make at once above its rate
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_burst: u32,
 }
 
 #[derive(Debug, Args)]
@@ -164,9 +204,9 @@ pub struct SignalArgs {
     /// Payload: inline JSON, @FILE or - for stdin [default: {}]
     #[arg(long, value_name = "JSON|@FILE|-", allow_hyphen_values = true)]
     pub payload: Option<String>,
-    /// Identity recorded as the sender
-    #[arg(long = "as", value_name = "IDENTITY", default_value = "user:cli")]
-    pub identity: String,
+    /// Identity recorded as the sender [default: user:cli; with --server the token's]
+    #[arg(long = "as", value_name = "IDENTITY")]
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -179,9 +219,9 @@ pub struct CancelArgs {
     /// Why, recorded in the history
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
-    /// Identity recorded as the one who cancelled
-    #[arg(long = "as", value_name = "IDENTITY", default_value = "user:cli")]
-    pub identity: String,
+    /// Identity recorded as the one who cancelled [default: user:cli; with --server the token's]
+    #[arg(long = "as", value_name = "IDENTITY")]
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -191,18 +231,37 @@ pub struct PauseArgs {
     /// Why, recorded in the history
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
-    /// Identity recorded as the one who paused
-    #[arg(long = "as", value_name = "IDENTITY", default_value = "user:cli")]
-    pub identity: String,
+    /// Identity recorded as the one who paused [default: user:cli; with --server the token's]
+    #[arg(long = "as", value_name = "IDENTITY")]
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct ResumeArgs {
     /// Task id
     pub id: String,
-    /// Identity recorded as the one who resumed
-    #[arg(long = "as", value_name = "IDENTITY", default_value = "user:cli")]
-    pub identity: String,
+    /// Identity recorded as the one who resumed [default: user:cli; with --server the token's]
+    #[arg(long = "as", value_name = "IDENTITY")]
+    pub identity: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// Task id
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct HaltArgs {
+    /// Only this agent's tasks [default: all work]
+    #[arg(long, value_name = "A")]
+    pub agent: Option<String>,
+    /// Why, recorded with the halt
+    #[arg(long, value_name = "TEXT", conflicts_with = "lift")]
+    pub reason: Option<String>,
+    /// Lift the halt of this scope (global, or --agent's) and resume the tasks it paused
+    #[arg(long)]
+    pub lift: bool,
 }
 
 #[derive(Debug, Args)]
@@ -310,5 +369,33 @@ mod tests {
             Command::Submit(s) => assert_eq!(s.input, "-"),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn server_and_token_are_global_and_halt_lifts_without_a_reason() {
+        let cli = Cli::try_parse_from([
+            "mandate",
+            "status",
+            "x",
+            "--server",
+            "http://h:1",
+            "--token",
+            "mdt_t",
+        ])
+        .unwrap();
+        assert_eq!(cli.server.as_deref(), Some("http://h:1"));
+        assert_eq!(cli.token.as_deref(), Some("mdt_t"));
+        assert!(Cli::try_parse_from(["mandate", "halt", "--lift", "--agent", "a"]).is_ok());
+        assert!(Cli::try_parse_from(["mandate", "halt", "--lift", "--reason", "r"]).is_err());
+        assert!(Cli::try_parse_from(["mandate", "retry"]).is_err());
+        // Without --as, local commands fall back to user:cli; approve asks for it.
+        match Cli::try_parse_from(["mandate", "cancel", "x"])
+            .unwrap()
+            .command
+        {
+            Command::Cancel(c) => assert_eq!(c.identity, None),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["mandate", "approve", "x"]).is_ok());
     }
 }

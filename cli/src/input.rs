@@ -1,6 +1,7 @@
-//! JSON arguments (`--input`, `--payload`): inline text, `@FILE`, or `-` for
-//! stdin. Reading is bounded, and every refusal says which argument, where in
-//! the text, and what to pass instead. Nothing here touches the database.
+//! JSON arguments (`--input`, `--payload`): inline text, `@FILE` (YAML when
+//! its name ends in `.yaml` or `.yml`, JSON otherwise), or `-` for stdin.
+//! Reading is bounded, and every refusal says which argument, where in the
+//! text, and what to pass instead. Nothing here touches the database.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -60,7 +61,39 @@ pub fn read_json(flag: &str, arg: &str, limits: &Limits) -> Result<Value, String
         }
         Source::Stdin => read_bounded(std::io::stdin().lock(), &source.describe(flag), limits)?,
     };
-    parse_json(&source.describe(flag), &text, limits)
+    match &source {
+        Source::File(path) if is_yaml(path) => parse_yaml(&source.describe(flag), &text, limits),
+        _ => parse_json(&source.describe(flag), &text, limits),
+    }
+}
+
+/// A `.yaml` or `.yml` file name.
+fn is_yaml(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// Parses YAML text (a plan file, say) into the JSON value it stands for,
+/// with the same limits as JSON.
+fn parse_yaml(origin: &str, text: &str, limits: &Limits) -> Result<Value, String> {
+    check_raw_size(origin, text, limits)?;
+    // The plan parser's: YAML (JSON is YAML too) by the file's name.
+    let value = mandate_workflows::plan::parse_text(origin, text)?;
+    limits
+        .check_payload(&value)
+        .map_err(|message| format!("{origin}: {message}"))?;
+    Ok(value)
+}
+
+fn check_raw_size(origin: &str, text: &str, limits: &Limits) -> Result<(), String> {
+    if text.len() > raw_limit(limits) {
+        return Err(format!(
+            "{origin} is {} bytes; task inputs and payloads are limited to {} bytes of JSON",
+            text.len(),
+            limits.max_payload_bytes
+        ));
+    }
+    Ok(())
 }
 
 /// Most raw bytes read for one argument: generous enough for pretty-printed
@@ -93,13 +126,7 @@ fn read_bounded(reader: impl Read, origin: &str, limits: &Limits) -> Result<Stri
 /// Parses JSON text, naming the line and column of a syntax error, and checks
 /// the engine's payload limit.
 pub fn parse_json(origin: &str, text: &str, limits: &Limits) -> Result<Value, String> {
-    if text.len() > raw_limit(limits) {
-        return Err(format!(
-            "{origin} is {} bytes; task inputs and payloads are limited to {} bytes of JSON",
-            text.len(),
-            limits.max_payload_bytes
-        ));
-    }
+    check_raw_size(origin, text, limits)?;
     let value: Value = serde_json::from_str(text).map_err(|e| {
         let hint = if text.trim().is_empty() {
             " (it is empty)"
@@ -197,6 +224,46 @@ mod tests {
                 .unwrap_err()
                 .contains("file name")
         );
+    }
+
+    #[test]
+    fn yaml_files_are_read_by_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["in.yaml", "in.YML"] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "agent: a\nsteps:\n  - {id: s, tool: test.echo}\n").unwrap();
+            let v = read_json(
+                "--input",
+                &format!("@{}", path.display()),
+                &Limits::default(),
+            )
+            .unwrap();
+            assert_eq!(
+                v,
+                json!({"agent": "a", "steps": [{"id": "s", "tool": "test.echo"}]})
+            );
+        }
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "steps: [unclosed\n").unwrap();
+        let err = read_json(
+            "--input",
+            &format!("@{}", bad.display()),
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("--input file"), "{err}");
+        assert!(err.contains("bad.yaml is not valid YAML"), "{err}");
+        assert!(err.contains("line 1"), "{err}");
+        // Any other name is JSON, as before.
+        let json_file = dir.path().join("in.txt");
+        std::fs::write(&json_file, "a: 1").unwrap();
+        let err = read_json(
+            "--input",
+            &format!("@{}", json_file.display()),
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("not valid JSON"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod app;
 mod args;
 mod commands;
 mod input;
+mod remote;
 mod style;
 mod summary;
 mod timeline;

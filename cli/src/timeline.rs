@@ -314,6 +314,7 @@ fn describe(state: &TaskState, event: &Event) -> String {
             None => "paused".to_string(),
         },
         E::TaskResumed {} => "resumed".to_string(),
+        E::RetryRequested {} => "retry requested: waiting attempts run now".to_string(),
         E::CompensationStarted {
             step_seq,
             tool,

@@ -3,13 +3,16 @@
 //! JSON, refusals writing nothing. Waiting is always on an event (a line from
 //! the server, a process exit) with a timeout, never a sleep.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
+
+#[path = "support/run.rs"]
+mod run;
+use run::Run;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mandate");
 const STARTUP: Duration = Duration::from_secs(60);
@@ -50,57 +53,6 @@ impl Env {
     }
 }
 
-/// A finished run of the binary.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl From<Output> for Run {
-    fn from(o: Output) -> Self {
-        Self {
-            code: o.status.code(),
-            stdout: String::from_utf8(o.stdout).expect("utf-8 stdout"),
-            stderr: String::from_utf8(o.stderr).expect("utf-8 stderr"),
-        }
-    }
-}
-
-impl Run {
-    #[track_caller]
-    fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "expected exit {code}\n--- stdout\n{}\n--- stderr\n{}",
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
-    }
-
-    /// The single line of stdout, checked to be a task id.
-    #[track_caller]
-    fn task_id(&self) -> String {
-        let id = self
-            .stdout
-            .strip_suffix('\n')
-            .unwrap_or_else(|| panic!("stdout does not end with a newline: {:?}", self.stdout));
-        assert!(
-            !id.contains('\n'),
-            "stdout has more than the id: {:?}",
-            self.stdout
-        );
-        uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("{id:?} is not a task id: {e}"));
-        id.to_string()
-    }
-}
-
 /// `mandate serve` as a child process; killed if the test ends without `stop`.
 struct Server {
     child: Option<Child>,
@@ -110,29 +62,34 @@ struct Server {
 impl Server {
     fn start(env: &Env) -> Self {
         let mut child = env
-            .command(&["serve", "--worker-id", "test-worker"])
+            .command(&[
+                "serve",
+                "--worker-id",
+                "test-worker",
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn mandate serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = run::lines(child.stderr.take().expect("piped stderr"));
         let server = Self {
             child: Some(child),
             stderr: rx,
         };
-        let line = server
+        let api = server
             .stderr
             .recv_timeout(STARTUP)
             .expect("mandate serve printed nothing");
+        assert!(
+            api.starts_with("mandate API listening on http://127.0.0.1:"),
+            "unexpected first line from serve: {api}"
+        );
+        let line = server
+            .stderr
+            .recv_timeout(STARTUP)
+            .expect("mandate serve printed no second line");
         assert!(
             line.starts_with("mandate serving ") && line.contains("as worker test-worker"),
             "unexpected first line from serve: {line}"
@@ -468,5 +425,55 @@ fn demo_runs_a_completed_and_a_rolled_back_deploy_without_leaving_files() {
         files_in(dir.path()),
         Vec::<String>::new(),
         "the demo left files in the cwd"
+    );
+}
+
+#[test]
+fn submit_reads_a_yaml_input_file_by_its_name() {
+    let env = Env::new();
+    let plan = "# a plan, as an agent writes it\nagent: agent-deployer-7\nreason: from YAML\nsteps:\n  - id: echo\n    tool: test.echo\n    input: {x: 1, tags: [a, b]}\n";
+    for name in ["plan.yaml", "plan.yml"] {
+        std::fs::write(env.dir.path().join(name), plan).unwrap();
+    }
+    let submitted = env.run(&["submit", "plan", "--input", "@plan.yaml"]);
+    submitted.expect_code(0);
+    let id = submitted.task_id();
+    let status = env.run(&["status", &id, "--json"]);
+    status.expect_code(0);
+    assert_eq!(
+        status.json()["input"],
+        serde_json::json!({"agent": "agent-deployer-7", "reason": "from YAML",
+            "steps": [{"id": "echo", "tool": "test.echo", "input": {"x": 1, "tags": ["a", "b"]}}]})
+    );
+    env.run(&["submit", "plan", "--input", "@plan.yml"])
+        .expect_code(0);
+
+    // A broken YAML file is refused naming the file; nothing is added.
+    std::fs::write(env.dir.path().join("bad.yaml"), "steps: [unclosed\n").unwrap();
+    let bad = env.run(&["submit", "plan", "--input", "@bad.yaml"]);
+    bad.expect_code(2);
+    assert_eq!(bad.stdout, "");
+    assert!(
+        bad.stderr
+            .contains("--input file bad.yaml is not valid YAML"),
+        "{}",
+        bad.stderr
+    );
+    // The same text under another name is JSON, as before.
+    std::fs::write(env.dir.path().join("plan.txt"), plan).unwrap();
+    let not_json = env.run(&["submit", "plan", "--input", "@plan.txt"]);
+    not_json.expect_code(2);
+    assert!(
+        not_json.stderr.contains("not valid JSON"),
+        "{}",
+        not_json.stderr
+    );
+    assert_eq!(
+        env.run(&["list", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
     );
 }

@@ -25,6 +25,7 @@ fn serve(url: &str, worker: &str) -> Child {
             worker,
             "--lease-ms",
             &LEASE_MS.to_string(),
+            "--no-http",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -9,7 +9,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
@@ -19,53 +19,11 @@ use mandate_engine::{
 use mandate_tests::{Backend, Harness, backend_tests, exec_sql};
 use serde_json::{Value, json};
 
+#[path = "support/run.rs"]
+mod run;
+use run::Run;
+
 const BIN: &str = env!("CARGO_BIN_EXE_mandate");
-
-/// A finished run of a program.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl From<Output> for Run {
-    fn from(o: Output) -> Self {
-        Self {
-            code: o.status.code(),
-            stdout: String::from_utf8(o.stdout).expect("utf-8 stdout"),
-            stderr: String::from_utf8(o.stderr).expect("utf-8 stderr"),
-        }
-    }
-}
-
-impl Run {
-    #[track_caller]
-    fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "expected exit {code}\n--- stdout\n{}\n--- stderr\n{}",
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-
-    #[track_caller]
-    fn stdout_has(&self, text: &str) -> &Self {
-        assert!(
-            self.stdout.contains(text),
-            "stdout lacks {text:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
-    }
-}
 
 /// Runs `mandate ARGS` against `url`.
 fn mandate(url: &str, args: &[&str]) -> Run {

@@ -3,6 +3,10 @@
 //! risk, owners affected, evidence, the rollback plan (compensations and
 //! recovery paths of what already ran, and of the step itself), who may
 //! decide and who already did. Read-only.
+//!
+//! With `--server` the inbox is `GET /v1/approvals`: an approver's token sees
+//! what it may decide, an operator's or auditor's everything; `--as` then
+//! narrows it the same way as locally, and `--limit` is the server's.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,9 +15,10 @@ use clap::Args;
 use mandate_engine::TaskStatus;
 use mandate_engine::store::TaskFilter;
 use mandate_workflows::plan::approvals;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::app::{self, Database};
+use crate::remote::Remote;
 
 #[derive(Debug, Args)]
 pub struct ApprovalsArgs {
@@ -43,72 +48,54 @@ pub async fn run(db: &Database, args: ApprovalsArgs) -> anyhow::Result<ExitCode>
     let mut inbox = Vec::new();
     for row in rows {
         let history = engine.history(&row.id).await?;
-        let (_actor, agent, input) = approvals::submitter(&history);
-        let done = approvals::rollback_plan(&history);
-        for p in approvals::pending(&history) {
-            if let Some(who) = &args.identity
-                && (!p.approvers.contains(who) || p.decisions.iter().any(|d| &d.identity == who))
-            {
-                continue;
-            }
-            let own = match (&p.decision.compensation, &p.decision.recovery_path) {
-                (Some(c), _) => format!(
-                    "{}: compensate with {} {}",
-                    p.step,
-                    c["tool"].as_str().unwrap_or(""),
-                    c["input"]
-                ),
-                (None, Some(r)) => format!("{}: no automatic undo; {r}", p.step),
-                (None, None) => format!("{}: no automatic undo and no recovery path", p.step),
-            };
-            let mut rollback = vec![own];
-            rollback.extend(done.iter().cloned());
-            inbox.push(json!({
-                "task_id": row.id,
-                "step": p.step,
-                "summary": format!("{} wants {} {} ({})", agent.clone().unwrap_or_default(), p.tool, p.input, input["reason"].as_str().unwrap_or("no reason given")),
-                "risk": p.decision.risk,
-                "decision": p.decision.decision,
-                "rules": p.decision.decided_by,
-                "owners": p.decision.owners,
-                "evidence": input["evidence"],
-                "rollback_plan": rollback,
-                "approvers": p.approvers,
-                "quorum": p.quorum,
-                "decisions": p.decisions,
-                "escalated_to": p.escalated_to,
-                "deadline_at_ms": p.deadline_at_ms,
-            }));
+        for entry in approvals::inbox_entries(&row.id, &history, args.identity.as_deref()) {
+            inbox.push(serde_json::to_value(entry)?);
         }
     }
+    print(&args, &inbox)
+}
+
+pub async fn remote(remote: &Remote, args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
+    let mut inbox = remote.approvals().await?;
+    if let Some(who) = args.identity.as_deref() {
+        inbox.retain(|a| may_decide(a, who));
+    }
+    print(&args, &inbox)
+}
+
+/// What `approvals::inbox_entries` keeps for an identity: it is a named
+/// approver and has not decided yet.
+fn may_decide(entry: &Value, who: &str) -> bool {
+    let any =
+        |list: &Value, hit: &dyn Fn(&Value) -> bool| list.as_array().into_iter().flatten().any(hit);
+    any(&entry["approvers"], &|a| *a == who) && !any(&entry["decisions"], &|d| d["identity"] == who)
+}
+
+fn print(args: &ApprovalsArgs, inbox: &[Value]) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&Value::Array(inbox))?
-        )?;
+        writeln!(out, "{}", serde_json::to_string_pretty(inbox)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if inbox.is_empty() {
         eprintln!("no pending approvals");
     }
-    for a in &inbox {
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    for a in inbox {
         writeln!(
             out,
             "task {}  step {}  risk {}",
-            a["task_id"].as_str().unwrap_or(""),
-            a["step"].as_str().unwrap_or(""),
-            a["risk"].as_str().unwrap_or("")
+            text(&a["task_id"]),
+            text(&a["step"]),
+            text(&a["risk"])
         )?;
-        writeln!(out, "  summary: {}", a["summary"].as_str().unwrap_or(""))?;
+        writeln!(out, "  summary: {}", text(&a["summary"]))?;
         for r in a["rules"].as_array().into_iter().flatten() {
-            writeln!(
-                out,
-                "  rule {}: {}",
-                r["id"].as_str().unwrap_or(""),
-                r["message"].as_str().unwrap_or("")
-            )?;
+            writeln!(out, "  rule {}: {}", text(&r["id"]), text(&r["message"]))?;
         }
         writeln!(out, "  owners affected: {}", join(&a["owners"]))?;
         writeln!(out, "  evidence: {}", a["evidence"])?;
@@ -117,18 +104,19 @@ pub async fn run(db: &Database, args: ApprovalsArgs) -> anyhow::Result<ExitCode>
             "  approvers: {} (quorum {}; decided: {})",
             join(&a["approvers"]),
             a["quorum"],
-            a["decisions"].as_array().map(|d| d.len()).unwrap_or(0)
+            a["decisions"].as_array().map_or(0, Vec::len)
         )?;
         for r in a["rollback_plan"].as_array().into_iter().flatten() {
-            writeln!(out, "  rollback: {}", r.as_str().unwrap_or(""))?;
+            writeln!(out, "  rollback: {}", text(r))?;
         }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn join(v: &Value) -> String {
-    let items: Vec<&str> = v
+/// A JSON array of strings as `a, b`, or `-` when empty.
+fn join(items: &Value) -> String {
+    let items: Vec<&str> = items
         .as_array()
         .into_iter()
         .flatten()

@@ -4,6 +4,9 @@
 //! The chain is verified first; a broken chain is refused with the first bad
 //! seq. `--json --unverified` exports the stored rows as they are, so a
 //! tampered history can still be handed to whoever investigates it.
+//!
+//! With `--server` the events come from `GET /v1/tasks/{id}/history` and
+//! their chain is verified again here; `--unverified` needs the database.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -13,8 +16,9 @@ use mandate_engine::{TaskState, runtime};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::app::{self, Database};
+use crate::app::{self, Database, refused};
 use crate::args::HistoryArgs;
+use crate::remote::Remote;
 use crate::{summary, timeline};
 
 /// One line of `history --json`: the stored envelope and payload.
@@ -35,9 +39,9 @@ pub struct EventLine<'a> {
 pub async fn run(db: &Database, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     db.require_existing()?;
     let (engine, _world) = app::open_engine(db).await?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
 
     if args.unverified {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         let raw: Vec<RawEvent> = engine.store().load_history(&args.id).await?;
         if raw.is_empty() {
             return Err(runtime::Error::TaskNotFound { task_id: args.id }.into());
@@ -77,8 +81,24 @@ pub async fn run(db: &Database, args: HistoryArgs) -> anyhow::Result<ExitCode> {
             None => e,
         }
     })?;
+    print(&args, &events)
+}
+
+pub async fn remote(remote: &Remote, args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    if args.unverified {
+        return Err(refused(
+            "--unverified exports the stored rows and needs the database: run it without --server, \
+             with --db naming the server's database",
+        ));
+    }
+    let events = remote.history(&args.id).await?;
+    print(&args, &events)
+}
+
+fn print(args: &HistoryArgs, events: &[mandate_engine::Event]) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
-        for e in &events {
+        for e in events {
             let (event_type, payload) = e.payload.to_parts();
             let line = EventLine {
                 task_id: &e.task_id,
@@ -94,7 +114,7 @@ pub async fn run(db: &Database, args: HistoryArgs) -> anyhow::Result<ExitCode> {
             writeln!(out, "{}", serde_json::to_string(&line)?)?;
         }
     } else {
-        let state = TaskState::fold(&events);
+        let state = TaskState::fold(events);
         let first = events.first().map(|e| e.recorded_at_ms).unwrap_or(0);
         writeln!(
             out,
@@ -105,7 +125,7 @@ pub async fn run(db: &Database, args: HistoryArgs) -> anyhow::Result<ExitCode> {
             events.len(),
             summary::day(first)
         )?;
-        for line in timeline::render(&events) {
+        for line in timeline::render(events) {
             writeln!(out, "  {line}")?;
         }
     }

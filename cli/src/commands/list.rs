@@ -1,4 +1,6 @@
 //! `mandate list`: tasks, newest first, as a table or (`--json`) a JSON array.
+//! With `--server` the rows come from `GET /v1/tasks` (page after page up to
+//! `--limit`); an agent's token lists only that agent's tasks.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -10,23 +12,46 @@ use serde_json::{Value, json};
 
 use crate::app::{self, Database, refused};
 use crate::args::ListArgs;
+use crate::remote::Remote;
+use crate::remote::TaskExt;
 use crate::summary;
 
-pub async fn run(db: &Database, args: ListArgs) -> anyhow::Result<ExitCode> {
-    let status = match &args.status {
-        None => None,
-        Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
+fn parse_status(args: &ListArgs) -> anyhow::Result<Option<TaskStatus>> {
+    match &args.status {
+        None => Ok(None),
+        Some(s) => Ok(Some(TaskStatus::parse(s).ok_or_else(|| {
             let valid: Vec<&str> = TaskStatus::ALL.iter().map(|s| s.as_str()).collect();
             refused(format!(
                 "unknown status {s:?} for --status; use one of: {}",
                 valid.join(", ")
             ))
-        })?),
-    };
+        })?)),
+    }
+}
+
+pub async fn remote(remote: &Remote, args: ListArgs) -> anyhow::Result<ExitCode> {
+    let status = parse_status(&args)?;
+    // One more than asked, to tell the user when there are more.
+    let rows = remote
+        .list_tasks(
+            status.map(|s| s.as_str()),
+            args.workflow.as_deref(),
+            args.agent.as_deref(),
+            args.limit as usize + 1,
+        )
+        .await?
+        .into_iter()
+        .map(|t| t.into_row())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    print(&args, rows)
+}
+
+pub async fn run(db: &Database, args: ListArgs) -> anyhow::Result<ExitCode> {
+    let status = parse_status(&args)?;
     db.require_existing()?;
     let (engine, _world) = app::open_engine(db).await?;
     // One more than asked, to tell the user when there are more.
-    let mut rows = engine
+    let rows = engine
         .store()
         .list_tasks(TaskFilter {
             status,
@@ -37,6 +62,10 @@ pub async fn run(db: &Database, args: ListArgs) -> anyhow::Result<ExitCode> {
             limit: args.limit.saturating_add(1),
         })
         .await?;
+    print(&args, rows)
+}
+
+fn print(args: &ListArgs, mut rows: Vec<TaskRow>) -> anyhow::Result<ExitCode> {
     let more = rows.len() > args.limit as usize;
     rows.truncate(args.limit as usize);
 

@@ -6,18 +6,22 @@
 //! recovery path. It runs nothing and opens no database. References to
 //! earlier outputs are unresolved in a dry run, so rules on such fields see
 //! the reference text.
+//!
+//! With `--server`, `check` asks the server's dry run (`POST
+//! /v1/plans/dry-run`: its policies, not this machine's) and `submit` posts
+//! `{"plan": ...}` to `/v1/tasks`; an agent's token submits as that agent.
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use mandate_activities::policy::CheckRequest;
 use mandate_engine::{Limits, SubmitOptions, TaskStatus};
-use mandate_workflows::plan::{PlanLimits, parse_text, validate_plan};
-use serde_json::{Value, json};
+use mandate_workflows::plan::parse_text;
+use serde_json::Value;
 
 use crate::app::{self, Database, refused};
+use crate::remote::Remote;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -77,75 +81,75 @@ fn read_plan(file: &str) -> anyhow::Result<Value> {
     Ok(value)
 }
 
-pub async fn run(db: &Database, args: PlanArgs) -> anyhow::Result<ExitCode> {
-    match args.command {
-        PlanCommand::Check { file, json } => check(&file, json),
-        PlanCommand::Submit {
-            file,
-            idempotency_key,
-            wait,
-        } => submit(db, &file, idempotency_key, wait).await,
+/// How long `plan submit --wait` waits.
+const WAIT: Duration = Duration::from_secs(300);
+
+pub async fn run(
+    db: &Database,
+    remote: Option<Remote>,
+    args: PlanArgs,
+) -> anyhow::Result<ExitCode> {
+    match (args.command, remote) {
+        (PlanCommand::Check { file, json }, None) => {
+            let plan = read_plan(&file)?;
+            check(&dry_run(&plan)?, json)
+        }
+        (PlanCommand::Check { file, json }, Some(r)) => {
+            let plan = read_plan(&file)?;
+            check(&r.dry_run(&plan).await?, json)
+        }
+        (
+            PlanCommand::Submit {
+                file,
+                idempotency_key,
+                wait,
+            },
+            None,
+        ) => submit(db, &file, idempotency_key, wait).await,
+        (
+            PlanCommand::Submit {
+                file,
+                idempotency_key,
+                wait,
+            },
+            Some(r),
+        ) => {
+            let plan = read_plan(&file)?;
+            if let Some(k) = &idempotency_key {
+                Limits::default()
+                    .check_name("--idempotency-key", k)
+                    .map_err(refused)?;
+            }
+            let task = r
+                .submit(None, plan, None, None, idempotency_key.as_deref())
+                .await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", task.id)?;
+            out.flush()?;
+            drop(out);
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            crate::commands::submit::wait_remote(&r, &task.id, WAIT).await
+        }
     }
 }
 
 /// The dry-run report of a plan: one entry per step, in run order.
 pub fn dry_run(plan: &Value) -> anyhow::Result<Value> {
     let governance = app::governance()?;
-    let (doc, structure) = validate_plan(plan, &governance, &PlanLimits::default())
-        .map_err(|e| refused(format!("plan refused: {e}")))?;
-    let set = governance.current();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let mut steps = Vec::new();
-    for &i in &structure.order {
-        let s = &doc.steps[i];
-        let d = set.evaluate(&CheckRequest {
-            step: s.id.clone(),
-            tool: s.tool.clone(),
-            input: s.input.clone(),
-            agent: doc.agent.clone(),
-            on_behalf_of: doc.on_behalf_of.clone(),
-            environment: doc.environment.clone(),
-            now_ms: now,
-        });
-        let rollback = match (&s.compensate, &d.compensation) {
-            (Some(c), _) => json!({"compensation": {"tool": c.tool, "input": c.input}}),
-            (None, Some(c)) => json!({"compensation": c}),
-            (None, None) => match s.recovery_path.clone().or(d.recovery_path.clone()) {
-                Some(r) => json!({"recovery_path": r}),
-                None => json!(null),
-            },
-        };
-        steps.push(json!({
-            "step": s.id,
-            "tool": s.tool,
-            "depends_on": structure.deps[i].iter().map(|d| doc.steps[*d].id.clone()).collect::<Vec<_>>(),
-            "decision": d.decision,
-            "rules": d.decided_by,
-            "owners": d.owners,
-            "kind": d.kind,
-            "risk": d.risk,
-            "approval": d.approval,
-            "rollback": rollback,
-        }));
-    }
-    Ok(json!({
-        "agent": doc.agent,
-        "on_behalf_of": doc.on_behalf_of,
-        "reason": doc.reason,
-        "policy_hash": set.hash,
-        "steps": steps,
-    }))
+    mandate_workflows::plan::dry_run(plan, &governance, now)
+        .map_err(|e| refused(format!("plan refused: {e}")))
 }
 
-fn check(file: &str, as_json: bool) -> anyhow::Result<ExitCode> {
-    let plan = read_plan(file)?;
-    let report = dry_run(&plan)?;
+fn check(report: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     if as_json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     writeln!(
@@ -269,9 +273,7 @@ async fn submit(
     if !wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let row = engine
-        .wait_until_final(&submitted.task_id, Duration::from_secs(300))
-        .await?;
+    let row = engine.wait_until_final(&submitted.task_id, WAIT).await?;
     eprintln!("task {} ended {}", submitted.task_id, row.status);
     Ok(if row.status == TaskStatus::Completed {
         ExitCode::SUCCESS

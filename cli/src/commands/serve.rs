@@ -1,4 +1,5 @@
-//! `mandate serve`: one worker in this process, until SIGINT or SIGTERM.
+//! `mandate serve`: one worker and the HTTP API (docs/http-api.md) in this
+//! process, until SIGINT or SIGTERM.
 //!
 //! On the first signal the worker stops claiming, gives its leases back and
 //! the process exits 0; a second signal exits at once (130), leaving the
@@ -30,12 +31,49 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
 
+    // Bind before starting the worker: a taken port fails fast, changing nothing.
+    let listener = if args.no_http {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(&args.listen)
+                .await
+                .map_err(|e| {
+                    refused(format!(
+                        "cannot listen on {}: {e}; pass another --listen ADDR",
+                        args.listen
+                    ))
+                })?,
+        )
+    };
     let (engine, _world) = app::open_engine(db).await?;
     let worker = engine.start_worker(config);
     let worker_id = worker.id().to_string();
 
-    // The HTTP API (SPEC §10) starts here, sharing `engine`, and is stopped
-    // before the worker below so no request lands on a stopping engine.
+    // The HTTP API shares `engine`; it stops before the worker so no request
+    // lands on a stopping engine.
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = match listener {
+        Some(listener) => {
+            let addr = listener
+                .local_addr()
+                .context("listening socket has no address")?;
+            let state = mandate_api::AppState::new(
+                engine.clone(),
+                app::governance()?,
+                mandate_api::ApiConfig {
+                    rate_per_second: args.rate_limit,
+                    rate_burst: args.rate_burst,
+                    ..Default::default()
+                },
+            );
+            eprintln!("mandate API listening on http://{addr} (docs: http://{addr}/docs)");
+            Some(tokio::spawn(mandate_api::serve(listener, state, async {
+                let _ = http_stopped.await;
+            })))
+        }
+        None => None,
+    };
 
     eprintln!(
         "mandate serving {} as worker {worker_id}; Ctrl-C to stop",
@@ -46,8 +84,20 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
         _ = terminate.recv() => "SIGTERM",
     };
     eprintln!(
-        "{received}: stopping worker {worker_id} and giving its leases back (signal again to exit at once)"
+        "{received}: stopping the API and worker {worker_id}, giving its leases back (signal again to exit at once)"
     );
+    let _ = stop_http.send(());
+    if let Some(http) = http {
+        tokio::select! {
+            r = http => match r {
+                Ok(Err(e)) => eprintln!("the HTTP server failed: {e}"),
+                Err(e) => eprintln!("the HTTP server panicked: {e}"),
+                Ok(Ok(())) => {}
+            },
+            _ = interrupt.recv() => return Ok(ExitCode::from(130)),
+            _ = terminate.recv() => return Ok(ExitCode::from(143)),
+        }
+    }
     tokio::select! {
         _ = worker.shutdown() => {}
         _ = interrupt.recv() => return Ok(ExitCode::from(130)),

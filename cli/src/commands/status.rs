@@ -3,6 +3,10 @@
 //!
 //! When the history does not verify, the row is still shown (it says why the
 //! task is blocked) and the command then fails with the chain error.
+//!
+//! With `--server` the row comes from `GET /v1/tasks/{id}` and the steps from
+//! the history the API returns (its chain verified here). The API does not
+//! give the lease or the idempotency key, so those are left out.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -10,27 +14,54 @@ use std::process::ExitCode;
 use comfy_table::{ContentArrangement, Table, presets};
 use mandate_engine::core::state::{Outcome, StepState};
 use mandate_engine::store::TaskRow;
-use mandate_engine::{TaskState, TaskStatus, runtime};
+use mandate_engine::{TaskState, TaskStatus};
 use serde_json::{Value, json};
 
 use crate::app::{self, Database};
 use crate::args::StatusArgs;
+use crate::remote::Remote;
+use crate::remote::TaskExt;
 use crate::summary;
 
 /// Output and input shown in text mode; `--json` shows all of it.
 const MAX_SHOWN_CHARS: usize = 400;
 
+/// Row fields the API does not give (left out of `--json` over HTTP).
+const LOCAL_ONLY_FIELDS: [&str; 3] = ["idempotency_key", "lease_owner", "lease_expires_at_ms"];
+
 pub async fn run(db: &Database, args: StatusArgs) -> anyhow::Result<ExitCode> {
     db.require_existing()?;
     let (engine, _world) = app::open_engine(db).await?;
     let row = engine.task(&args.id).await?;
-    let history = engine.history(&args.id).await;
-    let state = history.as_ref().ok().map(TaskState::fold);
+    let history = engine.history(&args.id).await.map_err(anyhow::Error::new);
+    print(&args, &row, history, false)
+}
+
+pub async fn remote(remote: &Remote, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let row = remote.task(&args.id).await?.into_row()?;
+    let history = remote.history(&args.id).await;
+    print(&args, &row, history, true)
+}
+
+/// Prints the row and what the history says; fails afterwards when the
+/// history could not be read.
+fn print(
+    args: &StatusArgs,
+    row: &TaskRow,
+    history: anyhow::Result<Vec<mandate_engine::Event>>,
+    remote: bool,
+) -> anyhow::Result<ExitCode> {
+    let state = history.as_deref().ok().map(TaskState::fold);
     let history_error = history.as_ref().err().map(ToString::to_string);
 
     let mut out = std::io::stdout().lock();
     if args.json {
-        let mut doc = row_json(&row);
+        let mut doc = row_json(row);
+        if remote && let Some(obj) = doc.as_object_mut() {
+            for field in LOCAL_ONLY_FIELDS {
+                obj.remove(field);
+            }
+        }
         if let Some(state) = &state {
             add_state_json(&mut doc, state);
         }
@@ -39,14 +70,11 @@ pub async fn run(db: &Database, args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         writeln!(out, "{}", serde_json::to_string(&doc)?)?;
     } else {
-        write_text(&mut out, &row, state.as_ref())?;
+        write_text(&mut out, row, state.as_ref())?;
     }
     out.flush()?;
     drop(out);
-    match history {
-        Ok(_) => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(anyhow::Error::new::<runtime::Error>(e)),
-    }
+    history.map(|_| ExitCode::SUCCESS)
 }
 
 fn row_json(row: &TaskRow) -> Value {
