@@ -124,8 +124,14 @@ async fn engine_on(url: &str, stamp: Option<Stamp>) -> anyhow::Result<Engine> {
 
 /// Waits until every id in `ids` is final, counting final updates.
 async fn wait_all_final(engine: &Engine, ids: &[String], timeout: Duration) -> anyhow::Result<()> {
-    let mut pending: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
     let mut updates = engine.subscribe();
+    // Tasks that ended before the subscription published their update already.
+    let mut pending = std::collections::HashSet::new();
+    for id in ids {
+        if !engine.task(id).await?.status.is_final() {
+            pending.insert(id.as_str());
+        }
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     while !pending.is_empty() {
         tokio::select! {

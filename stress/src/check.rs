@@ -204,6 +204,9 @@ pub async fn check_task(
     let mut comp_completed_steps: HashSet<i64> = HashSet::new();
     let mut comp_completions: HashMap<i64, usize> = HashMap::new();
     let mut recovery_paths: Vec<String> = Vec::new();
+    // Steps with an attempt the engine cut off (timeout) or that panicked:
+    // whatever ends them, their effect may have happened.
+    let mut effect_unknown: HashSet<i64> = HashSet::new();
     for e in &history {
         match &e.payload {
             EventPayload::StepScheduled {
@@ -224,12 +227,19 @@ pub async fn check_task(
                 let n = completed_at.len();
                 completed_at.entry(*step_seq).or_insert(n);
             }
-            // A step that failed after an attempt the engine cut off (timeout)
-            // may have had its effect: a rollback must undo it like a
-            // completed step, in the order it resolved.
-            EventPayload::StepFailed {
+            EventPayload::StepAttemptFailed {
                 step_seq, error, ..
             } if error.effect_unknown => {
+                effect_unknown.insert(*step_seq);
+            }
+            // A step that failed after an attempt the engine cut off (timeout),
+            // on its last attempt or an earlier one (then abandoned by the
+            // rollback while waiting for a retry), may have had its effect: a
+            // rollback must undo it like a completed step, in the order it
+            // resolved.
+            EventPayload::StepFailed {
+                step_seq, error, ..
+            } if error.effect_unknown || effect_unknown.contains(step_seq) => {
                 let n = completed_at.len();
                 completed_at.entry(*step_seq).or_insert(n);
             }

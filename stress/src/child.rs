@@ -14,7 +14,9 @@ use mandate_activities::{ToolRegistry, World};
 use mandate_engine::{Engine, Limits, WorkerConfig};
 use tokio::io::AsyncReadExt;
 
-use crate::faults::{FaultCounters, FaultSet, Faults, FaultyStore, FaultyTool, Role};
+use crate::faults::{
+    FaultCounters, FaultSet, Faults, FaultyStore, FaultyTool, LATE_APPLY_MAX_DELAY_MS, Role,
+};
 
 /// The stress saga's tool names, each a faulty wrapper around a demo tool.
 pub const PUT: &str = "stress.put";
@@ -95,6 +97,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
     report.abort();
     worker.shutdown().await;
+    // Let zombie calls land (or be fenced off) before the parent checks.
+    faults
+        .counters
+        .wait_for_late_calls(Duration::from_millis(LATE_APPLY_MAX_DELAY_MS + 1_000))
+        .await;
     println!("faults {}", faults.counters.snapshot());
     Ok(())
 }

@@ -22,7 +22,8 @@ use mandate_activities::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 use mandate_engine::core::chain::RawEvent;
 use mandate_engine::core::state::{PendingTimer, TaskStatus};
 use mandate_engine::store::{
-    AppendOutcome, AppendRequest, Backend, Error, Store, TaskFilter, TaskRow, WriterStats,
+    AppendOutcome, AppendRequest, Backend, Error, GlobalEvent, HaltRow, Store, TaskFilter, TaskRow,
+    TokenRow, WriterStats,
 };
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -35,6 +36,10 @@ pub enum FaultKind {
     /// A tool attempt fails with a non-retryable error: the task rolls back.
     ToolTerminal,
     /// A tool attempt sleeps past its step timeout (the engine times it out).
+    /// On a write step the attempt also leaves a *zombie*: a detached call
+    /// of the real tool, with the attempt's context, that applies at a
+    /// seeded moment before or after the engine gave up on it (possibly
+    /// after the step's compensation ran, which must then fence it off).
     ToolTimeout,
     /// A tool attempt never returns (the engine times it out).
     ToolHang,
@@ -183,31 +188,76 @@ pub fn decide_ppm(seed: u64, identity: &str, attempt: u64, what: &str) -> u64 {
     ]) % 1_000_000
 }
 
-/// Counts of injected faults in one process, printed for the parent to add up.
+/// Counts of injected faults in one process, printed for the parent to add
+/// up; also what became of the zombie attempts (`late-*`, [`LateOutcome`]).
 #[derive(Default)]
 pub struct FaultCounters {
-    counts: Mutex<HashMap<FaultKind, u64>>,
+    counts: Mutex<HashMap<&'static str, u64>>,
+    /// Zombie calls spawned and not finished yet.
+    late_pending: AtomicU64,
 }
 
 impl FaultCounters {
     pub fn add(&self, kind: FaultKind) {
+        self.add_named(kind.as_str());
+    }
+
+    fn add_named(&self, name: &'static str) {
         *self
             .counts
             .lock()
             .expect("fault counters")
-            .entry(kind)
+            .entry(name)
             .or_default() += 1;
+    }
+
+    /// Waits (at most `limit`) until every zombie call has finished, so
+    /// their effects are in the world before the checker reads it.
+    pub async fn wait_for_late_calls(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.late_pending.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn snapshot(&self) -> Value {
         let counts = self.counts.lock().expect("fault counters");
         let mut m = serde_json::Map::new();
         for (k, v) in counts.iter() {
-            m.insert(k.as_str().to_string(), json!(v));
+            m.insert(k.to_string(), json!(v));
         }
         Value::Object(m)
     }
 }
+
+/// What a zombie attempt's late call came to, as counted in the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateOutcome {
+    /// Refused: the step's compensation had fenced its key.
+    Fenced,
+    /// Went through: it applied, or found its effect already recorded.
+    WentThrough,
+    /// Failed otherwise (a database error).
+    Failed,
+}
+
+impl LateOutcome {
+    /// The counter's name, prefixed `late-` so the report lists it apart.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LateOutcome::Fenced => "late-fenced",
+            LateOutcome::WentThrough => "late-went-through",
+            LateOutcome::Failed => "late-failed",
+        }
+    }
+}
+
+/// The longest a zombie waits, from its attempt's start, before calling the
+/// real tool: three times the faulted step timeout, so a third land while
+/// the attempt is still running and the rest after the engine gave up on it,
+/// many after the step's rollback.
+pub const LATE_APPLY_MAX_DELAY_MS: u64 = 3 * crate::scenario::FAULTED_STEP_TIMEOUT_MS;
 
 /// The shared fault configuration of one engine process.
 pub struct Faults {
@@ -381,6 +431,51 @@ impl Store for FaultyStore {
     fn writer_stats(&self) -> Arc<WriterStats> {
         self.inner.writer_stats()
     }
+    // The API's tables are not under test here: passed through unchanged.
+    fn events_after(
+        &self,
+        after_gseq: i64,
+        agent: Option<&str>,
+        task: Option<&str>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<GlobalEvent>, Error>> {
+        self.inner.events_after(after_gseq, agent, task, limit)
+    }
+    fn event_head(&self) -> BoxFuture<'_, Result<i64, Error>> {
+        self.inner.event_head()
+    }
+    fn queue_depth(&self, now_ms: i64) -> BoxFuture<'_, Result<i64, Error>> {
+        self.inner.queue_depth(now_ms)
+    }
+    fn insert_token(&self, token: TokenRow) -> BoxFuture<'_, Result<bool, Error>> {
+        self.inner.insert_token(token)
+    }
+    fn token_by_secret(
+        &self,
+        secret_sha256: &str,
+    ) -> BoxFuture<'_, Result<Option<TokenRow>, Error>> {
+        self.inner.token_by_secret(secret_sha256)
+    }
+    fn list_tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, Error>> {
+        self.inner.list_tokens()
+    }
+    fn revoke_token(&self, name: &str, at_ms: i64) -> BoxFuture<'_, Result<bool, Error>> {
+        self.inner.revoke_token(name, at_ms)
+    }
+    fn insert_halt(&self, halt: HaltRow) -> BoxFuture<'_, Result<(), Error>> {
+        self.inner.insert_halt(halt)
+    }
+    fn lift_halts(
+        &self,
+        agent: Option<&str>,
+        by: &str,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<HaltRow>, Error>> {
+        self.inner.lift_halts(agent, by, at_ms)
+    }
+    fn halts(&self, active_only: bool, limit: u32) -> BoxFuture<'_, Result<Vec<HaltRow>, Error>> {
+        self.inner.halts(active_only, limit)
+    }
 }
 
 /// The role a wrapped tool plays in the stress saga.
@@ -441,17 +536,23 @@ impl FaultyTool {
                         self.name
                     )));
                 }
-                // Timeouts and hangs go to read steps only. The engine now
-                // compensates a write whose timed-out attempt may have applied
-                // (effect_unknown), but a cut-off attempt's transaction can
-                // still commit *after* its compensation ran (a zombie
-                // attempt); closing that needs the compensation to fence the
-                // step's idempotency key in the tool's store (open work).
-                let read = self.inner.kind() == ToolKind::Read;
-                if read && attempt <= 2 && f.fire(&identity, attempt, FaultKind::ToolHang) {
+                // A hang applies nothing: the engine drops the attempt.
+                if attempt <= 2 && f.fire(&identity, attempt, FaultKind::ToolHang) {
                     futures::future::pending::<()>().await;
                 }
-                if read && attempt <= 2 && f.fire(&identity, attempt, FaultKind::ToolTimeout) {
+                if attempt <= 2 && f.fire(&identity, attempt, FaultKind::ToolTimeout) {
+                    // A write's timed-out attempt is a zombie: the real call
+                    // still happens, at a seeded moment, possibly after the
+                    // step was rolled back. Its compensation's fence must
+                    // refuse it, or the checker finds the key left behind.
+                    if self.inner.kind().is_write() {
+                        self.spawn_late_call(&identity, ctx.clone(), input.clone());
+                        // Never answer: only the engine's timeout may end
+                        // this attempt. An answer (after a freeze, a sleep
+                        // can beat the timeout) would report a failure whose
+                        // effect the zombie may apply: a lying tool.
+                        futures::future::pending::<()>().await;
+                    }
                     tokio::time::sleep(TIMEOUT_FAULT_SLEEP).await;
                 }
                 if attempt <= 3 && f.fire(&identity, attempt, FaultKind::ToolRetryable) {
@@ -498,6 +599,32 @@ impl FaultyTool {
             };
         }
         self.inner.call(ctx, input).await
+    }
+}
+
+impl FaultyTool {
+    /// Runs the inner tool with `ctx` on a detached tokio task, after a
+    /// delay drawn from the seed: the call outlives the attempt that made
+    /// it, as a remote service keeps working after its caller gave up.
+    fn spawn_late_call(&self, identity: &str, ctx: ToolContext, input: Value) {
+        let delay_ms = decide_ppm(
+            self.faults.seed,
+            identity,
+            u64::from(ctx.attempt),
+            "late-apply-delay",
+        ) % LATE_APPLY_MAX_DELAY_MS;
+        let (inner, faults) = (self.inner.clone(), self.faults.clone());
+        faults.counters.late_pending.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let outcome = match inner.call(ctx, input).await {
+                Ok(_) => LateOutcome::WentThrough,
+                Err(e) if e.message.contains("fenced by compensation") => LateOutcome::Fenced,
+                Err(_) => LateOutcome::Failed,
+            };
+            faults.counters.add_named(outcome.as_str());
+            faults.counters.late_pending.fetch_sub(1, Ordering::SeqCst);
+        });
     }
 }
 

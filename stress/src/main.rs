@@ -17,6 +17,7 @@ mod check;
 mod child;
 mod faults;
 mod freshdb;
+mod http_bench;
 mod policy_bench;
 mod replay_bench;
 mod run;
@@ -54,6 +55,8 @@ enum Command {
     ReplayBench(replay_bench::ReplayBenchArgs),
     /// Cost of the policy gate per plan step.
     PolicyBench(policy_bench::PolicyBenchArgs),
+    /// The HTTP API under concurrent load: request rate and latency.
+    HttpBench(http_bench::HttpBenchArgs),
     /// The engine child process of a stress run (started by the run itself).
     #[command(hide = true)]
     Worker(child::WorkerArgs),
@@ -73,6 +76,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::Bench(args)) => bench::run(args).await,
             Some(Command::ReplayBench(args)) => replay_bench::run(args).await,
             Some(Command::PolicyBench(args)) => policy_bench::run(args),
+            Some(Command::HttpBench(args)) => http_bench::run(args).await,
             Some(Command::Worker(args)) => child::run(args).await,
             Some(Command::BenchWorker(args)) => bench::run_worker(args).await,
         }

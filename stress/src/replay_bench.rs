@@ -226,6 +226,7 @@ fn build_history(
                 tools: &tools,
                 worker: "bench",
                 limits: &limits,
+                halt: None,
             },
             state.clone(),
         );

@@ -13,8 +13,13 @@ use crate::faults::{FaultKind, FaultSet, decide_ppm, fires};
 /// The step timeout of a step the fault schedule will time out or hang, and
 /// of every other step (one no loaded machine reaches, so that only injected
 /// timeouts happen and the schedule stays a function of the seed). Timeouts
-/// are injected into read steps only: see `FaultyTool` on zombie attempts.
-pub const FAULTED_STEP_TIMEOUT_MS: u64 = 2_000;
+/// hit read and write steps alike; a write's timed-out attempt leaves a
+/// zombie call behind (see `FaultyTool`).
+///
+/// 4 s rather than less because a compensation inherits its step's timeout,
+/// and an undo waiting for SQLite's write lock on a loaded 2-core machine
+/// took over 2 s often enough to escalate ~9% of tasks.
+pub const FAULTED_STEP_TIMEOUT_MS: u64 = 4_000;
 pub const STEP_TIMEOUT_MS: u64 = 60_000;
 
 /// Whether the fault schedule times out or hangs an attempt of this step
@@ -26,6 +31,20 @@ fn step_will_hang(seed: u64, faults: &FaultSet, key: &str) -> bool {
             .into_iter()
             .any(|kind| faults.contains(kind) && fires(seed, &identity, attempt, kind))
     })
+}
+
+/// Whether this write step gives up after its first attempt, and that
+/// attempt times out (half the writes whose first attempt the schedule
+/// times out). Its step then fails with an unknown effect and the task rolls
+/// back while the attempt's zombie call is still pending: the race between
+/// that late call and the compensation's fence, which must leave nothing.
+fn write_gives_up_after_a_timeout(seed: u64, faults: &FaultSet, key: &str) -> bool {
+    let identity = format!("{}/step", key.rsplit_once('/').map_or(key, |(_, k)| k));
+    faults.contains(FaultKind::ToolTimeout)
+        && !(faults.contains(FaultKind::ToolTerminal)
+            && fires(seed, &identity, 1, FaultKind::ToolTerminal))
+        && fires(seed, &identity, 1, FaultKind::ToolTimeout)
+        && decide_ppm(seed, &identity, 0, "give-up-after-a-timeout") < 500_000
 }
 
 /// One generated task: its saga input and what the checker needs to know.
@@ -62,7 +81,7 @@ pub fn generate(seed: u64, faults: &FaultSet, run: &str, index: usize) -> Planne
     for step in 0..steps {
         let k = key(run, index, step);
         let read = Some(step) != fail_at && draw("read", step as u64) < 250_000;
-        let timeout_ms = if read && step_will_hang(seed, faults, &k) {
+        let timeout_ms = if step_will_hang(seed, faults, &k) {
             FAULTED_STEP_TIMEOUT_MS
         } else {
             STEP_TIMEOUT_MS
@@ -84,6 +103,11 @@ pub fn generate(seed: u64, faults: &FaultSet, run: &str, index: usize) -> Planne
             }));
         } else {
             let value = json!({"task": index, "step": step});
+            let retry = if write_gives_up_after_a_timeout(seed, faults, &k) {
+                json!({"max_attempts": 1})
+            } else {
+                retry.clone()
+            };
             items.push(json!({
                 "name": format!("put-{step}"),
                 "tool": PUT,
