@@ -227,6 +227,7 @@ fn build_history(
                 worker: "bench",
                 limits: &limits,
                 halt: None,
+                inherited: &Default::default(),
             },
             state.clone(),
         );

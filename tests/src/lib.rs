@@ -202,19 +202,30 @@ pub async fn engine_for(
     limits: Limits,
     customize: impl FnOnce(&mut WorkflowRegistry, &mut ToolRegistry),
 ) -> (Engine, World) {
+    engine_with_clock(
+        url,
+        limits,
+        Arc::new(mandate_engine::runtime::SystemClock),
+        customize,
+    )
+    .await
+}
+
+/// Builds an engine for `url` whose time comes from `clock` (e.g. one running
+/// ahead, to see another process's lease as expired).
+pub async fn engine_with_clock(
+    url: &str,
+    limits: Limits,
+    clock: Arc<dyn mandate_engine::runtime::Clock>,
+    customize: impl FnOnce(&mut WorkflowRegistry, &mut ToolRegistry),
+) -> (Engine, World) {
     let store = mandate_engine::store::open(url).await.expect("open store");
     let world = World::connect(url).await.expect("open world");
     let mut tools = ToolRegistry::new();
     mandate_activities::register_demo_tools(&mut tools, world.clone());
     let mut workflows = mandate_workflows::registry();
     customize(&mut workflows, &mut tools);
-    let engine = Engine::with_options(
-        store,
-        workflows,
-        tools,
-        limits,
-        Arc::new(mandate_engine::runtime::SystemClock),
-    );
+    let engine = Engine::with_options(store, workflows, tools, limits, clock);
     (engine, world)
 }
 

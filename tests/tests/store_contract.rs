@@ -180,6 +180,102 @@ async fn leases_exclude_until_they_expire(b: Backend) {
     );
 }
 
+/// A worker's append names the lease it holds: once another worker took
+/// the task over, the old holder's appends (going on or giving the task
+/// back) are refused as `LeaseLost` and write nothing, while external
+/// appends (`Keep`) and the new holder's pass.
+async fn appends_are_fenced_by_the_lease(b: Backend) {
+    let h = Harness::new(b).await;
+    let store = h.engine.store();
+    let id = h
+        .engine
+        .submit("saga", json!({"stages": []}), Default::default())
+        .await
+        .unwrap()
+        .task_id;
+    let now = h.engine.now_ms() + 10;
+    assert_eq!(
+        store.claim("a", now, 1_000, 10).await.unwrap(),
+        vec![id.clone()]
+    );
+    let mut req = signal_request(&h, &id, 1).await;
+    req.lease = LeaseUpdate::Hold { owner: "a".into() };
+    assert_eq!(store.append(req).await.unwrap(), AppendOutcome::Appended);
+
+    // a stalls past its lease; b takes the task over.
+    assert_eq!(
+        store.claim("b", now + 1_500, 1_000, 10).await.unwrap(),
+        vec![id.clone()]
+    );
+    for lease in [
+        LeaseUpdate::Hold { owner: "a".into() },
+        LeaseUpdate::Release { owner: "a".into() },
+    ] {
+        let mut req = signal_request(&h, &id, 2).await;
+        req.lease = lease.clone();
+        assert_eq!(
+            store.append(req).await.unwrap(),
+            AppendOutcome::LeaseLost {
+                holder: Some("b".into())
+            },
+            "{lease:?}"
+        );
+        // Even with a stale seq, the lost lease is what a is told.
+        let mut req = signal_request(&h, &id, 1).await;
+        req.lease = lease;
+        assert!(matches!(
+            store.append(req).await.unwrap(),
+            AppendOutcome::LeaseLost { .. }
+        ));
+    }
+    let row = store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!((row.last_seq, row.lease_owner.as_deref()), (2, Some("b")));
+
+    // A signal needs no lease; the holder goes on, then gives the task back.
+    assert_eq!(
+        store
+            .append(signal_request(&h, &id, 2).await)
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    let mut req = signal_request(&h, &id, 3).await;
+    req.lease = LeaseUpdate::Release { owner: "b".into() };
+    assert_eq!(store.append(req).await.unwrap(), AppendOutcome::Appended);
+    let row = store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!((row.last_seq, row.lease_owner), (4, None));
+    // Nobody holds it now: a worker's append is refused until it claims.
+    let mut req = signal_request(&h, &id, 4).await;
+    req.lease = LeaseUpdate::Hold { owner: "b".into() };
+    assert_eq!(
+        store.append(req).await.unwrap(),
+        AppendOutcome::LeaseLost { holder: None }
+    );
+    // Within one batch too: a release and a later hold by the same worker.
+    assert_eq!(
+        store.claim("c", now + 1_600, 1_000, 10).await.unwrap(),
+        vec![id.clone()]
+    );
+    let mut release = signal_request(&h, &id, 4).await;
+    release.lease = LeaseUpdate::Release { owner: "c".into() };
+    let mut hold = signal_request(&h, &id, 5).await;
+    hold.lease = LeaseUpdate::Hold { owner: "c".into() };
+    // seq 5 is not sealed after the release's event; only the lease matters.
+    let outs = join_all([store.append(release), store.append(hold)]).await;
+    assert_eq!(outs[0].as_ref().unwrap(), &AppendOutcome::Appended);
+    assert!(
+        matches!(
+            outs[1].as_ref().unwrap(),
+            AppendOutcome::LeaseLost { holder: None }
+        ),
+        "{outs:?}"
+    );
+    h.engine
+        .history(&id)
+        .await
+        .expect("the chain still verifies");
+}
+
 async fn listing_filters_and_pages_newest_first(b: Backend) {
     let mut h = Harness::new(b).await;
     let mut ids = Vec::new();
@@ -313,6 +409,7 @@ backend_tests!(
     appends_are_fenced_by_expected_seq,
     concurrent_appends_share_commits,
     leases_exclude_until_they_expire,
+    appends_are_fenced_by_the_lease,
     listing_filters_and_pages_newest_first,
     limits_are_enforced,
 );

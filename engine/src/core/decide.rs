@@ -5,6 +5,8 @@
 //! Pure: the time is an argument, tools are only looked up (never called), and the
 //! workflow is only replayed.
 
+use std::collections::HashMap;
+
 use mandate_activities::{ToolKind, ToolRegistry};
 use serde_json::Value;
 
@@ -67,6 +69,12 @@ pub struct DecideInput<'a> {
     pub limits: &'a Limits,
     /// An active halt (kill switch) covering this task: no new step starts.
     pub halt: Option<&'a HaltNotice>,
+    /// Step attempts an earlier holder of the task may also have started
+    /// (step seq → attempt): the next attempt of each step open when this
+    /// worker loaded the task. Its twin may still apply, so if this
+    /// worker's attempt fails, or the step is abandoned, the step's effect
+    /// is unknown. Empty when nobody held the task before (and in tests).
+    pub inherited: &'a HashMap<i64, u32>,
 }
 
 /// The halt a task falls under, as `decide` needs it.
@@ -145,6 +153,19 @@ impl Draft<'_> {
                 }
                 let max_attempts = step.retry.max_attempts;
                 let backoff = step.retry.backoff_ms(o.attempt);
+                let result = match result {
+                    Err(mut e)
+                        if !e.effect_unknown
+                            && self.input.inherited.get(&step_seq) == Some(&o.attempt) =>
+                    {
+                        e.effect_unknown = true;
+                        e.message.push_str(
+                            " (this worker took the task over: an attempt started before may still apply)",
+                        );
+                        Err(e)
+                    }
+                    r => r,
+                };
                 let payload = match result {
                     Ok(output) => EventPayload::StepCompleted {
                         step_seq,
@@ -447,20 +468,35 @@ impl Draft<'_> {
         let now = self.input.now_ms;
         // Steps waiting for a retry are abandoned; steps mid-attempt must resolve
         // first, so that a step that did complete is also compensated.
-        let waiting: Vec<(i64, u32)> = self
+        //
+        // Nothing records that a retry was dispatched: once its backoff is
+        // over, the next attempt may be running (and may have applied its
+        // effect, or be about to). Such a step is abandoned with its effect
+        // unknown, so the rollback compensates it and the compensation's
+        // fence refuses the attempt if it lands later. Only a step still
+        // inside its backoff surely has no attempt out.
+        let waiting: Vec<(i64, u32, bool)> = self
             .state
             .open_steps()
-            .filter(|s| s.next_attempt_at_ms.is_some())
-            .map(|s| (s.seq, s.failed_attempts))
+            .filter_map(|s| {
+                let at = s.next_attempt_at_ms?;
+                let twin = self.input.inherited.get(&s.seq) == Some(&s.next_attempt());
+                Some((s.seq, s.failed_attempts, at <= now || twin))
+            })
             .collect();
-        for (step_seq, attempts) in waiting {
+        for (step_seq, attempts, retry_may_be_out) in waiting {
+            let message = if retry_may_be_out {
+                "abandoned: the task is rolling back; its next attempt may have started, so its effect is unknown"
+            } else {
+                "abandoned: the task is rolling back"
+            };
             self.engine(EventPayload::StepFailed {
                 step_seq,
                 attempt: attempts,
                 error: RecordedError {
-                    message: "abandoned: the task is rolling back".to_string(),
+                    message: message.to_string(),
                     retryable: false,
-                    effect_unknown: false,
+                    effect_unknown: retry_may_be_out,
                 },
                 started_at_ms: now,
                 duration_ms: 0,

@@ -130,6 +130,16 @@ fn when(
     now_ms: i64,
     outcomes: &[AttemptOutcome],
 ) -> (Vec<EventPayload>, TaskState) {
+    when_inherited(given, now_ms, outcomes, &Default::default())
+}
+
+/// `when`, by a worker that took the task over with `inherited` attempts.
+fn when_inherited(
+    given: &[Event],
+    now_ms: i64,
+    outcomes: &[AttemptOutcome],
+    inherited: &std::collections::HashMap<i64, u32>,
+) -> (Vec<EventPayload>, TaskState) {
     let tools = tools();
     let limits = Limits::default();
     let d = decide(
@@ -142,6 +152,7 @@ fn when(
             worker: "w",
             limits: &limits,
             halt: None,
+            inherited,
         },
         TaskState::fold(given),
     );
@@ -341,6 +352,102 @@ fn a_failure_after_a_completed_write_compensates_it() {
     ));
     assert_eq!(state.status(), TaskStatus::FailedTerminal);
     check_history(&TwoSteps, &more).unwrap();
+}
+
+/// A rollback abandons a step waiting for its retry. While the backoff
+/// lasts no attempt can be out, so nothing is undone; once it is over, the
+/// next attempt may be running and may apply its effect, so the step is
+/// abandoned with its effect unknown and compensated (its compensation
+/// fences the attempt if it lands later).
+#[test]
+fn a_rollback_compensates_a_step_whose_retry_may_have_started() {
+    let given = history(vec![
+        submitted(),                                      // 1
+        EventPayload::TaskStarted { worker: "w".into() }, // 2
+        step_a_scheduled(),                               // 3
+        EventPayload::StepAttemptFailed {
+            step_seq: 3,
+            attempt: 1,
+            error: RecordedError {
+                message: "busy".into(),
+                retryable: true,
+                effect_unknown: false,
+            },
+            started_at_ms: 1_000,
+            duration_ms: 1,
+            next_attempt_at_ms: 5_100,
+        }, // 4
+        EventPayload::CancelRequested {
+            rollback: true,
+            reason: None,
+        }, // 5
+    ]);
+
+    // Inside the backoff: abandoned, nothing to undo.
+    let (then, state) = when(&given, 5_050, &[]);
+    assert!(
+        matches!(&then[0], EventPayload::StepFailed { step_seq: 3, error, .. } if !error.effect_unknown),
+        "{then:?}"
+    );
+    assert!(matches!(
+        then.last(),
+        Some(EventPayload::TaskCancelled {
+            rolled_back: true,
+            compensated_steps: 0
+        })
+    ));
+    assert!(state.is_final());
+
+    // After it: attempt 2 may be applying right now.
+    let (then, state) = when(&given, 5_100, &[]);
+    assert!(
+        matches!(&then[0], EventPayload::StepFailed { step_seq: 3, error, .. }
+            if error.effect_unknown && error.message.contains("may have started")),
+        "{then:?}"
+    );
+    assert!(
+        matches!(&then[1], EventPayload::CompensationStarted { step_seq: 3, tool, .. } if tool == "undo"),
+        "{then:?}"
+    );
+    let acts = actions(&state, 5_100);
+    assert_eq!(acts.len(), 1, "only the compensation runs: {acts:?}");
+    assert_eq!(acts[0].compensates_step_seq, Some(3));
+}
+
+/// A worker that took the task over repeats the attempt an earlier holder
+/// may still be running. If its own attempt fails, the twin may yet apply:
+/// the step's effect is unknown and the rollback compensates it. The same
+/// failure by the task's only holder is known to have applied nothing.
+#[test]
+fn a_failed_attempt_after_a_takeover_has_an_unknown_effect() {
+    let given = history(vec![
+        submitted(),                                      // 1
+        EventPayload::TaskStarted { worker: "w".into() }, // 2
+        step_a_scheduled(),                               // 3
+    ]);
+    let failed = [err(Target::Step(3), 1, false)];
+
+    let (then, state) = when(&given, 5_000, &failed);
+    assert!(matches!(&then[0], EventPayload::StepFailed { error, .. } if !error.effect_unknown));
+    assert!(state.is_final(), "nothing to undo: {then:?}");
+
+    let inherited = [(3, 1)].into_iter().collect();
+    let (then, state) = when_inherited(&given, 5_000, &failed, &inherited);
+    assert!(
+        matches!(&then[0], EventPayload::StepFailed { error, .. }
+            if error.effect_unknown && error.message.contains("took the task over")),
+        "{then:?}"
+    );
+    assert!(matches!(
+        &then[2],
+        EventPayload::CompensationStarted { step_seq: 3, .. }
+    ));
+    assert_eq!(actions(&state, 5_000)[0].compensates_step_seq, Some(3));
+
+    // Only the inherited attempt has a twin: a later one is this worker's own.
+    let inherited = [(3, 2)].into_iter().collect();
+    let (then, _) = when_inherited(&given, 5_000, &failed, &inherited);
+    assert!(matches!(&then[0], EventPayload::StepFailed { error, .. } if !error.effect_unknown));
 }
 
 #[test]

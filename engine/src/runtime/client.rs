@@ -179,10 +179,13 @@ impl Engine {
                 task_id: existing_task_id,
                 existing: true,
             }),
-            Ok(AppendOutcome::Conflict { .. }) => Err(Error::Contention {
-                task_id,
-                what: "the submission",
-            }),
+            // A submission holds no lease, so only a conflict can refuse it.
+            Ok(AppendOutcome::Conflict { .. } | AppendOutcome::LeaseLost { .. }) => {
+                Err(Error::Contention {
+                    task_id,
+                    what: "the submission",
+                })
+            }
             Err(e) => {
                 // Another process may have won a race on the idempotency key.
                 if let Some(key) = &options.idempotency_key
@@ -400,7 +403,8 @@ impl Engine {
                     return Ok(last_seq);
                 }
                 AppendOutcome::Conflict { .. } => continue,
-                AppendOutcome::DuplicateIdempotencyKey { .. } => {
+                // External appends hold no lease (`Keep`): never lost.
+                AppendOutcome::LeaseLost { .. } | AppendOutcome::DuplicateIdempotencyKey { .. } => {
                     return Err(Error::Contention {
                         task_id: task_id.to_string(),
                         what: action,

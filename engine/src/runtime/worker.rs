@@ -326,6 +326,7 @@ impl Driver {
         };
         let mut state = TaskState::fold(&history);
         self.seen_seq.store(state.last_seq, Ordering::SeqCst);
+        let inherited = inherited_attempts(&state);
         let workflow = self.shared.workflows.get(&state.workflow);
         let (tx, mut rx) = mpsc::unbounded_channel::<AttemptOutcome>();
         let mut running: HashMap<Target, (u32, tokio::task::AbortHandle)> = HashMap::new();
@@ -348,6 +349,7 @@ impl Driver {
                     worker: &owner,
                     limits: &self.shared.limits,
                     halt: halt.as_ref(),
+                    inherited: &inherited,
                 },
                 std::mem::take(&mut state),
             );
@@ -384,7 +386,9 @@ impl Driver {
                             owner: owner.clone(),
                         }
                     } else {
-                        LeaseUpdate::Keep
+                        LeaseUpdate::Hold {
+                            owner: owner.clone(),
+                        }
                     },
                     wake: release,
                 };
@@ -415,6 +419,14 @@ impl Driver {
                         state = TaskState::fold(&history);
                         self.seen_seq.store(state.last_seq, Ordering::SeqCst);
                         continue;
+                    }
+                    Ok(AppendOutcome::LeaseLost { holder }) => {
+                        // This worker stalled past its lease (or gave the task
+                        // back in a commit reported failed) and the task is
+                        // someone else's now: stop, writing nothing.
+                        tracing::info!(task_id = %self.task_id, holder = ?holder, "lease lost; leaving the task to its holder");
+                        abort_all(&mut running);
+                        return;
                     }
                     Ok(AppendOutcome::DuplicateIdempotencyKey { .. }) => {
                         unreachable!("drivers never create tasks")
@@ -603,6 +615,23 @@ impl Driver {
         });
         handle.abort_handle()
     }
+}
+
+/// The step attempts an earlier holder of the task may have started and
+/// not seen through: the next attempt of every step open at load. A worker
+/// that stalled past its lease, crashed, or gave the task back while an
+/// attempt was running may still have that call going, under the same
+/// idempotency key; a stalled worker that resumes may even start one when
+/// its backoff ends (it can start no *new* step: that needs an append, which
+/// the lease fence refuses). Cautious for a task given back while waiting
+/// out a long backoff, where no attempt was out: its step, if it then fails
+/// for good, is compensated though it applied nothing (the fence makes that
+/// safe).
+fn inherited_attempts(state: &TaskState) -> HashMap<i64, u32> {
+    state
+        .open_steps()
+        .map(|s| (s.seq, s.next_attempt()))
+        .collect()
 }
 
 fn abort_all(running: &mut HashMap<Target, (u32, tokio::task::AbortHandle)>) {

@@ -5,7 +5,8 @@
 //! renewals and releases queue up while a transaction commits and the next
 //! transaction takes them all (group commit). An append names the seq it
 //! expects; a stale writer gets [`AppendOutcome::Conflict`] and nothing of its
-//! request is written. Derived rows (task status, work queue, timers) are
+//! request is written. A worker's append also names the lease it holds; once
+//! another worker has taken the task over it gets [`AppendOutcome::LeaseLost`]. Derived rows (task status, work queue, timers) are
 //! written in the same transaction as the events they derive from.
 //!
 //! Never decides anything: what to append is `core`'s business.
@@ -98,10 +99,25 @@ pub struct NewTask {
 /// What an append does to the appender's lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseUpdate {
-    /// Leave the lease as it is (external appends; a worker that keeps going).
+    /// Leave the lease as it is, whoever holds it (external appends: a
+    /// signal, a cancel, a submission).
     Keep,
-    /// Give the task back to the queue (a worker going idle), if `owner` still holds it.
+    /// A worker that keeps going: appended only if `owner` holds the lease,
+    /// else [`AppendOutcome::LeaseLost`] and nothing is written.
+    Hold { owner: String },
+    /// A worker going idle: appended only if `owner` holds the lease (as
+    /// `Hold`), which is then given back to the queue.
     Release { owner: String },
+}
+
+impl LeaseUpdate {
+    /// The worker that must hold the lease for the append to pass.
+    pub fn holder(&self) -> Option<&str> {
+        match self {
+            LeaseUpdate::Keep => None,
+            LeaseUpdate::Hold { owner } | LeaseUpdate::Release { owner } => Some(owner),
+        }
+    }
 }
 
 /// One fenced append: events sealed into the chain plus the rows derived from them.
@@ -127,6 +143,13 @@ pub enum AppendOutcome {
     /// The fence held: the task's last seq was not the expected one. Nothing written.
     Conflict {
         actual_seq: Option<i64>,
+    },
+    /// The appending worker no longer holds the task's lease (it stalled
+    /// past it and another worker took the task over, or an append whose
+    /// commit was reported failed gave it back). Nothing written: the
+    /// worker must stop driving the task.
+    LeaseLost {
+        holder: Option<String>,
     },
     /// A task with this idempotency key exists already. Nothing written.
     DuplicateIdempotencyKey {

@@ -34,12 +34,19 @@ pub(crate) struct BatchPlan {
     pub wake: bool,
 }
 
-/// Decides each append's fate in order. `current_seq` holds the stored last seq
-/// of every task the batch names (absent: no such task); `existing_keys` the
-/// idempotency keys already taken.
+/// A task's row as the fence reads it: its last seq and its lease owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Current {
+    pub last_seq: i64,
+    pub lease_owner: Option<String>,
+}
+
+/// Decides each append's fate in order. `current` holds the stored last seq
+/// and lease owner of every task the batch names (absent: no such task);
+/// `existing_keys` the idempotency keys already taken.
 pub(crate) fn plan(
     requests: &[&AppendRequest],
-    mut current_seq: HashMap<String, i64>,
+    mut current: HashMap<String, Current>,
     existing_keys: &HashMap<String, String>,
 ) -> BatchPlan {
     let mut out = BatchPlan::default();
@@ -47,7 +54,18 @@ pub(crate) fn plan(
     let mut timers_of_task: HashMap<String, usize> = HashMap::new();
     let mut keys_in_batch: HashMap<String, String> = HashMap::new();
     for req in requests {
-        let actual = current_seq.get(&req.task_id).copied();
+        let row = current.get(&req.task_id);
+        // The lease fence first: a worker appends only while it holds the
+        // task, and one that lost it is told so (not merely to reload).
+        if let (Some(holder), Some(row)) = (req.lease.holder(), row)
+            && row.lease_owner.as_deref() != Some(holder)
+        {
+            out.outcomes.push(AppendOutcome::LeaseLost {
+                holder: row.lease_owner.clone(),
+            });
+            continue;
+        }
+        let actual = row.map(|r| r.last_seq);
         let fence_ok = match (req.expected_seq, actual) {
             (0, None) => req.create.is_some(),
             (expected, Some(actual)) => expected == actual && expected > 0,
@@ -72,12 +90,23 @@ pub(crate) fn plan(
             out.outcomes.push(AppendOutcome::Appended);
             continue;
         };
-        current_seq.insert(req.task_id.clone(), last.seq);
-        out.events.extend(req.events.iter().cloned());
         let release_owner = match &req.lease {
-            LeaseUpdate::Keep => None,
+            LeaseUpdate::Keep | LeaseUpdate::Hold { .. } => None,
             LeaseUpdate::Release { owner } => Some(owner.clone()),
         };
+        let lease_owner = match (&release_owner, current.get(&req.task_id)) {
+            (Some(_), _) => None,
+            (None, Some(r)) => r.lease_owner.clone(),
+            (None, None) => req.create.as_ref().and_then(|c| c.lease_owner.clone()),
+        };
+        current.insert(
+            req.task_id.clone(),
+            Current {
+                last_seq: last.seq,
+                lease_owner,
+            },
+        );
+        out.events.extend(req.events.iter().cloned());
         let row = TaskUpsert {
             id: req.task_id.clone(),
             create: req.create.clone(),

@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use tokio::sync::Notify;
 
-use super::plan::{BatchPlan, plan};
+use super::plan::{BatchPlan, Current, plan};
 use super::sqlite::{
     TASK_SELECT_COLUMNS, event_from_row, push_task_filter, task_from_row, timer_from_parts,
 };
@@ -153,13 +153,23 @@ async fn run_batch(
         ids.dedup();
         // Lock the batch's task rows in a fixed order: the fence, and no deadlocks
         // between processes appending to the same tasks.
-        let rows =
-            sqlx::query("SELECT id, last_seq FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-                .bind(&ids)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(Error::db("fence check"))?;
-        let current: HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let rows = sqlx::query(
+            "SELECT id, last_seq, lease_owner FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("fence check"))?;
+        let current: HashMap<String, Current> = rows
+            .iter()
+            .map(|r| {
+                let current = Current {
+                    last_seq: r.get(1),
+                    lease_owner: r.get(2),
+                };
+                (r.get(0), current)
+            })
+            .collect();
         let keys: Vec<String> = appends
             .iter()
             .filter_map(|r| r.create.as_ref()?.idempotency_key.clone())

@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::Notify;
 
-use super::plan::{BatchPlan, plan};
+use super::plan::{BatchPlan, Current, plan};
 use super::writer::{BatchExecutor, WriteOp, WriteResult, Writer};
 use super::{
     AppendOutcome, AppendRequest, Backend, Error, Store, TaskFilter, TaskRow, WriterConfig,
@@ -134,8 +134,9 @@ async fn run_batch(
         ids.dedup();
         let mut current = HashMap::new();
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut qb =
-                QueryBuilder::<Sqlite>::new("SELECT id, last_seq FROM tasks WHERE id IN (");
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT id, last_seq, lease_owner FROM tasks WHERE id IN (",
+            );
             let mut sep = qb.separated(", ");
             for id in chunk {
                 sep.push_bind(*id);
@@ -147,7 +148,13 @@ async fn run_batch(
                 .await
                 .map_err(Error::db("fence check"))?
             {
-                current.insert(row.get::<String, _>(0), row.get::<i64, _>(1));
+                current.insert(
+                    row.get::<String, _>(0),
+                    Current {
+                        last_seq: row.get(1),
+                        lease_owner: row.get(2),
+                    },
+                );
             }
         }
         let keys: Vec<&str> = appends
