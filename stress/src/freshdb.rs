@@ -41,6 +41,15 @@ impl FreshDb {
         })
     }
 
+    /// Leaves the database in place (the SQLite file's directory too) and
+    /// returns its URL.
+    pub fn keep(self) -> String {
+        if let Some(dir) = self._dir {
+            let _ = dir.keep();
+        }
+        self.url
+    }
+
     pub async fn drop_now(self) {
         if let Some((admin_url, name)) = &self.pg
             && let Ok(mut admin) =

@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// Create a fresh database on the server of a postgres:// URL (dropped after).
     #[arg(long)]
     pub fresh: bool,
+    /// Keep the fresh database after the run (its URL is printed). A run
+    /// whose invariants fail always keeps it, so the histories can be read.
+    #[arg(long)]
+    pub keep: bool,
     /// Tasks to run.
     #[arg(long, default_value_t = 1_000)]
     pub tasks: usize,
@@ -145,7 +149,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let result = stress(&args, &url).await;
     if let Some(f) = fresh {
-        f.drop_now().await;
+        if args.keep || matches!(result, Ok(true)) {
+            let url = f.keep();
+            eprintln!(
+                "the run's database is kept for inspection: {url}\n  \
+                 e.g. `mandate --db {url} history <task-id>`; delete it when done"
+            );
+        } else {
+            f.drop_now().await;
+        }
     }
     let failed = result?;
     if failed {
