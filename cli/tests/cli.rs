@@ -445,8 +445,19 @@ fn submit_reads_a_yaml_input_file_by_its_name() {
         serde_json::json!({"agent": "agent-deployer-7", "reason": "from YAML",
             "steps": [{"id": "echo", "tool": "test.echo", "input": {"x": 1, "tags": ["a", "b"]}}]})
     );
-    env.run(&["submit", "plan", "--input", "@plan.yml"])
-        .expect_code(0);
+    // Without --agent, a plan's task is the plan's agent's, as with `plan submit`.
+    assert_eq!(status.json()["agent"], "agent-deployer-7");
+    let explicit = env.run(&[
+        "submit",
+        "plan",
+        "--input",
+        "@plan.yml",
+        "--agent",
+        "agent-other",
+    ]);
+    explicit.expect_code(0);
+    let status = env.run(&["status", &explicit.task_id(), "--json"]);
+    assert_eq!(status.json()["agent"], "agent-other", "--agent wins");
 
     // A broken YAML file is refused naming the file; nothing is added.
     std::fs::write(env.dir.path().join("bad.yaml"), "steps: [unclosed\n").unwrap();

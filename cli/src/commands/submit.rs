@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use mandate_engine::{Limits, SubmitOptions, TaskState, TaskStatus};
+use serde_json::Value;
 
 use crate::app::{self, Database, refused};
 use crate::args::SubmitArgs;
@@ -77,14 +78,31 @@ pub fn still_running(id: &str, status: TaskStatus, timeout: Duration, hint: &str
     )
 }
 
+/// `--agent` / `--on-behalf-of`, or, for a plan, the plan's own `agent` /
+/// `on_behalf_of` (as `mandate plan submit` records them).
+fn attribution(args: &SubmitArgs, input: &Value) -> (Option<String>, Option<String>) {
+    let from_plan = |field: &str| {
+        (args.workflow == "plan")
+            .then(|| input[field].as_str().map(str::to_string))
+            .flatten()
+    };
+    (
+        args.agent.clone().or_else(|| from_plan("agent")),
+        args.on_behalf_of
+            .clone()
+            .or_else(|| from_plan("on_behalf_of")),
+    )
+}
+
 pub async fn remote(remote: &Remote, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let task_input = checked_input(&args)?;
+    let (agent, on_behalf_of) = attribution(&args, &task_input);
     let task = remote
         .submit(
             Some(&args.workflow),
             task_input,
-            args.agent.as_deref(),
-            args.on_behalf_of.as_deref(),
+            agent.as_deref(),
+            on_behalf_of.as_deref(),
             args.idempotency_key.as_deref(),
         )
         .await?;
@@ -126,6 +144,7 @@ pub async fn run(db: &Database, args: SubmitArgs) -> anyhow::Result<ExitCode> {
         )));
     }
     let task_input = checked_input(&args)?;
+    let (agent, on_behalf_of) = attribution(&args, &task_input);
 
     let (engine, _world) = app::open_engine(db).await?;
     let submitted = engine
@@ -133,8 +152,8 @@ pub async fn run(db: &Database, args: SubmitArgs) -> anyhow::Result<ExitCode> {
             &args.workflow,
             task_input,
             SubmitOptions {
-                agent: args.agent,
-                on_behalf_of: args.on_behalf_of,
+                agent,
+                on_behalf_of,
                 idempotency_key: args.idempotency_key.clone(),
                 actor: None,
             },
