@@ -50,8 +50,12 @@ pub struct RunArgs {
     /// store-after-commit, compensation-failure, kill, lease-expiry.
     #[arg(long, default_value = "all")]
     pub faults: FaultSet,
-    /// SIGKILL the engine process (and restart it) this often, e.g. 3s, 500ms.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    /// SIGKILL the engine process (and restart it) this often, e.g. 8s,
+    /// 500ms; the second engine is SIGSTOPped past its lease as often. Under
+    /// a faulted step's timeout plus the lease, a hanging attempt is
+    /// restarted by each new engine before it can time out, so its task may
+    /// never finish unless `--kills` bounds the kills.
+    #[arg(long, default_value = "8s", value_parser = parse_duration)]
     pub kill_every: Duration,
     /// Stop after this many kills (and as many lease-expiry stops); unlimited if absent.
     #[arg(long)]
@@ -197,6 +201,17 @@ async fn stress(args: &RunArgs, url: &str) -> anyhow::Result<bool> {
         args.faults.to_arg(),
         args.lease_ms
     );
+    let progress_window = Duration::from_millis(
+        crate::scenario::FAULTED_STEP_TIMEOUT_MS + args.lease_ms.max(0) as u64 + 1_000,
+    );
+    if (kills_on || stops_on) && args.kills.is_none() && args.kill_every < progress_window {
+        eprintln!(
+            "warning: --kill-every {:?} is shorter than a faulted step's timeout plus the lease ({:?}): \
+             an attempt that hangs is restarted by each new engine before it times out, and its task \
+             may never finish (it would count as lost); raise --kill-every or bound --kills",
+            args.kill_every, progress_window
+        );
+    }
 
     let counters: Counters = Arc::new(Mutex::new(HashMap::new()));
     let mut incarnation = 0u32;
