@@ -60,6 +60,9 @@ pub struct BenchArgs {
     /// Tasks waiting on a signal for the memory figure (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     pub memory_tasks: usize,
+    /// Most tasks the in-process worker drives at once (`WorkerConfig::max_active_tasks`).
+    #[arg(long, default_value_t = WorkerConfig::default().max_active_tasks)]
+    pub max_active_tasks: usize,
     /// Write the figures as JSON to this file too.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -174,28 +177,35 @@ pub struct Figures {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Memory first, while this process is fresh: the allocator keeps what
+    // later measurements used, and that would be counted as the waiting
+    // tasks' cost. Each measurement gets a database of its own, so that
+    // neither earlier tasks nor another measurement weigh on it.
+    let memory_figures = if args.memory_tasks > 0 {
+        let fresh = FreshDb::create(&args.db).await?;
+        let r = memory(&args, &fresh.url).await;
+        fresh.drop_now().await;
+        Some(r?)
+    } else {
+        None
+    };
+
     let fresh = FreshDb::create(&args.db).await?;
     let result = measure(&args, &fresh.url).await;
     fresh.drop_now().await;
     let mut f = result?;
+    if let Some((baseline, peak, submit_s)) = memory_figures {
+        f.memory_baseline_mb = Some(baseline);
+        f.memory_peak_mb = Some(peak);
+        f.memory_submit_s = Some(submit_s);
+    }
 
-    // Recovery and memory each on a database of their own, so that neither
-    // the earlier tasks nor the other measurement weigh on them.
     if args.recovery_tasks > 0 {
         let fresh = FreshDb::create(&args.db).await?;
         let r = recovery(&args, &fresh.url).await;
         fresh.drop_now().await;
         f.recovery_s = Some(r?);
         f.recovery_in_flight = args.recovery_tasks;
-    }
-    if args.memory_tasks > 0 {
-        let fresh = FreshDb::create(&args.db).await?;
-        let r = memory(&args, &fresh.url).await;
-        fresh.drop_now().await;
-        let (baseline, peak, submit_s) = r?;
-        f.memory_baseline_mb = Some(baseline);
-        f.memory_peak_mb = Some(peak);
-        f.memory_submit_s = Some(submit_s);
     }
 
     let ratio = f.tasks_per_s / f.raw_appends_per_s;
@@ -354,6 +364,7 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
 
     let worker = engine.start_worker(WorkerConfig {
         eager_start: std::env::var("MANDATE_BENCH_NO_EAGER").is_err(),
+        max_active_tasks: args.max_active_tasks,
         ..WorkerConfig::default()
     });
     // Warm up (connections, caches).
@@ -576,7 +587,15 @@ pub async fn run_worker(args: BenchWorkerArgs) -> anyhow::Result<()> {
 /// submitting, peak MB, seconds the submissions took).
 async fn memory(args: &BenchArgs, url: &str) -> anyhow::Result<(f64, f64, f64)> {
     let engine = engine_on(url, None).await?;
-    let worker = engine.start_worker(WorkerConfig::default());
+    let worker = engine.start_worker(WorkerConfig {
+        max_active_tasks: args.max_active_tasks,
+        ..WorkerConfig::default()
+    });
+    // The peak so far belongs to the earlier measurements in this process.
+    anyhow::ensure!(
+        crate::stats::reset_peak_rss(),
+        "cannot reset the peak RSS (/proc/self/clear_refs): the memory figure would include the earlier measurements"
+    );
     let baseline = proc_status_kb("VmRSS").unwrap_or(0) as f64 / 1024.0;
     let input = json!({"stages": [[{"wait_signal": "go", "approval": true}]]});
     let t0 = Instant::now();

@@ -48,6 +48,13 @@ pub fn proc_status_kb(field: &str) -> Option<u64> {
         .ok()
 }
 
+/// Resets this process's peak RSS (`VmHWM`) to its current RSS, so a later
+/// `VmHWM` is the peak of what follows only (Linux `clear_refs`, value 5).
+/// Returns whether the kernel took it.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
