@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::catalog::Endpoint;
-use crate::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
+use mandate_engine::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 
 /// A tool served by an HTTP endpoint.
 pub struct HttpTool {

@@ -32,7 +32,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
-use crate::tool::{ToolContext, ToolError};
+use mandate_engine::tool::{ToolContext, ToolError};
 
 /// The DDL for the demo tables and the demo seed data. They are the
 /// migration files themselves, so the engine's migrations and

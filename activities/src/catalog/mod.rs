@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::tool::ToolKind;
+use mandate_engine::tool::ToolKind;
 
 pub use crudlex::{Crudlex, Operation};
 pub use schema::validate as validate_schema;

@@ -13,8 +13,8 @@ use super::input::Input;
 use super::names::{DEPLOY_HEALTH_CHECK, DEPLOY_SET_VERSION, DEPLOY_SNAPSHOT};
 use super::namespaces::SERVICE;
 use super::world_failure;
-use crate::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 use crate::world::World;
+use mandate_engine::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 
 /// The version a service has before its first deploy.
 pub const INITIAL_VERSION: &str = "v0";

@@ -11,8 +11,8 @@ use super::input::Input;
 use super::names::EMAIL_SEND;
 use super::namespaces::EMAIL;
 use super::world_failure;
-use crate::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 use crate::world::World;
+use mandate_engine::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 
 /// `email.send` (irreversible write): input `{to, subject}` → `{message_id}`.
 ///

@@ -14,8 +14,8 @@ use super::input::Input;
 use super::names::{FLAG_RESTORE, FLAG_SET};
 use super::namespaces::FLAG;
 use super::world_failure;
-use crate::tool::{Tool, ToolContext, ToolKind, ToolResult};
 use crate::world::World;
+use mandate_engine::tool::{Tool, ToolContext, ToolKind, ToolResult};
 
 /// `null` deletes; anything else is stored.
 fn stored(value: Value) -> Option<Value> {

@@ -25,8 +25,8 @@ use super::names::{
 };
 use super::namespaces::IAM_POLICY;
 use super::world_failure;
-use crate::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 use crate::world::World;
+use mandate_engine::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 
 /// Most versions kept per policy; the oldest go first, but never the default
 /// nor the one it replaced (the one a rollback goes back to).

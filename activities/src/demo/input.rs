@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::tool::ToolError;
+use mandate_engine::tool::ToolError;
 
 /// A tool's input, checked to be a JSON object.
 pub(super) struct Input<'a> {

@@ -13,8 +13,8 @@ use super::input::Input;
 use super::names::{KV_DELETE, KV_PUT};
 use super::namespaces::KV;
 use super::world_failure;
-use crate::tool::{Tool, ToolContext, ToolKind, ToolResult};
 use crate::world::World;
+use mandate_engine::tool::{Tool, ToolContext, ToolKind, ToolResult};
 
 /// `kv.put` (reversible write): input `{key, value}` → `{key, previous, value}`
 /// (`previous` is null if the key was absent; a null `value` deletes the

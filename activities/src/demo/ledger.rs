@@ -14,8 +14,8 @@ use super::input::Input;
 use super::names::{LEDGER_CHARGE, LEDGER_REFUND};
 use super::namespaces::LEDGER;
 use super::world_failure;
-use crate::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 use crate::world::World;
+use mandate_engine::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 
 /// The balance recorded for an account, 0 if it has none.
 fn balance_of(tool: &str, account: &str, resource: Option<&Value>) -> Result<i64, ToolError> {

@@ -18,9 +18,9 @@ mod kv;
 mod ledger;
 mod testing;
 
-use crate::registry::ToolRegistry;
-use crate::tool::ToolError;
 use crate::world::{self, World};
+use mandate_engine::tool::ToolError;
+use mandate_engine::tool::ToolRegistry;
 
 pub use deploy::{DeployHealthCheck, DeploySetVersion, DeploySnapshot, INITIAL_VERSION};
 pub use email::EmailSend;

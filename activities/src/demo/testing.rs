@@ -15,8 +15,8 @@ use super::input::Input;
 use super::names::{TEST_ECHO, TEST_FAULT, TEST_FAULT_WRITE};
 use super::namespaces::KV;
 use super::world_failure;
-use crate::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 use crate::world::World;
+use mandate_engine::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 
 /// Longest `sleep_ms` accepted: an hour is far beyond any test, and a bound
 /// keeps a typo from parking a worker for days.

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::InterventionPath;
 use super::load::{Level, PolicySet};
 use crate::catalog::{Crudlex, Operation, autonomy_level, validate_schema};
-use crate::tool::ToolKind;
+use mandate_engine::tool::ToolKind;
 
 /// What is being decided: one step of one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -19,9 +19,9 @@ use serde_json::{Value, json};
 
 use super::eval::CheckRequest;
 use super::{Governance, InterventionPath};
-use crate::registry::ToolRegistry;
-use crate::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 use crate::world::World;
+use mandate_engine::tool::ToolRegistry;
+use mandate_engine::tool::{Tool, ToolContext, ToolError, ToolKind, ToolResult};
 
 pub const POLICY_CHECK: &str = "policy.check";
 pub const APPROVAL_ESCALATE: &str = "approval.escalate";

@@ -1,7 +1,7 @@
 //! `audit_stored` on canned histories, as plain data: no store, no runtime.
 
+use crate::core::tool::ToolKind;
 use futures::future::LocalBoxFuture;
-use mandate_activities::ToolKind;
 use serde_json::{Value, json};
 
 use super::*;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicI64;
 
-use mandate_activities::ToolRegistry;
+use crate::tool::ToolRegistry;
 use tokio::sync::{Notify, broadcast};
 
 use crate::core::limits::Limits;

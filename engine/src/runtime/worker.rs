@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::tool::ToolContext;
 use futures::FutureExt;
-use mandate_activities::ToolContext;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 

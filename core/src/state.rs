@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use mandate_activities::ToolKind;
+use crate::tool::ToolKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

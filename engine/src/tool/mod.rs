@@ -1,48 +1,17 @@
 //! The tool contract: what a tool is, what the engine tells it about a call,
-//! and how it reports failure.
+//! how it reports failure, and the registry the engine looks tools up in.
 //!
-//! This module holds plain types only. It must never perform I/O or know
-//! about any particular tool.
+//! The engine owns this contract; tool crates (`mandate-activities`, remote
+//! tools) implement it. This module holds plain types only. It must never
+//! perform I/O or know about any particular tool.
+
+mod registry;
+
+pub use mandate_core::tool::{ToolCatalog, ToolInfo, ToolKind};
+pub use registry::ToolRegistry;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-
-/// How a tool affects the world.
-///
-/// The engine uses this to decide what needs compensation on rollback and
-/// what needs a human when compensation is impossible.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ToolKind {
-    /// Observes the world without changing it; safe to repeat.
-    Read,
-    /// Changes the world in a way another call can undo.
-    WriteReversible,
-    /// Changes the world in a way nothing can undo (an email that was sent).
-    WriteIrreversible,
-}
-
-impl ToolKind {
-    /// Whether calling the tool changes the world.
-    pub fn is_write(self) -> bool {
-        !matches!(self, ToolKind::Read)
-    }
-
-    /// The stable snake_case name, the same one serde uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ToolKind::Read => "read",
-            ToolKind::WriteReversible => "write_reversible",
-            ToolKind::WriteIrreversible => "write_irreversible",
-        }
-    }
-}
-
-impl std::fmt::Display for ToolKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What the engine tells a tool about the call.
 #[derive(Debug, Clone)]
@@ -145,9 +114,9 @@ pub type ToolResult = Result<serde_json::Value, ToolError>;
 /// step's effect committed first, the compensation sees it and undoes it; if
 /// the fence committed first, the step can no longer apply. A refused undo
 /// should still fence (the step is being rolled back either way).
-/// [`World::apply_call`](crate::World::apply_call) does all of this for the
-/// demo tools; remote tools receive the key as the `X-Mandate-Compensates`
-/// header ([`crate::http`]).
+/// `mandate_activities::World::apply_call` does all of this for the demo
+/// tools; remote tools receive the key as the `X-Mandate-Compensates` header
+/// (`mandate_activities::http`).
 pub trait Tool: Send + Sync + 'static {
     /// The name steps use to call this tool, e.g. `deploy.set_version`.
     fn name(&self) -> &str;
@@ -182,22 +151,6 @@ mod tests {
         assert_eq!(ctx.idempotency_key, "task-1:12");
         assert_eq!(ctx.compensates.as_deref(), Some("task-1:7"));
         assert_eq!(ctx.attempt, 2);
-    }
-
-    #[test]
-    fn kind_names_match_serde() {
-        for kind in [
-            ToolKind::Read,
-            ToolKind::WriteReversible,
-            ToolKind::WriteIrreversible,
-        ] {
-            let json = serde_json::to_value(kind).expect("a ToolKind serializes");
-            assert_eq!(json, serde_json::Value::String(kind.as_str().to_owned()));
-            assert_eq!(kind.to_string(), kind.as_str());
-        }
-        assert!(!ToolKind::Read.is_write());
-        assert!(ToolKind::WriteReversible.is_write());
-        assert!(ToolKind::WriteIrreversible.is_write());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! to a history, its meaning must never change. Add variants; never repurpose one.
 //! Names are facts in the past tense.
 
-use mandate_activities::ToolKind;
+use crate::tool::ToolKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

@@ -2,7 +2,9 @@
 //! store, no runtime: `decide` and `replay` are pure.
 
 use futures::future::LocalBoxFuture;
-use mandate_activities::{ToolContext, ToolKind, ToolRegistry, ToolResult};
+use std::collections::HashMap;
+
+use crate::tool::{ToolInfo, ToolKind};
 use serde_json::{Value, json};
 
 use super::decide::{AttemptOutcome, DecideInput, Target, actions, decide, projection};
@@ -12,31 +14,24 @@ use super::retry::RetryPolicy;
 use super::state::{TaskState, TaskStatus};
 use super::workflow::{StepOptions, Workflow, WorkflowContext, WorkflowError, check_history};
 
-struct Noop(&'static str, ToolKind);
-
-impl mandate_activities::Tool for Noop {
-    fn name(&self) -> &str {
-        self.0
-    }
-    fn kind(&self) -> ToolKind {
-        self.1
-    }
-    fn call<'a>(
-        &'a self,
-        _: ToolContext,
-        input: Value,
-    ) -> futures::future::BoxFuture<'a, ToolResult> {
-        Box::pin(async move { Ok(input) })
-    }
-}
-
-fn tools() -> ToolRegistry {
-    let mut t = ToolRegistry::new();
-    t.register(Noop("read", ToolKind::Read))
-        .register(Noop("write", ToolKind::WriteReversible))
-        .register(Noop("undo", ToolKind::WriteReversible))
-        .register(Noop("send", ToolKind::WriteIrreversible));
-    t
+fn tools() -> HashMap<String, ToolInfo> {
+    [
+        ("read", ToolKind::Read),
+        ("write", ToolKind::WriteReversible),
+        ("undo", ToolKind::WriteReversible),
+        ("send", ToolKind::WriteIrreversible),
+    ]
+    .into_iter()
+    .map(|(name, kind)| {
+        (
+            name.to_string(),
+            ToolInfo {
+                kind,
+                recovery_path: None,
+            },
+        )
+    })
+    .collect()
 }
 
 /// Two sequential steps; the first is compensated by `undo`.

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::tool::Tool;
+use super::{Tool, ToolCatalog, ToolInfo};
 
 /// Tools by name.
 ///
@@ -61,6 +61,15 @@ impl ToolRegistry {
     /// Whether no tool is registered.
     pub fn is_empty(&self) -> bool {
         self.tools.is_empty()
+    }
+}
+
+impl ToolCatalog for ToolRegistry {
+    fn tool_info(&self, name: &str) -> Option<ToolInfo> {
+        self.tools.get(name).map(|t| ToolInfo {
+            kind: t.kind(),
+            recovery_path: t.recovery_path().map(str::to_string),
+        })
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use mandate_activities::{ToolKind, ToolRegistry};
+use crate::tool::{ToolCatalog, ToolKind};
 use serde_json::Value;
 
 use super::event::{Event, EventPayload, NewEvent, RecordedError};
@@ -64,7 +64,7 @@ pub struct DecideInput<'a> {
     pub outcomes: &'a [AttemptOutcome],
     /// `None` when the workflow is not registered in this binary.
     pub workflow: Option<&'a dyn Workflow>,
-    pub tools: &'a ToolRegistry,
+    pub tools: &'a dyn ToolCatalog,
     pub worker: &'a str,
     pub limits: &'a Limits,
     /// An active halt (kill switch) covering this task: no new step starts.
@@ -387,14 +387,14 @@ impl Draft<'_> {
                             .map_err(|e| format!("{where_}: {field}: {e}"))?;
                     }
                 }
-                let (kind, tool_recovery) = match self.input.tools.get(&options.tool) {
-                    Some(t) => (t.kind(), t.recovery_path().map(str::to_string)),
+                let (kind, tool_recovery) = match self.input.tools.tool_info(&options.tool) {
+                    Some(t) => (t.kind, t.recovery_path),
                     // Unknown tools are scheduled and fail at execution with a clear
                     // error, so the workflow sees an ordinary step failure.
                     None => (ToolKind::Read, None),
                 };
                 if let Some(c) = &options.compensation
-                    && self.input.tools.get(&c.tool).is_none()
+                    && self.input.tools.tool_info(&c.tool).is_none()
                 {
                     return Err(format!(
                         "{where_}: compensation tool {:?} is not registered",
