@@ -7,6 +7,10 @@
 
 use std::collections::HashMap;
 
+use crate::gateway::{
+    ApprovalRequirement, Gateway, GatewayDecision, GatewayRequest, InterventionPath, Preapproval,
+    PreapprovalUse, Principal, merge_edit,
+};
 use crate::tool::{ToolCatalog, ToolKind};
 use serde_json::Value;
 
@@ -65,6 +69,12 @@ pub struct DecideInput<'a> {
     /// `None` when the workflow is not registered in this binary.
     pub workflow: Option<&'a dyn Workflow>,
     pub tools: &'a dyn ToolCatalog,
+    /// The governance every step passes before it is scheduled.
+    pub gateway: &'a dyn Gateway,
+    /// Pre-approvals in force (granted through their own API); a gated step
+    /// they cover is scheduled without waiting, and its decision names the
+    /// one used.
+    pub preapprovals: &'a [Preapproval],
     pub worker: &'a str,
     pub limits: &'a Limits,
     /// An active halt (kill switch) covering this task: no new step starts.
@@ -360,6 +370,326 @@ impl Draft<'_> {
         self.new.len() > before
     }
 
+    fn principal(&self) -> Principal {
+        Principal {
+            agent: self.state.agent.clone(),
+            on_behalf_of: self.state.on_behalf_of.clone(),
+        }
+    }
+
+    /// Asks the gateway about one step and applies a pre-approval to a gate
+    /// it covers.
+    fn evaluate(
+        &self,
+        principal: &Principal,
+        step: &str,
+        tool: &str,
+        kind: Option<ToolKind>,
+        input: &Value,
+    ) -> GatewayDecision {
+        let now = self.input.now_ms;
+        let mut decision = self.input.gateway.evaluate(&GatewayRequest {
+            task_id: &self.state.task_id,
+            workflow: &self.state.workflow,
+            principal,
+            step,
+            tool,
+            kind,
+            input,
+            now_ms: now,
+        });
+        if decision.path == InterventionPath::GatedExecute
+            && let Some(agent) = &principal.agent
+            && let Some(p) = self
+                .input
+                .preapprovals
+                .iter()
+                .find(|p| p.covers(tool, agent, decision.scope.as_deref(), now))
+        {
+            decision.preapproval = Some(PreapprovalUse {
+                id: p.id.clone(),
+                granted_by: p.granted_by.clone(),
+                expires_at_ms: p.expires_at_ms,
+            });
+        }
+        decision
+    }
+
+    /// After a recorded decision: deny, ask for approval, or schedule.
+    fn act_on_decision(&mut self, policy_seq: i64) {
+        let gate = self.state.gates[&policy_seq].clone();
+        let d = &gate.decision;
+        match d.path {
+            InterventionPath::Deny => {
+                let reason = format!(
+                    "step {:?} ({}) denied by policy (set {}): {}",
+                    gate.name,
+                    gate.tool,
+                    &d.policy_hash[..d.policy_hash.len().min(12)],
+                    d.explain()
+                );
+                self.engine(EventPayload::StepDenied {
+                    policy_seq,
+                    rule: d.rule().to_string(),
+                    reason,
+                });
+            }
+            InterventionPath::GatedExecute if d.preapproval.is_none() => {
+                let requirement = d.approval.clone().unwrap_or(ApprovalRequirement {
+                    approvers: d.owners.clone(),
+                    quorum: 1,
+                    timeout_ms: 3_600_000,
+                    escalation: None,
+                });
+                let decided_by = d.decided_by.clone();
+                self.request_approval(&gate, requirement, gate.input.clone(), decided_by, None);
+            }
+            _ => self.schedule_gate(&gate, gate.input.clone()),
+        }
+    }
+
+    fn request_approval(
+        &mut self,
+        gate: &super::state::GateState,
+        requirement: ApprovalRequirement,
+        input: Value,
+        decided_by: Vec<super::gateway::RuleRef>,
+        supersedes: Option<i64>,
+    ) {
+        if requirement.approvers.is_empty() {
+            self.engine(EventPayload::StepDenied {
+                policy_seq: gate.seq,
+                rule: "approval.no-approvers".into(),
+                reason: format!(
+                    "step {:?} ({}) needs an approval but the policy names no approver; name approvers or owners for {} in the catalog",
+                    gate.name, gate.tool, gate.tool
+                ),
+            });
+            return;
+        }
+        let timeout_ms = requirement
+            .timeout_ms
+            .clamp(1, self.input.limits.max_timer_ms);
+        self.engine(EventPayload::ApprovalRequested {
+            command: None,
+            policy_seq: Some(gate.seq),
+            subject: gate.name.clone(),
+            input: Some(input),
+            approvers: requirement.approvers,
+            quorum: requirement.quorum.max(1),
+            timeout_ms,
+            deadline_at_ms: self.input.now_ms + timeout_ms as i64,
+            escalation: requirement.escalation,
+            decided_by,
+            supersedes,
+        });
+    }
+
+    fn schedule_gate(&mut self, gate: &super::state::GateState, input: Value) {
+        let compensation = gate
+            .compensation
+            .clone()
+            .map(|c| edited_compensation(c, &gate.input, &input));
+        self.engine(EventPayload::StepScheduled {
+            command: gate.command,
+            name: gate.name.clone(),
+            tool: gate.tool.clone(),
+            kind: gate.kind,
+            input,
+            retry: gate.retry.clone(),
+            timeout_ms: gate.timeout_ms,
+            compensation,
+            recovery_path: gate.recovery_path.clone(),
+            policy_seq: Some(gate.seq),
+        });
+    }
+
+    /// Closes approval requests that are decided or past their deadline.
+    /// Returns whether anything was decided.
+    fn resolve_approvals(&mut self) -> bool {
+        let before = self.new.len();
+        let now = self.input.now_ms;
+        let open: Vec<i64> = self
+            .state
+            .approvals
+            .values()
+            .filter(|a| a.is_open())
+            .map(|a| a.seq)
+            .collect();
+        for seq in open {
+            let a = self.state.approvals[&seq].clone();
+            let gate = a.policy_seq.and_then(|p| self.state.gates.get(&p).cloned());
+            let subject = match &gate {
+                Some(g) => format!("step {:?} ({})", g.name, g.tool),
+                None => format!("approval {:?}", a.subject),
+            };
+            if let Some(r) = a.decisions.iter().find(|d| !d.approved) {
+                self.engine(EventPayload::ApprovalResolved {
+                    request_seq: seq,
+                    outcome: "rejected".into(),
+                    by: vec![r.identity.clone()],
+                    comment: r.comment.clone(),
+                });
+                if let Some(g) = &gate {
+                    let reason = format!(
+                        "{subject} rejected by {}{}",
+                        r.identity,
+                        r.comment
+                            .as_ref()
+                            .map(|c| format!(": {c}"))
+                            .unwrap_or_default()
+                    );
+                    self.engine(EventPayload::StepDenied {
+                        policy_seq: g.seq,
+                        rule: "approval.rejected".into(),
+                        reason,
+                    });
+                }
+                continue;
+            }
+            let by = a.approved_by();
+            let comment = a.decisions.iter().rev().find_map(|d| d.comment.clone());
+            if by.len() as u32 >= a.quorum.max(1) {
+                let Some(g) = gate else {
+                    self.engine(EventPayload::ApprovalResolved {
+                        request_seq: seq,
+                        outcome: "approved".into(),
+                        by,
+                        comment,
+                    });
+                    continue;
+                };
+                let base = a.input.clone().unwrap_or_else(|| g.input.clone());
+                let mut input = base.clone();
+                for e in a.decisions.iter().filter_map(|d| d.edit.as_ref()) {
+                    input = merge_edit(&input, e);
+                }
+                if input != base {
+                    if let Err(e) = self.input.limits.check_payload(&input) {
+                        self.engine(EventPayload::ApprovalResolved {
+                            request_seq: seq,
+                            outcome: "edit_denied".into(),
+                            by,
+                            comment,
+                        });
+                        self.engine(EventPayload::StepDenied {
+                            policy_seq: g.seq,
+                            rule: "limits.payload".into(),
+                            reason: format!("the approver's edit of {subject}: {e}"),
+                        });
+                        continue;
+                    }
+                    let principal = self.principal();
+                    let d = self.evaluate(&principal, &g.name, &g.tool, Some(g.kind), &input);
+                    self.engine(EventPayload::ApprovalEditEvaluated {
+                        request_seq: seq,
+                        input: input.clone(),
+                        decision: d.clone(),
+                    });
+                    let current = ApprovalRequirement {
+                        approvers: a.approvers.clone(),
+                        quorum: a.quorum,
+                        timeout_ms: a.timeout_ms,
+                        escalation: a.escalation.clone(),
+                    };
+                    match (&d.path, &d.approval) {
+                        (InterventionPath::Deny, _) => {
+                            self.engine(EventPayload::ApprovalResolved {
+                                request_seq: seq,
+                                outcome: "edit_denied".into(),
+                                by,
+                                comment,
+                            });
+                            self.engine(EventPayload::StepDenied {
+                                policy_seq: g.seq,
+                                rule: d.rule().to_string(),
+                                reason: format!(
+                                    "the approver's edit of {subject} was denied by policy: {}",
+                                    d.explain()
+                                ),
+                            });
+                            continue;
+                        }
+                        (InterventionPath::GatedExecute, Some(req))
+                            if d.preapproval.is_none() && req.stricter_than(&current) =>
+                        {
+                            self.engine(EventPayload::ApprovalResolved {
+                                request_seq: seq,
+                                outcome: "superseded".into(),
+                                by,
+                                comment,
+                            });
+                            let decided_by = d.decided_by.clone();
+                            self.request_approval(&g, req.clone(), input, decided_by, Some(seq));
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+                self.engine(EventPayload::ApprovalResolved {
+                    request_seq: seq,
+                    outcome: "approved".into(),
+                    by,
+                    comment,
+                });
+                self.schedule_gate(&g, input);
+                continue;
+            }
+            if now >= a.deadline_at_ms {
+                if let (Some(to), None) = (&a.escalation, &a.escalated_to) {
+                    self.engine(EventPayload::ApprovalEscalated {
+                        request_seq: seq,
+                        to: to.clone(),
+                        deadline_at_ms: a.deadline_at_ms + a.timeout_ms as i64,
+                    });
+                    continue;
+                }
+                self.engine(EventPayload::ApprovalResolved {
+                    request_seq: seq,
+                    outcome: "timed_out".into(),
+                    by,
+                    comment: None,
+                });
+                if let Some(g) = &gate {
+                    let reason = format!(
+                        "{subject}: no approval within {} ms of the request{}; the step was not run",
+                        a.timeout_ms,
+                        match &a.escalated_to {
+                            Some(to) => format!(" and its escalation to {to}"),
+                            None => String::new(),
+                        }
+                    );
+                    self.engine(EventPayload::StepDenied {
+                        policy_seq: g.seq,
+                        rule: "approval.timeout".into(),
+                        reason,
+                    });
+                }
+            }
+        }
+        self.new.len() > before
+    }
+
+    /// A rollback withdraws the approval requests still open: nobody needs
+    /// to decide them any more.
+    fn withdraw_approvals(&mut self) {
+        let open: Vec<i64> = self
+            .state
+            .approvals
+            .values()
+            .filter(|a| a.is_open())
+            .map(|a| a.seq)
+            .collect();
+        for seq in open {
+            self.engine(EventPayload::ApprovalResolved {
+                request_seq: seq,
+                outcome: "withdrawn".into(),
+                by: Vec::new(),
+                comment: Some("the task is rolling back".into()),
+            });
+        }
+    }
+
     fn schedule(&mut self, command: NewCommand) -> Result<(), String> {
         let now = self.input.now_ms;
         let limits = self.input.limits;
@@ -387,12 +717,11 @@ impl Draft<'_> {
                             .map_err(|e| format!("{where_}: {field}: {e}"))?;
                     }
                 }
-                let (kind, tool_recovery) = match self.input.tools.tool_info(&options.tool) {
-                    Some(t) => (t.kind, t.recovery_path),
-                    // Unknown tools are scheduled and fail at execution with a clear
-                    // error, so the workflow sees an ordinary step failure.
-                    None => (ToolKind::Read, None),
-                };
+                let info = self.input.tools.tool_info(&options.tool);
+                // Unknown tools are decided (the gateway sees no kind) and, if
+                // allowed, fail at execution with a clear error, so the
+                // workflow sees an ordinary step failure.
+                let kind = info.as_ref().map(|t| t.kind).unwrap_or(ToolKind::Read);
                 if let Some(c) = &options.compensation
                     && self.input.tools.tool_info(&c.tool).is_none()
                 {
@@ -401,7 +730,19 @@ impl Draft<'_> {
                         c.tool
                     ));
                 }
-                self.engine(EventPayload::StepScheduled {
+                let principal = self.principal();
+                let decision = self.evaluate(
+                    &principal,
+                    &options.name,
+                    &options.tool,
+                    info.as_ref().map(|t| t.kind),
+                    &options.input,
+                );
+                let recovery_path = options
+                    .recovery_path
+                    .or(info.and_then(|t| t.recovery_path))
+                    .or(decision.recovery_path.clone());
+                self.engine(EventPayload::PolicyEvaluated {
                     command,
                     name: options.name,
                     tool: options.tool,
@@ -410,7 +751,46 @@ impl Draft<'_> {
                     retry,
                     timeout_ms,
                     compensation: options.compensation,
-                    recovery_path: options.recovery_path.or(tool_recovery),
+                    recovery_path,
+                    principal,
+                    decision,
+                });
+                let policy_seq = self.state.last_seq;
+                self.act_on_decision(policy_seq);
+            }
+            NewCommand::Approval {
+                command,
+                subject,
+                timeout_ms,
+            } => {
+                let principal = self.principal();
+                let wa = self.input.gateway.workflow_approval(
+                    &principal,
+                    &self.state.workflow,
+                    &subject,
+                );
+                let timeout_ms = match timeout_ms {
+                    Some(t) => t.min(wa.requirement.timeout_ms),
+                    None => wa.requirement.timeout_ms,
+                };
+                if timeout_ms > limits.max_timer_ms {
+                    return Err(format!(
+                        "approval {subject:?}: timeout exceeds the limit of {} ms",
+                        limits.max_timer_ms
+                    ));
+                }
+                self.engine(EventPayload::ApprovalRequested {
+                    command: Some(command),
+                    policy_seq: None,
+                    subject,
+                    input: None,
+                    approvers: wa.requirement.approvers,
+                    quorum: wa.requirement.quorum.max(1),
+                    timeout_ms,
+                    deadline_at_ms: now + timeout_ms as i64,
+                    escalation: wa.requirement.escalation,
+                    decided_by: wa.decided_by,
+                    supersedes: None,
                 });
             }
             NewCommand::Timer {
@@ -466,6 +846,7 @@ impl Draft<'_> {
     fn advance_rollback(&mut self) -> bool {
         let before = self.new.len();
         let now = self.input.now_ms;
+        self.withdraw_approvals();
         // Steps waiting for a retry are abandoned; steps mid-attempt must resolve
         // first, so that a step that did complete is also compensated.
         //
@@ -631,6 +1012,36 @@ impl Draft<'_> {
     }
 }
 
+/// A step's compensation after an approver edited the step's input: each
+/// top-level field of the compensation input that has the name of an edited
+/// field and held its old value takes the new value (a refund of
+/// `amount_cents` follows an edited charge of `amount_cents`). The result is
+/// recorded in `StepScheduled`, before the step runs, like any compensation.
+pub fn edited_compensation(
+    mut c: super::event::Compensation,
+    requested: &Value,
+    edited: &Value,
+) -> super::event::Compensation {
+    if requested == edited {
+        return c;
+    }
+    if let (Some(comp), Some(old), Some(new)) = (
+        c.input.as_object_mut(),
+        requested.as_object(),
+        edited.as_object(),
+    ) {
+        for (field, value) in new {
+            if old.get(field) != Some(value)
+                && let Some(slot) = comp.get_mut(field)
+                && old.get(field) == Some(slot)
+            {
+                *slot = value.clone();
+            }
+        }
+    }
+    c
+}
+
 /// The steps a rollback must undo, newest first: completed steps by the order
 /// they completed, and failed steps whose effect is unknown (a timed-out
 /// attempt may have applied it) by when they failed. Compensations are
@@ -703,6 +1114,7 @@ pub fn decide(input: &DecideInput<'_>, state: TaskState) -> Decision {
             break;
         }
         if d.state.rollback.is_none() {
+            progressed |= d.resolve_approvals();
             progressed |= d.advance_workflow();
         }
         if d.state.rollback.is_some() && !d.state.is_final() && d.state.blocked.is_none() {

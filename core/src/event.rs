@@ -4,6 +4,7 @@
 //! to a history, its meaning must never change. Add variants; never repurpose one.
 //! Names are facts in the past tense.
 
+use crate::gateway::{GatewayDecision, Principal, RuleRef};
 use crate::tool::ToolKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -72,6 +73,104 @@ pub enum EventPayload {
         compensation: Option<Compensation>,
         #[serde(default)]
         recovery_path: Option<String>,
+        /// The `PolicyEvaluated` event this step was decided by. Then that
+        /// event is the step's command event and this one is not; absent in
+        /// histories written before the gateway (release 0.1), where this
+        /// event is the command.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy_seq: Option<i64>,
+    },
+    /// The gateway decided a step the workflow asked for, before anything was
+    /// scheduled for it. This is the step's command event (matched on replay
+    /// by name, tool and the input the workflow asked for); it carries the
+    /// whole request so the engine can schedule the step later (after an
+    /// approval) from the history alone.
+    PolicyEvaluated {
+        command: u32,
+        name: String,
+        tool: String,
+        kind: ToolKind,
+        input: Value,
+        retry: RetryPolicy,
+        timeout_ms: u64,
+        #[serde(default)]
+        compensation: Option<Compensation>,
+        #[serde(default)]
+        recovery_path: Option<String>,
+        principal: Principal,
+        decision: GatewayDecision,
+    },
+    /// The step decided at `policy_seq` will not run: the gateway denied it,
+    /// its approval was rejected or timed out, or an approver's edit was
+    /// denied. The workflow sees a non-retryable step error.
+    StepDenied {
+        policy_seq: i64,
+        rule: String,
+        reason: String,
+    },
+    /// A person must decide. Either a gated step (`policy_seq`) or the
+    /// workflow's own approval wait (`command`: then this is a command event).
+    /// The deadline is absolute.
+    ApprovalRequested {
+        #[serde(default)]
+        command: Option<u32>,
+        #[serde(default)]
+        policy_seq: Option<i64>,
+        /// The step's name, or the name the workflow gave its approval.
+        subject: String,
+        /// For a gated step: the input the approvers decide on.
+        #[serde(default)]
+        input: Option<Value>,
+        approvers: Vec<String>,
+        quorum: u32,
+        timeout_ms: u64,
+        deadline_at_ms: i64,
+        #[serde(default)]
+        escalation: Option<String>,
+        #[serde(default)]
+        decided_by: Vec<RuleRef>,
+        /// A request this one replaces (an approver's edit needed more).
+        #[serde(default)]
+        supersedes: Option<i64>,
+    },
+    /// One approver's decision, appended only through the engine's approval
+    /// call with an authenticated identity (the event's actor is
+    /// `approver:<identity>`).
+    ApprovalDecided {
+        request_seq: i64,
+        identity: String,
+        approved: bool,
+        #[serde(default)]
+        comment: Option<String>,
+        /// Input fields the approver changed (re-checked by the gateway).
+        #[serde(default)]
+        edit: Option<Value>,
+        /// How the identity was authenticated (`token:<id>`, `cli:<os user>`).
+        #[serde(default)]
+        via: Option<String>,
+    },
+    /// The request passed its deadline and went to its escalation target,
+    /// with a new deadline.
+    ApprovalEscalated {
+        request_seq: i64,
+        to: String,
+        deadline_at_ms: i64,
+    },
+    /// An approver's edit of a gated step's input, re-checked by the gateway.
+    ApprovalEditEvaluated {
+        request_seq: i64,
+        input: Value,
+        decision: GatewayDecision,
+    },
+    /// The request is closed: `approved`, `rejected`, `timed_out`,
+    /// `edit_denied` or `superseded`.
+    ApprovalResolved {
+        request_seq: i64,
+        outcome: String,
+        #[serde(default)]
+        by: Vec<String>,
+        #[serde(default)]
+        comment: Option<String>,
     },
     StepCompleted {
         step_seq: i64,
@@ -229,6 +328,13 @@ impl EventPayload {
             Self::TaskSubmitted { .. } => "TaskSubmitted",
             Self::TaskStarted { .. } => "TaskStarted",
             Self::StepScheduled { .. } => "StepScheduled",
+            Self::PolicyEvaluated { .. } => "PolicyEvaluated",
+            Self::StepDenied { .. } => "StepDenied",
+            Self::ApprovalRequested { .. } => "ApprovalRequested",
+            Self::ApprovalDecided { .. } => "ApprovalDecided",
+            Self::ApprovalEscalated { .. } => "ApprovalEscalated",
+            Self::ApprovalEditEvaluated { .. } => "ApprovalEditEvaluated",
+            Self::ApprovalResolved { .. } => "ApprovalResolved",
             Self::StepCompleted { .. } => "StepCompleted",
             Self::StepAttemptFailed { .. } => "StepAttemptFailed",
             Self::StepFailed { .. } => "StepFailed",
@@ -256,11 +362,20 @@ impl EventPayload {
         }
     }
 
-    /// Whether this event records a workflow command (matched in order on replay).
+    /// Whether this event records a workflow command (matched in order on
+    /// replay). A governed step's command is its `PolicyEvaluated`; its
+    /// `StepScheduled` (which names that decision) is not a command.
     pub fn is_command(&self) -> bool {
         matches!(
             self,
-            Self::StepScheduled { .. }
+            Self::StepScheduled {
+                policy_seq: None,
+                ..
+            } | Self::PolicyEvaluated { .. }
+                | Self::ApprovalRequested {
+                    command: Some(_),
+                    ..
+                }
                 | Self::TimerStarted { .. }
                 | Self::SignalWaitStarted { .. }
                 | Self::MarkerRecorded { .. }

@@ -7,9 +7,11 @@
 //! (no tokio, no sqlx). Time is an argument; tools and policies are looked up
 //! through traits and never called; replay never performs a side effect.
 
+pub mod approvals;
 pub mod chain;
 pub mod decide;
 pub mod event;
+pub mod gateway;
 pub mod limits;
 pub mod retry;
 pub mod state;
@@ -18,3 +20,6 @@ pub mod workflow;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod gateway_tests;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::event::{Compensation, EventPayload, RecordedError};
+use super::gateway::GatewayDecision;
 use super::retry::RetryPolicy;
 
 /// The statuses of SPEC §3.
@@ -174,6 +175,86 @@ pub struct SignalState {
     pub consumed: bool,
 }
 
+/// A step the gateway decided (`PolicyEvaluated`), keyed by that event's seq.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateState {
+    pub seq: i64,
+    pub command: u32,
+    pub name: String,
+    pub tool: String,
+    pub kind: ToolKind,
+    /// The input the workflow asked for.
+    pub input: Value,
+    pub retry: RetryPolicy,
+    pub timeout_ms: u64,
+    pub compensation: Option<Compensation>,
+    pub recovery_path: Option<String>,
+    pub decision: GatewayDecision,
+    /// The `StepScheduled` that followed, once the step may run.
+    pub step_seq: Option<i64>,
+    /// Why the step will not run (`StepDenied`).
+    pub denied: Option<String>,
+}
+
+impl GateState {
+    /// Whether the gate is closed: scheduled or denied.
+    pub fn is_resolved(&self) -> bool {
+        self.step_seq.is_some() || self.denied.is_some()
+    }
+}
+
+/// One approver's recorded decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalDecisionState {
+    pub seq: i64,
+    pub identity: String,
+    pub approved: bool,
+    pub comment: Option<String>,
+    pub edit: Option<Value>,
+    pub recorded_at_ms: i64,
+}
+
+/// An approval request (`ApprovalRequested`), keyed by its seq.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalState {
+    pub seq: i64,
+    /// The workflow's own approval wait (a command).
+    pub command: Option<u32>,
+    /// A gated step's decision.
+    pub policy_seq: Option<i64>,
+    pub subject: String,
+    pub input: Option<Value>,
+    pub approvers: Vec<String>,
+    pub quorum: u32,
+    pub timeout_ms: u64,
+    pub requested_at_ms: i64,
+    /// Absolute; moved only by a recorded escalation.
+    pub deadline_at_ms: i64,
+    pub escalation: Option<String>,
+    pub escalated_to: Option<String>,
+    pub decisions: Vec<ApprovalDecisionState>,
+    pub edit_evaluated: Option<(Value, GatewayDecision)>,
+    /// Set when resolved: `approved`, `rejected`, `timed_out`, `edit_denied`, `superseded`.
+    pub outcome: Option<String>,
+}
+
+impl ApprovalState {
+    /// Distinct identities that approved, in order.
+    pub fn approved_by(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for d in self.decisions.iter().filter(|d| d.approved) {
+            if !out.contains(&d.identity) {
+                out.push(d.identity.clone());
+            }
+        }
+        out
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.outcome.is_none()
+    }
+}
+
 /// Why the saga is rolling back.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RollbackCause {
@@ -204,6 +285,10 @@ pub struct TaskState {
     pub waits: BTreeMap<i64, WaitState>,
     pub signals: BTreeMap<i64, SignalState>,
     pub compensations: BTreeMap<i64, CompensationState>,
+    /// Steps decided by the gateway, by `PolicyEvaluated` seq.
+    pub gates: BTreeMap<i64, GateState>,
+    /// Approval requests, by `ApprovalRequested` seq.
+    pub approvals: BTreeMap<i64, ApprovalState>,
     /// Steps whose rollback was handled (compensation started or skipped).
     pub rollback_handled: BTreeMap<i64, bool>,
     /// Steps skipped during rollback because they cannot be undone automatically.
@@ -263,8 +348,12 @@ impl TaskState {
                 timeout_ms,
                 compensation,
                 recovery_path,
+                policy_seq,
             } => {
                 self.commands = self.commands.max(command + 1);
+                if let Some(g) = policy_seq.and_then(|p| self.gates.get_mut(&p)) {
+                    g.step_seq = Some(seq);
+                }
                 self.steps.insert(
                     seq,
                     StepState {
@@ -284,6 +373,129 @@ impl TaskState {
                         effect_unknown: false,
                     },
                 );
+            }
+            E::PolicyEvaluated {
+                command,
+                name,
+                tool,
+                kind,
+                input,
+                retry,
+                timeout_ms,
+                compensation,
+                recovery_path,
+                decision,
+                ..
+            } => {
+                self.commands = self.commands.max(command + 1);
+                self.gates.insert(
+                    seq,
+                    GateState {
+                        seq,
+                        command: *command,
+                        name: name.clone(),
+                        tool: tool.clone(),
+                        kind: *kind,
+                        input: input.clone(),
+                        retry: retry.clone(),
+                        timeout_ms: *timeout_ms,
+                        compensation: compensation.clone(),
+                        recovery_path: recovery_path.clone(),
+                        decision: decision.clone(),
+                        step_seq: None,
+                        denied: None,
+                    },
+                );
+            }
+            E::StepDenied {
+                policy_seq, reason, ..
+            } => {
+                if let Some(g) = self.gates.get_mut(policy_seq) {
+                    g.denied = Some(reason.clone());
+                }
+            }
+            E::ApprovalRequested {
+                command,
+                policy_seq,
+                subject,
+                input,
+                approvers,
+                quorum,
+                timeout_ms,
+                deadline_at_ms,
+                escalation,
+                ..
+            } => {
+                if let Some(c) = command {
+                    self.commands = self.commands.max(c + 1);
+                }
+                self.approvals.insert(
+                    seq,
+                    ApprovalState {
+                        seq,
+                        command: *command,
+                        policy_seq: *policy_seq,
+                        subject: subject.clone(),
+                        input: input.clone(),
+                        approvers: approvers.clone(),
+                        quorum: *quorum,
+                        timeout_ms: *timeout_ms,
+                        requested_at_ms: recorded_at_ms,
+                        deadline_at_ms: *deadline_at_ms,
+                        escalation: escalation.clone(),
+                        escalated_to: None,
+                        decisions: Vec::new(),
+                        edit_evaluated: None,
+                        outcome: None,
+                    },
+                );
+            }
+            E::ApprovalDecided {
+                request_seq,
+                identity,
+                approved,
+                comment,
+                edit,
+                ..
+            } => {
+                if let Some(a) = self.approvals.get_mut(request_seq) {
+                    a.decisions.push(ApprovalDecisionState {
+                        seq,
+                        identity: identity.clone(),
+                        approved: *approved,
+                        comment: comment.clone(),
+                        edit: edit.clone(),
+                        recorded_at_ms,
+                    });
+                }
+            }
+            E::ApprovalEscalated {
+                request_seq,
+                to,
+                deadline_at_ms,
+            } => {
+                if let Some(a) = self.approvals.get_mut(request_seq) {
+                    a.escalated_to = Some(to.clone());
+                    a.deadline_at_ms = *deadline_at_ms;
+                }
+            }
+            E::ApprovalEditEvaluated {
+                request_seq,
+                input,
+                decision,
+            } => {
+                if let Some(a) = self.approvals.get_mut(request_seq) {
+                    a.edit_evaluated = Some((input.clone(), decision.clone()));
+                }
+            }
+            E::ApprovalResolved {
+                request_seq,
+                outcome,
+                ..
+            } => {
+                if let Some(a) = self.approvals.get_mut(request_seq) {
+                    a.outcome = Some(outcome.clone());
+                }
             }
             E::StepCompleted {
                 step_seq, output, ..
@@ -513,7 +725,9 @@ impl TaskState {
         if !self.started {
             return TaskStatus::Queued;
         }
-        if self.waits.values().any(|w| w.approval && !w.resolved) {
+        if self.waits.values().any(|w| w.approval && !w.resolved)
+            || self.approvals.values().any(ApprovalState::is_open)
+        {
             return TaskStatus::NeedsApproval;
         }
         let open = || self.steps.values().filter(|s| !s.is_resolved());
@@ -562,6 +776,13 @@ impl TaskState {
                     kind: TimerKind::SignalDeadline,
                 });
             }
+        }
+        for a in self.approvals.values().filter(|a| a.is_open()) {
+            out.push(PendingTimer {
+                seq: a.seq,
+                fire_at_ms: a.deadline_at_ms,
+                kind: TimerKind::SignalDeadline,
+            });
         }
         for s in self.open_steps() {
             if let Some(at) = s.next_attempt_at_ms {

@@ -4,6 +4,10 @@
 use futures::future::LocalBoxFuture;
 use std::collections::HashMap;
 
+use crate::gateway::{
+    ApprovalRequirement, Gateway, GatewayDecision, GatewayRequest, InterventionPath, Principal,
+    RuleRef, WorkflowApproval,
+};
 use crate::tool::{ToolInfo, ToolKind};
 use serde_json::{Value, json};
 
@@ -32,6 +36,70 @@ fn tools() -> HashMap<String, ToolInfo> {
         )
     })
     .collect()
+}
+
+/// The policy of these tests: `send` needs `boss`'s approval, `forbidden` is
+/// denied, everything else is monitored.
+pub(crate) struct TestPolicy;
+
+impl Gateway for TestPolicy {
+    fn evaluate(&self, r: &GatewayRequest<'_>) -> GatewayDecision {
+        let (path, id) = match r.tool {
+            _ if r.input["deny"] == json!(true) => (InterventionPath::Deny, "test.deny-input"),
+            "send" => (InterventionPath::GatedExecute, "test.send-gated"),
+            "forbidden" => (InterventionPath::Deny, "test.forbidden"),
+            _ => (InterventionPath::MonitoredExecute, "test.monitored"),
+        };
+        GatewayDecision {
+            path,
+            decided_by: vec![RuleRef {
+                id: id.into(),
+                message: format!("{} is {}", r.tool, path),
+                level: "org".into(),
+                file: None,
+            }],
+            policy_hash: "0123456789abcdef".into(),
+            approval: (path == InterventionPath::GatedExecute).then(|| ApprovalRequirement {
+                approvers: vec!["boss".into(), "deputy".into()],
+                quorum: if r.input["amount"].as_i64().unwrap_or(0) > 100 {
+                    2
+                } else {
+                    1
+                },
+                timeout_ms: 1_000,
+                escalation: None,
+            }),
+            operation: None,
+            scope: None,
+            owners: vec![],
+            risk: None,
+            data_classes: vec![],
+            crudlex: None,
+            autonomy: None,
+            recovery_path: None,
+            preapproval: None,
+        }
+    }
+    fn workflow_approval(&self, _: &Principal, _: &str, _: &str) -> WorkflowApproval {
+        WorkflowApproval {
+            requirement: ApprovalRequirement {
+                approvers: vec!["boss".into()],
+                quorum: 1,
+                timeout_ms: 1_000,
+                escalation: None,
+            },
+            decided_by: vec![],
+            policy_hash: "0123456789abcdef".into(),
+        }
+    }
+    fn admit(&self, _: &Principal) -> Result<(), String> {
+        Ok(())
+    }
+    fn may_preapprove(&self, identity: &str, _: &str, _: &str) -> Result<(), String> {
+        (identity == "boss")
+            .then_some(())
+            .ok_or_else(|| "only boss".into())
+    }
 }
 
 /// Two sequential steps; the first is compensated by `undo`.
@@ -117,6 +185,7 @@ fn step_a_scheduled() -> EventPayload {
             retry: RetryPolicy::compensation_default(),
         }),
         recovery_path: None,
+        policy_seq: None,
     }
 }
 
@@ -144,6 +213,8 @@ fn when_inherited(
             outcomes,
             workflow: Some(&TwoSteps),
             tools: &tools,
+            gateway: &TestPolicy,
+            preapprovals: &[],
             worker: "w",
             limits: &limits,
             halt: None,
@@ -182,17 +253,26 @@ fn err(target: Target, attempt: u32, retryable: bool) -> AttemptOutcome {
 fn a_new_task_starts_and_schedules_its_first_step_with_its_compensation() {
     let given = history(vec![submitted()]); // 1
     let (then, state) = when(&given, 5_000, &[]);
-    assert_eq!(
-        then,
-        vec![
-            EventPayload::TaskStarted { worker: "w".into() },
-            step_a_scheduled()
-        ]
+    assert_eq!(then.len(), 3, "{then:?}");
+    assert_eq!(then[0], EventPayload::TaskStarted { worker: "w".into() });
+    // 3: the gateway's decision comes before anything is scheduled.
+    assert!(
+        matches!(&then[1], EventPayload::PolicyEvaluated { command: 0, name, decision, .. }
+        if name == "a" && decision.path == InterventionPath::MonitoredExecute)
     );
+    let EventPayload::StepScheduled { policy_seq, .. } = &then[2] else {
+        panic!("{then:?}")
+    };
+    assert_eq!(*policy_seq, Some(3));
+    let mut expected = step_a_scheduled();
+    if let EventPayload::StepScheduled { policy_seq, .. } = &mut expected {
+        *policy_seq = Some(3);
+    }
+    assert_eq!(then[2], expected);
     assert_eq!(state.status(), TaskStatus::Executing);
     let acts = actions(&state, 5_000);
     assert_eq!(acts.len(), 1);
-    assert_eq!((acts[0].target, acts[0].attempt), (Target::Step(3), 1));
+    assert_eq!((acts[0].target, acts[0].attempt), (Target::Step(4), 1));
     assert_eq!(acts[0].compensates_step_seq, None);
 }
 
@@ -211,11 +291,14 @@ fn a_completion_records_once_and_the_next_step_follows_in_the_same_decision() {
             ok(Target::Step(3), 1, json!("dup")),
         ],
     );
-    assert_eq!(then.len(), 2, "{then:?}");
+    assert_eq!(then.len(), 3, "{then:?}");
     assert!(
         matches!(&then[0], EventPayload::StepCompleted { step_seq: 3, output, .. } if *output == json!("A"))
     );
-    assert!(matches!(&then[1], EventPayload::StepScheduled { name, .. } if name == "b"));
+    assert!(matches!(&then[1], EventPayload::PolicyEvaluated { name, .. } if name == "b"));
+    assert!(
+        matches!(&then[2], EventPayload::StepScheduled { name, policy_seq: Some(5), .. } if name == "b")
+    );
 }
 
 #[test]
@@ -297,6 +380,7 @@ fn a_failure_after_a_completed_write_compensates_it() {
             timeout_ms: 60_000,
             compensation: None,
             recovery_path: None,
+            policy_seq: None,
         }, // 5
     ]);
     let (then, state) = when(&given, 5_000, &[err(Target::Step(5), 1, false)]);

@@ -193,6 +193,28 @@ pub enum NewCommand {
         kind: String,
         value: Value,
     },
+    /// The workflow's own approval wait: an engine approval request.
+    Approval {
+        command: u32,
+        subject: String,
+        timeout_ms: Option<u64>,
+    },
+}
+
+/// How a workflow's approval wait ended, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalResult {
+    /// `approved`, `rejected` or `timed_out`.
+    pub outcome: String,
+    /// Who decided (each identity authenticated and named by the request).
+    pub by: Vec<String>,
+    pub comment: Option<String>,
+}
+
+impl ApprovalResult {
+    pub fn approved(&self) -> bool {
+        self.outcome == "approved"
+    }
 }
 
 /// The code issued a command that does not match the recorded history.
@@ -223,6 +245,7 @@ enum Resolution {
     Step(Result<Value, StepError>),
     Timer,
     Signal(Option<Signal>),
+    Approval(ApprovalResult),
 }
 
 struct HistoryCommand {
@@ -232,6 +255,7 @@ struct HistoryCommand {
 
 struct Replayer {
     task_id: String,
+    workflow_version: u32,
     now_ms: i64,
     history: Vec<HistoryCommand>,
     index_of_seq: HashMap<i64, u32>,
@@ -256,6 +280,8 @@ fn describe_recorded(p: &EventPayload) -> String {
             )
         }
         EventPayload::MarkerRecorded { kind, .. } => format!("marker {kind:?}"),
+        EventPayload::PolicyEvaluated { name, tool, .. } => format!("step {name:?} (tool {tool})"),
+        EventPayload::ApprovalRequested { subject, .. } => format!("approval {subject:?}"),
         other => other.type_name().to_string(),
     }
 }
@@ -275,6 +301,7 @@ impl NewCommand {
                 )
             }
             Self::Marker { kind, .. } => format!("marker {kind:?}"),
+            Self::Approval { subject, .. } => format!("approval {subject:?}"),
         }
     }
 
@@ -287,6 +314,18 @@ impl NewCommand {
                     name, tool, input, ..
                 },
             ) => &options.name == name && &options.tool == tool && &options.input == input,
+            (
+                Self::Step { options, .. },
+                EventPayload::PolicyEvaluated {
+                    name, tool, input, ..
+                },
+            ) => &options.name == name && &options.tool == tool && &options.input == input,
+            (
+                Self::Approval { subject, .. },
+                EventPayload::ApprovalRequested {
+                    subject: recorded, ..
+                },
+            ) => subject == recorded,
             (
                 Self::Timer { duration_ms, .. },
                 EventPayload::TimerStarted {
@@ -358,7 +397,8 @@ impl Replayer {
             .get(&step_seq)
             .and_then(|i| self.history.get(*i as usize))
             .map(|h| match &h.payload {
-                EventPayload::StepScheduled { name, tool, .. } => (name.clone(), tool.clone()),
+                EventPayload::StepScheduled { name, tool, .. }
+                | EventPayload::PolicyEvaluated { name, tool, .. } => (name.clone(), tool.clone()),
                 _ => (String::new(), String::new()),
             })
             .unwrap_or_default()
@@ -367,6 +407,44 @@ impl Replayer {
     /// Makes one non-command event visible to the code.
     fn apply(&mut self, seq: i64, payload: &EventPayload) {
         match payload {
+            // A governed step: its results name this seq; the command is the
+            // decision's.
+            EventPayload::StepScheduled {
+                policy_seq: Some(p),
+                ..
+            } => {
+                if let Some(&index) = self.index_of_seq.get(p) {
+                    self.index_of_seq.insert(seq, index);
+                }
+            }
+            EventPayload::StepDenied {
+                policy_seq, reason, ..
+            } => {
+                let (step, tool) = self.step_name(*policy_seq);
+                self.resolve(
+                    *policy_seq,
+                    Resolution::Step(Err(StepError {
+                        step,
+                        tool,
+                        attempts: 0,
+                        message: reason.clone(),
+                        retryable: false,
+                    })),
+                );
+            }
+            EventPayload::ApprovalResolved {
+                request_seq,
+                outcome,
+                by,
+                comment,
+            } => self.resolve(
+                *request_seq,
+                Resolution::Approval(ApprovalResult {
+                    outcome: outcome.clone(),
+                    by: by.clone(),
+                    comment: comment.clone(),
+                }),
+            ),
             EventPayload::StepCompleted {
                 step_seq, output, ..
             } => self.resolve(*step_seq, Resolution::Step(Ok(output.clone()))),
@@ -502,13 +580,46 @@ impl WorkflowContext {
         self.wait(name, false, timeout)
     }
 
-    /// Like [`Self::wait_signal`], and the task shows `needs_approval` meanwhile.
+    /// Asks people to decide: an engine approval request. The gateway names
+    /// the approvers, quorum and deadline (`timeout`, if given, shortens it);
+    /// the task shows `needs_approval` meanwhile. Decisions come only through
+    /// the engine's approval call with an authenticated identity, never a
+    /// signal.
     pub fn wait_approval(
+        &self,
+        subject: &str,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = ApprovalResult> + use<> {
+        let command = self.inner.borrow().next_command;
+        let (fut, _) = self.command(NewCommand::Approval {
+            command,
+            subject: subject.to_string(),
+            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+        });
+        async move {
+            match fut.await {
+                Resolution::Approval(a) => a,
+                other => unreachable!("an approval resolved as {other:?}"),
+            }
+        }
+    }
+
+    /// The approval wait of release 0.1: a signal wait shown as
+    /// `needs_approval`. Kept only so that workflow versions written then
+    /// still replay their histories; new code uses [`Self::wait_approval`].
+    /// The engine no longer lets a signal resolve such a wait.
+    pub fn wait_approval_signal_v1(
         &self,
         name: &str,
         timeout: Option<Duration>,
     ) -> impl Future<Output = Option<Signal>> + use<> {
         self.wait(name, true, timeout)
+    }
+
+    /// The version of the workflow recorded when the task was submitted, so
+    /// that code can keep the path older histories were written by.
+    pub fn workflow_version(&self) -> u32 {
+        self.inner.borrow().workflow_version
     }
 
     fn wait(
@@ -544,6 +655,19 @@ impl WorkflowContext {
             value: Value::from(now_ms),
         });
         value.and_then(|v| v.as_i64()).unwrap_or(now_ms)
+    }
+
+    /// Records a value read from outside the history (e.g. configuration in
+    /// force when the task first ran): the first run records `value`; every
+    /// replay returns the recorded value, whatever `value` is by then.
+    pub fn record(&self, kind: &str, value: Value) -> Value {
+        let command = self.inner.borrow().next_command;
+        let (_, recorded) = self.command(NewCommand::Marker {
+            command,
+            kind: kind.to_string(),
+            value: value.clone(),
+        });
+        recorded.unwrap_or(value)
     }
 
     /// A UUID derived from the task id and a counter: the same on every replay.
@@ -615,8 +739,18 @@ pub fn replay(
         .enumerate()
         .map(|(i, h)| (h.seq, i as u32))
         .collect();
+    let workflow_version = events
+        .first()
+        .and_then(|(_, p)| match p {
+            EventPayload::TaskSubmitted {
+                workflow_version, ..
+            } => Some(*workflow_version),
+            _ => None,
+        })
+        .unwrap_or_else(|| workflow.version());
     let inner = Rc::new(RefCell::new(Replayer {
         task_id: task_id.to_string(),
+        workflow_version,
         now_ms,
         history,
         index_of_seq,
