@@ -70,6 +70,7 @@ fn completed() -> StoredTask {
             timeout_ms: 1_000,
             compensation: None,
             recovery_path: None,
+            policy_seq: None,
         }),
         // 4
         NewEvent {

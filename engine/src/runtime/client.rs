@@ -48,6 +48,12 @@ pub enum Error {
         status: TaskStatus,
         waited: Duration,
     },
+    #[error("{0}")]
+    ApprovalRefused(crate::core::gateway::ApprovalRefusal),
+    #[error("{message}")]
+    Forbidden { message: String },
+    #[error("{what}")]
+    NotFound { what: String },
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -114,6 +120,32 @@ impl Engine {
                     })?;
             }
         }
+        // Identity is bound here: the principal is the caller's (an agent
+        // token's name, or what an operator named), never the input's.
+        for field in ["agent", "on_behalf_of"] {
+            let given = input.get(field).filter(|v| !v.is_null());
+            let bound = if field == "agent" {
+                &options.agent
+            } else {
+                &options.on_behalf_of
+            };
+            if let Some(v) = given
+                && v.as_str() != bound.as_deref()
+            {
+                return Err(Error::Forbidden {
+                    message: format!(
+                        "field input.{field}: {v} does not match the submission's {field} ({}); the {field} is bound from the caller's identity, so leave it out of the input or make it equal",
+                        bound.as_deref().unwrap_or("none")
+                    ),
+                });
+            }
+        }
+        s.gateway
+            .admit(&crate::core::gateway::Principal {
+                agent: options.agent.clone(),
+                on_behalf_of: options.on_behalf_of.clone(),
+            })
+            .map_err(|message| Error::Forbidden { message })?;
         if let Some(key) = &options.idempotency_key
             && let Some(row) = s.store.find_by_idempotency_key(key).await?
         {
@@ -224,6 +256,18 @@ impl Engine {
             })?;
         let actor = sender.to_string();
         self.append_external_with_history(task_id, "signal", |history, state| {
+            if state
+                .waits
+                .values()
+                .any(|w| w.approval && !w.resolved && w.name == name)
+            {
+                return Err(Error::Rejected {
+                    task_id: task_id.to_string(),
+                    message: format!(
+                        "signal {name:?} would decide an approval; approvals are decided only through `mandate approve` / POST /v1/approvals with an authenticated identity"
+                    ),
+                });
+            }
             if let Some(wf) = s.workflows.get(&state.workflow) {
                 wf.check_signal(history, name, &payload, sender)
                     .map_err(|message| Error::Rejected {
@@ -332,7 +376,7 @@ impl Engine {
     }
 
     /// Appends events decided by `make` from the current state; retries on conflict.
-    async fn append_external(
+    pub(crate) async fn append_external(
         &self,
         task_id: &str,
         action: &'static str,

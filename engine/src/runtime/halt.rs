@@ -175,6 +175,9 @@ pub(crate) async fn watch_halts(shared: Arc<Shared>, mut stop: tokio::sync::watc
         if let Err(e) = shared.refresh_halts().await {
             tracing::warn!(error = %e, "reading halts failed");
         }
+        if let Err(e) = shared.refresh_preapprovals().await {
+            tracing::warn!(error = %e, "reading pre-approvals failed");
+        }
         tokio::select! {
             _ = tokio::time::sleep(HALT_REFRESH) => {}
             _ = super::worker::stopped(&mut stop) => return,

@@ -6,6 +6,7 @@
 //! an optimisation, rebuilt from the store after any conflict or restart.
 
 mod client;
+mod governance;
 mod halt;
 mod worker;
 
@@ -17,12 +18,17 @@ use std::sync::atomic::AtomicI64;
 use crate::tool::ToolRegistry;
 use tokio::sync::{Notify, broadcast};
 
+use crate::core::gateway::{Gateway, Preapproval};
 use crate::core::limits::Limits;
 use crate::core::state::TaskStatus;
 use crate::core::workflow::WorkflowRegistry;
 use crate::store::Store;
 
 pub use client::{Error, SubmitOptions, Submitted};
+pub use governance::{
+    ApprovalDecision, ApprovalRecorded, ApprovalTarget, INBOX_SCAN_LIMIT, MAX_COMMENT_CHARS,
+    MAX_PREAPPROVAL_MS, PreapprovalGrant,
+};
 pub use halt::{HALT_REFRESH, Lifted};
 pub use worker::{WorkerConfig, WorkerHandle};
 
@@ -76,6 +82,10 @@ pub(crate) struct Shared {
     pub local_worker: Mutex<Option<LocalWorker>>,
     /// The halts in force, as last read (see `halt`).
     pub halts: std::sync::RwLock<Vec<crate::store::HaltRow>>,
+    /// The governance every step passes.
+    pub gateway: Arc<dyn Gateway>,
+    /// The pre-approvals in force, as last read (see `governance`).
+    pub preapprovals: std::sync::RwLock<Arc<Vec<Preapproval>>>,
 }
 
 /// How to hand a freshly created task to this process's worker.
@@ -123,11 +133,19 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(store: Arc<dyn Store>, workflows: WorkflowRegistry, tools: ToolRegistry) -> Self {
+    /// An engine whose every step passes `gateway` (there is no engine
+    /// without one).
+    pub fn new(
+        store: Arc<dyn Store>,
+        workflows: WorkflowRegistry,
+        tools: ToolRegistry,
+        gateway: Arc<dyn Gateway>,
+    ) -> Self {
         Self::with_options(
             store,
             workflows,
             tools,
+            gateway,
             Limits::default(),
             Arc::new(SystemClock),
         )
@@ -137,6 +155,7 @@ impl Engine {
         store: Arc<dyn Store>,
         workflows: WorkflowRegistry,
         tools: ToolRegistry,
+        gateway: Arc<dyn Gateway>,
         limits: Limits,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -152,6 +171,8 @@ impl Engine {
                 updates,
                 local_worker: Mutex::new(None),
                 halts: std::sync::RwLock::new(Vec::new()),
+                gateway,
+                preapprovals: std::sync::RwLock::new(Arc::new(Vec::new())),
             }),
         }
     }
@@ -164,6 +185,9 @@ impl Engine {
     }
     pub fn tools(&self) -> &ToolRegistry {
         &self.shared.tools
+    }
+    pub fn gateway(&self) -> &Arc<dyn Gateway> {
+        &self.shared.gateway
     }
     pub fn limits(&self) -> &Limits {
         &self.shared.limits

@@ -339,6 +339,7 @@ impl Driver {
             let before_hash = state.last_hash.clone();
             let before_timers = state.pending_timers();
             let halt = self.shared.halt_for(state.agent.as_deref());
+            let preapprovals = self.shared.live_preapprovals();
             let decision = decide::decide(
                 &DecideInput {
                     history: &history,
@@ -346,6 +347,8 @@ impl Driver {
                     outcomes: &outcomes,
                     workflow: workflow.as_deref(),
                     tools: &self.shared.tools,
+                    gateway: self.shared.gateway.as_ref(),
+                    preapprovals: &preapprovals,
                     worker: &owner,
                     limits: &self.shared.limits,
                     halt: halt.as_ref(),

@@ -12,6 +12,7 @@
 //! Never decides anything: what to append is `core`'s business.
 
 pub mod admin;
+pub mod governance;
 mod plan;
 pub mod postgres;
 pub mod sqlite;
@@ -272,6 +273,25 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<HaltRow>, Error>>;
     /// Halts, newest first (only the active ones if `active_only`).
     fn halts(&self, active_only: bool, limit: u32) -> BoxFuture<'_, Result<Vec<HaltRow>, Error>>;
+    /// Records a pre-approval grant.
+    fn insert_preapproval(
+        &self,
+        preapproval: crate::core::gateway::Preapproval,
+    ) -> BoxFuture<'_, Result<(), Error>>;
+    /// Revokes a live pre-approval; `None` if there is none with that id.
+    fn revoke_preapproval(
+        &self,
+        id: &str,
+        by: &str,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<crate::core::gateway::Preapproval>, Error>>;
+    /// Pre-approvals, newest first: those in force at `live_at_ms` (neither
+    /// expired nor revoked), or all.
+    fn preapprovals(
+        &self,
+        live_at_ms: Option<i64>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<crate::core::gateway::Preapproval>, Error>>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created on first use) or `postgres://…`.

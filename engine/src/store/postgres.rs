@@ -577,6 +577,7 @@ impl Store for PgStore {
     }
 
     super::admin::admin_methods!();
+    super::governance::governance_methods!();
 }
 
 /// Extends (or first records) a worker's lease.

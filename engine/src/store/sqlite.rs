@@ -611,6 +611,7 @@ impl Store for SqliteStore {
     }
 
     super::admin::admin_methods!();
+    super::governance::governance_methods!();
 }
 
 pub(crate) fn timer_from_parts(
