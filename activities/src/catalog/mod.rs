@@ -68,6 +68,10 @@ pub struct Defaults {
     /// Approval timeout when no rule names one (ms).
     #[serde(default = "hour")]
     pub approval_timeout_ms: u64,
+    /// Who decides a workflow's own approval wait (`wait_approval`), e.g.
+    /// `gated_deploy`'s; nobody when empty (the wait then times out).
+    #[serde(default)]
+    pub approvers: Vec<String>,
 }
 
 fn full() -> String {
@@ -86,6 +90,7 @@ impl Default for Defaults {
             user_crudlex: full(),
             environment: prod(),
             approval_timeout_ms: hour(),
+            approvers: Vec::new(),
         }
     }
 }
@@ -102,7 +107,8 @@ pub struct AgentEntry {
     pub autonomy: String,
     #[serde(default = "full")]
     pub crudlex: String,
-    /// The users this agent may act for; empty means any.
+    /// The users (of `users`) this agent may act for; empty means any user
+    /// the catalog lists. A submission naming another is refused.
     #[serde(default)]
     pub on_behalf_of: Vec<String>,
 }

@@ -30,28 +30,7 @@ pub struct CheckRequest {
     pub now_ms: i64,
 }
 
-/// A rule that decided, as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleRef {
-    pub id: String,
-    pub message: String,
-    /// `org`, `team X`, `agent X`, or `builtin` for catalog and CRUDLEX checks.
-    pub level: String,
-    #[serde(default)]
-    pub file: Option<String>,
-}
-
-/// Who must approve a gated step, and by when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApprovalRequirement {
-    /// Identities allowed to approve (policy approvers and tool owners).
-    pub approvers: Vec<String>,
-    pub quorum: u32,
-    pub timeout_ms: u64,
-    /// The secondary approver the request escalates to on timeout.
-    #[serde(default)]
-    pub escalation: Option<String>,
-}
+pub use mandate_engine::core::gateway::{ApprovalRequirement, RuleRef};
 
 /// The decision for one step: the recorded output of `policy.check`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -26,6 +26,7 @@
 //! history keeps, so replay never re-evaluates a policy.
 
 mod eval;
+mod gateway;
 mod load;
 pub mod tools;
 
@@ -33,7 +34,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::catalog::Catalog;
@@ -50,46 +50,8 @@ pub const DEFAULT_ORG_POLICY: &str = include_str!("../../catalog/org/baseline.ce
 #[error("{0}")]
 pub struct Error(pub String);
 
-/// An intervention path, from least to most restrictive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InterventionPath {
-    AutoExecute,
-    MonitoredExecute,
-    FlaggedExecute,
-    GatedExecute,
-    Deny,
-}
-
-impl InterventionPath {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InterventionPath::AutoExecute => "auto_execute",
-            InterventionPath::MonitoredExecute => "monitored_execute",
-            InterventionPath::FlaggedExecute => "flagged_execute",
-            InterventionPath::GatedExecute => "gated_execute",
-            InterventionPath::Deny => "deny",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<InterventionPath> {
-        [
-            InterventionPath::AutoExecute,
-            InterventionPath::MonitoredExecute,
-            InterventionPath::FlaggedExecute,
-            InterventionPath::GatedExecute,
-            InterventionPath::Deny,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for InterventionPath {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The intervention paths are the engine's (`mandate_core::gateway`).
+pub use mandate_engine::core::gateway::InterventionPath;
 
 /// What governs steps: the catalog and the Cedar policies in force, reloaded
 /// from a directory when its files change.
