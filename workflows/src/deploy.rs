@@ -81,14 +81,21 @@ impl Workflow for DeployWithRollback {
 
 /// `gated_deploy` — input `{service, version, expect_healthy?, approval_timeout_ms?}`.
 ///
-/// Waits (status `needs_approval`) for a signal named `approve` with payload
-/// `{"approved": true|false, "comment"?}`; on approval deploys as
-/// [`DeployWithRollback`], on rejection or timeout fails without touching anything.
+/// Asks for an engine approval named `deploy` (status `needs_approval`),
+/// decided by the approvers the gateway names (the catalog's default
+/// approvers) through `mandate approve` / `POST /v1/approvals`; on approval
+/// deploys as [`DeployWithRollback`], on rejection or timeout fails without
+/// touching anything. Version 1 (release 0.1) waited for a signal named
+/// `approve`; its histories replay through the same code path.
 pub struct GatedDeploy;
 
 impl Workflow for GatedDeploy {
     fn name(&self) -> &str {
         "gated_deploy"
+    }
+
+    fn version(&self) -> u32 {
+        2
     }
 
     fn run(
@@ -101,28 +108,78 @@ impl Workflow for GatedDeploy {
                 .get("approval_timeout_ms")
                 .and_then(Value::as_u64)
                 .unwrap_or(3_600_000);
-            let decision = ctx
-                .wait_approval("approve", Some(Duration::from_millis(timeout_ms)))
-                .await;
-            let Some(signal) = decision else {
-                return Err(WorkflowError::new(format!(
-                    "no approval within {timeout_ms} ms; nothing was deployed"
-                )));
+            let timeout = Some(Duration::from_millis(timeout_ms));
+            let approved_by = if ctx.workflow_version() < 2 {
+                let Some(signal) = ctx.wait_approval_signal_v1("approve", timeout).await else {
+                    return Err(WorkflowError::new(format!(
+                        "no approval within {timeout_ms} ms; nothing was deployed"
+                    )));
+                };
+                if signal.payload.get("approved").and_then(Value::as_bool) != Some(true) {
+                    return Err(WorkflowError::new(format!(
+                        "rejected by {}: {}",
+                        signal.sender,
+                        signal
+                            .payload
+                            .get("comment")
+                            .and_then(Value::as_str)
+                            .unwrap_or("no comment")
+                    )));
+                }
+                Value::from(signal.sender)
+            } else {
+                let a = ctx.wait_approval("deploy", timeout).await;
+                if !a.approved() {
+                    return Err(WorkflowError::new(match a.outcome.as_str() {
+                        "timed_out" => {
+                            format!("no approval within {timeout_ms} ms; nothing was deployed")
+                        }
+                        other => format!(
+                            "{other} by {}: {}; nothing was deployed",
+                            a.by.join(", "),
+                            a.comment.as_deref().unwrap_or("no comment")
+                        ),
+                    }));
+                }
+                Value::from(
+                    a.by.iter()
+                        .map(|b| format!("approver:{b}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
             };
-            if signal.payload.get("approved").and_then(Value::as_bool) != Some(true) {
-                return Err(WorkflowError::new(format!(
-                    "rejected by {}: {}",
-                    signal.sender,
-                    signal
-                        .payload
-                        .get("comment")
-                        .and_then(Value::as_str)
-                        .unwrap_or("no comment")
-                )));
-            }
             let mut out = deploy(&ctx, &input, "gated_deploy").await?;
-            out["approved_by"] = Value::from(signal.sender);
+            out["approved_by"] = approved_by;
             Ok(out)
         })
+    }
+
+    /// A signal never decides an approval, not even a version-1 task's.
+    fn check_signal(
+        &self,
+        _history: &[mandate_engine::Event],
+        name: &str,
+        _payload: &Value,
+        _sender: &str,
+    ) -> Result<(), String> {
+        if name == "approve" {
+            return Err("approvals are decided only through `mandate approve` / POST /v1/approvals with an authenticated identity".into());
+        }
+        Ok(())
+    }
+
+    fn validate_input(&self, input: &Value) -> Result<(), String> {
+        match input.get("approval_timeout_ms") {
+            None | Some(Value::Null) => Ok(()),
+            Some(v) => match v.as_u64() {
+                Some(t) if (1..=mandate_engine::Limits::default().max_timer_ms).contains(&t) => {
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "field approval_timeout_ms: {v} is out of range; give 1 to {} ms",
+                    mandate_engine::Limits::default().max_timer_ms
+                )),
+            },
+        }
     }
 }

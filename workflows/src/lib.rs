@@ -3,15 +3,15 @@
 //! - [`DeployWithRollback`] (`deploy_with_rollback`): snapshot → deploy → health
 //!   check; on failure the engine rolls the deploy back (its compensation was
 //!   recorded before it ran).
-//! - [`GatedDeploy`] (`gated_deploy`): waits for an `approve` signal (with a
+//! - [`GatedDeploy`] (`gated_deploy`): asks for an engine approval (with a
 //!   timeout) before doing the same.
 //! - [`Saga`] (`saga`): a data-driven sequence of stages, each stage a set of
 //!   steps run in parallel; used by tests, the demo and the stress suite.
 //!
-//! - [`Plan`] (`plan`): a DAG of tool calls submitted as data, each step
-//!   checked by policy (a recorded `policy.check` step) and, when gated,
-//!   approved by people; [`Preapproval`] (`preapproval`) records a batch
-//!   pre-approval.
+//! - [`Plan`] (`plan`): a DAG of tool calls submitted as data. Like every
+//!   workflow's steps, each is decided by the engine's gateway (and, when
+//!   gated, approved by people) before it is scheduled. [`Preapproval`]
+//!   (`preapproval`) is release 0.1's, kept only to replay its histories.
 //!
 //! Workflow code must be deterministic: it reads the world only through its
 //! `WorkflowContext` (see ARCHITECTURE.md, "Writing a workflow").
@@ -50,10 +50,10 @@ pub fn register_all(r: &mut WorkflowRegistry) {
         .register(Saga);
 }
 
-/// Registers `plan` and `preapproval`, governed by `governance`.
+/// Registers `plan`, governed by `governance`, and the replay-only
+/// `preapproval` of release 0.1.
 pub fn register_governed(r: &mut WorkflowRegistry, governance: Arc<Governance>) {
-    r.register(Plan::new(governance.clone()))
-        .register(Preapproval::new(governance));
+    r.register(Plan::new(governance)).register(Preapproval);
 }
 
 /// Reads a required string field of a workflow input.

@@ -101,12 +101,129 @@ impl SagaStep {
     }
 }
 
+/// Checks one item against its own shape and the engine's bounds; the
+/// message names the field.
+fn validate_item(item: &Value) -> Result<(), String> {
+    let limits = mandate_engine::Limits::default();
+    let Some(obj) = item.as_object() else {
+        return Err(
+            "must be an object: a step {tool, …}, a sleep {sleep_ms} or a wait {wait_signal, …}"
+                .into(),
+        );
+    };
+    let timer = |field: &str, v: Option<u64>| -> Result<(), String> {
+        match v {
+            Some(ms) if ms > limits.max_timer_ms => Err(format!(
+                "field {field}: {ms} ms exceeds the limit of {} ms (366 days)",
+                limits.max_timer_ms
+            )),
+            _ => Ok(()),
+        }
+    };
+    let retry = |field: &str, r: &Option<RetryPolicy>| -> Result<(), String> {
+        match r {
+            Some(r) => r.validate().map_err(|e| format!("field {field}: {e}")),
+            None => Ok(()),
+        }
+    };
+    if obj.contains_key("tool") {
+        let step: SagaStep =
+            serde_json::from_value(item.clone()).map_err(|e| format!("step: {e}"))?;
+        retry("retry", &step.retry)?;
+        if let Some(t) = step.timeout_ms
+            && (t == 0 || t > mandate_engine::core::workflow::MAX_STEP_TIMEOUT_MS)
+        {
+            return Err(format!(
+                "field timeout_ms: {t} is out of range; give 1 to {} ms",
+                mandate_engine::core::workflow::MAX_STEP_TIMEOUT_MS
+            ));
+        }
+        if let Some(c) = &step.compensate {
+            retry("compensate.retry", &c.retry)?;
+        }
+        Ok(())
+    } else if obj.contains_key("sleep_ms") {
+        match serde_json::from_value::<SagaItem>(item.clone()) {
+            Ok(SagaItem::Sleep { sleep_ms }) => timer("sleep_ms", Some(sleep_ms)),
+            _ => Err("a sleep is {\"sleep_ms\": <ms>} and nothing else; sleep_ms must be a whole number of ms".into()),
+        }
+    } else if obj.contains_key("wait_signal") {
+        match serde_json::from_value::<SagaItem>(item.clone()) {
+            Ok(SagaItem::WaitSignal { timeout_ms, .. }) => timer("timeout_ms", timeout_ms),
+            _ => Err(
+                "a wait is {\"wait_signal\": <name>, \"timeout_ms\"?: <ms>, \"approval\"?: <bool>}"
+                    .into(),
+            ),
+        }
+    } else {
+        Err(format!(
+            "unknown item with fields {}; an item is a step {{tool, …}}, a sleep {{sleep_ms}} or a wait {{wait_signal, …}}",
+            obj.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    }
+}
+
 impl Workflow for Saga {
     fn name(&self) -> &str {
         "saga"
     }
 
+    /// Version 2: approval items are engine approval requests (version 1
+    /// waited for a signal; its histories replay through the same code).
+    fn version(&self) -> u32 {
+        2
+    }
+
+    /// A signal never decides an approval item, not even a version-1 task's
+    /// (whose approval waits were signal waits).
+    fn check_signal(
+        &self,
+        history: &[mandate_engine::Event],
+        name: &str,
+        _payload: &Value,
+        _sender: &str,
+    ) -> Result<(), String> {
+        let input = match history.first().map(|e| &e.payload) {
+            Some(mandate_engine::EventPayload::TaskSubmitted { input, .. }) => input,
+            _ => return Ok(()),
+        };
+        let is_approval = serde_json::from_value::<SagaInput>(input.clone())
+            .map(|i| {
+                i.stages.iter().flatten().any(|item| {
+                    matches!(item, SagaItem::WaitSignal { wait_signal, approval: true, .. } if wait_signal == name)
+                })
+            })
+            .unwrap_or(false);
+        if is_approval {
+            return Err(format!(
+                "{name:?} is an approval: approvals are decided only through `mandate approve` / POST /v1/approvals with an authenticated identity"
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_input(&self, input: &Value) -> Result<(), String> {
+        let Some(stages) = input.get("stages").and_then(Value::as_array) else {
+            return Err(
+                "field stages: required, an array of stages (each an array of items)".into(),
+            );
+        };
+        if let Some(extra) = input
+            .as_object()
+            .and_then(|o| o.keys().find(|k| *k != "stages"))
+        {
+            return Err(format!(
+                "field {extra}: unknown; the saga input has only stages"
+            ));
+        }
+        for (i, stage) in stages.iter().enumerate() {
+            let Some(items) = stage.as_array() else {
+                return Err(format!("stages[{i}]: must be an array of items"));
+            };
+            for (j, item) in items.iter().enumerate() {
+                validate_item(item).map_err(|e| format!("stages[{i}][{j}]: {e}"))?;
+            }
+        }
         serde_json::from_value::<SagaInput>(input.clone())
             .map(|_| ())
             .map_err(|e| format!("saga input: {e}"))
@@ -146,8 +263,26 @@ impl Workflow for Saga {
                         } => {
                             let timeout = timeout_ms.map(Duration::from_millis);
                             let name = wait_signal.clone();
+                            if *approval && ctx.workflow_version() >= 2 {
+                                let f = ctx.wait_approval(&name, timeout);
+                                futures.push(Box::pin(async move {
+                                    let a = f.await;
+                                    if a.approved() {
+                                        Ok(json!({"approval": name, "outcome": a.outcome, "by": a.by, "comment": a.comment}))
+                                    } else {
+                                        Err(format!(
+                                            "approval {name:?} {}{}",
+                                            a.outcome,
+                                            if a.by.is_empty() { String::new() } else { format!(" by {}", a.by.join(", ")) }
+                                        ))
+                                    }
+                                }));
+                                continue;
+                            }
                             let f = if *approval {
-                                futures::future::Either::Left(ctx.wait_approval(&name, timeout))
+                                futures::future::Either::Left(
+                                    ctx.wait_approval_signal_v1(&name, timeout),
+                                )
                             } else {
                                 futures::future::Either::Right(ctx.wait_signal(&name, timeout))
                             };

@@ -15,6 +15,7 @@ pub mod approvals;
 pub mod document;
 mod dry_run;
 pub mod refs;
+mod v1;
 pub mod validate;
 
 use std::cell::RefCell;
@@ -29,10 +30,6 @@ use std::task::{Context, Poll};
 
 use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use mandate_activities::Governance;
-use mandate_activities::policy::tools::{
-    APPROVAL_ESCALATE, POLICY_CHECK, PREAPPROVAL_GRANT, PREAPPROVAL_REVOKE,
-};
-use mandate_activities::policy::{InterventionPath, PolicyDecision};
 use mandate_engine::{
     Compensation, Event, RetryPolicy, StepOptions, Workflow, WorkflowContext, WorkflowError,
 };
@@ -76,14 +73,14 @@ pub fn validate_plan(
     Ok((doc, structure))
 }
 
-type StepResult = Result<(), String>;
+pub(crate) type StepResult = Result<(), String>;
 
 /// Yields once before a command is issued. Replay makes all results that
 /// arrived after the workflow's last command visible at once, where the live
 /// run may have seen a failure alone; yielding lets every result of a batch
 /// be observed (and a failure stop the plan) before any branch issues its
 /// next command, so live run and replay issue the same commands.
-struct Settle(bool);
+pub(crate) struct Settle(pub(crate) bool);
 
 impl Future for Settle {
     type Output = ();
@@ -102,7 +99,7 @@ impl Future for Settle {
 /// returns the first error seen in that order. (`try_join_all` switches to an
 /// ordered stream past 30 futures, which would hold an error back until the
 /// futures before it finish.)
-async fn all_or_first_error(
+pub(crate) async fn all_or_first_error(
     mut futures: Vec<Option<LocalBoxFuture<'static, StepResult>>>,
 ) -> StepResult {
     futures::future::poll_fn(move |cx| {
@@ -125,13 +122,15 @@ async fn all_or_first_error(
     .await
 }
 
-struct RunState {
+pub(crate) struct RunState {
     ctx: WorkflowContext,
     doc: PlanDoc,
     outputs: RefCell<BTreeMap<String, Value>>,
+    /// Version 2: the recorded catalog compensations (`catalog_compensations`).
+    catalog: Value,
 }
 
-fn steps_context(outputs: &BTreeMap<String, Value>) -> Value {
+pub(crate) fn steps_context(outputs: &BTreeMap<String, Value>) -> Value {
     Value::Object(
         outputs
             .iter()
@@ -141,18 +140,18 @@ fn steps_context(outputs: &BTreeMap<String, Value>) -> Value {
 }
 
 /// The compensation `step` registers when it runs with `input`: the step's
-/// own `compensate`, else the catalog's from its policy decision, its input
+/// own `compensate`, else the catalog's (as recorded when the task first ran), its input
 /// template resolved against the recorded outputs of earlier steps and
 /// `input` (`${steps.X.output…}`, `${input.…}`). It is fixed before the step
 /// runs (it must also undo a step whose effect is unknown), so it never reads
 /// the step's own output. The approval inbox shows exactly this.
 pub fn resolve_compensation(
     step: &PlanStep,
-    decision: &PolicyDecision,
+    catalog_compensation: Option<&Value>,
     outputs: &BTreeMap<String, Value>,
     input: &Value,
 ) -> Result<Option<Compensation>, String> {
-    let (tool, template, retry) = match (&step.compensate, &decision.compensation) {
+    let (tool, template, retry) = match (&step.compensate, catalog_compensation) {
         (Some(c), _) => (c.tool.clone(), c.input.clone(), c.retry.clone()),
         (None, Some(c)) => (
             c["tool"].as_str().unwrap_or_default().to_string(),
@@ -183,151 +182,20 @@ pub(crate) fn merge(input: &Value, edit: &Value) -> Value {
 }
 
 impl RunState {
-    async fn policy_check(
-        &self,
-        name: String,
-        step: &PlanStep,
-        input: &Value,
-    ) -> Result<PolicyDecision, String> {
-        Settle(false).await;
-        let out = self
-            .ctx
-            .step(
-                StepOptions::new(
-                    POLICY_CHECK,
-                    json!({
-                        "step": step.id,
-                        "tool": step.tool,
-                        "input": input,
-                        "agent": self.doc.agent,
-                        "on_behalf_of": self.doc.on_behalf_of,
-                        "environment": self.doc.environment,
-                    }),
-                )
-                .name(name),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        serde_json::from_value(out).map_err(|e| {
-            format!(
-                "step {:?}: policy.check returned an unreadable decision: {e}",
-                step.id
-            )
-        })
+    /// The catalog's compensation mapping for a step, as recorded when the
+    /// task first ran (`null` when the catalog had none).
+    fn catalog_compensation(&self, step: &PlanStep) -> Option<&Value> {
+        self.catalog.get(&step.id).filter(|v| !v.is_null())
     }
 
-    fn denied(step: &PlanStep, d: &PolicyDecision) -> String {
-        format!(
-            "step {:?} ({}) denied by policy (set {}): {}",
-            step.id,
-            step.tool,
-            &d.policy_hash[..d.policy_hash.len().min(12)],
-            d.explain()
-        )
-    }
-
-    /// Waits for the approvals a gated step needs; returns the input to run
-    /// (edited by an approver, re-checked by policy).
-    async fn approve(
-        &self,
-        step: &PlanStep,
-        d: &PolicyDecision,
-        input: Value,
-    ) -> Result<Value, String> {
-        let req = d
-            .approval
-            .clone()
-            .unwrap_or(mandate_activities::policy::ApprovalRequirement {
-                approvers: d.owners.clone(),
-                quorum: 1,
-                timeout_ms: 3_600_000,
-                escalation: None,
-            });
-        let name = approvals::signal_name(&step.id);
-        let mut approved: Vec<String> = Vec::new();
-        let mut edit: Option<Value> = None;
-        let mut escalated = false;
-        while (approved.len() as u32) < req.quorum.max(1) {
-            Settle(false).await;
-            let signal = self
-                .ctx
-                .wait_approval(&name, Some(Duration::from_millis(req.timeout_ms)))
-                .await;
-            let Some(signal) = signal else {
-                if let (Some(to), false) = (&req.escalation, escalated) {
-                    Settle(false).await;
-                    self.ctx
-                        .step(
-                            StepOptions::new(
-                                APPROVAL_ESCALATE,
-                                json!({"step": step.id, "to": to, "after_ms": req.timeout_ms}),
-                            )
-                            .name(format!("{}.escalate", step.id)),
-                        )
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    escalated = true;
-                    continue;
-                }
-                return Err(format!(
-                    "step {:?} ({}): no approval within {} ms{}; the step was not run",
-                    step.id,
-                    step.tool,
-                    req.timeout_ms,
-                    if escalated { " after escalation" } else { "" }
-                ));
-            };
-            let who = approvals::identity(&signal.sender).to_string();
-            let comment = signal.payload["comment"].as_str().unwrap_or("").to_string();
-            if signal.payload["decision"].as_str() == Some("reject") {
-                return Err(format!(
-                    "step {:?} ({}) rejected by {who}{}",
-                    step.id,
-                    step.tool,
-                    if comment.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {comment}")
-                    }
-                ));
-            }
-            if approved.contains(&who) {
-                continue;
-            }
-            approved.push(who);
-            if let Some(e) = signal.payload.get("edit").filter(|e| e.is_object()) {
-                edit = Some(e.clone());
-            }
-        }
-        let Some(edit) = edit else { return Ok(input) };
-        let edited = merge(&input, &edit);
-        let recheck = self
-            .policy_check(format!("{}.policy.edit", step.id), step, &edited)
-            .await?;
-        if recheck.decision == InterventionPath::Deny {
-            return Err(format!(
-                "the approver's edit of {}",
-                Self::denied(step, &recheck)
-            ));
-        }
-        Ok(edited)
-    }
-
+    /// Runs one step: the engine's gateway decides it (and asks for approval
+    /// when gated) before it is scheduled; a denial comes back as the step's
+    /// error.
     async fn run_step(&self, index: usize) -> StepResult {
         let step = &self.doc.steps[index];
         let steps = steps_context(&self.outputs.borrow());
         let input = refs::resolve(&step.input, &json!({"steps": steps}), "input")
             .map_err(|e| format!("step {:?}: {e}", step.id))?;
-        let decision = self
-            .policy_check(format!("{}.policy", step.id), step, &input)
-            .await?;
-        let input = match decision.decision {
-            InterventionPath::Deny => return Err(Self::denied(step, &decision)),
-            InterventionPath::GatedExecute if decision.preapproval.is_none() => {
-                self.approve(step, &decision, input).await?
-            }
-            _ => input,
-        };
         let mut options = StepOptions::new(step.tool.clone(), input.clone()).name(step.id.clone());
         if let Some(r) = &step.retry {
             options = options.retry(r.clone());
@@ -335,31 +203,76 @@ impl RunState {
         if let Some(t) = step.timeout_ms {
             options = options.timeout(Duration::from_millis(t));
         }
-        options.compensation =
-            resolve_compensation(step, &decision, &self.outputs.borrow(), &input)?;
-        if let Some(r) = step
-            .recovery_path
-            .clone()
-            .or(decision.recovery_path.clone())
-        {
+        options.compensation = resolve_compensation(
+            step,
+            self.catalog_compensation(step),
+            &self.outputs.borrow(),
+            &input,
+        )?;
+        if let Some(r) = step.recovery_path.clone() {
             options = options.recovery(r);
         }
         Settle(false).await;
-        let output = self.ctx.step(options).await.map_err(|e| e.to_string())?;
+        let output = self.ctx.step(options).await.map_err(|e| e.message)?;
         self.outputs.borrow_mut().insert(step.id.clone(), output);
         Ok(())
     }
 }
 
-async fn run_plan(ctx: WorkflowContext, input: Value) -> Result<Value, WorkflowError> {
+/// The catalog's compensation mapping of every step without its own
+/// `compensate`, by step id.
+fn catalog_compensations(doc: &PlanDoc, governance: &Governance) -> Value {
+    let set = governance.current();
+    Value::Object(
+        doc.steps
+            .iter()
+            .filter(|s| s.compensate.is_none())
+            .map(|s| {
+                let mapping = set
+                    .catalog
+                    .tool(&s.tool)
+                    .and_then(|t| t.compensation.as_ref())
+                    .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+                    .unwrap_or(Value::Null);
+                (s.id.clone(), mapping)
+            })
+            .collect(),
+    )
+}
+
+async fn run_plan(
+    ctx: WorkflowContext,
+    input: Value,
+    governance: Arc<Governance>,
+) -> Result<Value, WorkflowError> {
     let doc = validate::parse(&input).map_err(WorkflowError::new)?;
     let structure =
         validate::structure(&doc, &PlanLimits::default()).map_err(WorkflowError::new)?;
+    // Recorded once: replay reads the mapping the task first ran with, so a
+    // catalog change never changes a replay.
+    let catalog = ctx.record(
+        "catalog.compensations",
+        catalog_compensations(&doc, &governance),
+    );
     let state = Rc::new(RunState {
         ctx,
         doc,
         outputs: RefCell::new(BTreeMap::new()),
+        catalog,
     });
+    run_dag(state, &structure, |state, i| {
+        async move { state.run_step(i).await }.boxed_local()
+    })
+    .await
+}
+
+/// Runs every step once its dependencies completed, in plan order; the first
+/// failure fails the plan.
+pub(crate) async fn run_dag(
+    state: Rc<RunState>,
+    structure: &Structure,
+    run: impl Fn(Rc<RunState>, usize) -> LocalBoxFuture<'static, StepResult>,
+) -> Result<Value, WorkflowError> {
     let mut done: Vec<Option<Shared<LocalBoxFuture<'static, StepResult>>>> =
         vec![None; state.doc.steps.len()];
     for &i in &structure.order {
@@ -371,12 +284,12 @@ async fn run_plan(ctx: WorkflowContext, input: Value) -> Result<Value, WorkflowE
                     .expect("dependencies come first in topological order")
             })
             .collect();
-        let state = state.clone();
+        let step = run(state.clone(), i);
         let fut: LocalBoxFuture<'static, StepResult> = async move {
             for d in deps {
                 d.await?;
             }
-            state.run_step(i).await
+            step.await
         }
         .boxed_local();
         done[i] = Some(fut.shared());
@@ -396,87 +309,59 @@ impl Workflow for Plan {
         "plan"
     }
 
+    /// Version 2: governed by the engine's gateway (version 1 issued its own
+    /// `policy.check` steps; its histories replay through [`v1`]).
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn run(
         &self,
         ctx: WorkflowContext,
         input: Value,
     ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
-        Box::pin(run_plan(ctx, input))
+        if ctx.workflow_version() < 2 {
+            return Box::pin(v1::run_plan(ctx, input));
+        }
+        Box::pin(run_plan(ctx, input, self.governance.clone()))
     }
 
     fn validate_input(&self, input: &Value) -> Result<(), String> {
         validate_plan(input, &self.governance, &self.limits).map(|_| ())
     }
 
-    /// Approvals: only allowed identities, never the submitting agent, each
-    /// identity once, and only for a step that waits for approval.
+    /// A signal never decides an approval: a version-1 task's approval
+    /// waits (`approval:<step>`) are refused here, even buffered before the
+    /// wait starts.
     fn check_signal(
         &self,
-        history: &[Event],
+        _history: &[Event],
         name: &str,
-        payload: &Value,
-        sender: &str,
+        _payload: &Value,
+        _sender: &str,
     ) -> Result<(), String> {
-        approvals::check_decision(history, name, payload, sender)
+        if name.starts_with("approval:") {
+            return Err(
+                "approvals are decided only through `mandate approve` / POST /v1/approvals with an authenticated identity, never by a signal".into(),
+            );
+        }
+        Ok(())
     }
 }
 
-/// Longest pre-approval: 30 days.
-pub const MAX_PREAPPROVAL_MS: u64 = 30 * 86_400_000;
-
-/// `preapproval`: a batch pre-approval (SPEC §7) as a recorded operation.
-/// Input `{tool, agent, scope?, duration_ms, granted_by}`; `granted_by` must
-/// own the tool. The grant is written (and undone on rollback) by
-/// `preapproval.grant`; `policy.check` honours it until it expires, naming
-/// this task in its decision.
-pub struct Preapproval {
-    governance: Arc<Governance>,
-}
-
-impl Preapproval {
-    pub fn new(governance: Arc<Governance>) -> Self {
-        Self { governance }
-    }
-}
+/// `preapproval`: release 0.1's pre-approval workflow, kept only so its
+/// histories replay. New submissions are refused: pre-approvals are granted
+/// by an authenticated owner of the tool through their own API
+/// (`POST /v1/preapprovals`, `mandate preapproval grant`), never by a task.
+pub struct Preapproval;
 
 impl Workflow for Preapproval {
     fn name(&self) -> &str {
         "preapproval"
     }
 
-    fn validate_input(&self, input: &Value) -> Result<(), String> {
-        let field = |f: &str| {
-            input
-                .get(f)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| format!("field {f}: required, a non-empty string"))
-        };
-        let set = self.governance.current();
-        let tool = field("tool")?;
-        let entry = set
-            .catalog
-            .tool(tool)
-            .ok_or_else(|| format!("field tool: unknown tool {tool:?}"))?;
-        let agent = field("agent")?;
-        if set.catalog.agent(agent).is_none() {
-            return Err(format!(
-                "field agent: agent {agent:?} is not in the catalog"
-            ));
-        }
-        let by = field("granted_by")?;
-        if !entry.owners.iter().any(|o| o == by) {
-            return Err(format!(
-                "field granted_by: {by} does not own {tool} (owners: {}); only an owner may pre-approve it",
-                entry.owners.join(", ")
-            ));
-        }
-        match input.get("duration_ms").and_then(Value::as_u64) {
-            Some(d) if d > 0 && d <= MAX_PREAPPROVAL_MS => Ok(()),
-            _ => Err(format!(
-                "field duration_ms: required, 1..={MAX_PREAPPROVAL_MS}"
-            )),
-        }
+    fn validate_input(&self, _input: &Value) -> Result<(), String> {
+        Err("the preapproval workflow was removed: a task may not grant pre-approvals; an owner of the tool grants one with `mandate preapproval grant` or POST /v1/preapprovals".into())
     }
 
     fn run(
@@ -498,9 +383,9 @@ impl Workflow for Preapproval {
             });
             let out = ctx
                 .step(
-                    StepOptions::new(PREAPPROVAL_GRANT, grant)
+                    StepOptions::new("preapproval.grant", grant)
                         .name("grant")
-                        .compensate(PREAPPROVAL_REVOKE, json!({"id": id})),
+                        .compensate("preapproval.revoke", json!({"id": id})),
                 )
                 .await?;
             Ok(out)

@@ -320,6 +320,12 @@ pub fn check_catalog(doc: &PlanDoc, catalog: &Catalog) -> Result<(), String> {
             validate_schema(schema, &s.input, "input", &refs::is_pending)
                 .map_err(|e| format!("step {:?}: field {e}", s.id))?;
         }
+        if let Some(r) = &s.retry {
+            r.validate().map_err(|e| at("retry", e))?;
+        }
+        if let Some(r) = s.compensate.as_ref().and_then(|c| c.retry.as_ref()) {
+            r.validate().map_err(|e| at("compensate.retry", e))?;
+        }
         if let Some(t) = s.timeout_ms
             && (t == 0 || t > mandate_engine::core::workflow::MAX_STEP_TIMEOUT_MS)
         {
