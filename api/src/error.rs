@@ -137,6 +137,31 @@ impl From<EngineError> for ApiError {
                 )
                 .with_details(json!({"task_id": task_id}))
             }
+            EngineError::ApprovalRefused(r) => {
+                use mandate_engine::core::gateway::ApprovalRefusal as R;
+                match &r {
+                    R::NoSuchRequest { task_id, .. } => Self::not_found(message)
+                        .with_details(crate::approvals::refusal_details(task_id)),
+                    R::NotAllowed { task_id, .. } => Self::forbidden(message)
+                        .with_details(crate::approvals::refusal_details(task_id)),
+                    R::Closed { task_id, .. } | R::PastDeadline { task_id, .. } => {
+                        Self::conflict(message)
+                            .with_details(crate::approvals::refusal_details(task_id))
+                    }
+                }
+            }
+            EngineError::Forbidden { .. } => {
+                let field = message
+                    .strip_prefix("field ")
+                    .and_then(|m| m.split(':').next())
+                    .map(str::to_string);
+                let e = Self::forbidden(message);
+                match field {
+                    Some(f) => e.with_details(json!({"field": f})),
+                    None => e,
+                }
+            }
+            EngineError::NotFound { .. } => Self::not_found(message),
             EngineError::Store(e) => Self::store(e),
         }
     }

@@ -81,6 +81,8 @@ fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(tasks::retry))
         .routes(routes!(approvals::inbox))
         .routes(routes!(approvals::decide))
+        .routes(routes!(approvals::grant, approvals::list))
+        .routes(routes!(approvals::revoke))
         .routes(routes!(ops::halt, ops::lift, ops::halts))
         .routes(routes!(ops::dry_run))
         .routes(routes!(ops::whoami))

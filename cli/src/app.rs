@@ -122,7 +122,13 @@ pub async fn open_engine(db: &Database) -> anyhow::Result<(Engine, World)> {
     let mut tools = ToolRegistry::new();
     mandate_activities::register_demo_tools(&mut tools, world.clone());
     mandate_activities::register_governance_tools(&mut tools, governance.clone(), world.clone());
-    let engine = Engine::new(store, mandate_workflows::registry_with(governance), tools);
+    let gateway: std::sync::Arc<dyn mandate_engine::core::gateway::Gateway> = governance.clone();
+    let engine = Engine::new(
+        store,
+        mandate_workflows::registry_with(governance),
+        tools,
+        gateway,
+    );
     Ok((engine, world))
 }
 
@@ -187,7 +193,10 @@ fn runtime_code(e: &runtime::Error) -> u8 {
         | E::TaskFinal { .. }
         | E::Rejected { .. }
         | E::Corrupt { .. }
-        | E::Unparseable { .. } => EXIT_REFUSED,
+        | E::Unparseable { .. }
+        | E::ApprovalRefused(_)
+        | E::Forbidden { .. }
+        | E::NotFound { .. } => EXIT_REFUSED,
         E::Contention { .. } | E::Timeout { .. } => EXIT_FAILURE,
         E::Store(s) => store_code(s),
     }

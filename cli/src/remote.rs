@@ -219,6 +219,28 @@ impl Remote {
         Ok(v)
     }
 
+    /// Any `GET` whose answer is JSON.
+    pub async fn get_json(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> anyhow::Result<Value> {
+        self.get(segments, query).await
+    }
+
+    /// Any `POST` whose answer is JSON.
+    pub async fn post_json(&self, segments: &[&str], body: &Value) -> anyhow::Result<Value> {
+        self.post(segments, body).await
+    }
+
+    /// Any `DELETE` whose answer is JSON.
+    pub async fn delete_json(&self, segments: &[&str]) -> anyhow::Result<Value> {
+        let (_, v) = self
+            .call(Method::DELETE, segments, &[], None, HeaderMap::new())
+            .await?;
+        Ok(v)
+    }
+
     /// `POST /v1/tasks`: a workflow and its input, or (`workflow` None) a
     /// plan. The task's `existing` is true when the key named an earlier task.
     pub async fn submit(
@@ -330,16 +352,21 @@ impl Remote {
     /// operators and auditors).
     pub async fn approvals(&self) -> anyhow::Result<Vec<Value>> {
         let inbox: Inbox = self.get(&["v1", "approvals"], &[]).await?;
+        let approvals = inbox
+            .approvals
+            .into_iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()?;
         if inbox.truncated {
             eprintln!(
                 "the server read only the newest {} tasks waiting for decisions; there are more",
                 mandate_api::approvals::INBOX_SCAN_LIMIT
             );
         }
-        Ok(inbox.approvals)
+        Ok(approvals)
     }
 
-    /// Decides approval `<task_id>:<step>` as the token's identity.
+    /// Decides approval `<task_id>:<step or request seq>` as the token's identity.
     pub async fn decide(
         &self,
         task_id: &str,
@@ -353,7 +380,7 @@ impl Remote {
             body["decision"] = "edit".into();
             body["edit"] = e;
         }
-        let id = mandate_workflows::plan::approvals::approval_id(task_id, step);
+        let id = format!("{task_id}:{step}");
         let a: Accepted = self.post(&["v1", "approvals", &id], &body).await?;
         Ok(a.seq)
     }

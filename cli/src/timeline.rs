@@ -190,6 +190,125 @@ fn describe(state: &TaskState, event: &Event) -> String {
             }
             s
         }
+        E::PolicyEvaluated {
+            name,
+            tool,
+            input,
+            principal,
+            decision,
+            ..
+        } => {
+            let rules: Vec<String> = decision
+                .decided_by
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} \"{}\"",
+                        summary::text(&r.id, 80),
+                        summary::text(&r.message, 160)
+                    )
+                })
+                .collect();
+            let mut s = format!(
+                "step '{}' decided by the gateway: {} for {} {} as {}{} — {} [policy set {}]",
+                summary::text(name, 60),
+                decision.path,
+                tool,
+                summary::json(input, MAX_STEP_INPUT_CHARS),
+                summary::text(principal.agent.as_deref().unwrap_or("(operator task)"), 60),
+                principal
+                    .on_behalf_of
+                    .as_deref()
+                    .map(|u| format!(" on behalf of {}", summary::text(u, 60)))
+                    .unwrap_or_default(),
+                rules.join("; "),
+                &decision.policy_hash[..decision.policy_hash.len().min(12)]
+            );
+            if let Some(p) = &decision.preapproval {
+                s.push_str(&format!(
+                    "; pre-approved by {} ({})",
+                    summary::text(&p.granted_by, 60),
+                    summary::text(&p.id, 40)
+                ));
+            }
+            s
+        }
+        E::StepDenied { rule, reason, .. } => format!(
+            "step denied ({}): {}",
+            summary::text(rule, 80),
+            summary::text(reason, MAX_TEXT_CHARS)
+        ),
+        E::ApprovalRequested {
+            subject,
+            approvers,
+            quorum,
+            deadline_at_ms,
+            escalation,
+            supersedes,
+            ..
+        } => format!(
+            "approval of '{}' requested from {} (quorum {quorum}, deadline {}{}){}",
+            summary::text(subject, 60),
+            summary::text(&approvers.join(", "), 200),
+            deadline_at_ms,
+            escalation
+                .as_deref()
+                .map(|e| format!(", escalates to {}", summary::text(e, 60)))
+                .unwrap_or_default(),
+            supersedes
+                .map(|s| format!(", replacing the request at seq {s}"))
+                .unwrap_or_default()
+        ),
+        E::ApprovalDecided {
+            identity,
+            approved,
+            comment,
+            edit,
+            via,
+            ..
+        } => format!(
+            "{} by {}{}{}{}",
+            if *approved { "approved" } else { "rejected" },
+            summary::text(identity, 60),
+            via.as_deref()
+                .map(|v| format!(" (authenticated as {})", summary::text(v, 60)))
+                .unwrap_or_default(),
+            edit.as_ref()
+                .map(|e| format!(", editing {}", summary::json(e, MAX_STEP_INPUT_CHARS)))
+                .unwrap_or_default(),
+            comment
+                .as_deref()
+                .map(|c| format!(": {}", summary::text(c, 200)))
+                .unwrap_or_default()
+        ),
+        E::ApprovalEscalated {
+            to, deadline_at_ms, ..
+        } => format!(
+            "approval escalated to {} (new deadline {deadline_at_ms})",
+            summary::text(to, 60)
+        ),
+        E::ApprovalEditEvaluated {
+            input, decision, ..
+        } => format!(
+            "the approver's edit {} re-checked: {} by {}",
+            summary::json(input, MAX_STEP_INPUT_CHARS),
+            decision.path,
+            summary::text(&decision.explain(), 200)
+        ),
+        E::ApprovalResolved {
+            request_seq,
+            outcome,
+            by,
+            ..
+        } => format!(
+            "approval request {request_seq} {}{}",
+            summary::text(outcome, 40),
+            if by.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", summary::text(&by.join(", "), 200))
+            }
+        ),
         E::StepCompleted {
             step_seq,
             output,
@@ -504,6 +623,7 @@ mod tests {
                         retry: RetryPolicy::default(),
                     }),
                     recovery_path: None,
+                    policy_seq: None,
                 },
             ),
             // 4
@@ -705,6 +825,7 @@ mod tests {
                     timeout_ms: 1000,
                     compensation: None,
                     recovery_path: None,
+                    policy_seq: None,
                 },
             ),
             ev(

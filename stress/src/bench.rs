@@ -122,7 +122,12 @@ async fn engine_on(url: &str, stamp: Option<Stamp>) -> anyhow::Result<Engine> {
     if let Some(s) = stamp {
         tools.register(s);
     }
-    Ok(Engine::new(store, mandate_workflows::registry(), tools))
+    Ok(Engine::new(
+        store,
+        mandate_workflows::registry(),
+        tools,
+        std::sync::Arc::new(mandate_activities::Governance::shipped()),
+    ))
 }
 
 /// Waits until every id in `ids` is final, counting final updates.

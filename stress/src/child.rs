@@ -74,6 +74,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         store,
         mandate_workflows::registry(),
         tools,
+        Arc::new(mandate_activities::Governance::shipped()),
         Limits::default(),
         Arc::new(mandate_engine::runtime::SystemClock),
     );

@@ -476,6 +476,27 @@ impl Store for FaultyStore {
     fn halts(&self, active_only: bool, limit: u32) -> BoxFuture<'_, Result<Vec<HaltRow>, Error>> {
         self.inner.halts(active_only, limit)
     }
+    fn insert_preapproval(
+        &self,
+        p: mandate_engine::core::gateway::Preapproval,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.inner.insert_preapproval(p)
+    }
+    fn revoke_preapproval(
+        &self,
+        id: &str,
+        by: &str,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<mandate_engine::core::gateway::Preapproval>, Error>> {
+        self.inner.revoke_preapproval(id, by, at_ms)
+    }
+    fn preapprovals(
+        &self,
+        live_at_ms: Option<i64>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<mandate_engine::core::gateway::Preapproval>, Error>> {
+        self.inner.preapprovals(live_at_ms, limit)
+    }
 }
 
 /// The role a wrapped tool plays in the stress saga.

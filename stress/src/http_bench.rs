@@ -85,7 +85,12 @@ async fn round(args: &HttpBenchArgs) -> anyhow::Result<Round> {
     let world = World::connect(&db.url).await?;
     let mut tools = ToolRegistry::new();
     mandate_activities::register_demo_tools(&mut tools, world);
-    let engine = Engine::new(store, mandate_workflows::registry(), tools);
+    let engine = Engine::new(
+        store,
+        mandate_workflows::registry(),
+        tools,
+        std::sync::Arc::new(mandate_activities::Governance::shipped()),
+    );
     let worker = engine.start_worker(WorkerConfig::default());
     let state = AppState::new(
         engine.clone(),

@@ -215,6 +215,7 @@ fn build_history(
         .collect();
     let mut state = TaskState::fold(&history);
     let mut outcomes: Vec<AttemptOutcome> = Vec::new();
+    let governance = mandate_activities::Governance::shipped();
     while !state.is_final() {
         now += 3;
         let decision = decide::decide(
@@ -224,6 +225,8 @@ fn build_history(
                 outcomes: &outcomes,
                 workflow: Some(saga),
                 tools: &tools,
+                gateway: &governance,
+                preapprovals: &[],
                 worker: "bench",
                 limits: &limits,
                 halt: None,

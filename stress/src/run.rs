@@ -186,7 +186,12 @@ async fn stress(args: &RunArgs, url: &str) -> anyhow::Result<bool> {
             counters: Default::default(),
         }),
     );
-    let engine = Engine::new(store, mandate_workflows::registry(), tools);
+    let engine = Engine::new(
+        store,
+        mandate_workflows::registry(),
+        tools,
+        std::sync::Arc::new(mandate_activities::Governance::shipped()),
+    );
     let backend = engine.store().backend().as_str();
     let run_id = format!("r{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let planned: Vec<PlannedTask> = (0..args.tasks)

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mandate_activities::{ToolRegistry, World};
+use mandate_engine::core::gateway::Gateway;
 use mandate_engine::core::workflow::check_history;
 use mandate_engine::store::TaskRow;
 use mandate_engine::{Engine, Limits, TaskStatus, WorkerConfig, WorkerHandle, WorkflowRegistry};
@@ -146,7 +147,25 @@ impl Harness {
         limits: Limits,
         customize: impl FnOnce(&mut WorkflowRegistry, &mut ToolRegistry),
     ) -> Harness {
-        let (engine, world) = engine_for(&db.url, limits, customize).await;
+        let gateway = Arc::new(mandate_activities::Governance::shipped());
+        Self::governed(db, limits, gateway, customize).await
+    }
+
+    /// A harness on an existing database whose every step passes `gateway`.
+    pub async fn governed(
+        db: TestDb,
+        limits: Limits,
+        gateway: Arc<dyn Gateway>,
+        customize: impl FnOnce(&mut WorkflowRegistry, &mut ToolRegistry),
+    ) -> Harness {
+        let (engine, world) = engine_with(
+            &db.url,
+            limits,
+            Arc::new(mandate_engine::runtime::SystemClock),
+            gateway,
+            customize,
+        )
+        .await;
         Harness {
             db,
             engine,
@@ -219,13 +238,27 @@ pub async fn engine_with_clock(
     clock: Arc<dyn mandate_engine::runtime::Clock>,
     customize: impl FnOnce(&mut WorkflowRegistry, &mut ToolRegistry),
 ) -> (Engine, World) {
+    // The shipped catalog and policies: tasks without an agent (most
+    // scenarios) are operator tasks, monitored; agent tasks are governed.
+    let gateway = Arc::new(mandate_activities::Governance::shipped());
+    engine_with(url, limits, clock, gateway, customize).await
+}
+
+/// Builds an engine for `url` with its clock and gateway.
+pub async fn engine_with(
+    url: &str,
+    limits: Limits,
+    clock: Arc<dyn mandate_engine::runtime::Clock>,
+    gateway: Arc<dyn Gateway>,
+    customize: impl FnOnce(&mut WorkflowRegistry, &mut ToolRegistry),
+) -> (Engine, World) {
     let store = mandate_engine::store::open(url).await.expect("open store");
     let world = World::connect(url).await.expect("open world");
     let mut tools = ToolRegistry::new();
     mandate_activities::register_demo_tools(&mut tools, world.clone());
     let mut workflows = mandate_workflows::registry();
     customize(&mut workflows, &mut tools);
-    let engine = Engine::with_options(store, workflows, tools, limits, clock);
+    let engine = Engine::with_options(store, workflows, tools, gateway, limits, clock);
     (engine, world)
 }
 

@@ -5,9 +5,9 @@
 #[path = "support/gov.rs"]
 mod gov;
 
+use mandate_engine::core::approvals::InboxEntry;
 use mandate_engine::{EventPayload as E, TaskStatus};
 use mandate_tests::{Backend, backend_tests};
-use mandate_workflows::plan::approvals;
 use serde_json::{Value, json};
 
 const AGENT: &str = "agent-deployer-7"; // L2, NO-DELETE: reversible writes run monitored
@@ -312,15 +312,11 @@ async fn iam_policy(g: &gov::GovHarness, name: &str) -> (i64, Value) {
 }
 
 /// Waits until step `step` of task `id` awaits approval; returns its inbox entry.
-async fn awaiting(g: &gov::GovHarness, id: &str, step: &str) -> approvals::InboxEntry {
+async fn awaiting(g: &gov::GovHarness, id: &str, step: &str) -> InboxEntry {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let mut updates = g.h.engine.subscribe();
-        let history = g.h.engine.history(id).await.unwrap();
-        if let Some(e) = approvals::inbox_entries(id, &history, None)
-            .into_iter()
-            .find(|e| e.step == step)
-        {
+        if let Some(e) = g.inbox(id).await.into_iter().find(|e| e.step == step) {
             return e;
         }
         let status = g.h.engine.task(id).await.unwrap().status;
@@ -333,13 +329,7 @@ async fn awaiting(g: &gov::GovHarness, id: &str, step: &str) -> approvals::Inbox
 }
 
 async fn approve_as_security(g: &gov::GovHarness, id: &str, step: &str) {
-    g.h.engine
-        .signal(
-            id,
-            &approvals::signal_name(step),
-            json!({"decision": "approve", "comment": "least privilege, checked"}),
-            "approver:security-oncall",
-        )
+    g.decide(id, step, "security-oncall", true, None)
         .await
         .unwrap();
 }
@@ -349,7 +339,7 @@ async fn approve_as_security(g: &gov::GovHarness, id: &str, step: &str) {
 async fn approve_both_applies(
     g: &gov::GovHarness,
     id: &str,
-) -> (approvals::InboxEntry, approvals::InboxEntry, TaskStatus) {
+) -> (InboxEntry, InboxEntry, TaskStatus) {
     let first = awaiting(g, id, "apply_ci_deployer").await;
     approve_as_security(g, id, "apply_ci_deployer").await;
     let second = awaiting(g, id, "apply_data_export").await;
@@ -444,10 +434,23 @@ async fn a_denied_iam_change_rolls_back_the_applied_ones_in_reverse(b: Backend) 
         ]
     );
     assert_eq!(status, TaskStatus::FailedTerminal);
-    let denial = g.output_of(&id, "apply_break_glass.policy").await.unwrap();
-    assert_eq!(denial["decision"], "deny");
-    assert_eq!(denial["decided_by"][0]["id"], "org.iam.break-glass-frozen");
     let history = g.h.engine.history(&id).await.unwrap();
+    let denial = history
+        .iter()
+        .find_map(|e| match &e.payload {
+            E::PolicyEvaluated { name, decision, .. } if name == "apply_break_glass" => {
+                Some(decision.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(denial.path.as_str(), "deny");
+    assert_eq!(denial.decided_by[0].id, "org.iam.break-glass-frozen");
+    assert!(
+        !g.scheduled(&id)
+            .await
+            .contains(&"apply_break_glass".to_string())
+    );
     let mut names = std::collections::HashMap::new();
     let mut compensated = Vec::new();
     for e in &history {

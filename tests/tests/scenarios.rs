@@ -653,10 +653,7 @@ async fn workflows_can_refuse_signals(b: Backend) {
             _input: Value,
         ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
             Box::pin(async move {
-                let s = ctx
-                    .wait_approval("approve", None)
-                    .await
-                    .expect("no timeout");
+                let s = ctx.wait_signal("approve", None).await.expect("no timeout");
                 Ok(json!({"by": s.sender}))
             })
         }

@@ -1,20 +1,17 @@
-//! `mandate approvals [--as ID] [--json]`: the approval inbox. For each plan
-//! task in `needs_approval`, each step awaiting a decision with its summary,
+//! `mandate approvals [--as ID] [--json]`: the approval inbox. For each task
+//! in `needs_approval`, each open approval request with its summary,
 //! risk, owners affected, evidence, the rollback plan (compensations and
 //! recovery paths of what already ran, and of the step itself), who may
 //! decide and who already did. Read-only.
 //!
 //! With `--server` the inbox is `GET /v1/approvals`: an approver's token sees
 //! what it may decide, an operator's or auditor's everything; `--as` then
-//! narrows it the same way as locally, and `--limit` is the server's.
+//! narrows it the same way as locally, and the scan limit is the server's.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
-use mandate_engine::TaskStatus;
-use mandate_engine::store::TaskFilter;
-use mandate_workflows::plan::approvals;
 use serde_json::Value;
 
 use crate::app::{self, Database};
@@ -25,10 +22,6 @@ pub struct ApprovalsArgs {
     /// Only requests this identity may decide (and has not yet)
     #[arg(long = "as", value_name = "ID")]
     pub identity: Option<String>,
-    /// Most tasks scanned
-    #[arg(long, value_name = "N", default_value_t = 200,
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub limit: u32,
     /// Print a JSON array instead of text
     #[arg(long)]
     pub json: bool,
@@ -37,21 +30,19 @@ pub struct ApprovalsArgs {
 pub async fn run(db: &Database, args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
     db.require_existing()?;
     let (engine, _world) = app::open_engine(db).await?;
-    let rows = engine
-        .store()
-        .list_tasks(TaskFilter {
-            status: Some(TaskStatus::NeedsApproval),
-            limit: args.limit,
-            ..Default::default()
-        })
+    let (entries, truncated) = engine
+        .approval_inbox(None, args.identity.as_deref())
         .await?;
-    let mut inbox = Vec::new();
-    for row in rows {
-        let history = engine.history(&row.id).await?;
-        for entry in approvals::inbox_entries(&row.id, &history, args.identity.as_deref()) {
-            inbox.push(serde_json::to_value(entry)?);
-        }
+    if truncated {
+        eprintln!(
+            "only the newest {} tasks waiting for decisions were read; there are more",
+            mandate_engine::runtime::INBOX_SCAN_LIMIT
+        );
     }
+    let inbox = entries
+        .into_iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()?;
     print(&args, &inbox)
 }
 
@@ -63,12 +54,13 @@ pub async fn remote(remote: &Remote, args: ApprovalsArgs) -> anyhow::Result<Exit
     print(&args, &inbox)
 }
 
-/// What `approvals::inbox_entries` keeps for an identity: it is a named
-/// approver and has not decided yet.
+/// What the engine's inbox keeps for an identity: it is a named approver
+/// (or the escalation target) and has not decided yet.
 fn may_decide(entry: &Value, who: &str) -> bool {
     let any =
         |list: &Value, hit: &dyn Fn(&Value) -> bool| list.as_array().into_iter().flatten().any(hit);
-    any(&entry["approvers"], &|a| *a == who) && !any(&entry["decisions"], &|d| d["identity"] == who)
+    (any(&entry["approvers"], &|a| *a == who) || entry["escalated_to"] == who)
+        && !any(&entry["decisions"], &|d| d["identity"] == who)
 }
 
 fn print(args: &ApprovalsArgs, inbox: &[Value]) -> anyhow::Result<ExitCode> {
@@ -88,10 +80,12 @@ fn print(args: &ApprovalsArgs, inbox: &[Value]) -> anyhow::Result<ExitCode> {
     for a in inbox {
         writeln!(
             out,
-            "task {}  step {}  risk {}",
+            "task {}  step {}  risk {}  (approve with: mandate approve {} --step {})",
             text(&a["task_id"]),
             text(&a["step"]),
-            text(&a["risk"])
+            text(&a["risk"]),
+            text(&a["task_id"]),
+            a["request_seq"]
         )?;
         writeln!(out, "  summary: {}", text(&a["summary"]))?;
         for r in a["rules"].as_array().into_iter().flatten() {

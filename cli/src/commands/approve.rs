@@ -1,9 +1,11 @@
 //! `mandate approve | reject <task> [--step S] --as ID [--comment] [--edit JSON]`:
-//! one decision on a gated plan step, sent as the signal `approval:<step>`
-//! with sender `approver:<ID>`. The plan workflow refuses (exit 2, nothing
-//! written) a wrong identity, the submitting agent, a repeated identity and
-//! a step that is not awaiting approval. Prints the seq of the recorded
-//! decision.
+//! one decision on an approval request (a gated step, or a workflow's own
+//! approval), recorded through the engine's approval call as
+//! `approver:<ID>` (with the OS user who vouched for it). The engine refuses
+//! (exit 2, nothing written) an identity the request does not name, the
+//! submitting agent, the user the task acts for, a repeated identity, a
+//! request past its deadline, and a step that is not awaiting approval.
+//! Prints the seq of the recorded decision.
 //!
 //! With `--server` the decision goes to `POST /v1/approvals/<task>:<step>`
 //! and the identity is the token's name, never `--as`: an `--as` that
@@ -17,8 +19,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 use mandate_engine::Limits;
-use mandate_workflows::plan::approvals;
-use serde_json::{Value, json};
+use mandate_engine::runtime::{ApprovalDecision, ApprovalTarget};
+use serde_json::Value;
 
 use crate::app::{self, Database, refused};
 use crate::input;
@@ -28,7 +30,7 @@ use crate::remote::Remote;
 pub struct DecideArgs {
     /// Task id
     pub id: String,
-    /// The gated step [default: the only step awaiting approval]
+    /// The gated step, or the request's seq [default: the only request awaiting approval]
     #[arg(long, value_name = "S")]
     pub step: Option<String>,
     /// The approver's identity, recorded as approver:<ID> (required without --server;
@@ -77,18 +79,12 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The one step in `pending`, or a refusal saying why there is not one.
-fn only_step(task_id: &str, pending: Vec<String>, whose: &str) -> anyhow::Result<String> {
-    match pending.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(refused(format!(
-            "task {task_id} has no step awaiting {whose}"
-        ))),
-        many => Err(refused(format!(
-            "task {task_id} has several steps awaiting approval ({}); pass --step",
-            many.join(", ")
-        ))),
-    }
+/// The OS user running this command, recorded with a local decision as how
+/// the identity was vouched for (the database's owner).
+pub(crate) fn os_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 async fn decide_local(
@@ -105,29 +101,24 @@ async fn decide_local(
     };
     db.require_existing()?;
     let (engine, _world) = app::open_engine(db).await?;
-    let step = match &args.step {
-        Some(s) => s.clone(),
-        None => {
-            let history = engine.history(&args.id).await?;
-            let pending = approvals::pending(&history)
-                .into_iter()
-                .map(|p| p.step)
-                .collect();
-            only_step(&args.id, pending, "approval")?
-        }
+    let target = match &args.step {
+        Some(s) => ApprovalTarget::parse(s),
+        None => ApprovalTarget::Only,
     };
-    let mut payload = json!({"decision": decision, "comment": args.comment});
-    if let Some(e) = edit {
-        payload["edit"] = e;
-    }
-    Ok(engine
-        .signal(
+    let recorded = engine
+        .decide_approval(
             &args.id,
-            &approvals::signal_name(&step),
-            payload,
-            &format!("approver:{identity}"),
+            target,
+            identity,
+            ApprovalDecision {
+                approved: decision == "approve",
+                comment: args.comment.clone(),
+                edit,
+                via: Some(format!("cli:{}", os_user())),
+            },
         )
-        .await?)
+        .await?;
+    Ok(recorded.seq)
 }
 
 async fn decide_remote(
@@ -139,18 +130,29 @@ async fn decide_remote(
     let step = match &args.step {
         Some(s) => s.clone(),
         None => {
-            let pending = remote
+            let pending: Vec<String> = remote
                 .approvals()
                 .await?
                 .into_iter()
                 .filter(|a| a["task_id"] == args.id.as_str())
-                .filter_map(|a| a["step"].as_str().map(str::to_string))
+                .filter_map(|a| a["request_seq"].as_i64().map(|s| s.to_string()))
                 .collect();
-            only_step(
-                &args.id,
-                pending,
-                "a decision by this token's identity (none in its GET /v1/approvals inbox)",
-            )?
+            match pending.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(refused(format!(
+                        "task {} has no request awaiting a decision by this token's identity (none in its GET /v1/approvals inbox)",
+                        args.id
+                    )));
+                }
+                many => {
+                    return Err(refused(format!(
+                        "task {} has several requests awaiting this identity (seqs {}); pass --step",
+                        args.id,
+                        many.join(", ")
+                    )));
+                }
+            }
         }
     };
     let decided = remote

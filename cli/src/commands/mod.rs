@@ -17,6 +17,7 @@ mod halt;
 mod history;
 mod list;
 pub(crate) mod plan;
+pub(crate) mod preapproval;
 mod replay;
 mod serve;
 mod status;
@@ -80,5 +81,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             None => approvals::run(&db, args).await,
         },
         Command::Token(args) => token::run(&db, args).await,
+        Command::Preapproval(args) => preapproval::run(&db, remote()?, args).await,
     }
 }

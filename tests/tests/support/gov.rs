@@ -114,7 +114,8 @@ async fn harness_in(b: Backend, dir: tempfile::TempDir) -> GovHarness {
     let db = TestDb::new(b).await;
     let world = World::connect(&db.url).await.unwrap();
     let g = governance.clone();
-    let mut h = Harness::on(db, Limits::default(), move |w, t| {
+    let gateway: Arc<dyn mandate_engine::core::gateway::Gateway> = governance.clone();
+    let mut h = Harness::governed(db, Limits::default(), gateway, move |w, t| {
         mandate_workflows::register_governed(w, g.clone());
         mandate_activities::register_governance_tools(t, g, world);
     })
@@ -126,6 +127,7 @@ async fn harness_in(b: Backend, dir: tempfile::TempDir) -> GovHarness {
 impl GovHarness {
     pub async fn submit(&self, plan: Value) -> Result<String, mandate_engine::runtime::Error> {
         let agent = plan["agent"].as_str().map(str::to_string);
+        let on_behalf_of = plan["on_behalf_of"].as_str().map(str::to_string);
         self.h
             .engine
             .submit(
@@ -133,6 +135,7 @@ impl GovHarness {
                 plan,
                 SubmitOptions {
                     agent,
+                    on_behalf_of,
                     ..Default::default()
                 },
             )
@@ -178,6 +181,41 @@ impl GovHarness {
             } if *step_seq == seq => Some(output.clone()),
             _ => None,
         })
+    }
+
+    /// Decides the open approval request of step `step` as `who`.
+    pub async fn decide(
+        &self,
+        id: &str,
+        step: &str,
+        who: &str,
+        approved: bool,
+        edit: Option<Value>,
+    ) -> Result<mandate_engine::runtime::ApprovalRecorded, mandate_engine::runtime::Error> {
+        self.h
+            .engine
+            .decide_approval(
+                id,
+                mandate_engine::runtime::ApprovalTarget::Subject(step.to_string()),
+                who,
+                mandate_engine::runtime::ApprovalDecision {
+                    approved,
+                    comment: Some(format!("{who} decided")),
+                    edit,
+                    via: Some("test".into()),
+                },
+            )
+            .await
+    }
+
+    /// The open approval requests of a task (the inbox entries).
+    pub async fn inbox(&self, id: &str) -> Vec<mandate_engine::core::approvals::InboxEntry> {
+        self.h
+            .engine
+            .approval_inbox(Some(id), None)
+            .await
+            .unwrap()
+            .0
     }
 
     /// The names of scheduled steps, in order.
