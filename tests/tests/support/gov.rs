@@ -79,9 +79,20 @@ pub struct GovHarness {
 }
 
 pub async fn harness(b: Backend) -> GovHarness {
+    harness_with(b, |_, _| {}).await
+}
+
+/// [`harness`] whose registries `customize` may extend (test tools and
+/// workflows), still governed by the test policies.
+pub async fn harness_with(
+    b: Backend,
+    customize: impl FnOnce(&mut mandate_engine::WorkflowRegistry, &mut mandate_engine::ToolRegistry)
+    + Send
+    + 'static,
+) -> GovHarness {
     let dir = tempfile::tempdir().unwrap();
     write_policies(dir.path());
-    harness_in(b, dir).await
+    harness_in(b, dir, customize).await
 }
 
 /// A harness governed by a copy of the policy directory `policies` (its
@@ -102,10 +113,14 @@ pub async fn harness_with_policies(b: Backend, policies: &Path) -> GovHarness {
         )
         .unwrap();
     }
-    harness_in(b, dir).await
+    harness_in(b, dir, |_, _| {}).await
 }
 
-async fn harness_in(b: Backend, dir: tempfile::TempDir) -> GovHarness {
+async fn harness_in(
+    b: Backend,
+    dir: tempfile::TempDir,
+    customize: impl FnOnce(&mut mandate_engine::WorkflowRegistry, &mut mandate_engine::ToolRegistry),
+) -> GovHarness {
     let governance = Arc::new(
         Governance::load_dir(dir.path())
             .expect("the test policies load")
@@ -118,6 +133,7 @@ async fn harness_in(b: Backend, dir: tempfile::TempDir) -> GovHarness {
     let mut h = Harness::governed(db, Limits::default(), gateway, move |w, t| {
         mandate_workflows::register_governed(w, g.clone());
         mandate_activities::register_governance_tools(t, g, world);
+        customize(w, t);
     })
     .await;
     h.start_worker();
