@@ -104,7 +104,9 @@ pub async fn inbox(
 pub struct DecisionBody {
     /// `approve`, `reject`, or `edit` (approve with changed input fields,
     /// re-checked by policy).
+    #[schema(pattern = "^(approve|reject|edit)$")]
     pub decision: String,
+    #[schema(max_length = 1000)]
     pub comment: Option<String>,
     /// With `edit`: the input fields to change.
     #[schema(value_type = Option<Object>)]
