@@ -223,7 +223,7 @@ fn body_error(status: StatusCode, text: String) -> ApiError {
 }
 
 /// Parses JSON naming the path of the first error; refuses NUL characters
-/// and integers beyond ±2^53 anywhere in it (see `hygiene::check_json`).
+/// and integers beyond ±(2^53 − 1) anywhere in it (see `hygiene::check_json`).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|inner| {
         ApiError::new(

@@ -1,6 +1,6 @@
 //! Input hygiene at the door: NUL characters (which PostgreSQL cannot store
 //! and SQLite compares oddly) are refused in path ids, query parameters and
-//! JSON strings, and JSON integers beyond ±2^53 (which would not round-trip
+//! JSON strings, and JSON integers beyond ±(2^53 − 1) (which would not round-trip
 //! through a double) are refused, each with 400 naming where.
 
 use axum::extract::{MatchedPath, Request};
@@ -10,9 +10,10 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 
-/// The largest integer magnitude a JSON body may hold: 2^53, the last one a
-/// double represents exactly (JavaScript's `Number.MAX_SAFE_INTEGER` + 1).
-pub const MAX_SAFE_INTEGER: u64 = 1 << 53;
+/// The largest integer magnitude a JSON body may hold: 2^53 − 1
+/// (JavaScript's `Number.MAX_SAFE_INTEGER`; the engine's RFC 8785 hashing
+/// refuses more, so the door does too, naming the field).
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// Middleware: refuses a NUL in the path's segments (naming the parameter,
 /// e.g. `id`) or in a query parameter (naming it).
@@ -66,7 +67,7 @@ fn nul_in_path(request: &Request) -> Option<String> {
     None
 }
 
-/// Refuses a NUL in any string or key, and an integer beyond ±2^53, naming
+/// Refuses a NUL in any string or key, and an integer beyond ±(2^53 − 1), naming
 /// the path (`input.amount_cents`, `plan.steps[2].id`).
 pub fn check_json(v: &Value) -> Result<(), ApiError> {
     let mut path = String::new();
@@ -85,10 +86,10 @@ fn walk(v: &Value, path: &mut String) -> Result<(), ApiError> {
             };
             if too_big {
                 let at = shown(path);
-                return Err(ApiError::field(
+                return Err(invalid_input(
                     &at,
                     format!(
-                        "field {at}: the integer {n} is beyond ±2^53 ({MAX_SAFE_INTEGER}) and would not be kept exactly; send it as a string"
+                        "field {at}: the number {n} is beyond ±(2^53 − 1) ({MAX_SAFE_INTEGER}) and would not be kept exactly; send it as a string"
                     ),
                 ));
             }
@@ -122,6 +123,17 @@ fn walk(v: &Value, path: &mut String) -> Result<(), ApiError> {
     }
 }
 
+/// 400 `invalid_input` naming the field (the code the engine uses for a
+/// value it cannot keep).
+fn invalid_input(field: &str, message: String) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        "invalid_input",
+        message,
+    )
+    .with_details(serde_json::json!({"field": field}))
+}
+
 fn shown(path: &str) -> String {
     if path.is_empty() {
         "body".to_string()
@@ -132,7 +144,7 @@ fn shown(path: &str) -> String {
 
 fn nul(path: &str) -> ApiError {
     let at = shown(path);
-    ApiError::field(
+    invalid_input(
         &at,
         format!("field {at} contains a NUL character (\\u0000), which cannot be stored; remove it"),
     )
@@ -155,8 +167,12 @@ mod tests {
 
     #[test]
     fn big_integers_and_nul_are_named() {
-        assert_eq!(field(json!({"input": {"n": 9007199254740992u64}})), None);
-        assert_eq!(field(json!({"input": {"n": -9007199254740992i64}})), None);
+        assert_eq!(field(json!({"input": {"n": 9007199254740991u64}})), None);
+        assert_eq!(field(json!({"input": {"n": -9007199254740991i64}})), None);
+        assert_eq!(
+            field(json!({"n": 9007199254740992u64})).as_deref(),
+            Some("n")
+        );
         assert_eq!(
             field(json!({"input": {"n": 1.5e300}})).as_deref(),
             Some("input.n")

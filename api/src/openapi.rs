@@ -2,7 +2,7 @@
 //! derives from the handlers, then (1) every error status a route can really
 //! answer is documented, (2) no string may hold a NUL and free-form JSON
 //! (inputs, plans, payloads) is described recursively with the server's own
-//! limits (no NUL, numbers within ±2^53). New routes get all of it at once.
+//! limits (no NUL, numbers within ±(2^53 − 1)). New routes get all of it at once.
 
 use serde_json::{Map, Value, json};
 
@@ -145,7 +145,7 @@ fn add_components(doc: &mut Value) {
     let max = MAX_SAFE_INTEGER as f64;
     schemas.insert(
         "JsonValue".into(),
-        json!({"description": "Any JSON value without NUL characters and with numbers within ±2^53",
+        json!({"description": "Any JSON value without NUL characters and with numbers within ±(2^53 − 1)",
         "anyOf": [
             {"type": "string", "pattern": NO_NUL},
             {"type": "number", "minimum": -max, "maximum": max},
@@ -156,7 +156,7 @@ fn add_components(doc: &mut Value) {
     );
     schemas.insert(
         "JsonObject".into(),
-        json!({"type": "object", "description": "A JSON object without NUL characters and with numbers within ±2^53",
+        json!({"type": "object", "description": "A JSON object without NUL characters and with numbers within ±(2^53 − 1)",
             "propertyNames": {"pattern": NO_NUL},
             "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}),
     );
