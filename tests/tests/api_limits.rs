@@ -378,21 +378,49 @@ async fn submissions_past_the_admission_limit_get_503(b: Backend) {
     assert_eq!(s, StatusCode::CREATED, "{t}");
 }
 
+/// Holds the tasks table locked (SQLite: the write lock; PostgreSQL: an
+/// exclusive table lock) until the returned connection is dropped.
+async fn lock_tasks(db: &mandate_tests::TestDb) -> Box<dyn std::any::Any + Send> {
+    use sqlx::Connection;
+    match db.backend {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::raw_sql("BEGIN EXCLUSIVE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            Box::new(c)
+        }
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::raw_sql("BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            Box::new(c)
+        }
+    }
+}
+
 async fn a_timed_out_request_answers_json_503(b: Backend) {
     let api = start_with(
         b,
         ApiConfig {
-            request_timeout: Duration::ZERO,
+            request_timeout: Duration::from_millis(300),
             ..fast()
         },
     )
     .await;
-    // A fresh token is looked up in the store: the request cannot finish in 0 ms.
     let ops = api.token("operator", "ops").await;
-    let (s, e) = api.get("/v1/tasks", &ops).await;
+    assert_eq!(api.get("/v1/whoami", &ops).await.0, StatusCode::OK);
+    // The store cannot write while the test holds its lock: the submission
+    // waits past the timeout (the store itself would wait 10 s).
+    let lock = lock_tasks(&api.g.h.db).await;
+    let (s, e) = api.post("/v1/tasks", &ops, deploy("v1")).await;
+    drop(lock);
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{e}");
     assert_eq!(e["code"], "timeout", "{e}");
-    assert_eq!(e["details"]["limit_ms"], 0);
+    assert_eq!(e["details"]["limit_ms"], 300);
     assert!(e["request_id"].is_string(), "{e}");
 }
 
