@@ -78,7 +78,9 @@ pub struct DecisionBody {
     /// `approve`, `reject`, or `edit` (approve with changed input fields,
     /// re-checked by policy: a denial rejects the step, a stricter
     /// requirement restarts the approval).
+    #[schema(pattern = "^(approve|reject|edit)$")]
     pub decision: String,
+    #[schema(max_length = 1000)]
     pub comment: Option<String>,
     /// With `edit`: the input fields to change.
     #[schema(value_type = Option<Object>)]

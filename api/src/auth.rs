@@ -281,7 +281,7 @@ pub async fn authenticate(
                 }
                 _ => return Err(ApiError::unauthenticated("unknown token")),
             };
-            state.tokens.put(hash, identity.clone());
+            state.tokens.put(hash.clone(), identity.clone());
             identity
         }
     };
@@ -289,7 +289,23 @@ pub async fn authenticate(
         return Err(ApiError::rate_limited(wait));
     }
     request.extensions_mut().insert(identity);
+    request.extensions_mut().insert(TokenHash(hash));
     Ok(next.run(request).await)
+}
+
+/// The SHA-256 of the caller's token (in the request's extensions), for
+/// re-checking it later: an event stream ends once its token is revoked.
+#[derive(Debug, Clone)]
+pub struct TokenHash(pub String);
+
+/// Whether the token is still valid, asking the store (not the cache).
+/// `Err` when the store could not answer.
+pub async fn still_valid(store: &dyn Store, hash: &TokenHash) -> Result<bool, String> {
+    match store.token_by_secret(&hash.0).await {
+        Ok(Some(t)) => Ok(t.revoked_at_ms.is_none()),
+        Ok(None) => Ok(false),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Identity {

@@ -81,20 +81,26 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
     pub fn rate_limited(retry_after_s: u64) -> Self {
-        let mut e = Self::new(
+        Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!("this token is over its request rate; retry after {retry_after_s} s"),
-        );
-        e.0.retry_after = Some(retry_after_s);
-        e
+        )
+        .retry_after(retry_after_s)
+    }
+    /// Adds a `Retry-After` header (seconds).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.0.retry_after = Some(seconds);
+        self
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
+    /// A store failure: logged (with the request id, from the span); the
+    /// client gets only "internal error, request id X".
     pub fn store(e: mandate_engine::store::Error) -> Self {
         tracing::error!(error = %e, "store failure");
-        Self::internal(format!("the store failed: {e}"))
+        Self::internal("internal error")
     }
 }
 
@@ -241,29 +247,35 @@ fn body_error(status: StatusCode, text: String) -> ApiError {
     }
 }
 
-/// Parses JSON naming the path of the first error.
+/// Parses JSON naming the path of the first error; refuses NUL characters
+/// and integers beyond ±(2^53 − 1) anywhere in it (see `hygiene::check_json`).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value: Value = serde_json::from_slice(bytes).map_err(|inner| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {inner}"),
+        )
+        .with_details(json!({"line": inner.line(), "column": inner.column()}))
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::field(
+            "",
+            "the body must be a JSON object (or empty, where nothing is required)",
+        ));
+    }
+    crate::hygiene::check_json(&value)?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the body is not valid JSON: {inner}"),
-            )
-            .with_details(json!({"line": inner.line(), "column": inner.column()}))
-        } else {
-            let field = if path == "." { String::new() } else { path };
-            ApiError::field(
-                &field,
-                if field.is_empty() {
-                    format!("the body is wrong: {inner}")
-                } else {
-                    format!("field {field}: {inner}")
-                },
-            )
-        }
+        let field = if path == "." { String::new() } else { path };
+        ApiError::field(
+            &field,
+            if field.is_empty() {
+                format!("the body is wrong: {inner}")
+            } else {
+                format!("field {field}: {inner}")
+            },
+        )
     })
 }

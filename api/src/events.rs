@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -18,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
-use crate::auth::Identity;
+use crate::auth::{Identity, TOKEN_CACHE_TTL, TokenHash};
 use crate::error::ApiError;
 use crate::query::ApiQuery;
 use crate::state::AppState;
@@ -64,11 +65,13 @@ pub struct StreamEvent {
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this gseq")),
     responses((status = 200, description = "text/event-stream of StreamEvent", content_type = "text/event-stream", body = StreamEvent),
+              (status = 429, description = "stream_quota: this token has as many streams open as it may", body = crate::error::ErrorBody),
               (status = 503, description = "too many open streams", body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
     identity: Identity,
+    Extension(token): Extension<TokenHash>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -99,6 +102,7 @@ pub async fn events(
             .await
             .map_err(ApiError::store)?,
     };
+    let quota = StreamQuota::take(&state, &identity)?;
     let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -111,9 +115,23 @@ pub async fn events(
     let mut closing = state.closing.subscribe();
     tokio::spawn(async move {
         let _permit = permit;
+        let _quota = quota;
         let mut updates = state.engine.subscribe();
         let mut cursor = start;
+        let mut checked = tokio::time::Instant::now();
         loop {
+            // A revoked token's stream ends within TOKEN_CACHE_TTL.
+            if checked.elapsed() >= TOKEN_CACHE_TTL {
+                checked = tokio::time::Instant::now();
+                match crate::auth::still_valid(state.engine.store().as_ref(), &token).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!(token = %identity.name, "token revoked: ending its event stream");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot re-check a stream's token"),
+                }
+            }
             let page = match state
                 .engine
                 .store()
@@ -161,10 +179,54 @@ pub async fn events(
                     while updates.try_recv().is_ok() {}
                 }
                 _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep_until(checked + TOKEN_CACHE_TTL) => {}
                 _ = tx.closed() => return,
                 _ = closing.wait_for(|c| *c) => return,
             }
         }
     });
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+}
+
+/// One token's place among its open streams; given back on drop.
+struct StreamQuota {
+    counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    token_id: String,
+}
+
+impl StreamQuota {
+    fn take(state: &AppState, identity: &Identity) -> Result<Self, ApiError> {
+        let limit = state.config.max_streams_per_token;
+        let mut counts = state.streams_per_token.lock().expect("stream quota");
+        let n = counts.entry(identity.token_id.clone()).or_insert(0);
+        if *n >= limit {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "stream_quota",
+                format!(
+                    "token {} has {limit} event streams open, as many as one token may (--max-streams-per-token); close one first",
+                    identity.name
+                ),
+            )
+            .with_details(serde_json::json!({"limit": limit, "quota": "max_streams_per_token"}))
+            .retry_after(1));
+        }
+        *n += 1;
+        Ok(Self {
+            counts: state.streams_per_token.clone(),
+            token_id: identity.token_id.clone(),
+        })
+    }
+}
+
+impl Drop for StreamQuota {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().expect("stream quota");
+        if let Some(n) = counts.get_mut(&self.token_id) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.token_id);
+            }
+        }
+    }
 }

@@ -11,9 +11,12 @@ pub mod approvals;
 pub mod auth;
 pub mod error;
 pub mod events;
+mod hygiene;
 pub mod metrics;
+mod openapi;
 pub mod ops;
 mod query;
+mod server;
 pub mod state;
 pub mod tasks;
 
@@ -31,7 +34,6 @@ use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -51,6 +53,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[openapi(
     info(title = "Mandate", description = "Durable execution for AI-agent tasks: submit workflows and plans, decide approvals, halt, follow events. See docs/http-api.md."),
     modifiers(&BearerAuth),
+    components(schemas(tasks::Since, tasks::EpochMs, tasks::Rfc3339)),
     tags((name = "tasks"), (name = "approvals"), (name = "identity"), (name = "halt"), (name = "plans"), (name = "events"), (name = "health"))
 )]
 struct ApiDoc;
@@ -87,10 +90,7 @@ fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::dry_run))
         .routes(routes!(ops::whoami))
         .route_layer(auth())
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            state.config.request_timeout,
-        ));
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit));
     // The stream has no request timeout.
     let stream = OpenApiRouter::new()
         .routes(routes!(events::events))
@@ -114,17 +114,18 @@ pub fn openapi(state: &AppState) -> utoipa::openapi::OpenApi {
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     let (routes, doc) = api(&state);
-    let doc = Arc::new(doc);
-    let json_doc = doc.clone();
+    let strict = Arc::new(openapi::strict(
+        serde_json::to_value(&doc).expect("the OpenAPI document is JSON"),
+    ));
     routes
         .route(
             "/openapi.json",
             axum::routing::get(move || {
-                let d = json_doc.clone();
+                let d = strict.clone();
                 async move { axum::Json(d.as_ref().clone()) }
             }),
         )
-        .merge(Scalar::with_url("/docs", doc.as_ref().clone()))
+        .merge(Scalar::with_url("/docs", doc))
         .fallback(|| async {
             ApiError::not_found("no such route; GET /openapi.json lists them")
         })
@@ -136,6 +137,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(error::MAX_BODY_BYTES))
+        .layer(middleware::from_fn(hygiene::refuse_nul_in_path_and_query))
         .layer(middleware::from_fn(request_id_in_errors))
         .layer(middleware::from_fn(metrics::track))
         .layer(CatchPanicLayer::custom(|_| {
@@ -149,7 +151,7 @@ pub fn router(state: AppState) -> Router {
                 .get(REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
-            tracing::info_span!("http", method = %req.method(), uri = %req.uri(), request_id = %id)
+            tracing::info_span!("http", method = %req.method(), uri = %redacted_uri(req.uri()), request_id = %id)
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -180,6 +182,20 @@ async fn request_id_in_errors(request: Request, next: Next) -> Response {
         Err(_) => return Response::from_parts(parts, Body::from(bytes)),
     };
     if let Some(obj) = v.as_object_mut() {
+        if parts.status == StatusCode::INTERNAL_SERVER_ERROR
+            && obj.get("code").and_then(serde_json::Value::as_str) == Some("internal")
+        {
+            // What went wrong is logged with the request id; the client gets
+            // the id, never a database's or a library's own text.
+            obj.insert(
+                "message".into(),
+                format!(
+                    "internal error, request id {}; the details are in the server's log",
+                    id.as_deref().unwrap_or("-")
+                )
+                .into(),
+            );
+        }
         obj.insert("request_id".into(), id.into());
     }
     let out = serde_json::to_vec(&v).unwrap_or_else(|_| bytes.to_vec());
@@ -188,7 +204,8 @@ async fn request_id_in_errors(request: Request, next: Next) -> Response {
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` resolves; open
-/// requests finish first.
+/// requests finish first. Connections are bounded and timed out as
+/// `state.config` says (header, idle, count).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -197,11 +214,75 @@ pub async fn serve(
     // Install the metrics recorder before the first request records anything.
     let _ = metrics::handle();
     let closing = state.closing.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // End the event streams, or the shutdown would wait on them.
-            let _ = closing.send(true);
-        })
-        .await
+    let limits = server::ConnLimits {
+        header_timeout: state.config.header_timeout,
+        idle_timeout: state.config.idle_timeout,
+        max_connections: state.config.max_connections,
+    };
+    server::run(listener, router(state), limits, async move {
+        shutdown.await;
+        // End the event streams, or the shutdown would wait on them.
+        let _ = closing.send(true);
+    })
+    .await
+}
+
+/// Answers 503 `timeout` (a JSON error) when a request takes longer than
+/// `config.request_timeout`.
+async fn time_limit(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit = state.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "the request took longer than the server allows ({} ms); what it did may or may not have been recorded: read before retrying",
+                limit.as_millis()
+            ),
+        )
+        .with_details(serde_json::json!({"limit_ms": limit.as_millis() as u64}))
+        .into_response(),
+    }
+}
+
+/// The request URI as logged: query values are replaced by `*` (a token or
+/// other secret passed in a query string never reaches the log).
+pub fn redacted_uri(uri: &axum::http::Uri) -> String {
+    let path = uri.path();
+    match uri.query() {
+        None => path.to_string(),
+        Some(q) => {
+            let names: Vec<String> = q
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) => format!("{k}=*"),
+                    // A bare word may itself be a secret.
+                    None => "*".to_string(),
+                })
+                .collect();
+            format!("{path}?{}", names.join("&"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_uri;
+
+    #[test]
+    fn query_values_never_reach_the_log() {
+        let uri: axum::http::Uri = "/v1/events?access_token=mdt_0123abcd&task=t1&flag"
+            .parse()
+            .unwrap();
+        let shown = redacted_uri(&uri);
+        assert_eq!(shown, "/v1/events?access_token=*&task=*&*");
+        assert!(!shown.contains("mdt_"));
+        assert_eq!(redacted_uri(&"/v1/tasks".parse().unwrap()), "/v1/tasks");
+    }
 }

@@ -66,13 +66,16 @@ impl From<HaltRow> for Halt {
 #[serde(deny_unknown_fields)]
 pub struct HaltBody {
     /// Halt only this agent's tasks; absent: all tasks.
+    #[schema(pattern = "^[A-Za-z0-9_.:/-]{1,128}$")]
     pub agent: Option<String>,
+    #[schema(max_length = 1000)]
     pub reason: Option<String>,
 }
 
 /// Halt all work, or one agent's: running attempts finish, no new step
 /// starts until the halt is lifted. Recorded with who and why.
-#[utoipa::path(post, path = "/v1/halt", tag = "halt", request_body = HaltBody,
+#[utoipa::path(post, path = "/v1/halt", tag = "halt",
+    request_body(content = HaltBody, description = "Optional: no body halts everything"),
     responses((status = 201, body = Halt), (status = 403, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn halt(

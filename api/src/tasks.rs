@@ -74,6 +74,41 @@ pub struct SubmitBody {
     pub on_behalf_of: Option<String>,
 }
 
+/// A workflow submission (the documented shape of [`SubmitBody`]).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitWorkflow {
+    /// A registered workflow (e.g. `deploy_with_rollback`).
+    #[schema(pattern = "^[A-Za-z0-9_.:/-]{1,128}$")]
+    pub workflow: String,
+    /// The workflow's input (the workflow checks it: 400 naming the field).
+    #[schema(value_type = Object)]
+    pub input: Value,
+    /// The agent the task belongs to (agents may only name themselves).
+    #[schema(pattern = "^[A-Za-z0-9_.:/-]{1,128}$")]
+    pub agent: Option<String>,
+    /// The person the agent acts for.
+    #[schema(pattern = "^[A-Za-z0-9_.:/-]{1,128}$")]
+    pub on_behalf_of: Option<String>,
+}
+
+/// A plan submission (the documented shape of [`SubmitBody`]).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitPlan {
+    /// A plan document (SPEC §5); agent and on_behalf_of go inside it.
+    #[schema(value_type = Object)]
+    pub plan: Value,
+}
+
+/// What `POST /v1/tasks` takes: a workflow with its input, or a plan.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum SubmitRequest {
+    Workflow(SubmitWorkflow),
+    Plan(SubmitPlan),
+}
+
 /// Where a control action landed.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
@@ -86,10 +121,13 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Create a task.
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks",
-    request_body = SubmitBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key (per caller) returns the same task")),
-    responses((status = 201, body = Task), (status = 200, description = "The key was used before: the same task", body = Task),
-              (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)),
+    request_body = SubmitRequest,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[A-Za-z0-9_.:/-]{1,128}$",
+            description = "A retry with the same key and body (per caller) returns the same task; another body with it is 409")),
+    responses((status = 201, body = Task), (status = 200, description = "The key was used before with the same body: the same task", body = Task),
+              (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+              (status = 409, description = "the Idempotency-Key was used before with a different body", body = crate::error::ErrorBody),
+              (status = 503, description = "overloaded: too many submissions in flight (Retry-After)", body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn submit(
     State(state): State<AppState>,
@@ -98,6 +136,19 @@ pub async fn submit(
     ApiJson(body): ApiJson<SubmitBody>,
 ) -> Result<Response, ApiError> {
     identity.require(&[Role::Agent, Role::Operator], "submit tasks")?;
+    // The global admission limit: past it, refuse now rather than queue.
+    let _slot = state.submission_slots().clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "the server is handling as many submissions as it allows ({}, --max-inflight-submissions); retry after 1 s",
+                state.config.max_inflight_submissions
+            ),
+        )
+        .with_details(json!({"limit": state.config.max_inflight_submissions}))
+        .retry_after(1)
+    })?;
     let key = match headers.get(IDEMPOTENCY_KEY) {
         Some(v) => {
             let k = v.to_str().map_err(|_| {
@@ -116,6 +167,10 @@ pub async fn submit(
         }
         None => None,
     };
+    let raw_key = headers
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let (workflow, input, agent, on_behalf_of) = match (body.workflow, body.input, body.plan) {
         (Some(w), Some(input), None) => (w, input, body.agent, body.on_behalf_of),
         (None, None, Some(mut plan)) => {
@@ -171,6 +226,8 @@ pub async fn submit(
         (Role::Agent, _) => Some(identity.name.clone()),
         (_, a) => a,
     };
+    let asked =
+        json!({"workflow": workflow, "input": input, "agent": agent, "on_behalf_of": on_behalf_of});
     let submitted = state
         .engine
         .submit(
@@ -200,12 +257,16 @@ pub async fn submit(
             e => e.into(),
         })?;
     let row = state.engine.task(&submitted.task_id).await?;
-    if submitted.existing && row.workflow != workflow {
-        return Err(ApiError::conflict(format!(
-            "Idempotency-Key was used before for a {} task ({}); use a new key for a different request",
-            row.workflow, row.id
-        ))
-        .with_details(json!({"task_id": row.id})));
+    if submitted.existing {
+        let first = first_submission(&state, &row.id).await?;
+        if first != asked {
+            let key = raw_key.unwrap_or_default();
+            return Err(ApiError::conflict(format!(
+                "Idempotency-Key {key:?} was used before for a different request (task {}); send the same body to get that task, or use a new key",
+                row.id
+            ))
+            .with_details(json!({"field": "Idempotency-Key", "idempotency_key": key, "task_id": row.id})));
+        }
     }
     let status = if submitted.existing {
         StatusCode::OK
@@ -215,6 +276,27 @@ pub async fn submit(
     let mut task = Task::from(row);
     task.existing = Some(submitted.existing);
     Ok((status, Json(task)).into_response())
+}
+
+/// What created a task: its recorded workflow, input, agent and
+/// on_behalf_of, shaped like the `asked` value `submit` compares it with.
+async fn first_submission(state: &AppState, task_id: &str) -> Result<Value, ApiError> {
+    let history = state
+        .engine
+        .store()
+        .load_history(task_id)
+        .await
+        .map_err(ApiError::store)?;
+    let p = history
+        .first()
+        .filter(|e| e.event_type == "TaskSubmitted")
+        .map(|e| &e.payload)
+        .ok_or_else(|| ApiError::internal(format!("task {task_id} has no TaskSubmitted event")))?;
+    let field = |k: &str| p.get(k).cloned().unwrap_or(Value::Null);
+    Ok(
+        json!({"workflow": field("workflow"), "input": field("input"),
+        "agent": field("agent"), "on_behalf_of": field("on_behalf_of")}),
+    )
 }
 
 /// A task the caller may see, or 404.
@@ -255,18 +337,40 @@ pub async fn get_task(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only tasks in this status.
+    /// Only tasks in this status (the document lists the statuses).
     pub status: Option<String>,
     /// Only this agent's tasks (agents always see only their own).
     pub agent: Option<String>,
     pub workflow: Option<String>,
     /// Only tasks created at or after: ms since the epoch, or RFC 3339.
+    #[param(value_type = Option<Since>)]
     pub since: Option<String>,
     /// From a previous page's `next_cursor`.
+    #[param(pattern = "^-?[0-9]{1,15}\\.[^\\u0000]+$")]
     pub cursor: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
+
+/// A time: ms since the epoch, or RFC 3339.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum Since {
+    Ms(EpochMs),
+    Rfc3339(Rfc3339),
+}
+
+/// Milliseconds since the epoch.
+#[derive(ToSchema)]
+#[schema(pattern = "^-?[0-9]{1,15}$")]
+pub struct EpochMs(#[allow(dead_code)] String);
+
+/// An RFC 3339 time (2026-11-22T10:00:00Z).
+#[derive(ToSchema)]
+#[schema(format = DateTime)]
+pub struct Rfc3339(#[allow(dead_code)] String);
 
 /// A page of tasks, newest first.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -338,8 +442,17 @@ pub async fn list_tasks(
     }))
 }
 
+/// `-?[0-9]{1,15}`: ms since the epoch as the API documents them.
+fn parse_ms(s: &str) -> Option<i64> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
 fn parse_time(s: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = s.parse::<i64>() {
+    if let Some(ms) = parse_ms(s) {
         return Ok(ms);
     }
     chrono::DateTime::parse_from_rfc3339(s)
@@ -355,7 +468,7 @@ fn parse_time(s: &str) -> Result<i64, ApiError> {
 fn parse_cursor(s: &str) -> Result<(i64, String), ApiError> {
     let bad = || ApiError::query("cursor", "not a cursor this API returned (next_cursor)");
     let (ms, id) = s.split_once('.').ok_or_else(bad)?;
-    let ms = ms.parse::<i64>().map_err(|_| bad())?;
+    let ms = parse_ms(ms).ok_or_else(bad)?;
     if id.is_empty() {
         return Err(bad());
     }
@@ -427,7 +540,8 @@ pub struct SignalBody {
 
 /// Send a signal to a task.
 #[utoipa::path(post, path = "/v1/tasks/{id}/signals/{name}", tag = "tasks",
-    params(("id" = String, Path, description = "Task id"), ("name" = String, Path, description = "Signal name")),
+    params(("id" = String, Path, description = "Task id"),
+           ("name" = String, Path, pattern = "^[A-Za-z0-9_.:/-]{1,128}$", description = "Signal name")),
     request_body = SignalBody,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -462,6 +576,7 @@ pub struct CancelBody {
     /// Compensate the completed steps first.
     #[serde(default)]
     pub rollback: bool,
+    #[schema(max_length = 1000)]
     pub reason: Option<String>,
 }
 
@@ -469,6 +584,7 @@ pub struct CancelBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PauseBody {
+    #[schema(max_length = 1000)]
     pub reason: Option<String>,
 }
 

@@ -129,6 +129,36 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate_burst: u32,
+    /// How long an API request (not an event stream) may take before it is
+    /// answered 503 `timeout`
+    #[arg(long, value_name = "MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub request_timeout_ms: u64,
+    /// How long a client has to send a request's headers, from the connection's
+    /// start or the previous response (also closes silent kept-alive connections)
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub header_timeout_ms: u64,
+    /// A connection on which no byte moves either way for this long is closed
+    #[arg(long, value_name = "MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub idle_timeout_ms: u64,
+    /// Most HTTP connections open at once; more are answered 503 and closed
+    #[arg(long, value_name = "N", default_value_t = 1_024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// Most event streams (GET /v1/events) open at once; more get 503
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_streams: u64,
+    /// Most event streams one token may hold open; more get 429
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_streams_per_token: u64,
+    /// Most submissions (POST /v1/tasks) handled at once; more get 503 with Retry-After
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_inflight_submissions: u64,
 }
 
 #[derive(Debug, Args)]

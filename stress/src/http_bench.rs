@@ -98,6 +98,9 @@ async fn round(args: &HttpBenchArgs) -> anyhow::Result<Round> {
         ApiConfig {
             rate_per_second: 1_000_000,
             rate_burst: 1_000_000,
+            // The bench measures the server, not its admission limits.
+            max_inflight_submissions: args.concurrency.max(256) * 2,
+            max_connections: args.concurrency.max(1024) * 2,
             ..Default::default()
         },
     );

@@ -6,6 +6,7 @@
 //! leases to expire. Either way no task is lost: another worker takes over.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use mandate_engine::{Limits, WorkerConfig};
@@ -24,7 +25,7 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     config.lease_ms = args.lease_ms;
     if let Some(n) = args.max_active {
-        config.max_active_tasks = usize::try_from(n).unwrap_or(usize::MAX);
+        config.max_active_tasks = count(n);
     }
 
     // Listen before anything starts, so an early Ctrl-C is not lost.
@@ -64,7 +65,13 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 mandate_api::ApiConfig {
                     rate_per_second: args.rate_limit,
                     rate_burst: args.rate_burst,
-                    ..Default::default()
+                    request_timeout: Duration::from_millis(args.request_timeout_ms),
+                    header_timeout: Duration::from_millis(args.header_timeout_ms),
+                    idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+                    max_connections: count(args.max_connections),
+                    max_streams: count(args.max_streams),
+                    max_streams_per_token: count(args.max_streams_per_token),
+                    max_inflight_submissions: count(args.max_inflight_submissions),
                 },
             );
             eprintln!("mandate API listening on http://{addr} (docs: http://{addr}/docs)");
@@ -105,4 +112,9 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("worker {worker_id} stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A flag's count as a `usize` (the flags are range-checked far below it).
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
