@@ -1,0 +1,173 @@
+//! Loading `owners.yaml` from a policy directory: the ownership map, the
+//! route tree and the sinks, validated together. A bad file is refused with
+//! a message naming the file, the entry and the field; [`ConfigCell::reload`]
+//! keeps the previous configuration when the new one is refused.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::Deserialize;
+
+use crate::limits;
+use crate::owners::{EscalationChain, OwnershipEntry, OwnershipMap, Reachable, RotationSpec};
+use crate::router::{RouteSpec, RouterConfig};
+use crate::sinks::{SinkSet, SinkSpec};
+
+/// The file name routing reads in a policy directory.
+pub const FILE_NAME: &str = "owners.yaml";
+
+/// A configuration refused at load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read it: {message}")]
+    Read { file: String, message: String },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: {entry}: field `{field}`: {message}")]
+    Invalid {
+        file: String,
+        entry: String,
+        field: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(file: &str, entry: String, field: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            file: file.to_string(),
+            entry,
+            field: field.to_string(),
+            message,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    version: u32,
+    #[serde(default)]
+    people: Vec<Reachable>,
+    #[serde(default)]
+    channels: Vec<Reachable>,
+    #[serde(default)]
+    rotations: Vec<RotationSpec>,
+    #[serde(default)]
+    chains: Vec<EscalationChain>,
+    #[serde(default)]
+    ownership: Vec<OwnershipEntry>,
+    #[serde(default)]
+    routes: Option<RouteSpec>,
+    #[serde(default)]
+    sinks: Vec<SinkSpec>,
+}
+
+/// Everything routing is configured with.
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    pub map: OwnershipMap,
+    pub router: RouterConfig,
+    pub sinks: SinkSet,
+}
+
+impl RoutingConfig {
+    /// Parses and validates the text of a file; `file` names it in errors.
+    pub fn from_yaml(file: &str, text: &str) -> Result<RoutingConfig, ConfigError> {
+        if text.len() > limits::MAX_CONFIG_BYTES {
+            return Err(ConfigError::Syntax {
+                file: file.to_string(),
+                message: format!(
+                    "{} bytes exceed the limit of {}",
+                    text.len(),
+                    limits::MAX_CONFIG_BYTES
+                ),
+            });
+        }
+        let raw: RawFile = yaml_serde::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        if raw.version != 1 {
+            return Err(ConfigError::invalid(
+                file,
+                "(top level)".into(),
+                "version",
+                format!(
+                    "version {} is not known; this build reads version 1",
+                    raw.version
+                ),
+            ));
+        }
+        let sinks = SinkSet::build(file, raw.sinks)?;
+        let sink_ids = sinks.ids();
+        let map = OwnershipMap::build(
+            file,
+            raw.people,
+            raw.channels,
+            raw.rotations,
+            raw.chains,
+            raw.ownership,
+            &sink_ids,
+        )?;
+        let router = RouterConfig::build(file, raw.routes.unwrap_or_default(), &map)?;
+        Ok(RoutingConfig { map, router, sinks })
+    }
+
+    /// Reads `owners.yaml` from a policy directory.
+    pub fn load_dir(dir: &Path) -> Result<RoutingConfig, ConfigError> {
+        let path = dir.join(FILE_NAME);
+        let file = path.display().to_string();
+        let meta = std::fs::metadata(&path).map_err(|e| ConfigError::Read {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        if meta.len() > limits::MAX_CONFIG_BYTES as u64 {
+            return Err(ConfigError::Syntax {
+                file,
+                message: format!(
+                    "{} bytes exceed the limit of {}",
+                    meta.len(),
+                    limits::MAX_CONFIG_BYTES
+                ),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        RoutingConfig::from_yaml(&file, &text)
+    }
+}
+
+/// The configuration in force, replaced whole on a successful reload.
+pub struct ConfigCell {
+    dir: PathBuf,
+    current: RwLock<Arc<RoutingConfig>>,
+}
+
+impl ConfigCell {
+    /// Loads the directory's file; refuses to start without a valid one.
+    pub fn open(dir: &Path) -> Result<ConfigCell, ConfigError> {
+        let config = RoutingConfig::load_dir(dir)?;
+        Ok(ConfigCell {
+            dir: dir.to_path_buf(),
+            current: RwLock::new(Arc::new(config)),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn get(&self) -> Arc<RoutingConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the file again. On an error the configuration in force stays.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let config = RoutingConfig::load_dir(&self.dir)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        Ok(())
+    }
+}

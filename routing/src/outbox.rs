@@ -1,0 +1,401 @@
+//! The notifications outbox: durable deliveries in the engine's database
+//! (migration 0007). One row is one notification (one recipient, one
+//! thing), keyed by its id; a burst for the same group and recipient is
+//! folded into the open row until its group wait ends. Deliveries are
+//! claimed with leases (`FOR UPDATE SKIP LOCKED` on PostgreSQL), retried
+//! with backoff, and every attempt is recorded. The SQL is one text for both
+//! backends (`$N` parameters work on SQLite too); only how a transaction
+//! begins and how claimed rows are locked differ.
+//!
+//! None of this is history: it never writes the `events` table.
+
+use std::str::FromStr;
+
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use crate::limits;
+use crate::links::{LinkClaim, LinkError};
+use crate::sinks::{DeliveryError, Message};
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// An outbox failure (a refusal or the database).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Db {
+        what: &'static str,
+        source: sqlx::Error,
+    },
+    #[error(
+        "the outbox holds {open} open notifications, the limit is {limit}; deliveries are failing or slow: check the sinks"
+    )]
+    Full { open: i64, limit: i64 },
+    #[error("the notification body is {bytes} bytes, the limit is {limit}")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("cannot open the outbox at {url}: {reason}")]
+    Open { url: String, reason: String },
+    #[error("corrupt outbox row: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::Db { what, source }
+}
+
+/// A notification to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    /// Identifies the thing notified about for this recipient (e.g.
+    /// `task:seq:recipient:sink`); enqueueing the same key twice is a no-op.
+    pub item_key: String,
+    /// Notifications with the same group key are folded together while the first waits.
+    pub group_key: String,
+    pub task_id: String,
+    pub recipient: String,
+    pub sink: String,
+    pub address: Option<String>,
+    pub message: Message,
+    /// When the first attempt may start (created + group wait).
+    pub send_at_ms: i64,
+}
+
+/// What `enqueue` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: String,
+    /// The item joined an existing notification.
+    pub grouped: bool,
+    /// The item key was enqueued before; nothing changed.
+    pub duplicate: bool,
+}
+
+/// A claimed delivery.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: String,
+    pub attempt: i64,
+    pub recipient: String,
+    pub sink: String,
+    pub address: Option<String>,
+    pub message: Message,
+}
+
+/// A notification row (for inspection and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationRow {
+    pub id: String,
+    pub status: String,
+    pub attempt: i64,
+    pub item_count: i64,
+    pub next_attempt_at_ms: Option<i64>,
+    pub sent_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub body: String,
+}
+
+/// Delay before attempt `attempt + 1` after `attempt` failed: 1 s doubling, at most 5 min.
+pub fn backoff_ms(attempt: i64) -> i64 {
+    let exp = attempt.clamp(1, 20) - 1;
+    (1_000i64 << exp).min(300_000)
+}
+
+/// A notification id derived from its first item's key (stable across retries of enqueue).
+pub fn notification_id(item_key: &str) -> String {
+    let digest = crate::sign::hmac_hex(b"mandate-notification", &[item_key.as_bytes()]);
+    let mut bytes = [0u8; 16];
+    hex::decode_to_slice(&digest[..32], &mut bytes).expect("hex");
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+pub struct SqliteOutbox {
+    pool: SqlitePool,
+}
+pub struct PgOutbox {
+    pool: PgPool,
+}
+
+/// The outbox on either backend.
+pub enum Outbox {
+    Sqlite(SqliteOutbox),
+    Postgres(PgOutbox),
+}
+
+macro_rules! outbox_methods {
+    ($ty:ty, $lock:literal, $lock_read:literal, $begin:ident, $begin_arg:expr) => {
+        impl $ty {
+            async fn begin(&self) -> Result<sqlx::Transaction<'static, <$ty as HasDb>::Db>, Error> {
+                outbox_begin!($begin, self, $begin_arg)
+            }
+
+            pub async fn enqueue(&self, n: &NewNotification, now_ms: i64) -> Result<Enqueued, Error> {
+                let body = serde_json::to_string(&n.message).expect("JSON");
+                if body.len() > limits::MAX_PAYLOAD_BYTES {
+                    return Err(Error::TooLarge { bytes: body.len(), limit: limits::MAX_PAYLOAD_BYTES });
+                }
+                let mut tx = self.begin().await?;
+                let fresh_id = notification_id(&n.item_key);
+                let inserted = sqlx::query(
+                    "INSERT INTO notification_items (item_key, notification_id, added_at_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (item_key) DO NOTHING",
+                )
+                .bind(&n.item_key).bind(&fresh_id).bind(now_ms)
+                .execute(&mut *tx).await.map_err(db("record the notification item"))?
+                .rows_affected();
+                if inserted == 0 {
+                    let id: String = sqlx::query_scalar("SELECT notification_id FROM notification_items WHERE item_key = $1")
+                        .bind(&n.item_key).fetch_one(&mut *tx).await.map_err(db("read the notification item"))?;
+                    tx.commit().await.map_err(db("commit"))?;
+                    return Ok(Enqueued { id, grouped: false, duplicate: true });
+                }
+                let open = sqlx::query(concat!(
+                    "SELECT id, body, item_count FROM notifications
+                     WHERE group_key = $1 AND status = 'pending' AND attempt = 0 AND lease_owner IS NULL ", $lock_read))
+                    .bind(&n.group_key).fetch_optional(&mut *tx).await.map_err(db("find the open group"))?;
+                if let Some(row) = open {
+                    let id: String = row.try_get("id").map_err(|e| Error::Corrupt(e.to_string()))?;
+                    let count: i64 = row.try_get("item_count").map_err(|e| Error::Corrupt(e.to_string()))?;
+                    let old: String = row.try_get("body").map_err(|e| Error::Corrupt(e.to_string()))?;
+                    let mut msg: Message = serde_json::from_str(&old).map_err(|e| Error::Corrupt(format!("notification {id}: {e}")))?;
+                    msg.grouped.push(n.message.what_happened.clone());
+                    let merged = serde_json::to_string(&msg).expect("JSON");
+                    if count < limits::MAX_GROUP_ITEMS && merged.len() <= limits::MAX_PAYLOAD_BYTES {
+                        sqlx::query("UPDATE notifications SET body = $2, item_count = item_count + 1 WHERE id = $1")
+                            .bind(&id).bind(&merged).execute(&mut *tx).await.map_err(db("group the notification"))?;
+                        sqlx::query("UPDATE notification_items SET notification_id = $2 WHERE item_key = $1")
+                            .bind(&n.item_key).bind(&id).execute(&mut *tx).await.map_err(db("record the grouped item"))?;
+                        tx.commit().await.map_err(db("commit"))?;
+                        return Ok(Enqueued { id, grouped: true, duplicate: false });
+                    }
+                    // The group is full: close it to new items (it keeps its
+                    // send time) so this item opens the next one.
+                    sqlx::query("UPDATE notifications SET status = 'pending_full' WHERE id = $1")
+                        .bind(&id).execute(&mut *tx).await.map_err(db("close a full group"))?;
+                }
+                let open_count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE next_attempt_at_ms IS NOT NULL")
+                    .fetch_one(&mut *tx).await.map_err(db("count open notifications"))?;
+                if open_count >= limits::MAX_OUTBOX_OPEN {
+                    return Err(Error::Full { open: open_count, limit: limits::MAX_OUTBOX_OPEN });
+                }
+                sqlx::query(
+                    "INSERT INTO notifications (id, group_key, task_id, recipient, sink, address, body, item_count, status,
+                        attempt, max_attempts, created_at_ms, next_attempt_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1, 'pending', 0, $8, $9, $10)",
+                )
+                .bind(&fresh_id).bind(&n.group_key).bind(&n.task_id).bind(&n.recipient).bind(&n.sink)
+                .bind(&n.address).bind(&body).bind(limits::MAX_ATTEMPTS as i64).bind(now_ms).bind(n.send_at_ms)
+                .execute(&mut *tx).await.map_err(db("insert the notification"))?;
+                tx.commit().await.map_err(db("commit"))?;
+                Ok(Enqueued { id: fresh_id, grouped: false, duplicate: false })
+            }
+
+            pub async fn claim(&self, worker: &str, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<Claimed>, Error> {
+                let rows = sqlx::query(concat!(
+                    "UPDATE notifications SET status = 'sending', attempt = attempt + 1, lease_owner = $1, lease_expires_at_ms = $2
+                     WHERE id IN (SELECT id FROM notifications
+                                  WHERE next_attempt_at_ms <= $3 AND (lease_expires_at_ms IS NULL OR lease_expires_at_ms < $3)
+                                  ORDER BY next_attempt_at_ms LIMIT $4 ", $lock, ")
+                     RETURNING id, attempt, recipient, sink, address, body"))
+                    .bind(worker).bind(now_ms + lease_ms).bind(now_ms).bind(limit.clamp(1, 1000))
+                    .fetch_all(&self.pool).await.map_err(db("claim due notifications"))?;
+                rows.iter()
+                    .map(|r| {
+                        let c = |e: sqlx::Error| Error::Corrupt(e.to_string());
+                        let body: String = r.try_get("body").map_err(c)?;
+                        Ok(Claimed {
+                            id: r.try_get("id").map_err(c)?,
+                            attempt: r.try_get("attempt").map_err(c)?,
+                            recipient: r.try_get("recipient").map_err(c)?,
+                            sink: r.try_get("sink").map_err(c)?,
+                            address: r.try_get("address").map_err(c)?,
+                            message: serde_json::from_str(&body).map_err(|e| Error::Corrupt(e.to_string()))?,
+                        })
+                    })
+                    .collect()
+            }
+
+            /// Records an attempt's outcome, fenced on the lease: returns false
+            /// (and writes nothing) if another worker holds the row now.
+            pub async fn finish(&self, id: &str, worker: &str, attempt: i64, now_ms: i64, outcome: &Result<(), DeliveryError>) -> Result<bool, Error> {
+                let mut tx = self.begin().await?;
+                let (status, next, error) = match outcome {
+                    Ok(()) => ("sent", None, None),
+                    Err(e) if e.retryable && attempt < limits::MAX_ATTEMPTS as i64 => ("pending", Some(now_ms + backoff_ms(attempt)), Some(e.message.clone())),
+                    Err(e) => ("failed", None, Some(e.message.clone())),
+                };
+                let n = sqlx::query(
+                    "UPDATE notifications SET status = $4, next_attempt_at_ms = $5, last_error = $6,
+                        sent_at_ms = CASE WHEN $4 = 'sent' THEN $7 ELSE sent_at_ms END,
+                        lease_owner = NULL, lease_expires_at_ms = NULL
+                     WHERE id = $1 AND lease_owner = $2 AND attempt = $3",
+                )
+                .bind(id).bind(worker).bind(attempt).bind(status).bind(next).bind(&error).bind(now_ms)
+                .execute(&mut *tx).await.map_err(db("record the delivery"))?
+                .rows_affected();
+                if n == 0 {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "INSERT INTO notification_attempts (notification_id, attempt, worker, finished_at_ms, outcome, error)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (notification_id, attempt) DO NOTHING",
+                )
+                .bind(id).bind(attempt).bind(worker).bind(now_ms).bind(if outcome.is_ok() { "sent" } else { "failed" }).bind(&error)
+                .execute(&mut *tx).await.map_err(db("record the attempt"))?;
+                tx.commit().await.map_err(db("commit"))?;
+                Ok(true)
+            }
+
+            pub async fn get(&self, id: &str) -> Result<Option<NotificationRow>, Error> {
+                let row = sqlx::query(
+                    "SELECT id, status, attempt, item_count, next_attempt_at_ms, sent_at_ms, last_error, body FROM notifications WHERE id = $1",
+                )
+                .bind(id).fetch_optional(&self.pool).await.map_err(db("read a notification"))?;
+                row.map(|r| {
+                    let c = |e: sqlx::Error| Error::Corrupt(e.to_string());
+                    Ok(NotificationRow {
+                        id: r.try_get("id").map_err(c)?,
+                        status: r.try_get("status").map_err(c)?,
+                        attempt: r.try_get("attempt").map_err(c)?,
+                        item_count: r.try_get("item_count").map_err(c)?,
+                        next_attempt_at_ms: r.try_get("next_attempt_at_ms").map_err(c)?,
+                        sent_at_ms: r.try_get("sent_at_ms").map_err(c)?,
+                        last_error: r.try_get("last_error").map_err(c)?,
+                        body: r.try_get("body").map_err(c)?,
+                    })
+                })
+                .transpose()
+            }
+
+            pub async fn consume_link(&self, token: &str, claim: &LinkClaim, now_ms: i64) -> Result<(), Error> {
+                let n = sqlx::query(
+                    "INSERT INTO notification_link_uses (use_key, notification_id, recipient, action, used_at_ms)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (use_key) DO NOTHING",
+                )
+                .bind(crate::links::use_key(token)).bind(&claim.notification_id).bind(&claim.recipient).bind(&claim.action).bind(now_ms)
+                .execute(&self.pool).await.map_err(db("consume the link"))?
+                .rows_affected();
+                if n == 1 { Ok(()) } else { Err(LinkError::AlreadyUsed.into()) }
+            }
+        }
+    };
+}
+
+trait HasDb {
+    type Db: sqlx::Database;
+}
+impl HasDb for SqliteOutbox {
+    type Db = sqlx::Sqlite;
+}
+impl HasDb for PgOutbox {
+    type Db = sqlx::Postgres;
+}
+
+macro_rules! outbox_begin {
+    (begin_with, $self:ident, $arg:expr) => {
+        $self.pool.begin_with($arg).await.map_err(db("begin"))
+    };
+    (begin, $self:ident, $arg:expr) => {
+        $self.pool.begin().await.map_err(db("begin"))
+    };
+}
+
+// SQLite: one writer at a time, taken at BEGIN so a read-then-write
+// transaction cannot fail to upgrade. PostgreSQL: rows are locked as read.
+outbox_methods!(SqliteOutbox, "", "", begin_with, "BEGIN IMMEDIATE");
+outbox_methods!(PgOutbox, "FOR UPDATE SKIP LOCKED", "FOR UPDATE", begin, ());
+
+macro_rules! dispatch {
+    ($self:ident, $o:ident => $e:expr) => {
+        match $self {
+            Outbox::Sqlite($o) => $e,
+            Outbox::Postgres($o) => $e,
+        }
+    };
+}
+
+impl Outbox {
+    /// Opens the outbox in the database a URL names (`sqlite://…` or
+    /// `postgres://…`) and applies the schema (the engine's migrations).
+    pub async fn open(url: &str) -> Result<Outbox, Error> {
+        let bad = |reason: String| Error::Open {
+            url: url.to_string(),
+            reason,
+        };
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| bad(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(std::time::Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(opts)
+                .await
+                .map_err(|e| bad(e.to_string()))?;
+            SQLITE_MIGRATOR
+                .run(&pool)
+                .await
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(Outbox::Sqlite(SqliteOutbox { pool }))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .connect(url)
+                .await
+                .map_err(|e| bad(e.to_string()))?;
+            PG_MIGRATOR
+                .run(&pool)
+                .await
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(Outbox::Postgres(PgOutbox { pool }))
+        } else {
+            Err(bad("unknown scheme; use sqlite:// or postgres://".into()))
+        }
+    }
+
+    /// Adds a notification, or folds it into its group's open one.
+    pub async fn enqueue(&self, n: &NewNotification, now_ms: i64) -> Result<Enqueued, Error> {
+        dispatch!(self, o => o.enqueue(n, now_ms).await)
+    }
+    /// Takes up to `limit` due deliveries under a lease until `now_ms + lease_ms`.
+    pub async fn claim(
+        &self,
+        worker: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Claimed>, Error> {
+        dispatch!(self, o => o.claim(worker, now_ms, lease_ms, limit).await)
+    }
+    /// Records an attempt's outcome (fenced on the lease and attempt).
+    pub async fn finish(
+        &self,
+        id: &str,
+        worker: &str,
+        attempt: i64,
+        now_ms: i64,
+        outcome: &Result<(), DeliveryError>,
+    ) -> Result<bool, Error> {
+        dispatch!(self, o => o.finish(id, worker, attempt, now_ms, outcome).await)
+    }
+    pub async fn get(&self, id: &str) -> Result<Option<NotificationRow>, Error> {
+        dispatch!(self, o => o.get(id).await)
+    }
+    /// Marks a verified link used; a second use is `LinkError::AlreadyUsed`.
+    /// Atomic: of two concurrent uses exactly one succeeds.
+    pub async fn consume_link(
+        &self,
+        token: &str,
+        claim: &LinkClaim,
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        dispatch!(self, o => o.consume_link(token, claim, now_ms).await)
+    }
+}
