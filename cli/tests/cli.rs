@@ -264,7 +264,7 @@ fn a_submitted_task_runs_and_reads_back() {
         "--input",
         ECHO_SAGA,
         "--agent",
-        "tester",
+        "agent-operator",
         "--wait",
         "--timeout-secs",
         "60",
@@ -287,7 +287,7 @@ fn a_submitted_task_runs_and_reads_back() {
         .unwrap_or_else(|| panic!("{id} not in {list}"));
     assert_eq!(task["workflow"], "saga");
     assert_eq!(task["status"], "completed");
-    assert_eq!(task["agent"], "tester");
+    assert_eq!(task["agent"], "agent-operator");
     for key in ["created_at", "updated_at", "last_seq"] {
         assert!(!task[key].is_null(), "{key} missing in {task}");
     }
@@ -329,7 +329,8 @@ fn a_submitted_task_runs_and_reads_back() {
     let text = env.run(&["history", &id]);
     text.expect_code(0);
     assert!(
-        text.stdout.contains("submitted saga v1 by agent:tester"),
+        text.stdout
+            .contains("submitted saga v2 by agent:agent-operator"),
         "{}",
         text.stdout
     );
@@ -455,9 +456,13 @@ fn submit_reads_a_yaml_input_file_by_its_name() {
         "--agent",
         "agent-other",
     ]);
-    explicit.expect_code(0);
-    let status = env.run(&["status", &explicit.task_id(), "--json"]);
-    assert_eq!(status.json()["agent"], "agent-other", "--agent wins");
+    // The plan's agent must be the submission's: another is refused.
+    explicit.expect_code(2);
+    assert!(
+        explicit.stderr.contains("input.agent"),
+        "{}",
+        explicit.stderr
+    );
 
     // A broken YAML file is refused naming the file; nothing is added.
     std::fs::write(env.dir.path().join("bad.yaml"), "steps: [unclosed\n").unwrap();

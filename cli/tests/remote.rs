@@ -499,15 +499,23 @@ async fn approve_and_reject_gated_plan_steps(b: Backend) {
     // The approver's inbox has both; an agent may not read it.
     let inbox = s.cli(&s.approver, &["approvals", "--json"]).await;
     inbox.expect_code(0);
+    // Each entry's id is `<task>:<request seq>`, its step the gated one.
     let mut ids: Vec<String> = inbox
         .json()
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| a["id"].as_str().unwrap().to_string())
+        .map(|a| {
+            assert_eq!(a["step"], "mark", "{a}");
+            assert_eq!(
+                a["id"].as_str().unwrap(),
+                format!("{}:{}", a["task_id"].as_str().unwrap(), a["request_seq"])
+            );
+            a["task_id"].as_str().unwrap().to_string()
+        })
         .collect();
     ids.sort();
-    let mut expected = vec![format!("{approved}:mark"), format!("{rejected}:mark")];
+    let mut expected = vec![approved.clone(), rejected.clone()];
     expected.sort();
     assert_eq!(ids, expected);
     let text = s.cli(&s.approver, &["approvals", "--as", APPROVER]).await;
@@ -566,7 +574,7 @@ async fn approve_and_reject_gated_plan_steps(b: Backend) {
     // Nothing left to decide; an agent may not decide; a decided approval is a conflict.
     s.cli(&s.approver, &["approve", &approved])
         .await
-        .expect_refused(&["no step awaiting a decision by this token's identity"]);
+        .expect_refused(&["awaiting a decision by this token's identity"]);
     s.cli(&s.agent, &["approve", &approved, "--step", "mark"])
         .await
         .expect_refused(&["forbidden"]);

@@ -92,7 +92,7 @@ async fn each_outcome_has_its_exit_code(b: Backend) {
         .stdout_has("submitted deploy_with_rollback v1")
         .stdout_has("compensating step 'deploy'")
         .stdout_has("status → failed_terminal")
-        .stdout_has("chain        ok: 12 event(s) verify from seq 1")
+        .stdout_has("chain        ok: 15 event(s) verify from seq 1")
         .stdout_has("projection   ok")
         .stdout_has("determinism  ok")
         .stdout_has("verdict      OK");
@@ -112,13 +112,13 @@ async fn each_outcome_has_its_exit_code(b: Backend) {
     let [edited, deleted, swapped, row_tampered] = [&ids[0], &ids[1], &ids[2], &ids[3]];
     exec_sql(
         &h.db,
-        &format!("UPDATE events SET payload = replace(payload, 'v2', 'v9') WHERE task_id = '{edited}' AND seq = 5"),
+        &format!("UPDATE events SET payload = replace(payload, 'v2', 'v9') WHERE task_id = '{edited}' AND seq = 6"),
     )
     .await;
     mandate(&url, &["replay", edited])
         .expect_code(2)
-        .stdout_has("chain        BROKEN at seq 5 (hash_mismatch)")
-        .stdout_has("verdict      TAMPERED: the hash chain breaks at seq 5")
+        .stdout_has("chain        BROKEN at seq 6 (hash_mismatch)")
+        .stdout_has("verdict      TAMPERED: the hash chain breaks at seq 6")
         .stdout_has(&format!("mandate history {edited} --json --unverified"));
     let doc = mandate(&url, &["replay", edited, "--json"])
         .expect_code(2)
@@ -352,14 +352,14 @@ async fn an_export_verifies_with_an_independent_implementation(b: Backend) {
     let id = &ids[0];
     exec_sql(
         &h.db,
-        &format!("UPDATE events SET payload = replace(payload, 'v2', 'v9') WHERE task_id = '{id}' AND seq = 5"),
+        &format!("UPDATE events SET payload = replace(payload, 'v2', 'v9') WHERE task_id = '{id}' AND seq = 6"),
     )
     .await;
     let export = mandate(&url, &["history", id, "--json", "--unverified"]);
     export.expect_code(0);
     let r = verify_chain_py(&export.stdout);
     r.expect_code(1)
-        .stdout_has(&format!("BROKEN task {id} seq 5 "))
+        .stdout_has(&format!("BROKEN task {id} seq 6 "))
         .stdout_has("the event was edited");
     // A deleted event: the missing seq is named.
     exec_sql(

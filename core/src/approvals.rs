@@ -127,7 +127,11 @@ pub fn inbox_entries(state: &TaskState, identity: Option<&str>) -> Vec<InboxEntr
                     format!("{agent} wants {} {input} ({reason})", g.tool),
                     g.decision.risk.clone().unwrap_or_else(|| "high".into()),
                     g.decision.path,
-                    g.decision.decided_by.clone(),
+                    if a.decided_by.is_empty() {
+                        g.decision.decided_by.clone()
+                    } else {
+                        a.decided_by.clone()
+                    },
                     Some(g.decision.policy_hash.clone()),
                     g.decision.owners.clone(),
                     Some(own),
@@ -140,7 +144,7 @@ pub fn inbox_entries(state: &TaskState, identity: Option<&str>) -> Vec<InboxEntr
                 ),
                 "high".to_string(),
                 InterventionPath::GatedExecute,
-                Vec::new(),
+                a.decided_by.clone(),
                 None,
                 Vec::new(),
                 None,

@@ -234,6 +234,8 @@ pub struct ApprovalState {
     pub escalated_to: Option<String>,
     pub decisions: Vec<ApprovalDecisionState>,
     pub edit_evaluated: Option<(Value, GatewayDecision)>,
+    /// The rules the request was made under.
+    pub decided_by: Vec<super::gateway::RuleRef>,
     /// Set when resolved: `approved`, `rejected`, `timed_out`, `edit_denied`, `superseded`.
     pub outcome: Option<String>,
 }
@@ -424,6 +426,7 @@ impl TaskState {
                 timeout_ms,
                 deadline_at_ms,
                 escalation,
+                decided_by,
                 ..
             } => {
                 if let Some(c) = command {
@@ -446,6 +449,7 @@ impl TaskState {
                         escalated_to: None,
                         decisions: Vec::new(),
                         edit_evaluated: None,
+                        decided_by: decided_by.clone(),
                         outcome: None,
                     },
                 );

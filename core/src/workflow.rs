@@ -94,9 +94,10 @@ impl From<StepError> for WorkflowError {
     }
 }
 
-/// A step that failed for good, as the workflow sees it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("step {step} ({tool}) failed after {attempts} attempt(s): {message}")]
+/// A step that failed for good, as the workflow sees it. With `attempts`
+/// 0 the step never ran (the gateway denied it, or its approval was
+/// rejected or timed out) and the message says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepError {
     pub step: String,
     pub tool: String,
@@ -104,6 +105,21 @@ pub struct StepError {
     pub message: String,
     pub retryable: bool,
 }
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.attempts == 0 {
+            return write!(f, "{}", self.message);
+        }
+        write!(
+            f,
+            "step {} ({}) failed after {} attempt(s): {}",
+            self.step, self.tool, self.attempts, self.message
+        )
+    }
+}
+
+impl std::error::Error for StepError {}
 
 /// A signal delivered to a waiting workflow.
 #[derive(Debug, Clone, PartialEq)]

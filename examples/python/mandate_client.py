@@ -82,7 +82,7 @@ def main():
     print(f"submitted task {task_id} ({task['status']})")
     for event_type, data in events(task_id):
         print(f"  #{data['seq']} {event_type}")
-        if event_type == "SignalWaitStarted" and data["payload"].get("approval"):
+        if event_type == "ApprovalRequested":
             approve(task_id)
         elif event_type.startswith("Task"):
             status = call("GET", f"/v1/tasks/{task_id}", AGENT_TOKEN)["status"]

@@ -4,7 +4,9 @@
 //! step: catalog lookups, the schema check, CRUDLEX, building the Cedar
 //! request and entities, Cedar's authorizer, path and approval rules) for a
 //! read, a monitored write and a gated payment, against the shipped baseline
-//! and against the baseline plus N extra org rules. Measures only.
+//! and against the baseline plus N extra org rules; then the engine's
+//! gateway path (`Gateway::evaluate` on the shipped governance, rows
+//! labelled `gateway`). Measures only.
 
 use std::time::{Duration, Instant};
 
@@ -107,6 +109,47 @@ pub fn run(args: PolicyBenchArgs) -> anyhow::Result<()> {
                 percentile(&samples, 0.99)
             );
         }
+    }
+    // The engine's path: `Gateway::evaluate` on the shipped governance, as
+    // `decide` calls it for every step (evaluation plus the recorded
+    // decision's conversion).
+    use mandate_engine::core::gateway::{Gateway, GatewayRequest, Principal};
+    let governance = mandate_activities::Governance::shipped();
+    let principal = Principal {
+        agent: Some("agent-deployer-7".into()),
+        on_behalf_of: Some("user-alice".into()),
+    };
+    for (label, tool, input) in &cases {
+        let request = GatewayRequest {
+            task_id: "t",
+            workflow: "plan",
+            principal: &principal,
+            step: "s",
+            tool,
+            kind: None,
+            input,
+            now_ms: 1_700_000_000_000,
+        };
+        for _ in 0..args.iterations.min(1_000) {
+            std::hint::black_box(governance.evaluate(&request));
+        }
+        let mut samples = Vec::with_capacity(args.iterations as usize);
+        let start = Instant::now();
+        for _ in 0..args.iterations {
+            let t = Instant::now();
+            std::hint::black_box(governance.evaluate(&request));
+            samples.push(t.elapsed());
+        }
+        let total = start.elapsed();
+        samples.sort();
+        println!(
+            "{:<8} {:<30} {:>10.1?} {:>10.1?} {:>10.1?}",
+            "gateway",
+            label,
+            total / args.iterations.max(1),
+            percentile(&samples, 0.5),
+            percentile(&samples, 0.99)
+        );
     }
     Ok(())
 }

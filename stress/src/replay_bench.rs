@@ -204,7 +204,7 @@ fn build_history(
             workflow: "saga".into(),
             workflow_version: saga.version(),
             input: saga_input(steps, failures + 1),
-            agent: Some("bench".into()),
+            agent: None,
             on_behalf_of: Some("user-bench".into()),
             idempotency_key: None,
         },

@@ -250,7 +250,9 @@ async fn stress(args: &RunArgs, url: &str) -> anyhow::Result<bool> {
                 "saga",
                 p.input.clone(),
                 SubmitOptions {
-                    agent: Some("mandate-stress".into()),
+                    // An operator's task: the stress suite tests the durable
+                    // core; the shipped policies govern agents, not it.
+                    actor: Some("user:mandate-stress".into()),
                     idempotency_key: Some(format!("{run_id}/t{}", p.index)),
                     ..Default::default()
                 },

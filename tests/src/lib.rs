@@ -147,8 +147,7 @@ impl Harness {
         limits: Limits,
         customize: impl FnOnce(&mut WorkflowRegistry, &mut ToolRegistry),
     ) -> Harness {
-        let gateway = Arc::new(mandate_activities::Governance::shipped());
-        Self::governed(db, limits, gateway, customize).await
+        Self::governed(db, limits, Arc::new(OpenGateway), customize).await
     }
 
     /// A harness on an existing database whose every step passes `gateway`.
@@ -215,6 +214,70 @@ impl Harness {
     }
 }
 
+/// The gateway of the durable-core suites, which test storage, replay,
+/// retries and recovery rather than policy: it admits any principal and
+/// decides every step `monitored_execute` (recorded, like any decision);
+/// workflows' own approvals go to `carol`. Governance itself is tested with
+/// the real Cedar gateway (`tests/tests/support/gov.rs`). Never shipped.
+pub struct OpenGateway;
+
+impl Gateway for OpenGateway {
+    fn evaluate(
+        &self,
+        _request: &mandate_engine::core::gateway::GatewayRequest<'_>,
+    ) -> mandate_engine::core::gateway::GatewayDecision {
+        use mandate_engine::core::gateway::{GatewayDecision, InterventionPath, RuleRef};
+        GatewayDecision {
+            path: InterventionPath::MonitoredExecute,
+            decided_by: vec![RuleRef {
+                id: "test.open".into(),
+                message: "the durable-core suites allow every step".into(),
+                level: "builtin".into(),
+                file: None,
+            }],
+            policy_hash: "test-open".into(),
+            approval: None,
+            operation: None,
+            scope: None,
+            owners: Vec::new(),
+            risk: None,
+            data_classes: Vec::new(),
+            crudlex: None,
+            autonomy: None,
+            recovery_path: None,
+            preapproval: None,
+        }
+    }
+
+    fn workflow_approval(
+        &self,
+        _principal: &mandate_engine::core::gateway::Principal,
+        _workflow: &str,
+        _subject: &str,
+    ) -> mandate_engine::core::gateway::WorkflowApproval {
+        mandate_engine::core::gateway::WorkflowApproval {
+            requirement: mandate_engine::core::gateway::ApprovalRequirement {
+                approvers: vec!["carol".into()],
+                quorum: 1,
+                timeout_ms: 3_600_000,
+                escalation: None,
+            },
+            decided_by: Vec::new(),
+            policy_hash: "test-open".into(),
+        }
+    }
+
+    fn admit(&self, _principal: &mandate_engine::core::gateway::Principal) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn may_preapprove(&self, identity: &str, _tool: &str, _agent: &str) -> Result<(), String> {
+        (identity == "owner")
+            .then_some(())
+            .ok_or_else(|| format!("{identity} is not the test owner"))
+    }
+}
+
 /// Builds an engine for `url`.
 pub async fn engine_for(
     url: &str,
@@ -238,10 +301,7 @@ pub async fn engine_with_clock(
     clock: Arc<dyn mandate_engine::runtime::Clock>,
     customize: impl FnOnce(&mut WorkflowRegistry, &mut ToolRegistry),
 ) -> (Engine, World) {
-    // The shipped catalog and policies: tasks without an agent (most
-    // scenarios) are operator tasks, monitored; agent tasks are governed.
-    let gateway = Arc::new(mandate_activities::Governance::shipped());
-    engine_with(url, limits, clock, gateway, customize).await
+    engine_with(url, limits, clock, Arc::new(OpenGateway), customize).await
 }
 
 /// Builds an engine for `url` with its clock and gateway.

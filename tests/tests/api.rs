@@ -492,15 +492,15 @@ async fn controls_signal_cancel_pause_resume_retry(b: Backend) {
 
     // A signal reaches a waiting workflow.
     let (_, t) = api
-        .post("/v1/tasks", &agent, json!({"workflow": "gated_deploy", "input": {"service": "api", "version": "v9", "timeout_ms": 60000}}))
+        .post("/v1/tasks", &agent, json!({"workflow": "saga", "input": {"stages": [[{"wait_signal": "go", "timeout_ms": 60000}]]}}))
         .await;
     let gated = t["id"].as_str().unwrap().to_string();
-    api.wait_status(&gated, &agent, &["needs_approval"]).await;
+    api.wait_status(&gated, &agent, &["running"]).await;
     let (s, a) = api
         .post(
-            &format!("/v1/tasks/{gated}/signals/approve"),
+            &format!("/v1/tasks/{gated}/signals/go"),
             &agent,
-            json!({"payload": {"approved": true}}),
+            json!({"payload": {"ready": true}}),
         )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{a}");
@@ -593,7 +593,8 @@ async fn approvals_inbox_and_decisions(b: Backend) {
     assert_eq!(s, StatusCode::OK);
     let entry = &inbox["approvals"][0];
     let approval = entry["id"].as_str().unwrap().to_string();
-    assert_eq!(approval, format!("{id}:pay"));
+    assert_eq!(approval, format!("{id}:{}", entry["request_seq"]));
+    assert_eq!(entry["step"], "pay");
     assert_eq!(entry["quorum"], 2);
     assert!(
         entry["rollback_plan"]
@@ -685,11 +686,7 @@ async fn approvals_inbox_and_decisions(b: Backend) {
     let decided: Vec<(&str, Value)> = h
         .iter()
         .filter_map(|e| match &e.payload {
-            E::SignalReceived {
-                name,
-                payload,
-                sender,
-            } if name == "approval:pay" => Some((sender.as_str(), payload["comment"].clone())),
+            E::ApprovalDecided { comment, .. } => Some((e.actor.as_str(), json!(comment))),
             _ => None,
         })
         .collect();
@@ -834,13 +831,16 @@ async fn halt_stops_new_steps_until_lifted(b: Backend) {
     let (_, t) = api.post("/v1/tasks", &other, two_stage()).await;
     let late = t["id"].as_str().unwrap().to_string();
     api.wait_status(&late, &other, &["paused"]).await;
-    // The waiting task pauses when its signal wakes it, before any new step.
-    api.post(
-        &format!("/v1/tasks/{waiting}/signals/approve"),
-        &agent,
-        json!({"payload": {"approved": true}}),
-    )
-    .await;
+    // The waiting task pauses when its approval wakes it, before any new step.
+    let oncall = api.token("approver", "ops-oncall").await;
+    let (s, d) = api
+        .post(
+            &format!("/v1/approvals/{waiting}:deploy"),
+            &oncall,
+            json!({"decision": "approve"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{d}");
     api.wait_status(&waiting, &agent, &["paused"]).await;
     let (s, lifted) = body(
         api.req(Method::DELETE, "/v1/halt", &operator)
@@ -1098,6 +1098,9 @@ async fn openapi_lists_every_route_and_metrics_health_answer(b: Backend) {
         ("post", "/v1/tasks/{id}/retry"),
         ("get", "/v1/approvals"),
         ("post", "/v1/approvals/{id}"),
+        ("post", "/v1/preapprovals"),
+        ("get", "/v1/preapprovals"),
+        ("delete", "/v1/preapprovals/{id}"),
         ("post", "/v1/halt"),
         ("delete", "/v1/halt"),
         ("get", "/v1/halt"),

@@ -35,13 +35,13 @@ async fn edited_event_names_its_seq(b: Backend) {
     let (h, id) = completed_deploy(b).await;
     let n = exec_sql(
         &h.db,
-        &format!("UPDATE events SET payload = replace(payload, 'v2', 'v9') WHERE task_id = '{id}' AND seq = 5"),
+        &format!("UPDATE events SET payload = replace(payload, 'v2', 'v9') WHERE task_id = '{id}' AND seq = 6"),
     )
     .await;
     assert_eq!(n, 1);
     let err = h.engine.history(&id).await.unwrap_err();
-    assert!(err.to_string().contains("seq 5"), "{err}");
-    assert_eq!(corrupt_seq(err), ("hash_mismatch".to_string(), 5));
+    assert!(err.to_string().contains("seq 6"), "{err}");
+    assert_eq!(corrupt_seq(err), ("hash_mismatch".to_string(), 6));
 }
 
 async fn deleted_event_is_a_gap(b: Backend) {
@@ -248,7 +248,7 @@ async fn in_flight_task_with_changed_code_is_blocked(b: Backend) {
         unreachable!()
     };
     assert_eq!(reason, "non_determinism");
-    assert_eq!(*at_seq, Some(5), "seq 5 is the recorded wait");
+    assert_eq!(*at_seq, Some(6), "seq 6 is the recorded wait");
     assert!(found.as_deref().unwrap().contains("kv.put"));
     // Nothing of the changed code ran, and the task is out of the queue.
     assert_eq!(world.get("kv", "new").await.unwrap(), None);

@@ -36,7 +36,15 @@ async fn signal_right_after_resume_is_taken(b: Backend) {
         h.engine.resume(&id, "user:test").await.unwrap();
         h.wait_for(&id, |s| s == TaskStatus::NeedsApproval).await;
         h.engine
-            .signal(&id, "approve", json!({"approved": true}), "user:test")
+            .decide_approval(
+                &id,
+                mandate_engine::runtime::ApprovalTarget::Only,
+                "carol",
+                mandate_engine::runtime::ApprovalDecision {
+                    approved: true,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         let row = h
@@ -78,7 +86,7 @@ async fn cancel_right_after_resume_is_taken(b: Backend) {
 async fn signal_to_an_idle_saga_runs_the_next_stage(b: Backend) {
     let mut h = Harness::new(b).await;
     h.start_worker();
-    let input = json!({"stages": [[{"wait_signal": "go", "approval": true}], [{"tool": "test.echo", "input": {}}]]});
+    let input = json!({"stages": [[{"wait_signal": "go"}], [{"tool": "test.echo", "input": {}}]]});
     let mut ids = Vec::new();
     for _ in 0..20 {
         ids.push(
@@ -90,7 +98,7 @@ async fn signal_to_an_idle_saga_runs_the_next_stage(b: Backend) {
         );
     }
     for id in &ids {
-        h.wait_for(id, |s| s == TaskStatus::NeedsApproval).await;
+        h.wait_for(id, |s| s == TaskStatus::Running).await;
     }
     for id in &ids {
         h.engine

@@ -1,4 +1,4 @@
-//! The policy gate: a recorded `policy.check` step before every plan step,
+//! The policy gate: the gateway's recorded decision before every plan step,
 //! with the decision, the deciding rules and the policy set's hash in the
 //! history; deny rolls back (or escalates past an irreversible step); the
 //! hierarchy only restricts; CRUDLEX and autonomy; reload without restart;
@@ -175,10 +175,10 @@ async fn decisions_and_rules_are_recorded_in_the_history(b: Backend) {
         .await;
     assert_eq!(status, TaskStatus::FailedTerminal);
     let decision = g
-        .output_of(&id, "only.policy")
+        .decision_of(&id, "only")
         .await
-        .expect("policy.check recorded");
-    assert_eq!(decision["decision"], "deny");
+        .expect("the gateway's decision is recorded");
+    assert_eq!(decision["path"], "deny");
     assert_eq!(
         decision["policy_hash"],
         g.governance.current().hash.as_str()
@@ -188,9 +188,8 @@ async fn decisions_and_rules_are_recorded_in_the_history(b: Backend) {
         decision["decided_by"][0]["message"].is_string(),
         "{decision}"
     );
-    assert_eq!(
-        g.scheduled(&id).await,
-        ["only.policy"],
+    assert!(
+        g.scheduled(&id).await.is_empty(),
         "a denied step never runs"
     );
     let history = g.h.engine.history(&id).await.unwrap();
@@ -216,7 +215,7 @@ async fn deny_after_an_irreversible_step_escalates(b: Backend) {
             {"id": "mark", "tool": "kv.put", "input": {"key": "k", "value": 1}, "depends_on": ["mail"]}]}))
         .await;
     assert_eq!(status, TaskStatus::EscalatedToHuman);
-    let d = g.output_of(&id, "mark.policy").await.unwrap();
+    let d = g.decision_of(&id, "mark").await.unwrap();
     assert_eq!(d["decided_by"][0]["id"], "agent.autonomous.no-kv");
     g.h.assert_replays(&id).await;
 }
@@ -230,8 +229,8 @@ async fn policies_reload_and_replay_keeps_the_recorded_decision(b: Backend) {
     );
     let (first, status) = g.run(doc.clone()).await;
     assert_eq!(status, TaskStatus::Completed);
-    let recorded = g.output_of(&first, "only.policy").await.unwrap();
-    assert_eq!(recorded["decision"], "monitored_execute");
+    let recorded = g.decision_of(&first, "only").await.unwrap();
+    assert_eq!(recorded["path"], "monitored_execute");
     // New rule, no restart: the next task is denied by it.
     std::fs::write(
         g.dir.path().join("org/freeze.cedar"),
@@ -240,12 +239,12 @@ async fn policies_reload_and_replay_keeps_the_recorded_decision(b: Backend) {
     .unwrap();
     let (second, status) = g.run(doc).await;
     assert_eq!(status, TaskStatus::FailedTerminal);
-    let d = g.output_of(&second, "only.policy").await.unwrap();
+    let d = g.decision_of(&second, "only").await.unwrap();
     assert_eq!(d["decided_by"][0]["id"], "org.freeze");
     assert_ne!(d["policy_hash"], recorded["policy_hash"]);
     // The first task still replays, with its recorded decision.
     g.h.assert_replays(&first).await;
-    assert_eq!(g.output_of(&first, "only.policy").await.unwrap(), recorded);
+    assert_eq!(g.decision_of(&first, "only").await.unwrap(), recorded);
 }
 
 backend_tests!(

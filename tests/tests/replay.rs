@@ -224,7 +224,8 @@ async fn changed_workflow_code_is_non_determinism_at_its_seq(b: Backend) {
         .await
         .unwrap()
         .iter()
-        .filter(|e| e.payload.type_name() == "StepScheduled")
+        // A governed step's command event is its decision.
+        .filter(|e| e.payload.type_name() == "PolicyEvaluated")
         .nth(1)
         .expect("two steps")
         .seq;

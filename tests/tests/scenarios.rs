@@ -32,10 +32,13 @@ async fn deploy_completes(b: Backend) {
         [
             "TaskSubmitted",
             "TaskStarted",
+            "PolicyEvaluated",
             "StepScheduled",
             "StepCompleted",
+            "PolicyEvaluated",
             "StepScheduled",
             "StepCompleted",
+            "PolicyEvaluated",
             "StepScheduled",
             "StepCompleted",
             "TaskCompleted"
@@ -320,8 +323,23 @@ async fn approval_signal_lets_the_deploy_run(b: Backend) {
         None,
         "nothing runs before approval"
     );
-    h.engine
+    // A signal cannot approve; the named approver's decision can.
+    let e = h
+        .engine
         .signal(&id, "approve", json!({"approved": true}), "approver:carol")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("approvals are decided only"), "{e}");
+    h.engine
+        .decide_approval(
+            &id,
+            mandate_engine::runtime::ApprovalTarget::Only,
+            "carol",
+            mandate_engine::runtime::ApprovalDecision {
+                approved: true,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let row = h
@@ -332,11 +350,11 @@ async fn approval_signal_lets_the_deploy_run(b: Backend) {
     assert_eq!(row.status, TaskStatus::Completed);
     assert_eq!(service_version(&h, "billing").await.as_deref(), Some("v5"));
     let history = h.engine.history(&id).await.unwrap();
-    let received = history
+    let decided = history
         .iter()
-        .find(|e| matches!(e.payload, EventPayload::SignalReceived { .. }))
+        .find(|e| matches!(e.payload, EventPayload::ApprovalDecided { .. }))
         .unwrap();
-    assert_eq!(received.actor, "approver:carol");
+    assert_eq!(decided.actor, "approver:carol");
     h.assert_replays(&id).await;
 }
 
@@ -351,11 +369,8 @@ async fn signal_wait_times_out(b: Backend) {
     assert_eq!(row.status, TaskStatus::FailedTerminal);
     let history = h.engine.history(&id).await.unwrap();
     assert!(history.iter().any(|e| matches!(
-        e.payload,
-        EventPayload::SignalWaitResolved {
-            timed_out: true,
-            ..
-        }
+        &e.payload,
+        EventPayload::ApprovalResolved { outcome, .. } if outcome == "timed_out"
     )));
     assert_eq!(service_version(&h, "billing").await, None);
     h.assert_replays(&id).await;

@@ -175,8 +175,8 @@ async fn run_one(engine: &Engine, world: &World, deploy: &'static Deploy) -> any
             WORKFLOW,
             json!({"service": SERVICE, "version": deploy.version}),
             SubmitOptions {
-                agent: Some("demo-agent".into()),
-                on_behalf_of: Some("alice".into()),
+                agent: Some("agent-deployer-7".into()),
+                on_behalf_of: Some("user-alice".into()),
                 ..SubmitOptions::default()
             },
         )

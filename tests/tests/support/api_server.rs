@@ -101,11 +101,19 @@ impl Api {
             if want.contains(&t["status"].as_str().unwrap()) {
                 return t;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "task {id} stayed {} (wanted {want:?})",
-                t["status"]
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let (_, h) = self.get(&format!("/v1/tasks/{id}/history"), token).await;
+                let types: Vec<&str> = h["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e["type"].as_str())
+                    .collect();
+                panic!(
+                    "task {id} stayed {} (wanted {want:?}); its events: {types:?}",
+                    t["status"]
+                );
+            }
             // Wake on the next append, or look again after 50 ms.
             let _ = tokio::time::timeout(Duration::from_millis(50), updates.recv()).await;
         }

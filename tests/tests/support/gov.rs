@@ -61,11 +61,17 @@ permit(principal, action == Action::"ledger.charge", resource == Scope::"esc");
 /// Writes the test policy directory into `dir`.
 pub fn write_policies(dir: &Path) {
     std::fs::create_dir_all(dir.join("org")).unwrap();
-    std::fs::write(
-        dir.join("catalog.yaml"),
-        format!("{DEFAULT_CATALOG_YAML}{EXTRA_TOOLS}"),
-    )
-    .unwrap();
+    // Test agents (any the API suites name) beside the shipped ones.
+    let mut agents = String::from(
+        "agents:\n  - {id: agent-other, team: platform, autonomy: L3, crudlex: FULL}\n",
+    );
+    for i in 0..10 {
+        agents.push_str(&format!(
+            "  - {{id: agent-{i}, team: platform, autonomy: L3, crudlex: FULL}}\n"
+        ));
+    }
+    let catalog = DEFAULT_CATALOG_YAML.replacen("agents:\n", &agents, 1);
+    std::fs::write(dir.join("catalog.yaml"), format!("{catalog}{EXTRA_TOOLS}")).unwrap();
     std::fs::write(dir.join("org/baseline.cedar"), DEFAULT_ORG_POLICY).unwrap();
     std::fs::write(dir.join("org/payments.cedar"), PAYMENT_RULES).unwrap();
 }
@@ -232,6 +238,19 @@ impl GovHarness {
             .await
             .unwrap()
             .0
+    }
+
+    /// The gateway's recorded decision for the step named `name` (the first,
+    /// as JSON: `path`, `decided_by`, `policy_hash`, …).
+    pub async fn decision_of(&self, id: &str, name: &str) -> Option<Value> {
+        use mandate_engine::EventPayload as E;
+        let history = self.h.engine.history(id).await.unwrap();
+        history.iter().find_map(|e| match &e.payload {
+            E::PolicyEvaluated {
+                name: n, decision, ..
+            } if n == name => Some(serde_json::to_value(decision).unwrap()),
+            _ => None,
+        })
     }
 
     /// The names of scheduled steps, in order.
