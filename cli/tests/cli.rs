@@ -490,6 +490,7 @@ fn submit_reads_a_yaml_input_file_by_its_name() {
             .as_array()
             .unwrap()
             .len(),
-        2
+        1,
+        "only the plan whose agent matched was created"
     );
 }

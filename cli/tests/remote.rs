@@ -580,7 +580,7 @@ async fn approve_and_reject_gated_plan_steps(b: Backend) {
         .expect_refused(&["forbidden"]);
     s.cli(&s.approver, &["approve", &approved, "--step", "mark"])
         .await
-        .expect_refused(&["not awaiting a decision", "conflict"]);
+        .expect_refused(&["final", "conflict"]);
     s.assert_no_database_opened();
 }
 
@@ -744,7 +744,7 @@ async fn python_example_client_completes_a_gated_plan(b: Backend) {
     );
     assert!(out.contains("approving step mark"), "{out}");
     assert!(
-        out.contains("SignalWaitStarted") && out.contains("TaskCompleted"),
+        out.contains("ApprovalRequested") && out.contains("TaskCompleted"),
         "{out}"
     );
 }

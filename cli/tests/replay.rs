@@ -104,9 +104,9 @@ async fn each_outcome_has_its_exit_code(b: Backend) {
     assert_eq!(doc["exit_code"], 0);
     assert_eq!(doc["status"], "failed_terminal");
     assert_eq!(doc["chain"]["result"], "ok");
-    assert_eq!(doc["events"].as_array().unwrap().len(), 12);
+    assert_eq!(doc["events"].as_array().unwrap().len(), 15);
     assert_eq!(doc["events"][0]["type"], "TaskSubmitted");
-    assert!(doc["timeline"].as_array().unwrap().len() > 12);
+    assert!(doc["timeline"].as_array().unwrap().len() > 15);
 
     // Edited payload: tampered, the seq named.
     let [edited, deleted, swapped, row_tampered] = [&ids[0], &ids[1], &ids[2], &ids[3]];

@@ -107,7 +107,7 @@ async fn edited_payload_is_tampering_named_by_seq(b: Backend) {
     let n = exec_sql(
         &h.db,
         &format!(
-            "UPDATE events SET payload = replace(payload, 'v2', 'v9') WHERE task_id = '{id}' AND seq = 5"
+            "UPDATE events SET payload = replace(payload, 'v2', 'v9') WHERE task_id = '{id}' AND seq = 6"
         ),
     )
     .await;
@@ -115,10 +115,10 @@ async fn edited_payload_is_tampering_named_by_seq(b: Backend) {
     let a = audit_of(&h, &id).await;
     assert_eq!(a.verdict, Verdict::ChainBroken);
     let (seq, kind, message) = chain_break(&a);
-    assert_eq!((seq, kind), (5, BreakKind::HashMismatch), "{message}");
-    assert!(message.contains("seq 5 (StepScheduled)"), "{message}");
+    assert_eq!((seq, kind), (6, BreakKind::HashMismatch), "{message}");
+    assert!(message.contains("seq 6 (PolicyEvaluated)"), "{message}");
     // An untrusted history is shown but not replayed.
-    assert_eq!(a.events.len(), 9);
+    assert_eq!(a.events.len(), 12);
     assert!(matches!(
         a.determinism,
         DeterminismVerdict::NotChecked {

@@ -45,8 +45,8 @@ async fn deploy_completes(b: Backend) {
         ]
     );
     // The compensation was persisted with the step, before it ran.
-    let EventPayload::StepScheduled { compensation, .. } = &history[4].payload else {
-        panic!("seq 5 is {:?}", history[4].payload)
+    let EventPayload::StepScheduled { compensation, .. } = &history[6].payload else {
+        panic!("seq 7 is {:?}", history[6].payload)
     };
     assert_eq!(
         compensation.as_ref().unwrap().input,
@@ -656,7 +656,9 @@ async fn pause_lets_running_attempts_finish(b: Backend) {
 async fn workflows_can_refuse_signals(b: Backend) {
     use futures::future::LocalBoxFuture;
     use mandate_engine::{Workflow, WorkflowContext, WorkflowError};
-    /// Waits for "approve"; only approvers may send it, never the submitting agent.
+    /// Waits for a signal "approve" (a workflow's own rule about its signals;
+    /// real approvals are engine requests): only approvers may send it, never
+    /// the submitting agent.
     struct Guarded;
     impl Workflow for Guarded {
         fn name(&self) -> &str {
@@ -704,7 +706,7 @@ async fn workflows_can_refuse_signals(b: Backend) {
         .await
         .unwrap()
         .task_id;
-    h.wait_for(&id, |s| s == TaskStatus::NeedsApproval).await;
+    h.wait_for(&id, |s| s == TaskStatus::Running).await;
     let before = h.engine.task(&id).await.unwrap().last_seq;
     for who in ["agent:bot", "user:mallory"] {
         let err = h
