@@ -356,9 +356,12 @@ impl Driver {
             if !decision.events.is_empty() {
                 let after = decision.state;
                 let acts_after = decide::actions(&after, now);
+                // An attempt still current keeps the task held even when no
+                // new one may start (a pause or a halt just recorded): its
+                // result must be recorded, not hung up on.
                 let still_running = running
-                    .keys()
-                    .any(|t| acts_after.iter().any(|a| a.target == *t));
+                    .iter()
+                    .any(|(t, (attempt, _))| decide::attempt_is_current(&after, *t, *attempt));
                 let idle = acts_after.is_empty() && !still_running;
                 let far = decide::next_wake(&after, now)
                     .is_none_or(|t| t - now > self.config.idle_hold.as_millis() as i64);
