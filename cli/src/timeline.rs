@@ -225,6 +225,15 @@ fn describe(state: &TaskState, event: &Event) -> String {
             error(e),
             summary::clock(*next_attempt_at_ms)
         ),
+        E::StepAttemptRestarted {
+            step_seq,
+            attempt,
+            reason,
+        } => format!(
+            "step {} re-run as attempt {attempt}: {}",
+            step_name(state, *step_seq),
+            text(reason)
+        ),
         E::StepFailed {
             step_seq,
             attempt,

@@ -213,8 +213,11 @@ impl Tool for SlowTwin {
 }
 
 /// Worker B's `twin.put`: the service refuses the repeated call for good
-/// (say, because the first one is still in progress).
-struct RefusingTwin;
+/// (say, because the first one is still in progress). Reports each call's
+/// attempt number on `attempts`.
+struct RefusingTwin {
+    attempts: mpsc::UnboundedSender<u32>,
+}
 
 impl Tool for RefusingTwin {
     fn name(&self) -> &str {
@@ -223,7 +226,8 @@ impl Tool for RefusingTwin {
     fn kind(&self) -> ToolKind {
         ToolKind::WriteReversible
     }
-    fn call<'a>(&'a self, _: ToolContext, _: Value) -> BoxFuture<'a, ToolResult> {
+    fn call<'a>(&'a self, ctx: ToolContext, _: Value) -> BoxFuture<'a, ToolResult> {
+        let _ = self.attempts.send(ctx.attempt);
         async {
             Err(ToolError::non_retryable(
                 "twin.put: refused, a call is in progress",
@@ -238,6 +242,9 @@ impl Tool for RefusingTwin {
 /// applied nothing, so the step's effect is unknown and the rollback
 /// compensates it, fencing the key; when A's attempt finally applies, the
 /// fence refuses it, and A, having lost the lease, appends nothing.
+///
+/// B's call is a re-run, so it is attempt 2, recorded by B
+/// (`StepAttemptRestarted`) before it is made, and the tool is told so.
 async fn a_stalled_workers_attempt_is_fenced_after_a_takeover(b: Backend) {
     let db = TestDb::new(b).await;
     let (entered_tx, mut entered) = mpsc::unbounded_channel();
@@ -262,9 +269,12 @@ async fn a_stalled_workers_attempt_is_fenced_after_a_takeover(b: Backend) {
         )
         .await
     };
+    let (b_attempts_tx, mut b_attempts) = mpsc::unbounded_channel();
     let (engine_b, _) =
         engine_with_clock(&db.url, Limits::default(), Arc::new(Ahead), |_, tools| {
-            tools.register(RefusingTwin);
+            tools.register(RefusingTwin {
+                attempts: b_attempts_tx,
+            });
         })
         .await;
 
@@ -290,12 +300,29 @@ async fn a_stalled_workers_attempt_is_fenced_after_a_takeover(b: Backend) {
         .expect("A's attempt reported");
 
     // B sees A's lease as expired, takes the task over and rolls it back.
-    let worker_b = engine_b.start_worker(mandate_tests::test_worker_config());
+    let config_b = mandate_tests::test_worker_config();
+    let actor_b = format!("worker:{}", config_b.id);
+    let worker_b = engine_b.start_worker(config_b);
     let row = engine_b.wait_until_final(&id, WAIT).await.expect("final");
     assert_eq!(row.status, TaskStatus::FailedTerminal);
     let history = engine_b.history(&id).await.unwrap();
     let put_seq = scheduled_seq(&history, "put");
     assert_eq!(a_ctx.idempotency_key, format!("{id}:{put_seq}"));
+    assert_eq!(a_ctx.attempt, 1);
+    assert_eq!(b_attempts.try_recv(), Ok(2), "B's re-run was not attempt 2");
+    assert!(b_attempts.try_recv().is_err(), "B called more than once");
+    let restarted = history
+        .iter()
+        .position(|e| {
+            e.actor == actor_b
+                && matches!(&e.payload, EventPayload::StepAttemptRestarted { step_seq, attempt: 2, .. } if *step_seq == put_seq)
+        })
+        .expect("B recorded the re-run as attempt 2");
+    let failed = history
+        .iter()
+        .position(|e| matches!(&e.payload, EventPayload::StepFailed { step_seq, attempt: 2, .. } if *step_seq == put_seq))
+        .expect("the step failed on attempt 2");
+    assert!(restarted < failed);
     let error = step_failed(&history, put_seq);
     assert!(
         error.effect_unknown && error.message.contains("took the task over"),
@@ -465,7 +492,11 @@ async fn a_halt_lets_attempts_in_flight_finish_and_runs_nothing_twice(b: Backend
     );
     assert_eq!(h.engine.task(&id).await.unwrap().status, TaskStatus::Paused);
 
-    let lifted = h.engine.lift_halt(None, "operator:test").await.expect("lift");
+    let lifted = h
+        .engine
+        .lift_halt(None, "operator:test")
+        .await
+        .expect("lift");
     assert_eq!(lifted.resumed, vec![id.clone()]);
     let row = h.engine.wait_until_final(&id, WAIT).await.expect("final");
     assert_eq!(row.status, TaskStatus::Completed);

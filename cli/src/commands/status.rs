@@ -163,9 +163,8 @@ fn add_state_json(doc: &mut Value, state: &TaskState) {
 /// Attempts made so far (the one in flight included).
 fn attempts(s: &StepState) -> u32 {
     match s.outcome {
-        Some(Outcome::Completed { .. }) => s.failed_attempts + 1,
-        Some(Outcome::Failed { .. }) => s.failed_attempts,
-        None => s.failed_attempts + 1,
+        Some(Outcome::Failed { .. }) => s.next_attempt() - 1,
+        _ => s.next_attempt(),
     }
 }
 
@@ -188,7 +187,7 @@ fn progress(state: &TaskState, s: &StepState) -> (&'static str, String) {
                 "retrying",
                 format!(
                     "attempt {} failed; next attempt at {}",
-                    s.failed_attempts,
+                    s.next_attempt() - 1,
                     summary::datetime(at)
                 ),
             ),
