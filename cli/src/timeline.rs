@@ -59,7 +59,7 @@ pub fn render(events: &[Event]) -> Vec<String> {
             delta,
             event.seq,
             summary::text(&event.actor, actor_width),
-            describe(&state, event),
+            summary::escape(&describe(&state, event)),
             dw = DELTA_WIDTH,
             sw = seq_width,
             aw = actor_width,

@@ -238,7 +238,10 @@ fn write_text(
     row: &TaskRow,
     state: Option<&TaskState>,
 ) -> std::io::Result<()> {
-    let field = |out: &mut dyn Write, name: &str, value: &str| writeln!(out, "{name:<13} {value}");
+    // Every value may hold agent-written text: escaped on its way out.
+    let field = |out: &mut dyn Write, name: &str, value: &str| {
+        writeln!(out, "{name:<13} {}", summary::escape(value))
+    };
     field(out, "task", &row.id)?;
     field(
         out,
@@ -299,9 +302,9 @@ fn write_text(
             table.add_row([
                 format!("#{}", s.seq),
                 summary::text(&s.name, 40),
-                s.tool.clone(),
+                summary::text(&s.tool, 60),
                 s.kind.as_str().to_string(),
-                what,
+                summary::escape(&what).into_owned(),
             ]);
         }
         writeln!(out, "{table}")?;
@@ -314,10 +317,18 @@ fn write_text(
             text.push_str(&format!(", deadline {}", summary::datetime(d)));
         }
         if !state.is_final() {
-            text.push_str(&format!(
-                "; send it with `mandate signal {} {} --payload JSON`",
-                row.id, w.name
-            ));
+            text.push_str(&match w.name.strip_prefix("approval:") {
+                // Approvals are decided, not signalled (the API refuses
+                // an approval:* signal).
+                Some(step) => format!(
+                    "; decide it with `mandate approve {id} --step {step}` or `mandate reject {id} --step {step}`",
+                    id = row.id
+                ),
+                None => format!(
+                    "; send it with `mandate signal {} {} --payload JSON`",
+                    row.id, w.name
+                ),
+            });
         }
         field(out, "waiting for", &text)?;
     }
