@@ -413,3 +413,35 @@ backend_tests!(
     listing_filters_and_pages_newest_first,
     limits_are_enforced,
 );
+
+/// A new SQLite database, and its `-wal` and `-shm` files, are readable by
+/// their owner only (they hold every task's input and output and the token
+/// hashes); before, they were created 0644, readable by every local user.
+/// (PostgreSQL keeps its files itself.)
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sqlite_database_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let path = db
+        .url
+        .strip_prefix("sqlite://")
+        .expect("a sqlite URL")
+        .to_string();
+    assert!(!std::path::Path::new(&path).exists());
+    let mut h = Harness::on(db, Limits::default(), |_, _| {}).await;
+    let (_, row) = h
+        .run(
+            "saga",
+            json!({"stages": [[{"tool": "test.echo", "input": {}}]]}),
+        )
+        .await;
+    assert_eq!(row.status, TaskStatus::Completed);
+    for file in [path.clone(), format!("{path}-wal"), format!("{path}-shm")] {
+        let mode = std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file} has mode {:o}", mode & 0o777);
+    }
+}
