@@ -833,7 +833,55 @@ async fn agent_written_text_is_escaped_in_every_output(b: Backend) {
     s.assert_no_database_opened();
 }
 
+/// A history over 1 MiB comes in more than one page; `history --server`
+/// follows them, verifies the chain across them, and prints exactly what
+/// the database holds.
+async fn history_over_http_follows_the_pages(b: Backend) {
+    let s = Server::start(b).await;
+    let run = s
+        .cli(&s.agent, &["submit", "saga", "--input", SIGNAL_SAGA])
+        .await;
+    run.expect_code(0);
+    let id = run.task_id();
+    let payload = s.dir.path().join("big.json");
+    std::fs::write(
+        &payload,
+        serde_json::json!({"blob": "b".repeat(150_000)}).to_string(),
+    )
+    .unwrap();
+    let payload = format!("@{}", payload.display());
+    for _ in 0..8 {
+        s.cli(&s.agent, &["signal", &id, "note", "--payload", &payload])
+            .await
+            .expect_code(0);
+    }
+    let (_, first) = {
+        let r = s
+            .http
+            .get(format!("{}/v1/tasks/{id}/history", s.url))
+            .bearer_auth(&s.operator)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    assert!(
+        first["next_after_seq"].is_i64(),
+        "the history fits one page; the test needs more"
+    );
+    let remote = s.cli(&s.operator, &["history", &id, "--json"]).await;
+    remote.expect_code(0);
+    let local = s.local(&["history", &id, "--json"]).await;
+    local.expect_code(0);
+    assert_eq!(remote.stdout.lines().count(), local.stdout.lines().count());
+    assert_eq!(remote.stdout, local.stdout);
+    s.cli(&s.operator, &["history", &id]).await.expect_code(0);
+    s.cli(&s.operator, &["status", &id]).await.expect_code(0);
+    s.assert_no_database_opened();
+}
+
 backend_tests!(
+    history_over_http_follows_the_pages,
     agent_written_text_is_escaped_in_every_output,
     submit_status_list_history,
     signal_pause_resume_cancel,

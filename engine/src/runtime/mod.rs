@@ -7,6 +7,7 @@
 
 mod client;
 mod halt;
+mod history;
 mod worker;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use crate::store::Store;
 
 pub use client::{Error, SubmitOptions, Submitted};
 pub use halt::{HALT_REFRESH, Lifted};
+pub use history::{HistoryPage, MAX_HISTORY_PAGE, MAX_HISTORY_PAGE_BYTES};
 pub use worker::{WorkerConfig, WorkerHandle};
 
 /// Where time comes from (injected, so tests and replays control it).
