@@ -489,29 +489,55 @@ pub struct HistoryEvent {
     pub hash: String,
 }
 
-/// A verified history.
+/// One page of a verified history.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct History {
     pub task_id: String,
     pub events: Vec<HistoryEvent>,
+    /// Pass as `after_seq` for the next page; null on the last page.
+    #[serde(default)]
+    pub next_after_seq: Option<i64>,
 }
 
-/// A task's history, its hash chain verified.
+/// Which page of a history.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Events after this seq (default 0: from the start); a previous page's `next_after_seq`.
+    pub after_seq: Option<i64>,
+    /// Page size, 1 to 1000 (default 1000); a page also stops after about 1 MiB of payloads.
+    pub limit: Option<u32>,
+}
+
+/// A task's history, one page at a time, its hash chain verified (each page
+/// against the event before it; a client following the pages from the
+/// start has the whole chain).
 #[utoipa::path(get, path = "/v1/tasks/{id}/history", tag = "tasks",
-    params(("id" = String, Path, description = "Task id")),
-    responses((status = 200, body = History), (status = 404, body = crate::error::ErrorBody),
+    params(("id" = String, Path, description = "Task id"), HistoryQuery),
+    responses((status = 200, body = History), (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody),
               (status = 500, description = "history_corrupt: the chain does not verify", body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn history(
     State(state): State<AppState>,
     identity: Identity,
     Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<History>, ApiError> {
     visible_task(&state, &identity, &id).await?;
-    let events = state.engine.history(&id).await?;
+    let page = state
+        .engine
+        .history_page(
+            &id,
+            q.after_seq.unwrap_or(0),
+            q.limit.unwrap_or(mandate_engine::runtime::MAX_HISTORY_PAGE),
+        )
+        .await?;
     Ok(Json(History {
         task_id: id,
-        events: events
+        events: page
+            .events
             .into_iter()
             .map(|e| {
                 let (event_type, payload) = e.payload.to_parts();
@@ -526,6 +552,7 @@ pub async fn history(
                 }
             })
             .collect(),
+        next_after_seq: page.next_after_seq,
     }))
 }
 

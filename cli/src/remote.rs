@@ -325,11 +325,35 @@ impl Remote {
         Ok(tasks)
     }
 
-    /// The task's history, its hash chain verified here as well: a broken
-    /// chain is the same error as when the database is read directly.
+    /// The task's history, page after page, its hash chain verified here
+    /// as well across the pages: a broken chain is the same error as when
+    /// the database is read directly.
     pub async fn history(&self, id: &str) -> anyhow::Result<Vec<Event>> {
-        let history: History = self.get(&["v1", "tasks", id, "history"], &[]).await?;
-        verified_events(history)
+        let mut verifier = chain::Verifier::new(id);
+        let mut events = Vec::new();
+        let mut after_seq = 0;
+        loop {
+            let after = after_seq.to_string();
+            let page: History = self
+                .get(&["v1", "tasks", id, "history"], &[("after_seq", &after)])
+                .await?;
+            let next = page.next_after_seq;
+            if page.events.is_empty() && after_seq == 0 {
+                return Err(runtime::Error::TaskNotFound {
+                    task_id: id.to_string(),
+                }
+                .into());
+            }
+            events.extend(verified_events(&mut verifier, page)?);
+            match next {
+                // A server that does not move forward would loop forever.
+                Some(n) if n > after_seq => after_seq = n,
+                Some(n) => anyhow::bail!(
+                    "the server's history of task {id} did not advance past seq {n}; refusing to loop"
+                ),
+                None => return Ok(events),
+            }
+        }
     }
 
     pub async fn signal(&self, id: &str, name: &str, payload: Value) -> anyhow::Result<i64> {
@@ -609,7 +633,8 @@ async fn read_bounded(response: reqwest::Response) -> Result<Vec<u8>, reqwest::E
 }
 
 /// Rebuilds the events of a history the API returned, verifying the chain.
-fn verified_events(history: History) -> anyhow::Result<Vec<Event>> {
+/// A page's events, checked by `verifier` (fed every page in order).
+fn verified_events(verifier: &mut chain::Verifier, history: History) -> anyhow::Result<Vec<Event>> {
     let task_id = history.task_id;
     let raw: Vec<RawEvent> = history
         .events
@@ -625,13 +650,12 @@ fn verified_events(history: History) -> anyhow::Result<Vec<Event>> {
             hash: e.hash,
         })
         .collect();
-    if raw.is_empty() {
-        return Err(runtime::Error::TaskNotFound { task_id }.into());
+    for r in &raw {
+        verifier.push(r).map_err(|source| runtime::Error::Corrupt {
+            task_id: task_id.clone(),
+            source,
+        })?;
     }
-    chain::verify(&task_id, &raw).map_err(|source| runtime::Error::Corrupt {
-        task_id: task_id.clone(),
-        source,
-    })?;
     raw.iter()
         .map(|r| {
             event::parse(r).map_err(|message| {

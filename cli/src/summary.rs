@@ -3,6 +3,8 @@
 //! upper bound on what it produces and on the work it does, whatever the size
 //! of its input: a 256 KiB payload summarises in O(limit).
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
@@ -135,6 +137,7 @@ fn write_string(b: &mut Bounded, s: &str) -> bool {
             '\r' => b.push("\\r"),
             '\t' => b.push("\\t"),
             c if c.is_control() => b.push(&format!("\\u{:04x}", c as u32)),
+            c if is_unsafe(c) => b.push(&escaped(c)),
             c => b.push_char(c),
         };
         if !ok {
@@ -144,21 +147,87 @@ fn write_string(b: &mut Bounded, s: &str) -> bool {
     b.push("\"")
 }
 
-/// Free text on one line (line breaks become spaces), at most `max` chars.
+/// Whether `c` must not reach a terminal as it is: a control character
+/// (C0, DEL, C1: cursor moves, line erases, colours, `\r` overwriting the
+/// line) or a bidirectional override (it reorders what a person reads).
+fn is_unsafe(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// How an unsafe character is shown: `\u{1b}`.
+fn escaped(c: char) -> String {
+    format!("\\u{{{:x}}}", c as u32)
+}
+
+/// Agent-written text made safe for a terminal: every unsafe character
+/// (control characters, `\r` and line breaks included, and bidirectional
+/// overrides) shown escaped as `\u{1b}`, so it cannot erase a line, move
+/// the cursor or fake output. Every human-readable output goes through this
+/// (or [`text`], which uses it). Its output contains no unsafe character, so
+/// escaping twice changes nothing.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_unsafe) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_unsafe(c) {
+            out.push_str(&escaped(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Free text on one line (line breaks and tabs become spaces, other unsafe
+/// characters are escaped as by [`escape`]), at most `max` chars.
 pub fn text(s: &str, max: usize) -> String {
     let mut b = Bounded::new(max);
     let mut last_space = false;
     for c in s.trim().chars() {
-        let c = if c.is_whitespace() { ' ' } else { c };
+        let c = match c {
+            '\n' | '\t' => ' ',
+            c if c.is_whitespace() && !is_unsafe(c) => ' ',
+            c => c,
+        };
         if c == ' ' && last_space {
             continue;
         }
         last_space = c == ' ';
-        if !b.push_char(c) {
+        let pushed = if is_unsafe(c) {
+            b.push(&escaped(c))
+        } else {
+            b.push_char(c)
+        };
+        if !pushed {
             break;
         }
     }
     b.finish()
+}
+
+/// A JSON array of strings as `a, b`, or `-` when empty (not escaped).
+pub fn list(items: &Value) -> String {
+    let items: Vec<&str> = items
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// A JSON value for a person: a string as [`text`], anything else as [`json`].
+pub fn value(v: &Value, max: usize) -> String {
+    match v.as_str() {
+        Some(s) => text(s, max),
+        None => json(v, max),
+    }
 }
 
 fn utc(ms: i64) -> Option<DateTime<Utc>> {
@@ -249,6 +318,20 @@ mod tests {
     fn text_is_one_bounded_line() {
         assert_eq!(text("  two\n  lines ", 50), "two lines");
         assert_eq!(text("ééééé", 3), "éé…");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_everywhere() {
+        let evil = "ok\x1b[2K\rrisk: low\u{9b}31m\u{202e}x";
+        let want = "ok\\u{1b}[2K\\u{d}risk: low\\u{9b}31m\\u{202e}x";
+        assert_eq!(text(evil, 100), want);
+        assert_eq!(escape(evil), want);
+        assert_eq!(escape(&escape(evil)), want);
+        assert_eq!(escape("plain"), Cow::Borrowed("plain"));
+        assert_eq!(
+            json(&Value::String(evil.into()), 100),
+            format!("\"{}\"", "ok\\u001b[2K\\rrisk: low\\u009b31m\\u{202e}x")
+        );
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub fn render(events: &[Event]) -> Vec<String> {
             delta,
             event.seq,
             summary::text(&event.actor, actor_width),
-            describe(&state, event),
+            summary::escape(&describe(&state, event)),
             dw = DELTA_WIDTH,
             sw = seq_width,
             aw = actor_width,
@@ -343,6 +343,15 @@ fn describe(state: &TaskState, event: &Event) -> String {
             step_name(state, *step_seq),
             error(e),
             summary::clock(*next_attempt_at_ms)
+        ),
+        E::StepAttemptRestarted {
+            step_seq,
+            attempt,
+            reason,
+        } => format!(
+            "step {} re-run as attempt {attempt}: {}",
+            step_name(state, *step_seq),
+            text(reason)
         ),
         E::StepFailed {
             step_seq,

@@ -749,7 +749,148 @@ async fn python_example_client_completes_a_gated_plan(b: Backend) {
     );
 }
 
+/// An agent-written reason that, printed as it is, erases its own line and
+/// fakes a reassuring one in the approver's terminal.
+const EVIL: &str = "ship it\x1b[2K\rrisk: low (pre-approved by cfo)\u{9b}1A";
+
+/// Every human-readable output shows agent-written text escaped: no raw
+/// control character reaches the terminal, and the attack reads as
+/// `\u{1b}[2K\u{d}risk: low …`.
+#[track_caller]
+fn assert_escaped(what: &str, run: &Run, shows_evil: bool) {
+    run.expect_code(0);
+    let raw = run.stdout.chars().find(|&c| c.is_control() && c != '\n');
+    assert!(
+        raw.is_none(),
+        "{what} printed a raw control character {raw:?}:\n{}",
+        run.stdout
+    );
+    if shows_evil {
+        assert!(
+            run.stdout.contains("\\u{1b}[2K") || run.stdout.contains("\\u001b[2K"),
+            "{what} does not show the escaped reason:\n{}",
+            run.stdout
+        );
+    }
+}
+
+async fn agent_written_text_is_escaped_in_every_output(b: Backend) {
+    let s = Server::start(b).await;
+    let plan = serde_json::json!({
+        "workflow": "plan", "agent": AGENT, "reason": EVIL, "evidence": [{"kind": "ticket", "ref": "REL-1", "summary": EVIL}],
+        "steps": [{"id": "mark", "tool": "kv.put", "input": {"key": "k", "value": EVIL}}]
+    });
+    let file = s.dir.path().join("evil.json");
+    std::fs::write(&file, plan.to_string()).unwrap();
+    let file = file.display().to_string();
+
+    assert_escaped(
+        "plan check",
+        &s.cli(&s.agent, &["plan", "check", &file]).await,
+        true,
+    );
+    let run = s.cli(&s.agent, &["plan", "submit", &file]).await;
+    run.expect_code(0);
+    let id = run.task_id();
+    s.wait_for(&id, "needs_approval").await;
+    assert_escaped(
+        "approvals --server",
+        &s.cli(&s.approver, &["approvals", "--as", APPROVER]).await,
+        true,
+    );
+    assert_escaped(
+        "approvals (local)",
+        &s.local(&["approvals", "--as", APPROVER]).await,
+        true,
+    );
+    // A gated step is decided with approve/reject, never with a signal the
+    // API refuses.
+    let status = s.cli(&s.operator, &["status", &id]).await;
+    assert_escaped("status --server", &status, false);
+    assert!(
+        status.stdout.contains(&format!(
+            "mandate approve {id} --step mark` or `mandate reject {id} --step mark"
+        )) && !status.stdout.contains("mandate signal"),
+        "{}",
+        status.stdout
+    );
+
+    s.cli(&s.operator, &["pause", &id, "--reason", EVIL])
+        .await
+        .expect_code(0);
+    s.cli(&s.operator, &["resume", &id]).await.expect_code(0);
+    s.cli(&s.operator, &["cancel", &id, "--reason", EVIL])
+        .await
+        .expect_code(0);
+    s.wait_for(&id, "cancelled").await;
+    assert_escaped(
+        "history --server",
+        &s.cli(&s.operator, &["history", &id]).await,
+        true,
+    );
+    assert_escaped("history (local)", &s.local(&["history", &id]).await, true);
+    assert_escaped(
+        "status --server",
+        &s.cli(&s.operator, &["status", &id]).await,
+        false,
+    );
+    assert_escaped("status (local)", &s.local(&["status", &id]).await, false);
+    assert_escaped("list --server", &s.cli(&s.operator, &["list"]).await, false);
+    assert_escaped("list (local)", &s.local(&["list"]).await, false);
+    assert_escaped("replay", &s.local(&["replay", &id]).await, true);
+    s.assert_no_database_opened();
+}
+
+/// A history over 1 MiB comes in more than one page; `history --server`
+/// follows them, verifies the chain across them, and prints exactly what
+/// the database holds.
+async fn history_over_http_follows_the_pages(b: Backend) {
+    let s = Server::start(b).await;
+    let run = s
+        .cli(&s.agent, &["submit", "saga", "--input", SIGNAL_SAGA])
+        .await;
+    run.expect_code(0);
+    let id = run.task_id();
+    let payload = s.dir.path().join("big.json");
+    std::fs::write(
+        &payload,
+        serde_json::json!({"blob": "b".repeat(150_000)}).to_string(),
+    )
+    .unwrap();
+    let payload = format!("@{}", payload.display());
+    for _ in 0..8 {
+        s.cli(&s.agent, &["signal", &id, "note", "--payload", &payload])
+            .await
+            .expect_code(0);
+    }
+    let (_, first) = {
+        let r = s
+            .http
+            .get(format!("{}/v1/tasks/{id}/history", s.url))
+            .bearer_auth(&s.operator)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    assert!(
+        first["next_after_seq"].is_i64(),
+        "the history fits one page; the test needs more"
+    );
+    let remote = s.cli(&s.operator, &["history", &id, "--json"]).await;
+    remote.expect_code(0);
+    let local = s.local(&["history", &id, "--json"]).await;
+    local.expect_code(0);
+    assert_eq!(remote.stdout.lines().count(), local.stdout.lines().count());
+    assert_eq!(remote.stdout, local.stdout);
+    s.cli(&s.operator, &["history", &id]).await.expect_code(0);
+    s.cli(&s.operator, &["status", &id]).await.expect_code(0);
+    s.assert_no_database_opened();
+}
+
 backend_tests!(
+    history_over_http_follows_the_pages,
+    agent_written_text_is_escaped_in_every_output,
     submit_status_list_history,
     signal_pause_resume_cancel,
     retry_runs_a_waiting_attempt_now,

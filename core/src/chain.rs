@@ -154,6 +154,17 @@ impl Verifier {
         }
     }
 
+    /// A verifier that continues after the event at `seq` whose hash is
+    /// `hash` (checked by whoever verified up to it): for reading a history
+    /// one page at a time.
+    pub fn after(task_id: &str, seq: i64, hash: &str) -> Self {
+        Self {
+            task_id: task_id.to_string(),
+            expected_seq: seq + 1,
+            prev_hash: hash.to_string(),
+        }
+    }
+
     /// Checks the next event.
     pub fn push(&mut self, event: &RawEvent) -> Result<(), Error> {
         let task_id = self.task_id.clone();

@@ -163,11 +163,10 @@ impl Draft<'_> {
                 }
                 let max_attempts = step.retry.max_attempts;
                 let backoff = step.retry.backoff_ms(o.attempt);
+                let twin = self.input.inherited.get(&step_seq) == Some(&o.attempt)
+                    || step.restarted_attempt == Some(o.attempt);
                 let result = match result {
-                    Err(mut e)
-                        if !e.effect_unknown
-                            && self.input.inherited.get(&step_seq) == Some(&o.attempt) =>
-                    {
+                    Err(mut e) if !e.effect_unknown && twin => {
                         e.effect_unknown = true;
                         e.message.push_str(
                             " (this worker took the task over: an attempt started before may still apply)",
@@ -862,7 +861,7 @@ impl Draft<'_> {
             .filter_map(|s| {
                 let at = s.next_attempt_at_ms?;
                 let twin = self.input.inherited.get(&s.seq) == Some(&s.next_attempt());
-                Some((s.seq, s.failed_attempts, at <= now || twin))
+                Some((s.seq, s.next_attempt() - 1, at <= now || twin))
             })
             .collect();
         for (step_seq, attempts, retry_may_be_out) in waiting {
@@ -1042,6 +1041,41 @@ pub fn edited_compensation(
     c
 }
 
+impl Draft<'_> {
+    /// Records a restart for each attempt this worker is about to run that an
+    /// earlier holder was running or about to start (it was due, not waiting
+    /// out a backoff, when this worker loaded the task): the re-run is a new
+    /// attempt, so the tool sees its true number.
+    fn restart_inherited(&mut self) {
+        if self.state.is_final() || self.state.blocked.is_some() || self.state.paused {
+            return;
+        }
+        let restart: Vec<(i64, u32)> = self
+            .state
+            .open_steps()
+            .filter(|s| {
+                s.next_attempt_at_ms.is_none()
+                    && self.input.inherited.get(&s.seq) == Some(&s.next_attempt())
+            })
+            .map(|s| (s.seq, s.next_attempt() + 1))
+            .collect();
+        let actor = self.worker_actor();
+        for (step_seq, attempt) in restart {
+            self.push(
+                &actor,
+                EventPayload::StepAttemptRestarted {
+                    step_seq,
+                    attempt,
+                    reason: format!(
+                        "this worker took the task over; attempt {} may have started before",
+                        attempt - 1
+                    ),
+                },
+            );
+        }
+    }
+}
+
 /// The steps a rollback must undo, newest first: completed steps by the order
 /// they completed, and failed steps whose effect is unknown (a timed-out
 /// attempt may have applied it) by when they failed. Compensations are
@@ -1124,6 +1158,7 @@ pub fn decide(input: &DecideInput<'_>, state: TaskState) -> Decision {
             break;
         }
     }
+    d.restart_inherited();
     if base_seq + d.new.len() as i64 > input.limits.max_history_events as i64 && !d.state.is_final()
     {
         // Refuse to grow past the limit: keep only a block marker (rare, so

@@ -319,6 +319,16 @@ pub enum EventPayload {
         #[serde(default)]
         found: Option<String>,
     },
+    /// A worker that took the task over re-runs a step attempt an earlier
+    /// holder was running (or about to start), as a new attempt: the earlier
+    /// one may still apply, so the tool is told the true attempt number and
+    /// can tell a re-run from a first call.
+    StepAttemptRestarted {
+        step_seq: i64,
+        /// The attempt this worker runs now (one past the earlier one).
+        attempt: u32,
+        reason: String,
+    },
 }
 
 impl EventPayload {
@@ -359,6 +369,7 @@ impl EventPayload {
             Self::TaskEscalated { .. } => "TaskEscalated",
             Self::TaskCancelled { .. } => "TaskCancelled",
             Self::TaskBlocked { .. } => "TaskBlocked",
+            Self::StepAttemptRestarted { .. } => "StepAttemptRestarted",
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Limits {
     pub max_payload_bytes: usize,
     /// Longest history a task may have.
     pub max_history_events: usize,
+    /// Most bytes of event payload JSON one task's history may hold.
+    pub max_history_bytes: usize,
     /// Most commands (steps, sleeps, waits, markers) one task may issue.
     pub max_commands_per_task: usize,
     /// Longest durable sleep or signal timeout.
@@ -49,6 +51,7 @@ impl Default for Limits {
         Self {
             max_payload_bytes: 256 * 1024,
             max_history_events: 10_000,
+            max_history_bytes: 4 * 1024 * 1024,
             max_commands_per_task: 1_000,
             max_timer_ms: 366 * 86_400_000,
             max_name_bytes: 128,

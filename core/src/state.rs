@@ -106,6 +106,10 @@ pub struct StepState {
     pub outcome: Option<Outcome>,
     /// Some failed attempt may have had its effect (see `RecordedError::effect_unknown`).
     pub effect_unknown: bool,
+    /// Attempts re-run after a takeover (`StepAttemptRestarted`); each counts.
+    pub restarts: u32,
+    /// The last restarted attempt: an earlier holder's attempt may still apply.
+    pub restarted_attempt: Option<u32>,
 }
 
 impl StepState {
@@ -133,7 +137,7 @@ impl StepState {
         self.outcome.is_some()
     }
     pub fn next_attempt(&self) -> u32 {
-        self.failed_attempts + 1
+        self.failed_attempts + self.restarts + 1
     }
 }
 
@@ -373,6 +377,8 @@ impl TaskState {
                         next_attempt_at_ms: None,
                         outcome: None,
                         effect_unknown: false,
+                        restarts: 0,
+                        restarted_attempt: None,
                     },
                 );
             }
@@ -523,6 +529,14 @@ impl TaskState {
                     s.effect_unknown |= error.effect_unknown;
                     s.failed_attempts += 1;
                     s.next_attempt_at_ms = Some(*next_attempt_at_ms);
+                }
+            }
+            E::StepAttemptRestarted {
+                step_seq, attempt, ..
+            } => {
+                if let Some(s) = self.steps.get_mut(step_seq) {
+                    s.restarts += 1;
+                    s.restarted_attempt = Some(*attempt);
                 }
             }
             E::StepFailed {

@@ -385,6 +385,111 @@ async fn limits_are_enforced(b: Backend) {
     );
 }
 
+/// A history's byte budget: an outside append that would pass it is
+/// refused naming the limit, and a decision that would pass it blocks the
+/// task naming the limit, writing nothing of it.
+async fn history_byte_budget_is_enforced(b: Backend) {
+    let db = TestDb::new(b).await;
+    let limits = Limits {
+        max_history_bytes: 16 * 1024,
+        ..Limits::default()
+    };
+    let mut h = Harness::on(db, limits, |_, tools| {
+        tools.register(BigOutput);
+    })
+    .await;
+    h.start_worker();
+    let waiting = h
+        .engine
+        .submit(
+            "saga",
+            json!({"stages": [[{"wait_signal": "go"}]]}),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .task_id;
+    until(&h, &waiting, |_, history| {
+        history
+            .iter()
+            .any(|e| matches!(e.payload, EventPayload::SignalWaitStarted { .. }))
+    })
+    .await;
+    let before = h.engine.history(&waiting).await.unwrap().len();
+    let err = h
+        .engine
+        .signal(&waiting, "note", json!("x".repeat(20_000)), "agent:test")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_history_bytes") && err.contains("16384"),
+        "{err}"
+    );
+    let reason = "r".repeat(900);
+    for _ in 0..20 {
+        if let Err(e) = h
+            .engine
+            .signal(&waiting, "note", json!(reason), "agent:test")
+            .await
+        {
+            assert!(e.to_string().contains("max_history_bytes"), "{e}");
+            break;
+        }
+    }
+    let after = h.engine.history(&waiting).await.unwrap();
+    assert!(
+        after.len() > before && after.len() < before + 20,
+        "{} events",
+        after.len()
+    );
+
+    // Outputs that fit one by one but not together: blocked, naming the limit.
+    let step = json!({"tool": "test.big", "input": {"bytes": 5_000}});
+    let id = h
+        .engine
+        .submit(
+            "saga",
+            json!({"stages": [[step.clone()], [step.clone()], [step.clone()], [step]]}),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .task_id;
+    let row = until(&h, &id, |row, _| row.blocked_reason.is_some()).await;
+    let reason = row.blocked_reason.unwrap();
+    assert!(reason.contains("max_history_bytes"), "{reason}");
+    let history = h.engine.history(&id).await.unwrap();
+    let bytes: usize = history
+        .iter()
+        .map(|e| serde_json::to_vec(&e.payload.to_parts().1).unwrap().len())
+        .sum();
+    assert!(bytes <= 16 * 1024 + 1_000, "{bytes} bytes stored");
+    h.assert_replays(&id).await;
+}
+
+/// Waits (30 s at most) until `pred` holds for the task's row and history.
+async fn until(
+    h: &Harness,
+    id: &str,
+    pred: impl Fn(&mandate_engine::store::TaskRow, &[mandate_engine::Event]) -> bool,
+) -> mandate_engine::store::TaskRow {
+    let mut updates = h.engine.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = h.engine.task(id).await.unwrap();
+        let history = h.engine.history(id).await.unwrap();
+        if pred(&row, &history) {
+            return row;
+        }
+        tokio::select! {
+            _ = updates.recv() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tokio::time::sleep_until(deadline) => panic!("task {id} never got there: {row:?}"),
+        }
+    }
+}
+
 /// Returns a string of `bytes` bytes.
 struct BigOutput;
 
@@ -412,4 +517,37 @@ backend_tests!(
     appends_are_fenced_by_the_lease,
     listing_filters_and_pages_newest_first,
     limits_are_enforced,
+    history_byte_budget_is_enforced,
 );
+
+/// A new SQLite database, and its `-wal` and `-shm` files, are readable by
+/// their owner only (they hold every task's input and output and the token
+/// hashes); before, they were created 0644, readable by every local user.
+/// (PostgreSQL keeps its files itself.)
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sqlite_database_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let path = db
+        .url
+        .strip_prefix("sqlite://")
+        .expect("a sqlite URL")
+        .to_string();
+    assert!(!std::path::Path::new(&path).exists());
+    let mut h = Harness::on(db, Limits::default(), |_, _| {}).await;
+    let (_, row) = h
+        .run(
+            "saga",
+            json!({"stages": [[{"tool": "test.echo", "input": {}}]]}),
+        )
+        .await;
+    assert_eq!(row.status, TaskStatus::Completed);
+    for file in [path.clone(), format!("{path}-wal"), format!("{path}-shm")] {
+        let mode = std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file} has mode {:o}", mode & 0o777);
+    }
+}

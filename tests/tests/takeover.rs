@@ -4,9 +4,13 @@
 //! may apply its effect; the rollback must undo it (or fence it off), and
 //! the stalled worker must write nothing once it lost the lease.
 //!
+//! The kill switch meets the same question: a halt must let the attempts
+//! in flight finish and record them, and run nothing twice after the lift.
+//!
 //! Orders are forced with gates the test opens, never with sleeps.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -17,7 +21,7 @@ use mandate_engine::runtime::Clock;
 use mandate_engine::{EventPayload, Limits, TaskStatus};
 use mandate_tests::{Backend, Harness, TestDb, backend_tests, engine_with_clock};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 
 /// How long a test waits for something the engine must do; a bound on a
 /// hang, never a pause.
@@ -209,8 +213,11 @@ impl Tool for SlowTwin {
 }
 
 /// Worker B's `twin.put`: the service refuses the repeated call for good
-/// (say, because the first one is still in progress).
-struct RefusingTwin;
+/// (say, because the first one is still in progress). Reports each call's
+/// attempt number on `attempts`.
+struct RefusingTwin {
+    attempts: mpsc::UnboundedSender<u32>,
+}
 
 impl Tool for RefusingTwin {
     fn name(&self) -> &str {
@@ -219,7 +226,8 @@ impl Tool for RefusingTwin {
     fn kind(&self) -> ToolKind {
         ToolKind::WriteReversible
     }
-    fn call<'a>(&'a self, _: ToolContext, _: Value) -> BoxFuture<'a, ToolResult> {
+    fn call<'a>(&'a self, ctx: ToolContext, _: Value) -> BoxFuture<'a, ToolResult> {
+        let _ = self.attempts.send(ctx.attempt);
         async {
             Err(ToolError::non_retryable(
                 "twin.put: refused, a call is in progress",
@@ -234,6 +242,9 @@ impl Tool for RefusingTwin {
 /// applied nothing, so the step's effect is unknown and the rollback
 /// compensates it, fencing the key; when A's attempt finally applies, the
 /// fence refuses it, and A, having lost the lease, appends nothing.
+///
+/// B's call is a re-run, so it is attempt 2, recorded by B
+/// (`StepAttemptRestarted`) before it is made, and the tool is told so.
 async fn a_stalled_workers_attempt_is_fenced_after_a_takeover(b: Backend) {
     let db = TestDb::new(b).await;
     let (entered_tx, mut entered) = mpsc::unbounded_channel();
@@ -258,9 +269,12 @@ async fn a_stalled_workers_attempt_is_fenced_after_a_takeover(b: Backend) {
         )
         .await
     };
+    let (b_attempts_tx, mut b_attempts) = mpsc::unbounded_channel();
     let (engine_b, _) =
         engine_with_clock(&db.url, Limits::default(), Arc::new(Ahead), |_, tools| {
-            tools.register(RefusingTwin);
+            tools.register(RefusingTwin {
+                attempts: b_attempts_tx,
+            });
         })
         .await;
 
@@ -286,12 +300,29 @@ async fn a_stalled_workers_attempt_is_fenced_after_a_takeover(b: Backend) {
         .expect("A's attempt reported");
 
     // B sees A's lease as expired, takes the task over and rolls it back.
-    let worker_b = engine_b.start_worker(mandate_tests::test_worker_config());
+    let config_b = mandate_tests::test_worker_config();
+    let actor_b = format!("worker:{}", config_b.id);
+    let worker_b = engine_b.start_worker(config_b);
     let row = engine_b.wait_until_final(&id, WAIT).await.expect("final");
     assert_eq!(row.status, TaskStatus::FailedTerminal);
     let history = engine_b.history(&id).await.unwrap();
     let put_seq = scheduled_seq(&history, "put");
     assert_eq!(a_ctx.idempotency_key, format!("{id}:{put_seq}"));
+    assert_eq!(a_ctx.attempt, 1);
+    assert_eq!(b_attempts.try_recv(), Ok(2), "B's re-run was not attempt 2");
+    assert!(b_attempts.try_recv().is_err(), "B called more than once");
+    let restarted = history
+        .iter()
+        .position(|e| {
+            e.actor == actor_b
+                && matches!(&e.payload, EventPayload::StepAttemptRestarted { step_seq, attempt: 2, .. } if *step_seq == put_seq)
+        })
+        .expect("B recorded the re-run as attempt 2");
+    let failed = history
+        .iter()
+        .position(|e| matches!(&e.payload, EventPayload::StepFailed { step_seq, attempt: 2, .. } if *step_seq == put_seq))
+        .expect("the step failed on attempt 2");
+    assert!(restarted < failed);
     let error = step_failed(&history, put_seq);
     assert!(
         error.effect_unknown && error.message.contains("took the task over"),
@@ -335,7 +366,152 @@ async fn a_stalled_workers_attempt_is_fenced_after_a_takeover(b: Backend) {
     mandate_tests::assert_replays(&engine_b, &id).await;
 }
 
+/// `gated.count`: counts its calls per idempotency key (with the attempt
+/// number each call was told), reports each call on `entered`, and answers
+/// once the test opens `gate`.
+#[derive(Clone)]
+struct GatedCounter {
+    calls: Arc<Mutex<HashMap<String, Vec<u32>>>>,
+    entered: mpsc::UnboundedSender<String>,
+    gate: watch::Receiver<bool>,
+}
+
+impl Tool for GatedCounter {
+    fn name(&self) -> &str {
+        "gated.count"
+    }
+    fn kind(&self) -> ToolKind {
+        ToolKind::WriteIrreversible
+    }
+    fn call<'a>(&'a self, ctx: ToolContext, _: Value) -> BoxFuture<'a, ToolResult> {
+        async move {
+            self.calls
+                .lock()
+                .unwrap()
+                .entry(ctx.idempotency_key.clone())
+                .or_default()
+                .push(ctx.attempt);
+            let _ = self.entered.send(ctx.idempotency_key.clone());
+            let mut gate = self.gate.clone();
+            let _ = gate.wait_for(|open| *open).await;
+            Ok(json!({"done": ctx.idempotency_key}))
+        }
+        .boxed()
+    }
+}
+
+/// Waits until `pred` holds for the task's history.
+async fn wait_history(
+    engine: &mandate_engine::Engine,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&[mandate_engine::Event]) -> bool,
+) -> Vec<mandate_engine::Event> {
+    let mut updates = engine.subscribe();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let history = engine.history(id).await.expect("history");
+        if pred(&history) {
+            return history;
+        }
+        tokio::select! {
+            _ = updates.recv() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tokio::time::sleep_until(deadline) => panic!(
+                "task {id}: {what} did not happen within {WAIT:?}; history: {:?}",
+                mandate_tests::types(&history)
+            ),
+        }
+    }
+}
+
+/// Three steps are mid-call when the kill switch is pressed. Like a pause,
+/// the halt lets them finish and records their results while it holds;
+/// after the lift nothing that completed runs again. Before, the driver
+/// that recorded the halt's pause gave the task back and hung up on its
+/// calls, and after the lift every step was called a second time.
+async fn a_halt_lets_attempts_in_flight_finish_and_runs_nothing_twice(b: Backend) {
+    const N: usize = 3;
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let (open, gate) = watch::channel(false);
+    let tool = GatedCounter {
+        calls: Arc::default(),
+        entered: entered_tx,
+        gate,
+    };
+    let calls = tool.calls.clone();
+    let mut h = Harness::with(b, move |_, tools| {
+        tools.register(tool);
+    })
+    .await;
+    h.start_worker();
+    let steps: Vec<Value> = (0..N)
+        .map(|i| json!({"name": format!("s{i}"), "tool": "gated.count", "input": {}}))
+        .collect();
+    let id = h
+        .engine
+        .submit("saga", json!({"stages": [steps]}), Default::default())
+        .await
+        .expect("submit")
+        .task_id;
+    for _ in 0..N {
+        tokio::time::timeout(WAIT, entered.recv())
+            .await
+            .expect("every step's call started")
+            .expect("reported");
+    }
+
+    let halt = h
+        .engine
+        .halt(None, "operator:test", Some("kill switch".into()))
+        .await
+        .expect("halt");
+    let actor = format!("halt:{}", halt.id);
+    wait_history(&h.engine, &id, "the halt's pause", |hist| {
+        hist.iter()
+            .any(|e| e.actor == actor && matches!(e.payload, EventPayload::TaskPaused { .. }))
+    })
+    .await;
+
+    // The calls answer while the halt holds: their results are recorded.
+    open.send(true).expect("open the gate");
+    let completed = |hist: &[mandate_engine::Event]| {
+        hist.iter()
+            .filter(|e| matches!(e.payload, EventPayload::StepCompleted { .. }))
+            .count()
+    };
+    let during = wait_history(&h.engine, &id, "every step's completion", |hist| {
+        completed(hist) == N
+    })
+    .await;
+    assert!(
+        !during
+            .iter()
+            .any(|e| matches!(e.payload, EventPayload::TaskResumed { .. })),
+        "completed only after a resume"
+    );
+    assert_eq!(h.engine.task(&id).await.unwrap().status, TaskStatus::Paused);
+
+    let lifted = h
+        .engine
+        .lift_halt(None, "operator:test")
+        .await
+        .expect("lift");
+    assert_eq!(lifted.resumed, vec![id.clone()]);
+    let row = h.engine.wait_until_final(&id, WAIT).await.expect("final");
+    assert_eq!(row.status, TaskStatus::Completed);
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), N, "{calls:?}");
+    for (key, attempts) in &calls {
+        assert_eq!(attempts, &vec![1], "{key} was called again: {calls:?}");
+    }
+    let history = h.engine.history(&id).await.unwrap();
+    assert_eq!(completed(&history), N);
+    h.assert_replays(&id).await;
+}
+
 backend_tests!(
     a_retry_in_flight_when_the_rollback_starts_is_undone,
     a_stalled_workers_attempt_is_fenced_after_a_takeover,
+    a_halt_lets_attempts_in_flight_finish_and_runs_nothing_twice,
 );

@@ -16,6 +16,10 @@ use serde_json::Value;
 
 use crate::app::{self, Database};
 use crate::remote::Remote;
+use crate::summary;
+
+/// The longest rendering of an approval's evidence.
+const MAX_EVIDENCE_CHARS: usize = 400;
 
 #[derive(Debug, Args)]
 pub struct ApprovalsArgs {
@@ -72,11 +76,9 @@ fn print(args: &ApprovalsArgs, inbox: &[Value]) -> anyhow::Result<ExitCode> {
     if inbox.is_empty() {
         eprintln!("no pending approvals");
     }
-    let text = |v: &Value| {
-        v.as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string())
-    };
+    // Everything here may be agent-written (the plan's reason, rule
+    // messages, evidence): escaped, one bounded line each.
+    let text = |v: &Value| summary::value(v, summary::MAX_TEXT_CHARS);
     for a in inbox {
         writeln!(
             out,
@@ -92,12 +94,16 @@ fn print(args: &ApprovalsArgs, inbox: &[Value]) -> anyhow::Result<ExitCode> {
             writeln!(out, "  rule {}: {}", text(&r["id"]), text(&r["message"]))?;
         }
         writeln!(out, "  owners affected: {}", join(&a["owners"]))?;
-        writeln!(out, "  evidence: {}", a["evidence"])?;
+        writeln!(
+            out,
+            "  evidence: {}",
+            summary::json(&a["evidence"], MAX_EVIDENCE_CHARS)
+        )?;
         writeln!(
             out,
             "  approvers: {} (quorum {}; decided: {})",
             join(&a["approvers"]),
-            a["quorum"],
+            text(&a["quorum"]),
             a["decisions"].as_array().map_or(0, Vec::len)
         )?;
         for r in a["rollback_plan"].as_array().into_iter().flatten() {
@@ -108,17 +114,7 @@ fn print(args: &ApprovalsArgs, inbox: &[Value]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A JSON array of strings as `a, b`, or `-` when empty.
+/// A JSON array of strings as `a, b` (escaped, bounded), or `-` when empty.
 fn join(items: &Value) -> String {
-    let items: Vec<&str> = items
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    if items.is_empty() {
-        "-".into()
-    } else {
-        items.join(", ")
-    }
+    summary::text(&summary::list(items), summary::MAX_TEXT_CHARS)
 }

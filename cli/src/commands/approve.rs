@@ -178,8 +178,10 @@ async fn decide_remote(
         match recorded {
             Some(actor) if actor == asked => {}
             Some(actor) => eprintln!(
-                "warning: the decision was recorded as {actor}, not {asked}: with --server the token's name \
-                 is the identity and --as is ignored"
+                "warning: the decision was recorded as {}, not {}: with --server the token's name \
+                 is the identity and --as is ignored",
+                crate::summary::escape(&actor),
+                crate::summary::escape(&asked)
             ),
             None => eprintln!(
                 "warning: --as {id} is ignored with --server; the decision (event #{seq}) was recorded as the token's identity"

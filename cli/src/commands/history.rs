@@ -116,15 +116,15 @@ fn print(args: &HistoryArgs, events: &[mandate_engine::Event]) -> anyhow::Result
     } else {
         let state = TaskState::fold(events);
         let first = events.first().map(|e| e.recorded_at_ms).unwrap_or(0);
-        writeln!(
-            out,
+        let header = format!(
             "task {} ({} v{}), {} events, chain verified; times UTC, from {}",
             args.id,
             state.workflow,
             state.workflow_version,
             events.len(),
             summary::day(first)
-        )?;
+        );
+        writeln!(out, "{}", summary::escape(&header))?;
         for line in timeline::render(events) {
             writeln!(out, "  {line}")?;
         }

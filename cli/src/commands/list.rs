@@ -127,10 +127,10 @@ fn table(rows: &[TaskRow]) -> Table {
             status.push_str(" (blocked)");
         }
         table.add_row([
-            Cell::new(&row.id),
-            Cell::new(&row.workflow),
+            Cell::new(summary::escape(&row.id)),
+            Cell::new(summary::escape(&row.workflow)),
             status_cell(row.status, status),
-            Cell::new(row.agent.as_deref().unwrap_or("-")),
+            Cell::new(summary::escape(row.agent.as_deref().unwrap_or("-"))),
             Cell::new(summary::datetime(row.created_at_ms).trim_end_matches(" UTC")),
             Cell::new(format!(
                 "+{}",

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::app::{self, Database, refused};
 use crate::remote::Remote;
+use crate::summary;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -152,83 +153,69 @@ fn check(report: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
         writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(
-        out,
-        "plan by {}{}: {}",
-        report["agent"].as_str().unwrap_or("?"),
-        report["on_behalf_of"]
-            .as_str()
-            .map(|u| format!(" for {u}"))
-            .unwrap_or_default(),
-        report["reason"].as_str().unwrap_or("(no reason given)")
-    )?;
-    writeln!(
-        out,
-        "policy set {}",
-        &report["policy_hash"].as_str().unwrap_or("")
-            [..12.min(report["policy_hash"].as_str().unwrap_or("").len())]
-    )?;
+    // The plan is agent-written: every line is escaped on its way out.
+    for line in check_lines(report) {
+        writeln!(out, "{}", summary::escape(&line))?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The human rendering of a dry run, line by line.
+fn check_lines(report: &Value) -> Vec<String> {
+    let str_of = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let hash = str_of(&report["policy_hash"]);
+    let mut lines = vec![
+        format!(
+            "plan by {}{}: {}",
+            report["agent"].as_str().unwrap_or("?"),
+            report["on_behalf_of"]
+                .as_str()
+                .map(|u| format!(" for {u}"))
+                .unwrap_or_default(),
+            report["reason"].as_str().unwrap_or("(no reason given)")
+        ),
+        format!("policy set {}", &hash[..12.min(hash.len())]),
+    ];
     for s in report["steps"].as_array().into_iter().flatten() {
-        writeln!(
-            out,
-            "\nstep {}  ({}{})  → {}",
-            s["step"].as_str().unwrap_or(""),
-            s["tool"].as_str().unwrap_or(""),
+        lines.push(String::new());
+        lines.push(format!(
+            "step {}  ({}{})  → {}",
+            str_of(&s["step"]),
+            str_of(&s["tool"]),
             s["kind"]
                 .as_str()
                 .map(|k| format!(", {k}"))
                 .unwrap_or_default(),
-            s["decision"].as_str().unwrap_or("")
-        )?;
+            str_of(&s["decision"])
+        ));
         for r in s["rules"].as_array().into_iter().flatten() {
-            writeln!(
-                out,
+            lines.push(format!(
                 "  rule {} [{}]: {}",
-                r["id"].as_str().unwrap_or(""),
-                r["level"].as_str().unwrap_or(""),
-                r["message"].as_str().unwrap_or("")
-            )?;
+                str_of(&r["id"]),
+                str_of(&r["level"]),
+                str_of(&r["message"])
+            ));
         }
-        let owners: Vec<&str> = s["owners"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        writeln!(
-            out,
-            "  owners: {}",
-            if owners.is_empty() {
-                "-".to_string()
-            } else {
-                owners.join(", ")
-            }
-        )?;
+        lines.push(format!("  owners: {}", summary::list(&s["owners"])));
         if let Some(a) = s["approval"].as_object() {
-            writeln!(
-                out,
+            lines.push(format!(
                 "  approval: quorum {} of {}; timeout {} ms{}",
                 a["quorum"],
-                a["approvers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                summary::list(&a["approvers"]),
                 a["timeout_ms"],
                 a.get("escalation")
                     .and_then(Value::as_str)
                     .map(|e| format!("; escalates to {e}"))
                     .unwrap_or_default()
-            )?;
+            ));
         }
         let rollback = &s["rollback"];
         let text = if let Some(c) = rollback.get("compensation") {
             format!(
                 "compensate with {} {}",
-                c["tool"].as_str().unwrap_or(""),
-                c["input"]
+                str_of(&c["tool"]),
+                summary::json(&c["input"], summary::MAX_JSON_CHARS)
             )
         } else if let Some(r) = rollback.get("recovery_path").and_then(Value::as_str) {
             format!("no automatic undo; recovery path: {r}")
@@ -237,10 +224,9 @@ fn check(report: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
         } else {
             "no automatic undo and no recovery path".to_string()
         };
-        writeln!(out, "  rollback: {text}")?;
+        lines.push(format!("  rollback: {text}"));
     }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    lines
 }
 
 async fn submit(

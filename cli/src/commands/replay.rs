@@ -78,6 +78,7 @@ pub async fn run(db: &Database, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     } else {
         let colored = style::stdout_colored();
         for line in report(&audit, code) {
+            let line = summary::escape(&line).into_owned();
             let line = if code != 0 && line.starts_with("verdict") {
                 style::red(&line, colored)
             } else {

@@ -163,9 +163,8 @@ fn add_state_json(doc: &mut Value, state: &TaskState) {
 /// Attempts made so far (the one in flight included).
 fn attempts(s: &StepState) -> u32 {
     match s.outcome {
-        Some(Outcome::Completed { .. }) => s.failed_attempts + 1,
-        Some(Outcome::Failed { .. }) => s.failed_attempts,
-        None => s.failed_attempts + 1,
+        Some(Outcome::Failed { .. }) => s.next_attempt() - 1,
+        _ => s.next_attempt(),
     }
 }
 
@@ -188,7 +187,7 @@ fn progress(state: &TaskState, s: &StepState) -> (&'static str, String) {
                 "retrying",
                 format!(
                     "attempt {} failed; next attempt at {}",
-                    s.failed_attempts,
+                    s.next_attempt() - 1,
                     summary::datetime(at)
                 ),
             ),
@@ -239,7 +238,10 @@ fn write_text(
     row: &TaskRow,
     state: Option<&TaskState>,
 ) -> std::io::Result<()> {
-    let field = |out: &mut dyn Write, name: &str, value: &str| writeln!(out, "{name:<13} {value}");
+    // Every value may hold agent-written text: escaped on its way out.
+    let field = |out: &mut dyn Write, name: &str, value: &str| {
+        writeln!(out, "{name:<13} {}", summary::escape(value))
+    };
     field(out, "task", &row.id)?;
     field(
         out,
@@ -300,9 +302,9 @@ fn write_text(
             table.add_row([
                 format!("#{}", s.seq),
                 summary::text(&s.name, 40),
-                s.tool.clone(),
+                summary::text(&s.tool, 60),
                 s.kind.as_str().to_string(),
-                what,
+                summary::escape(&what).into_owned(),
             ]);
         }
         writeln!(out, "{table}")?;
@@ -315,10 +317,18 @@ fn write_text(
             text.push_str(&format!(", deadline {}", summary::datetime(d)));
         }
         if !state.is_final() {
-            text.push_str(&format!(
-                "; send it with `mandate signal {} {} --payload JSON`",
-                row.id, w.name
-            ));
+            text.push_str(&match w.name.strip_prefix("approval:") {
+                // Approvals are decided, not signalled (the API refuses
+                // an approval:* signal).
+                Some(step) => format!(
+                    "; decide it with `mandate approve {id} --step {step}` or `mandate reject {id} --step {step}`",
+                    id = row.id
+                ),
+                None => format!(
+                    "; send it with `mandate signal {} {} --payload JSON`",
+                    row.id, w.name
+                ),
+            });
         }
         field(out, "waiting for", &text)?;
     }

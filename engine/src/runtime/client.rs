@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Engine;
+use super::history::{over_budget, payload_len};
 use crate::core::chain;
 use crate::core::decide::projection;
 use crate::core::event::{self, Event, EventPayload, NewEvent};
@@ -395,7 +396,7 @@ impl Engine {
     ) -> Result<i64, Error> {
         let s = &self.shared;
         for _ in 0..APPEND_RETRIES {
-            let history = self.history(task_id).await?;
+            let (history, bytes) = load_verified_sized(s.store.as_ref(), task_id).await?;
             let state = TaskState::fold(&history);
             if state.is_final() {
                 return Err(Error::TaskFinal {
@@ -412,6 +413,13 @@ impl Engine {
                         "its history holds {} events, the limit is {}: nothing more can be appended",
                         state.last_seq, s.limits.max_history_events
                     ),
+                });
+            }
+            let added = new.iter().map(|e| payload_len(&e.payload)).sum();
+            if let Some(why) = over_budget(bytes, added, s.limits.max_history_bytes) {
+                return Err(Error::Rejected {
+                    task_id: task_id.to_string(),
+                    message: format!("{why}; nothing was appended"),
                 });
             }
             let now = s.clock.now_ms();
@@ -521,6 +529,14 @@ pub(crate) async fn load_verified(
     store: &dyn store::Store,
     task_id: &str,
 ) -> Result<Vec<Event>, Error> {
+    Ok(load_verified_sized(store, task_id).await?.0)
+}
+
+/// [`load_verified`], with the bytes the history takes from its budget.
+pub(crate) async fn load_verified_sized(
+    store: &dyn store::Store,
+    task_id: &str,
+) -> Result<(Vec<Event>, u64), Error> {
     let raw = store.load_history(task_id).await?;
     if raw.is_empty() {
         return Err(Error::TaskNotFound {
@@ -531,12 +547,14 @@ pub(crate) async fn load_verified(
         task_id: task_id.to_string(),
         source,
     })?;
-    raw.iter()
+    let events = raw
+        .iter()
         .map(|r| {
             event::parse(r).map_err(|message| Error::Unparseable {
                 task_id: task_id.to_string(),
                 message,
             })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((events, super::history::raw_len(&raw)))
 }

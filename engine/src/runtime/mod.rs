@@ -8,6 +8,7 @@
 mod client;
 mod governance;
 mod halt;
+mod history;
 mod worker;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ pub use governance::{
     MAX_PREAPPROVAL_MS, PreapprovalGrant,
 };
 pub use halt::{HALT_REFRESH, Lifted};
+pub use history::{HistoryPage, MAX_HISTORY_PAGE, MAX_HISTORY_PAGE_BYTES};
 pub use worker::{WorkerConfig, WorkerHandle};
 
 /// Where time comes from (injected, so tests and replays control it).

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::tool::ToolContext;
@@ -17,10 +17,11 @@ use futures::FutureExt;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::client::load_verified;
+use super::client::load_verified_sized;
+use super::history::{json_len, over_budget, payload_len};
 use super::{ActiveTask, Shared};
 use crate::core::decide::{self, Action, AttemptOutcome, DecideInput, Target};
-use crate::core::event::{self, Event, RecordedError};
+use crate::core::event::{self, Event, EventPayload, NewEvent, RecordedError};
 use crate::core::state::TaskState;
 use crate::store::{AppendOutcome, AppendRequest, LeaseUpdate};
 
@@ -223,6 +224,7 @@ fn spawn_driver(
         seen_seq: last_seq,
         reclaimed,
         stop: stop.clone(),
+        history_bytes: AtomicU64::new(0),
     };
     drivers.spawn(async move {
         driver.run().await;
@@ -268,6 +270,8 @@ struct Driver {
     seen_seq: Arc<AtomicI64>,
     reclaimed: Arc<AtomicBool>,
     stop: watch::Receiver<bool>,
+    /// Bytes the history last loaded or appended takes from its budget.
+    history_bytes: AtomicU64,
 }
 
 enum Loaded {
@@ -293,8 +297,11 @@ impl Driver {
     async fn load(&self) -> Loaded {
         let mut backoff = Duration::from_millis(20);
         for _ in 0..8 {
-            match load_verified(self.shared.store.as_ref(), &self.task_id).await {
-                Ok(h) => return Loaded::Ok(h),
+            match load_verified_sized(self.shared.store.as_ref(), &self.task_id).await {
+                Ok((h, bytes)) => {
+                    self.history_bytes.store(bytes, Ordering::SeqCst);
+                    return Loaded::Ok(h);
+                }
                 Err(super::Error::Corrupt { source, .. }) => {
                     tracing::error!(task_id = %self.task_id, error = %source, "history chain is broken; task halted");
                     let _ = self
@@ -340,7 +347,7 @@ impl Driver {
             let before_timers = state.pending_timers();
             let halt = self.shared.halt_for(state.agent.as_deref());
             let preapprovals = self.shared.live_preapprovals();
-            let decision = decide::decide(
+            let mut decision = decide::decide(
                 &DecideInput {
                     history: &history,
                     now_ms: now,
@@ -356,12 +363,18 @@ impl Driver {
                 },
                 std::mem::take(&mut state),
             );
+            if let Some(blocked) = self.over_budget(&history, &decision, now) {
+                decision = blocked;
+            }
             if !decision.events.is_empty() {
                 let after = decision.state;
                 let acts_after = decide::actions(&after, now);
+                // An attempt still current keeps the task held even when no
+                // new one may start (a pause or a halt just recorded): its
+                // result must be recorded, not hung up on.
                 let still_running = running
-                    .keys()
-                    .any(|t| acts_after.iter().any(|a| a.target == *t));
+                    .iter()
+                    .any(|(t, (attempt, _))| decide::attempt_is_current(&after, *t, *attempt));
                 let idle = acts_after.is_empty() && !still_running;
                 let far = decide::next_wake(&after, now)
                     .is_none_or(|t| t - now > self.config.idle_hold.as_millis() as i64);
@@ -398,6 +411,8 @@ impl Driver {
                 match self.shared.store.append(request).await {
                     Ok(AppendOutcome::Appended) => {
                         store_backoff = Duration::from_millis(20);
+                        let added = sealed.iter().map(|(_, raw)| json_len(&raw.payload)).sum();
+                        self.history_bytes.fetch_add(added, Ordering::SeqCst);
                         history.extend(sealed.into_iter().map(|(e, _)| e));
                         let mut after = after;
                         after.last_hash =
@@ -542,6 +557,43 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// A decision that would take the history past its byte budget becomes
+    /// a block naming the limit (a final decision may pass it, so that the
+    /// task can end). `None` when it fits.
+    fn over_budget(
+        &self,
+        history: &[Event],
+        decision: &decide::Decision,
+        now: i64,
+    ) -> Option<decide::Decision> {
+        if decision.state.is_final() {
+            return None;
+        }
+        let added = decision
+            .events
+            .iter()
+            .map(|e| payload_len(&e.payload))
+            .sum();
+        let have = self.history_bytes.load(Ordering::SeqCst);
+        let why = over_budget(have, added, self.shared.limits.max_history_bytes)?;
+        let mut state = TaskState::fold(history);
+        let payload = EventPayload::TaskBlocked {
+            reason: format!("{why}; the task needs a person"),
+            at_seq: None,
+            expected: None,
+            found: None,
+        };
+        let task_id = state.task_id.clone();
+        state.apply(&task_id, state.last_seq + 1, now, &payload);
+        Some(decide::Decision {
+            events: vec![NewEvent {
+                actor: "engine".into(),
+                payload,
+            }],
+            state,
+        })
     }
 
     /// Runs one attempt on its own tokio task; its outcome comes back on `tx`.

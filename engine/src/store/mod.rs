@@ -197,6 +197,22 @@ pub trait Store: Send + Sync + 'static {
     fn append(&self, request: AppendRequest) -> BoxFuture<'_, Result<AppendOutcome, Error>>;
     /// The whole history of a task in seq order, unverified (empty if unknown).
     fn load_history(&self, task_id: &str) -> BoxFuture<'_, Result<Vec<RawEvent>, Error>>;
+    /// At most `limit` events of a task with seq > `after_seq`, in seq order,
+    /// unverified: one page of a history, read without the rest.
+    fn load_history_page(
+        &self,
+        task_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<RawEvent>, Error>> {
+        let task_id = task_id.to_string();
+        Box::pin(async move {
+            let mut all = self.load_history(&task_id).await?;
+            all.retain(|e| e.seq > after_seq);
+            all.truncate(limit as usize);
+            Ok(all)
+        })
+    }
     fn get_task(&self, task_id: &str) -> BoxFuture<'_, Result<Option<TaskRow>, Error>>;
     fn find_by_idempotency_key(&self, key: &str) -> BoxFuture<'_, Result<Option<TaskRow>, Error>>;
     fn list_tasks(&self, filter: TaskFilter) -> BoxFuture<'_, Result<Vec<TaskRow>, Error>>;

@@ -449,6 +449,28 @@ impl Store for PgStore {
         })
     }
 
+    fn load_history_page(
+        &self,
+        task_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<RawEvent>, Error>> {
+        let task_id = task_id.to_string();
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash
+                 FROM events WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(&task_id)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db("load a history page"))?;
+            rows.iter().map(|r| event_from_row(&task_id, r)).collect()
+        })
+    }
+
     fn get_task(&self, task_id: &str) -> BoxFuture<'_, Result<Option<TaskRow>, Error>> {
         let task_id = task_id.to_string();
         Box::pin(async move {

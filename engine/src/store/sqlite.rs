@@ -48,10 +48,34 @@ fn options(url: &str) -> Result<SqliteConnectOptions, Error> {
         .foreign_keys(false))
 }
 
+/// Creates a missing database file readable by its owner only (0600): it
+/// holds every task's input and output and the token hashes. SQLite gives
+/// its `-wal` and `-shm` companions the mode of the database file. An
+/// existing file keeps its mode.
+fn create_private(url: &str, opts: &SqliteConnectOptions) -> Result<(), Error> {
+    let path = opts.get_filename();
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    match open.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::BadUrl {
+            url: url.to_string(),
+            reason: format!("cannot create the database file {}: {e}", path.display()),
+        }),
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if missing) and migrates the database at `url`.
+    /// Opens (creating if missing, mode 0600) and migrates the database at `url`.
     pub async fn open(url: &str, config: WriterConfig) -> Result<Self, Error> {
         let opts = options(url)?;
+        create_private(url, &opts)?;
         let connect_err = |source| Error::Connect {
             backend: "sqlite",
             url: url.to_string(),
@@ -479,6 +503,28 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::db("load history"))?;
+            rows.iter().map(|r| event_from_row(&task_id, r)).collect()
+        })
+    }
+
+    fn load_history_page(
+        &self,
+        task_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<RawEvent>, Error>> {
+        let task_id = task_id.to_string();
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash
+                 FROM events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )
+            .bind(&task_id)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db("load a history page"))?;
             rows.iter().map(|r| event_from_row(&task_id, r)).collect()
         })
     }
