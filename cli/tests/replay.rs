@@ -126,7 +126,7 @@ async fn each_outcome_has_its_exit_code(b: Backend) {
     assert_eq!(doc["verdict"], "chain_broken");
     assert_eq!(
         (&doc["chain"]["seq"], &doc["chain"]["kind"]),
-        (&json!(5), &json!("hash_mismatch"))
+        (&json!(6), &json!("hash_mismatch"))
     );
     assert_eq!(doc["determinism"]["reason"], "chain_broken");
 

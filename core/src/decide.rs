@@ -583,7 +583,7 @@ impl Draft<'_> {
                     self.engine(EventPayload::ApprovalEditEvaluated {
                         request_seq: seq,
                         input: input.clone(),
-                        decision: d.clone(),
+                        decision: Box::new(d.clone()),
                     });
                     let current = ApprovalRequirement {
                         approvers: a.approvers.clone(),
@@ -752,7 +752,7 @@ impl Draft<'_> {
                     compensation: options.compensation,
                     recovery_path,
                     principal,
-                    decision,
+                    decision: Box::new(decision),
                 });
                 let policy_seq = self.state.last_seq;
                 self.act_on_decision(policy_seq);

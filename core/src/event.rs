@@ -98,7 +98,8 @@ pub enum EventPayload {
         #[serde(default)]
         recovery_path: Option<String>,
         principal: Principal,
-        decision: GatewayDecision,
+        /// Boxed: the largest payload, kept off every other event's size.
+        decision: Box<GatewayDecision>,
     },
     /// The step decided at `policy_seq` will not run: the gateway denied it,
     /// its approval was rejected or timed out, or an approver's edit was
@@ -160,7 +161,7 @@ pub enum EventPayload {
     ApprovalEditEvaluated {
         request_seq: i64,
         input: Value,
-        decision: GatewayDecision,
+        decision: Box<GatewayDecision>,
     },
     /// The request is closed: `approved`, `rejected`, `timed_out`,
     /// `edit_denied` or `superseded`.

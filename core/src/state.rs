@@ -409,7 +409,7 @@ impl TaskState {
                         timeout_ms: *timeout_ms,
                         compensation: compensation.clone(),
                         recovery_path: recovery_path.clone(),
-                        decision: decision.clone(),
+                        decision: (**decision).clone(),
                         step_seq: None,
                         denied: None,
                     },
@@ -495,7 +495,7 @@ impl TaskState {
                 decision,
             } => {
                 if let Some(a) = self.approvals.get_mut(request_seq) {
-                    a.edit_evaluated = Some((input.clone(), decision.clone()));
+                    a.edit_evaluated = Some((input.clone(), (**decision).clone()));
                 }
             }
             E::ApprovalResolved {

@@ -332,6 +332,25 @@ fn write_text(
         }
         field(out, "waiting for", &text)?;
     }
+    for a in state.approvals.values().filter(|a| a.is_open()) {
+        let mut text = format!(
+            "approval of '{}' (request #{}) from {} (quorum {}, {} decided), deadline {}",
+            summary::text(&a.subject, 60),
+            a.seq,
+            summary::text(&a.approvers.join(", "), 200),
+            a.quorum,
+            a.decisions.len(),
+            summary::datetime(a.deadline_at_ms)
+        );
+        if !state.is_final() {
+            text.push_str(&format!(
+                "; decide it with `mandate approve {id} --step {step}` or `mandate reject {id} --step {step}`",
+                id = row.id,
+                step = summary::text(&a.subject, 60)
+            ));
+        }
+        field(out, "waiting for", &text)?;
+    }
     for g in state.signals.values().filter(|g| !g.consumed) {
         field(
             out,

@@ -145,7 +145,7 @@ impl Engine {
                     "an edit goes with an approval, not a rejection".into(),
                 ));
             }
-            if !e.as_object().is_some_and(|o| !o.is_empty()) {
+            if e.as_object().is_none_or(|o| o.is_empty()) {
                 return Err(invalid(
                     "edit",
                     "must be a non-empty JSON object of the input fields to change".into(),
@@ -153,8 +153,8 @@ impl Engine {
             }
             s.limits.check_payload(e).map_err(|m| invalid("edit", m))?;
         }
-        let found: std::sync::Mutex<Option<(i64, String, i64, Option<String>)>> =
-            std::sync::Mutex::new(None);
+        // What the append found (its seq is filled in after).
+        let found: std::sync::Mutex<Option<ApprovalRecorded>> = std::sync::Mutex::new(None);
         let seq = self
             .append_external(task_id, "decide an approval of", |state| {
                 let request_seq = find_request(state, &target)?;
@@ -174,8 +174,13 @@ impl Engine {
                     .policy_seq
                     .and_then(|p| state.gates.get(&p))
                     .map(|g| g.tool.clone());
-                *found.lock().expect("found lock") =
-                    Some((request_seq, a.subject.clone(), a.requested_at_ms, tool));
+                *found.lock().expect("found lock") = Some(ApprovalRecorded {
+                    request_seq,
+                    subject: a.subject.clone(),
+                    seq: 0,
+                    requested_at_ms: a.requested_at_ms,
+                    tool,
+                });
                 Ok(vec![NewEvent {
                     actor: approver_actor(identity),
                     payload: EventPayload::ApprovalDecided {
@@ -189,18 +194,13 @@ impl Engine {
                 }])
             })
             .await?;
-        let (request_seq, subject, requested_at_ms, tool) = found
+        let mut recorded = found
             .lock()
             .expect("found lock")
             .take()
             .expect("an append found its request");
-        Ok(ApprovalRecorded {
-            request_seq,
-            subject,
-            seq,
-            requested_at_ms,
-            tool,
-        })
+        recorded.seq = seq;
+        Ok(recorded)
     }
 
     /// The open approval requests: of one task, or of every task waiting for
