@@ -19,11 +19,12 @@ use std::time::Duration;
 use mandate_api::{ApiConfig, AppState};
 use mandate_engine::EventPayload as E;
 use mandate_mcp::{Caller, Gateway, GatewayConfig};
+use mandate_tests::mcp::{self, params, text};
 use mandate_tests::{Backend, backend_tests};
 use reqwest::StatusCode;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
-    NumberOrString, ProgressNotificationParam, ProgressToken, ProtocolVersion, RequestMetaObject,
+    CallToolResult, ClientCapabilities, ClientConfig, Implementation, NumberOrString,
+    ProgressNotificationParam, ProgressToken, ProtocolVersion, RequestMetaObject,
 };
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
@@ -131,28 +132,8 @@ async fn connect_stream(
     (client, rx)
 }
 
-fn params(tool: &str, args: Value) -> CallToolRequestParams {
-    let mut p = CallToolRequestParams::new(tool.to_string());
-    p.arguments = args.as_object().cloned();
-    p
-}
-
 async fn call(client: &Session, tool: &str, args: Value) -> CallToolResult {
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        client.call_tool(params(tool, args)),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{tool} did not answer in 30 s"))
-    .unwrap_or_else(|e| panic!("{tool}: protocol error {e}"))
-}
-
-fn text(r: &CallToolResult) -> String {
-    r.content
-        .iter()
-        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-        .collect::<Vec<_>>()
-        .join("\n")
+    mcp::call(client.peer(), tool, args).await
 }
 
 /// The session task of the agent (the only `mcp_session` task).
@@ -194,13 +175,7 @@ async fn walk(
     mut progress: mpsc::UnboundedReceiver<ProgressNotificationParam>,
 ) {
     // tools/list: the catalog's tools the agent may call, and Mandate's own.
-    let tools: Vec<String> = client
-        .list_all_tools()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name.to_string())
-        .collect();
+    let tools = mcp::tool_names(client.peer()).await;
     for want in [
         "kv.put",
         "ledger.charge",
