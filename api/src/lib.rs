@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         serde_json::to_value(&doc).expect("the OpenAPI document is JSON"),
     ));
     routes
+        .nest_service("/mcp", mcp(&state))
         .route(
             "/openapi.json",
             axum::routing::get(move || {
@@ -156,6 +157,34 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// `/mcp`: the MCP gateway (crate `mandate-mcp`) over streamable HTTP,
+/// behind the bearer-token authentication; a session acts as the agent
+/// whose token opened it.
+fn mcp(state: &AppState) -> axum::routing::Router {
+    let gateway = mandate_mcp::Gateway::new(
+        state.engine.clone(),
+        state.governance.clone(),
+        Default::default(),
+    );
+    let service = mandate_mcp::http::service(
+        gateway,
+        Arc::new(|parts| match parts.extensions.get::<Identity>() {
+            Some(i) if i.role == Role::Agent => Ok(i.name.clone()),
+            Some(i) => Err(format!(
+                "an MCP session acts as an agent; this token's role is {}",
+                i.role
+            )),
+            None => Err("no identity: send `Authorization: Bearer <agent token>`".into()),
+        }),
+    );
+    axum::routing::Router::new()
+        .fallback_service(service)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
 }
 
 /// Puts the request id into JSON error bodies.

@@ -97,6 +97,9 @@ pub enum Command {
     Approvals(crate::commands::approvals::ApprovalsArgs),
     /// API tokens: `token create --role R --name N` (printed once), `token list`, `token revoke N`
     Token(crate::commands::token::TokenArgs),
+    /// Serve the MCP gateway on stdio for the agent of MANDATE_TOKEN: each tool call
+    /// becomes a governed, recorded, undoable step (with --server, through that server's /mcp)
+    Mcp(crate::commands::mcp::McpArgs),
     /// Batch pre-approvals, granted and revoked by an owner of the tool:
     /// `preapproval grant --tool T --agent A --for 4h`, `preapproval list`, `preapproval revoke ID`
     Preapproval(crate::commands::preapproval::PreapprovalArgs),

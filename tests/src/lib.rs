@@ -8,6 +8,8 @@
 //! - [`Harness`] wires an engine with the built-in workflows and demo tools.
 //! - [`backend_tests!`] instantiates `async fn name(b: Backend)` for both stores.
 
+pub mod mcp;
+
 use std::sync::Arc;
 use std::time::Duration;
 

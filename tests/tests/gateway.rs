@@ -12,32 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::{BoxFuture, LocalBoxFuture};
+use futures::future::LocalBoxFuture;
 use mandate_engine::runtime::Error as EngineError;
 use mandate_engine::{
-    EventPayload as E, StepOptions, SubmitOptions, TaskStatus, Tool, ToolContext, ToolKind,
-    ToolResult, Workflow, WorkflowContext, WorkflowError,
+    EventPayload as E, StepOptions, SubmitOptions, TaskStatus, Workflow, WorkflowContext,
+    WorkflowError,
 };
 use mandate_tests::{Backend, backend_tests};
 use serde_json::{Value, json};
-
-/// `archive.purge` (in the test catalog: an irreversible delete owned by
-/// team-platform), counting its calls.
-struct CountingPurge(Arc<AtomicUsize>);
-
-impl Tool for CountingPurge {
-    fn name(&self) -> &str {
-        "archive.purge"
-    }
-    fn kind(&self) -> ToolKind {
-        ToolKind::WriteIrreversible
-    }
-    fn call<'a>(&'a self, _ctx: ToolContext, input: Value) -> BoxFuture<'a, ToolResult> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        async move { Ok(json!({"purged": input})) }.boxed()
-    }
-}
 
 /// A workflow written by a user: one purge.
 struct Purger;
@@ -63,7 +45,7 @@ async fn harness(b: Backend) -> (gov::GovHarness, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     let g = gov::harness_with(b, move |w, t| {
-        t.register(CountingPurge(c));
+        t.register(gov::CountingPurge(c));
         w.register(Purger);
     })
     .await;

@@ -13,14 +13,19 @@
 //!   gated, approved by people) before it is scheduled. [`Preapproval`]
 //!   (`preapproval`) is release 0.1's, kept only to replay its histories.
 //!
+//! - [`McpSession`] (`mcp_session`): one MCP session of an agent; its
+//!   steps are the agent's MCP tool calls (crate `mandate-mcp`).
+//!
 //! Workflow code must be deterministic: it reads the world only through its
 //! `WorkflowContext` (see ARCHITECTURE.md, "Writing a workflow").
 
 mod deploy;
+pub mod mcp;
 pub mod plan;
 mod saga;
 
 pub use deploy::{DeployWithRollback, GatedDeploy};
+pub use mcp::McpSession;
 pub use plan::{Plan, Preapproval};
 pub use saga::{Saga, SagaInput, SagaItem, SagaStep};
 
@@ -50,10 +55,12 @@ pub fn register_all(r: &mut WorkflowRegistry) {
         .register(Saga);
 }
 
-/// Registers `plan`, governed by `governance`, and the replay-only
-/// `preapproval` of release 0.1.
+/// Registers `plan` and `mcp_session`, governed by `governance`, and the
+/// replay-only `preapproval` of release 0.1.
 pub fn register_governed(r: &mut WorkflowRegistry, governance: Arc<Governance>) {
-    r.register(Plan::new(governance)).register(Preapproval);
+    r.register(Plan::new(governance.clone()))
+        .register(Preapproval)
+        .register(McpSession::new(governance));
 }
 
 /// Reads a required string field of a workflow input.

@@ -16,6 +16,7 @@ mod demo;
 mod halt;
 mod history;
 mod list;
+pub(crate) mod mcp;
 pub(crate) mod plan;
 pub(crate) mod preapproval;
 mod replay;
@@ -48,6 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Serve(args) => serve::run(&db, args).await,
+        Command::Mcp(args) => mcp::run(&db, server.as_deref(), token.as_deref(), args).await,
         Command::Demo => demo::run(&db).await,
         Command::Submit(args) => match remote()? {
             Some(r) => submit::remote(&r, args).await,

@@ -270,6 +270,27 @@ impl GovHarness {
     }
 }
 
+/// `archive.purge` (in the test catalog: an irreversible delete owned by
+/// team-platform), counting its calls.
+pub struct CountingPurge(pub Arc<std::sync::atomic::AtomicUsize>);
+
+impl mandate_engine::Tool for CountingPurge {
+    fn name(&self) -> &str {
+        "archive.purge"
+    }
+    fn kind(&self) -> mandate_engine::ToolKind {
+        mandate_engine::ToolKind::WriteIrreversible
+    }
+    fn call<'a>(
+        &'a self,
+        _ctx: mandate_engine::ToolContext,
+        input: Value,
+    ) -> futures::future::BoxFuture<'a, mandate_engine::ToolResult> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move { Ok(json!({"purged": input})) })
+    }
+}
+
 /// A one-step plan.
 pub fn one_step(agent: &str, tool: &str, input: Value) -> Value {
     json!({"agent": agent, "reason": "test", "steps": [{"id": "only", "tool": tool, "input": input}]})
