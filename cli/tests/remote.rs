@@ -550,6 +550,16 @@ async fn approve_and_reject_gated_plan_steps(b: Backend) {
         .find(|e| e["seq"] == seq)
         .expect("the decision's event");
     assert_eq!(decision["actor"], format!("approver:{APPROVER}"));
+    // `mandate replay` (on the database) says who decided, under which rule.
+    let replay = s.local(&["replay", &approved]).await;
+    replay.expect_code(0);
+    assert!(
+        replay.stdout.contains("decided by the gateway: gated_execute")
+            && replay.stdout.contains(&format!("approved by {APPROVER}"))
+            && replay.stdout.contains("verdict      OK"),
+        "{}",
+        replay.stdout
+    );
 
     // Reject with an --as that is not the token's name: a warning, and the
     // token's identity is what is recorded.
