@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod core;
+pub mod evidence;
 pub mod runtime;
 pub mod store;
 

@@ -476,6 +476,10 @@ impl Store for FaultyStore {
     fn halts(&self, active_only: bool, limit: u32) -> BoxFuture<'_, Result<Vec<HaltRow>, Error>> {
         self.inner.halts(active_only, limit)
     }
+
+    fn evidence_log(&self) -> mandate_engine::evidence::Log {
+        self.inner.evidence_log()
+    }
 }
 
 /// The role a wrapped tool plays in the stress saga.

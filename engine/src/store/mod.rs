@@ -272,6 +272,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<HaltRow>, Error>>;
     /// Halts, newest first (only the active ones if `active_only`).
     fn halts(&self, active_only: bool, limit: u32) -> BoxFuture<'_, Result<Vec<HaltRow>, Error>>;
+    /// The evidence log's tables on this database (`engine::evidence`).
+    fn evidence_log(&self) -> crate::evidence::Log;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created on first use) or `postgres://…`.
