@@ -9,6 +9,7 @@
 
 pub mod approvals;
 pub mod auth;
+pub mod checkpoints;
 pub mod error;
 pub mod events;
 pub mod metrics;
@@ -51,7 +52,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[openapi(
     info(title = "Mandate", description = "Durable execution for AI-agent tasks: submit workflows and plans, decide approvals, halt, follow events. See docs/http-api.md."),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "approvals"), (name = "identity"), (name = "halt"), (name = "plans"), (name = "events"), (name = "health"))
+    tags((name = "tasks"), (name = "approvals"), (name = "identity"), (name = "halt"), (name = "plans"), (name = "events"), (name = "evidence"), (name = "health"))
 )]
 struct ApiDoc;
 
@@ -84,6 +85,8 @@ fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::halt, ops::lift, ops::halts))
         .routes(routes!(ops::dry_run))
         .routes(routes!(ops::whoami))
+        .routes(routes!(checkpoints::latest))
+        .routes(routes!(checkpoints::receipts))
         .route_layer(auth())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,

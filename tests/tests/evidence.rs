@@ -309,6 +309,70 @@ async fn follower_resumes_and_checkpoints_stay_consistent(b: Backend) {
     assert!(proofs.events.iter().all(|e| e.verified));
 }
 
+/// `GET /v1/checkpoints/latest` serves the signed note to auditors and
+/// operators; `GET /v1/tasks/{id}/receipts` gives each event's hash, leaf
+/// index and inclusion proof against it, which verify offline.
+async fn api_serves_checkpoints_and_receipts(b: Backend) {
+    let s = Signed::new(b).await;
+    let state = mandate_api::AppState::new(
+        s.h.engine.clone(),
+        std::sync::Arc::new(mandate_activities::Governance::shipped()),
+        mandate_api::ApiConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(mandate_api::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let store = s.h.engine.store().as_ref();
+    let auditor = mandate_api::create_token(store, "auditor", "audit", 0)
+        .await
+        .unwrap()
+        .1;
+    let agent = mandate_api::create_token(store, "agent", "bot", 0)
+        .await
+        .unwrap()
+        .1;
+    let http = reqwest::Client::new();
+    let get = |path: &str, token: &str| http.get(format!("{base}{path}")).bearer_auth(token).send();
+
+    let r = get("/v1/checkpoints/latest", &auditor).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), s.note);
+    assert_eq!(
+        get("/v1/checkpoints/latest", &agent)
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+
+    let task = &s.tasks[2];
+    let r = get(&format!("/v1/tasks/{task}/receipts"), &auditor)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(doc["checkpoint"], s.note.as_str());
+    let cp = Checkpoint::open(&s.note, &s.key.verifier()).unwrap();
+    let receipts = doc["receipts"].as_array().unwrap();
+    assert_eq!(receipts.len(), s.history(task).await.len());
+    for r in receipts {
+        assert_eq!(r["covered"], true);
+        let proof: Vec<[u8; 32]> = r["proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| hex_bytes(h.as_str().unwrap()).try_into().unwrap())
+            .collect();
+        let leaf = hex_bytes(r["event_hash"].as_str().unwrap());
+        let index = r["leaf_index"].as_u64().unwrap();
+        assert_eq!(r["gseq"].as_u64().unwrap(), index + 1);
+        evidence::merkle::verify_inclusion(&leaf, index, cp.size, &cp.root, &proof).unwrap();
+    }
+}
+
 fn hex_bytes(h: &str) -> Vec<u8> {
     (0..h.len())
         .step_by(2)
@@ -325,4 +389,5 @@ backend_tests!(
     swapped_events_of_two_tasks_are_found,
     another_keys_checkpoint_is_refused,
     follower_resumes_and_checkpoints_stay_consistent,
+    api_serves_checkpoints_and_receipts,
 );

@@ -15,8 +15,10 @@ mod control;
 mod demo;
 mod halt;
 mod history;
+pub(crate) mod keys;
 mod list;
 pub(crate) mod plan;
+pub(crate) mod proof;
 mod replay;
 mod serve;
 mod status;
@@ -80,5 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             None => approvals::run(&db, args).await,
         },
         Command::Token(args) => token::run(&db, args).await,
+        Command::Keys(args) => keys::run(args).await,
+        Command::Proof(args) => proof::run(&db, args).await,
     }
 }

@@ -95,8 +95,8 @@ impl VerifierKey {
                 crate::evidence::short(text, 80)
             ))
         };
-        let mut parts = text.rsplitn(3, '+');
-        let (Some(b64), Some(hash), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        let mut parts = text.splitn(3, '+');
+        let (Some(name), Some(hash), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("three '+'-separated parts"));
         };
         check_name(name)?;
@@ -177,8 +177,8 @@ impl SignerKey {
             .trim()
             .strip_prefix(PRIVATE_PREFIX)
             .ok_or_else(|| bad("it does not start with PRIVATE+KEY+"))?;
-        let mut parts = rest.rsplitn(3, '+');
-        let (Some(b64), Some(hash), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        let mut parts = rest.splitn(3, '+');
+        let (Some(name), Some(hash), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("three '+'-separated parts after the prefix"));
         };
         let raw = B64.decode(b64).map_err(|_| bad("the key is not base64"))?;
@@ -498,6 +498,22 @@ mod tests {
             Checkpoint::open(&forged, &v),
             Err(NoteError::BadSignature { .. })
         ));
+    }
+
+    /// Base64 holds '+' as often as not: the parts split at the first two.
+    #[test]
+    fn every_key_round_trips() {
+        for b in 0..64u8 {
+            let k = key("example.com/log", b);
+            assert_eq!(
+                SignerKey::parse(&k.to_text()).unwrap().to_text(),
+                k.to_text()
+            );
+            assert_eq!(
+                VerifierKey::parse(&k.verifier().to_string()).unwrap(),
+                k.verifier()
+            );
+        }
     }
 
     /// The C2SP signed-note example key (from the spec's test vector),
