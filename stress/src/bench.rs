@@ -90,7 +90,7 @@ pub fn five_step_input(n: usize) -> Value {
 
 /// `bench.stamp` (read): notes when each task's call started, in process.
 #[derive(Clone, Default)]
-struct Stamp {
+pub(crate) struct Stamp {
     started: Arc<Mutex<HashMap<String, Instant>>>,
     notify: Arc<tokio::sync::Notify>,
 }
@@ -114,7 +114,7 @@ impl Tool for Stamp {
     }
 }
 
-async fn engine_on(url: &str, stamp: Option<Stamp>) -> anyhow::Result<Engine> {
+pub(crate) async fn engine_on(url: &str, stamp: Option<Stamp>) -> anyhow::Result<Engine> {
     let store = mandate_engine::store::open(url).await?;
     let world = World::connect(url).await?;
     let mut tools = ToolRegistry::new();
@@ -126,7 +126,11 @@ async fn engine_on(url: &str, stamp: Option<Stamp>) -> anyhow::Result<Engine> {
 }
 
 /// Waits until every id in `ids` is final, counting final updates.
-async fn wait_all_final(engine: &Engine, ids: &[String], timeout: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_all_final(
+    engine: &Engine,
+    ids: &[String],
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let mut updates = engine.subscribe();
     // Tasks that ended before the subscription published their update already.
     let mut pending = std::collections::HashSet::new();
