@@ -125,6 +125,17 @@ pub(crate) async fn engine_on(url: &str, stamp: Option<Stamp>) -> anyhow::Result
     Ok(Engine::new(store, mandate_workflows::registry(), tools))
 }
 
+/// Submits `n` five-step sagas at once; their ids.
+pub(crate) async fn submit_five_step(engine: &Engine, n: usize) -> anyhow::Result<Vec<String>> {
+    Ok(
+        join_all((0..n).map(|i| engine.submit("saga", five_step_input(i), Default::default())))
+            .await
+            .into_iter()
+            .map(|r| r.map(|s| s.task_id))
+            .collect::<Result<_, _>>()?,
+    )
+}
+
 /// Waits until every id in `ids` is final, counting final updates.
 pub(crate) async fn wait_all_final(
     engine: &Engine,
@@ -372,12 +383,7 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
         ..WorkerConfig::default()
     });
     // Warm up (connections, caches).
-    let warm: Vec<String> =
-        join_all((0..50).map(|i| engine.submit("saga", five_step_input(i), Default::default())))
-            .await
-            .into_iter()
-            .map(|r| r.map(|s| s.task_id))
-            .collect::<Result<_, _>>()?;
+    let warm = submit_five_step(&engine, 50).await?;
     wait_all_final(&engine, &warm, Duration::from_secs(60)).await?;
 
     // Latency: one task at a time.
@@ -397,13 +403,7 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
     let mut runs = Vec::new();
     for _ in 0..args.runs.max(1) {
         let t0 = Instant::now();
-        let ids: Vec<String> = join_all(
-            (0..args.tasks).map(|i| engine.submit("saga", five_step_input(i), Default::default())),
-        )
-        .await
-        .into_iter()
-        .map(|r| r.map(|s| s.task_id))
-        .collect::<Result<_, _>>()?;
+        let ids = submit_five_step(&engine, args.tasks).await?;
         wait_all_final(&engine, &ids, Duration::from_secs(600)).await?;
         runs.push(args.tasks as f64 / t0.elapsed().as_secs_f64());
         for id in ids.iter().step_by((ids.len() / 20).max(1)) {

@@ -11,7 +11,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use mandate_engine::evidence::log::LeafRow;
 use mandate_engine::evidence::merkle;
 use mandate_engine::evidence::{Follower, FollowerConfig, SignerKey};
@@ -19,7 +18,7 @@ use mandate_engine::{TaskStatus, WorkerConfig};
 use rand::Rng;
 use serde_json::json;
 
-use crate::bench::{engine_on, five_step_input, wait_all_final};
+use crate::bench::{engine_on, submit_five_step, wait_all_final};
 use crate::freshdb::FreshDb;
 use crate::stats::{median, percentile};
 
@@ -112,21 +111,10 @@ async fn throughput(
         )
     });
     let worker = engine.start_worker(WorkerConfig::default());
-    let warm: Vec<String> =
-        join_all((0..50).map(|i| engine.submit("saga", five_step_input(i), Default::default())))
-            .await
-            .into_iter()
-            .map(|r| r.map(|s| s.task_id))
-            .collect::<Result<_, _>>()?;
+    let warm = submit_five_step(&engine, 50).await?;
     wait_all_final(&engine, &warm, Duration::from_secs(60)).await?;
     let t0 = Instant::now();
-    let ids: Vec<String> = join_all(
-        (0..args.tasks).map(|i| engine.submit("saga", five_step_input(i), Default::default())),
-    )
-    .await
-    .into_iter()
-    .map(|r| r.map(|s| s.task_id))
-    .collect::<Result<_, _>>()?;
+    let ids = submit_five_step(&engine, args.tasks).await?;
     wait_all_final(&engine, &ids, Duration::from_secs(600)).await?;
     let rate = args.tasks as f64 / t0.elapsed().as_secs_f64();
     anyhow::ensure!(
