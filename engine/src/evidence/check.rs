@@ -368,11 +368,18 @@ pub async fn task_proofs(
     size: u64,
     root: &Hash,
 ) -> Result<TaskProofs, Error> {
+    let leaves = log.task_leaves(task_id).await?;
+    let covered: Vec<u64> = leaves
+        .iter()
+        .map(|l| l.index)
+        .filter(|&i| i < size)
+        .collect();
+    let mut proofs = log.prove_inclusions(&covered, size).await?.into_iter();
     let mut events = Vec::new();
-    for l in log.task_leaves(task_id).await? {
+    for l in leaves {
         let covered = l.index < size;
         let proof = if covered {
-            log.prove_inclusion(l.index, size).await?
+            proofs.next().unwrap_or_default()
         } else {
             Vec::new()
         };

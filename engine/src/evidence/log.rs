@@ -160,14 +160,7 @@ impl Log {
 
     async fn ranges(&self, ranges: &[merkle::Range]) -> Result<Vec<Hash>, Error> {
         let nodes = self.nodes(&merkle::nodes_for(ranges)).await?;
-        ranges
-            .iter()
-            .map(|r| {
-                merkle::range_hash(*r, &nodes).map_err(|(l, i)| {
-                    Error::Corrupt(format!("evidence node (level {l}, index {i}) is missing"))
-                })
-            })
-            .collect()
+        ranges.iter().map(|r| range_hash(*r, &nodes)).collect()
     }
 
     /// The root of the first `size` leaves.
@@ -181,6 +174,25 @@ impl Log {
     /// The inclusion proof of leaf `index` in the tree of `size` leaves.
     pub async fn prove_inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, Error> {
         self.ranges(&merkle::inclusion_ranges(index, size)).await
+    }
+
+    /// The inclusion proofs of several leaves in the tree of `size` leaves,
+    /// from one read of the nodes they need.
+    pub async fn prove_inclusions(
+        &self,
+        indices: &[u64],
+        size: u64,
+    ) -> Result<Vec<Vec<Hash>>, Error> {
+        let paths: Vec<Vec<merkle::Range>> = indices
+            .iter()
+            .map(|&i| merkle::inclusion_ranges(i, size))
+            .collect();
+        let all: Vec<merkle::Range> = paths.iter().flatten().copied().collect();
+        let nodes = self.nodes(&merkle::nodes_for(&all)).await?;
+        paths
+            .iter()
+            .map(|path| path.iter().map(|r| range_hash(*r, &nodes)).collect())
+            .collect()
     }
 
     /// The consistency proof from the tree of `old` leaves to that of `new`.
@@ -387,6 +399,12 @@ impl Log {
                 note,
             }))
     }
+}
+
+fn range_hash(range: merkle::Range, nodes: &HashMap<NodeId, Hash>) -> Result<Hash, Error> {
+    merkle::range_hash(range, nodes).map_err(|(l, i)| {
+        Error::Corrupt(format!("evidence node (level {l}, index {i}) is missing"))
+    })
 }
 
 fn leaf_rows(rows: Vec<(i64, String, i64, String)>) -> Vec<LeafRow> {
