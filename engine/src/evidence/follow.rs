@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::log::{AppendError, CheckpointRow, LeafRow, Log};
+use super::log::{AppendError, CheckpointRow, Log};
 use super::merkle::Frontier;
 use super::note::{Checkpoint, SignerKey};
 use crate::runtime::Engine;
@@ -45,7 +45,7 @@ impl Default for FollowerConfig {
             key: None,
             every_events: 1_000,
             every: Duration::from_secs(60),
-            poll: Duration::from_millis(200),
+            poll: Duration::from_millis(500),
             dir: None,
         }
     }
@@ -177,15 +177,15 @@ async fn load(log: &Log) -> Result<State, Error> {
 /// Appends one batch and signs a checkpoint if one is due; true if there may be more.
 async fn step(st: &mut State, engine: &Engine, config: &FollowerConfig) -> Result<bool, Error> {
     let size = st.frontier.size();
-    let events = st.log.events_after(size as i64, BATCH).await?;
+    let events = st.log.leaves_after(size as i64, BATCH).await?;
     let mut leaves = Vec::with_capacity(events.len());
-    for (i, e) in events.iter().enumerate() {
+    for (i, (gseq, leaf)) in events.into_iter().enumerate() {
         let want = size as i64 + 1 + i as i64;
-        if e.gseq != want {
+        if gseq != want {
             if st.gap_reported != Some(want) {
                 tracing::error!(
                     gseq = want,
-                    next = e.gseq,
+                    next = gseq,
                     "evidence log: the event numbered {want} is missing (deleted before it was logged?); \
                      the log stops here until it is back"
                 );
@@ -193,12 +193,7 @@ async fn step(st: &mut State, engine: &Engine, config: &FollowerConfig) -> Resul
             }
             break;
         }
-        leaves.push(LeafRow {
-            index: (e.gseq - 1) as u64,
-            task_id: e.event.task_id.clone(),
-            seq: e.event.seq,
-            event_hash: e.event.hash.clone(),
-        });
+        leaves.push(leaf);
     }
     let full = leaves.len() == BATCH as usize;
     if !leaves.is_empty() {

@@ -316,6 +316,38 @@ impl Log {
         })
     }
 
+    /// The leaves of the events numbered after `after_gseq`, in global order,
+    /// at most `limit` (capped at [`MAX_PAGE`]): `(gseq, leaf)`, without
+    /// reading payloads (what the follower needs).
+    pub async fn leaves_after(
+        &self,
+        after_gseq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, LeafRow)>, Error> {
+        let rows: Vec<(i64, String, i64, String)> = on_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT gseq, task_id, seq, hash FROM events WHERE gseq > $1 ORDER BY gseq LIMIT $2",
+        )
+        .bind(after_gseq)
+        .bind(limit.min(MAX_PAGE) as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(Error::db("read events in global order"))?);
+        Ok(rows
+            .into_iter()
+            .map(|(g, task_id, seq, event_hash)| {
+                (
+                    g,
+                    LeafRow {
+                        index: (g - 1).max(0) as u64,
+                        task_id,
+                        seq,
+                        event_hash,
+                    },
+                )
+            })
+            .collect())
+    }
+
     /// Events that have no global number (written around the writer).
     pub async fn unnumbered_events(&self, limit: u32) -> Result<Vec<(String, i64)>, Error> {
         on_pool!(&self.db, pool => sqlx::query_as(
