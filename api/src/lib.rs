@@ -9,6 +9,7 @@
 
 pub mod approvals;
 pub mod auth;
+pub mod checkpoints;
 pub mod error;
 pub mod events;
 mod hygiene;
@@ -54,7 +55,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     info(title = "Mandate", description = "Durable execution for AI-agent tasks: submit workflows and plans, decide approvals, halt, follow events. See docs/http-api.md."),
     modifiers(&BearerAuth),
     components(schemas(tasks::Since, tasks::EpochMs, tasks::Rfc3339)),
-    tags((name = "tasks"), (name = "approvals"), (name = "identity"), (name = "halt"), (name = "plans"), (name = "events"), (name = "health"))
+    tags((name = "tasks"), (name = "approvals"), (name = "identity"), (name = "halt"), (name = "plans"), (name = "events"), (name = "evidence"), (name = "health"))
 )]
 struct ApiDoc;
 
@@ -89,6 +90,8 @@ fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::halt, ops::lift, ops::halts))
         .routes(routes!(ops::dry_run))
         .routes(routes!(ops::whoami))
+        .routes(routes!(checkpoints::latest))
+        .routes(routes!(checkpoints::receipts))
         .route_layer(auth())
         .layer(middleware::from_fn_with_state(state.clone(), time_limit));
     // The stream has no request timeout.

@@ -103,6 +103,11 @@ pub enum Command {
     /// Batch pre-approvals, granted and revoked by an owner of the tool:
     /// `preapproval grant --tool T --agent A --for 4h`, `preapproval list`, `preapproval revoke ID`
     Preapproval(crate::commands::preapproval::PreapprovalArgs),
+    /// Checkpoint signing keys: `keys generate`, `keys public FILE`, `keys rotate`,
+    /// `keys verify-rotation`
+    Keys(crate::commands::keys::KeysArgs),
+    /// Print the inclusion proofs of a task's events against a signed checkpoint
+    Proof(crate::commands::proof::ProofArgs),
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +167,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_inflight_submissions: u64,
+    /// Sign evidence checkpoints with this private key file (from `mandate keys generate`);
+    /// the key is never stored in the database
+    #[arg(long, value_name = "FILE", env = "MANDATE_SIGNING_KEY_FILE")]
+    pub signing_key: Option<std::path::PathBuf>,
+    /// A checkpoint every N new events…
+    #[arg(long, value_name = "N", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub checkpoint_every: u64,
+    /// …or every S seconds when events were added
+    #[arg(long, value_name = "S", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub checkpoint_interval_s: u64,
+    /// Also write each checkpoint here (`<size>.checkpoint`, and `latest`)
+    #[arg(long, value_name = "DIR", requires = "signing_key")]
+    pub checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -339,6 +359,13 @@ pub struct VerifyArgs {
     /// Print one JSON document instead of text (schema: docs/replay.md)
     #[arg(long)]
     pub json: bool,
+    /// Verify every event against this signed checkpoint (docs/hash-chain.md): its
+    /// signature, a consistency proof to the current log, then each event at its gseq
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["id", "status", "since"], requires = "public_key")]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// The log's public key for --checkpoint (NAME+HASH+KEY, or a file holding it)
+    #[arg(long, value_name = "FILE|KEY", requires = "checkpoint")]
+    pub public_key: Option<String>,
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! - [`audit`]: what `mandate replay` and `mandate verify` check (reads only).
 
 pub mod audit;
+pub mod evidence;
 pub mod runtime;
 pub mod store;
 pub mod tool;

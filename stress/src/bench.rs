@@ -90,7 +90,7 @@ pub fn five_step_input(n: usize) -> Value {
 
 /// `bench.stamp` (read): notes when each task's call started, in process.
 #[derive(Clone, Default)]
-struct Stamp {
+pub(crate) struct Stamp {
     started: Arc<Mutex<HashMap<String, Instant>>>,
     notify: Arc<tokio::sync::Notify>,
 }
@@ -114,7 +114,7 @@ impl Tool for Stamp {
     }
 }
 
-async fn engine_on(url: &str, stamp: Option<Stamp>) -> anyhow::Result<Engine> {
+pub(crate) async fn engine_on(url: &str, stamp: Option<Stamp>) -> anyhow::Result<Engine> {
     let store = mandate_engine::store::open(url).await?;
     let world = World::connect(url).await?;
     let mut tools = ToolRegistry::new();
@@ -130,8 +130,23 @@ async fn engine_on(url: &str, stamp: Option<Stamp>) -> anyhow::Result<Engine> {
     ))
 }
 
+/// Submits `n` five-step sagas at once; their ids.
+pub(crate) async fn submit_five_step(engine: &Engine, n: usize) -> anyhow::Result<Vec<String>> {
+    Ok(
+        join_all((0..n).map(|i| engine.submit("saga", five_step_input(i), Default::default())))
+            .await
+            .into_iter()
+            .map(|r| r.map(|s| s.task_id))
+            .collect::<Result<_, _>>()?,
+    )
+}
+
 /// Waits until every id in `ids` is final, counting final updates.
-async fn wait_all_final(engine: &Engine, ids: &[String], timeout: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_all_final(
+    engine: &Engine,
+    ids: &[String],
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let mut updates = engine.subscribe();
     // Tasks that ended before the subscription published their update already.
     let mut pending = std::collections::HashSet::new();
@@ -373,12 +388,7 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
         ..WorkerConfig::default()
     });
     // Warm up (connections, caches).
-    let warm: Vec<String> =
-        join_all((0..50).map(|i| engine.submit("saga", five_step_input(i), Default::default())))
-            .await
-            .into_iter()
-            .map(|r| r.map(|s| s.task_id))
-            .collect::<Result<_, _>>()?;
+    let warm = submit_five_step(&engine, 50).await?;
     wait_all_final(&engine, &warm, Duration::from_secs(60)).await?;
 
     // Latency: one task at a time.
@@ -398,13 +408,7 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
     let mut runs = Vec::new();
     for _ in 0..args.runs.max(1) {
         let t0 = Instant::now();
-        let ids: Vec<String> = join_all(
-            (0..args.tasks).map(|i| engine.submit("saga", five_step_input(i), Default::default())),
-        )
-        .await
-        .into_iter()
-        .map(|r| r.map(|s| s.task_id))
-        .collect::<Result<_, _>>()?;
+        let ids = submit_five_step(&engine, args.tasks).await?;
         wait_all_final(&engine, &ids, Duration::from_secs(600)).await?;
         runs.push(args.tasks as f64 / t0.elapsed().as_secs_f64());
         for id in ids.iter().step_by((ids.len() / 20).max(1)) {

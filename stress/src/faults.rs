@@ -497,6 +497,10 @@ impl Store for FaultyStore {
     ) -> BoxFuture<'_, Result<Vec<mandate_engine::core::gateway::Preapproval>, Error>> {
         self.inner.preapprovals(live_at_ms, limit)
     }
+
+    fn evidence_log(&self) -> mandate_engine::evidence::Log {
+        self.inner.evidence_log()
+    }
 }
 
 /// The role a wrapped tool plays in the stress saga.

@@ -1107,6 +1107,8 @@ async fn openapi_lists_every_route_and_metrics_health_answer(b: Backend) {
         ("post", "/v1/plans/dry-run"),
         ("get", "/v1/whoami"),
         ("get", "/v1/events"),
+        ("get", "/v1/checkpoints/latest"),
+        ("get", "/v1/tasks/{id}/receipts"),
         ("get", "/metrics"),
         ("get", "/healthz"),
         ("get", "/readyz"),

@@ -17,10 +17,23 @@ Exit codes: 0 every chain verifies; 1 a chain is broken (the first bad seq is
 named); 2 the input is not a Mandate export; 3 a payload holds a number this
 verifier cannot canonicalize exactly as RFC 8785 requires (a non-integral
 float, or an integer beyond 2**53): it refuses rather than guess.
+
+Evidence mode (docs/hash-chain.md, "The evidence log"), with the log's public
+key alone:
+
+    verify_chain.py --public-key KEY --checkpoint FILE [--proof FILE]
+
+checks the checkpoint's Ed25519 signature (C2SP signed note; Ed25519 written
+here from RFC 8032) and, given `mandate proof TASK --json` output, every
+inclusion proof in it against the checkpoint's root (RFC 9162 section
+2.1.3.2). KEY is NAME+HASH+BASE64 or a file holding it. Exit 0 all verify,
+1 a signature or proof fails, 2 bad input.
 """
 
+import base64
 import hashlib
 import json
+import os
 import sys
 
 GENESIS = "0" * 64
@@ -154,7 +167,196 @@ def verify(stream):
     return (1 if broken else 0), messages
 
 
+# --- Ed25519 verification (RFC 8032 section 5.1), written from the math ---
+
+P = 2**255 - 19
+L = 2**252 + 27742317777372353535851937790883648493
+D = -121665 * pow(121666, P - 2, P) % P
+SQRT_M1 = pow(2, (P - 1) // 4, P)
+
+
+def _add(a, b):
+    """Adds points in extended coordinates (X, Y, Z, T), x = X/Z, y = Y/Z, xy = T/Z."""
+    x1, y1, z1, t1 = a
+    x2, y2, z2, t2 = b
+    aa = (y1 - x1) * (y2 - x2) % P
+    bb = (y1 + x1) * (y2 + x2) % P
+    cc = 2 * D * t1 * t2 % P
+    dd = 2 * z1 * z2 % P
+    e, f, g, h = bb - aa, dd - cc, dd + cc, bb + aa
+    return (e * f % P, g * h % P, f * g % P, e * h % P)
+
+
+def _mul(k, point):
+    result = (0, 1, 1, 0)  # the neutral element
+    while k:
+        if k & 1:
+            result = _add(result, point)
+        point = _add(point, point)
+        k >>= 1
+    return result
+
+
+def _decode_point(b):
+    """The point a 32-byte encoding names, or None."""
+    if len(b) != 32:
+        return None
+    y = int.from_bytes(b, "little")
+    sign = y >> 255
+    y &= (1 << 255) - 1
+    if y >= P:
+        return None
+    u, v = (y * y - 1) % P, (D * y * y + 1) % P
+    x = u * pow(v, 3, P) * pow(u * pow(v, 7, P), (P - 5) // 8, P) % P
+    if v * x * x % P == (-u) % P:
+        x = x * SQRT_M1 % P
+    elif v * x * x % P != u:
+        return None
+    if x == 0 and sign:
+        return None
+    if x & 1 != sign:
+        x = P - x
+    return (x, y, 1, x * y % P)
+
+
+BASE = _decode_point((4 * pow(5, P - 2, P) % P).to_bytes(32, "little"))
+
+
+def _same(a, b):
+    return (a[0] * b[2] - b[0] * a[2]) % P == 0 and (a[1] * b[2] - b[1] * a[2]) % P == 0
+
+
+def ed25519_verify(public, message, signature):
+    """True if `signature` (64 bytes) is `public`'s (32 bytes) over `message`."""
+    if len(signature) != 64:
+        return False
+    a, r = _decode_point(public), _decode_point(signature[:32])
+    s = int.from_bytes(signature[32:], "little")
+    if a is None or r is None or s >= L:
+        return False
+    k = int.from_bytes(hashlib.sha512(signature[:32] + public + message).digest(), "little") % L
+    return _same(_mul(s, BASE), _add(r, _mul(k, a)))
+
+
+# --- Signed notes, checkpoints and inclusion proofs ---
+
+
+class Refused(Exception):
+    """A signature or proof that does not verify."""
+
+
+def parse_public_key(text):
+    """(name, key hash, 32-byte key) of NAME+HASH+BASE64 (C2SP signed-note verifier key)."""
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        name, key_hash, b64 = text.strip().split("+", 2)
+        raw = base64.b64decode(b64, validate=True)
+    except ValueError:
+        raise SystemExit("--public-key is not NAME+HASH+BASE64") from None
+    if len(raw) != 33 or raw[0] != 1:
+        raise SystemExit("--public-key is not an Ed25519 key")
+    digest = hashlib.sha256(name.encode() + b"\n" + raw).digest()
+    if digest[:4].hex() != key_hash:
+        raise SystemExit("--public-key: its hash does not match its name and key")
+    return name, bytes.fromhex(key_hash), raw[1:]
+
+
+def open_checkpoint(note, key):
+    """(origin, size, root) of a signed checkpoint, its signature by `key` checked."""
+    name, key_hash, public = key
+    text, sep, sigs = note.partition("\n\n")
+    if not sep:
+        raise SystemExit("the checkpoint is not a signed note (no blank line)")
+    text += "\n"
+    signed_by = []
+    for line in sigs.splitlines():
+        parts = line.split(" ")
+        if len(parts) != 3 or parts[0] != "\u2014":
+            raise SystemExit(f"bad signature line {line!r}")
+        raw = base64.b64decode(parts[2])
+        signed_by.append(f"{parts[1]}+{raw[:4].hex()}")
+        if parts[1] == name and raw[:4] == key_hash:
+            if not ed25519_verify(public, text.encode("utf-8"), raw[4:]):
+                raise Refused(f"the signature of {name} does not verify: the checkpoint was altered")
+            lines = text.splitlines()
+            if len(lines) < 3 or lines[0] != name:
+                raise SystemExit("the checkpoint's origin is not the key's name")
+            return lines[0], int(lines[1]), base64.b64decode(lines[2])
+    raise Refused(f"the checkpoint is not signed by {name}+{key_hash.hex()} (signed by {', '.join(signed_by)})")
+
+
+def node(left, right):
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def root_from_inclusion(leaf, index, size, path):
+    """The root an RFC 9162 inclusion proof leads to, or None if malformed."""
+    if index >= size:
+        return None
+    fn, sn, r = index, size - 1, hashlib.sha256(b"\x00" + leaf).digest()
+    for p in path:
+        if sn == 0:
+            return None
+        if fn & 1 or fn == sn:
+            r = node(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node(r, p)
+        fn >>= 1
+        sn >>= 1
+    return r if sn == 0 else None
+
+
+def verify_evidence(argv):
+    """Evidence mode; returns an exit code."""
+    args = dict(zip(argv[1::2], argv[2::2]))
+    unknown = set(args) - {"--public-key", "--checkpoint", "--proof"}
+    if len(argv) % 2 == 0 or unknown or "--checkpoint" not in args:
+        raise SystemExit("usage: verify_chain.py --public-key KEY --checkpoint FILE [--proof FILE]")
+    key = parse_public_key(args["--public-key"])
+    with open(args["--checkpoint"], encoding="utf-8") as f:
+        note = f.read()
+    try:
+        origin, size, root = open_checkpoint(note, key)
+        print(f"checkpoint {origin} size {size} root {root.hex()}: signature ok")
+        if "--proof" not in args:
+            return 0
+        with open(args["--proof"], encoding="utf-8") as f:
+            doc = json.load(f)
+        if doc.get("tree_size") != size or doc.get("root") != root.hex():
+            raise Refused("the proof is not against this checkpoint (tree size or root differ)")
+        bad = 0
+        for e in doc["events"]:
+            where = f"task {doc['task_id']} seq {e['seq']} gseq {e['gseq']}"
+            if e["leaf_index"] >= size:
+                print(f"not covered {where}: the checkpoint predates it")
+                continue
+            path = [bytes.fromhex(h) for h in e["proof"]]
+            got = root_from_inclusion(bytes.fromhex(e["event_hash"]), e["leaf_index"], size, path)
+            if got == root:
+                print(f"ok {where}: included at leaf {e['leaf_index']}")
+            else:
+                print(f"BROKEN {where}: its inclusion proof does not lead to the checkpoint's root")
+                bad += 1
+        return 1 if bad else 0
+    except Refused as r:
+        print(f"REFUSED: {r}")
+        return 1
+    except (KeyError, TypeError, ValueError) as e:
+        raise SystemExit(f"the proof file is not `mandate proof --json` output: {e}") from None
+
+
 def main(argv):
+    if len(argv) > 1 and argv[1].startswith("--") and argv[1] not in ("--help",):
+        try:
+            return verify_evidence(argv)
+        except SystemExit as e:
+            print(f"error: {e.code}", file=sys.stderr)
+            return 2
     if len(argv) > 2 or (len(argv) == 2 and argv[1] in ("-h", "--help")):
         print(__doc__.strip())
         return 0 if len(argv) == 2 else 2

@@ -15,10 +15,12 @@ mod control;
 mod demo;
 mod halt;
 mod history;
+pub(crate) mod keys;
 mod list;
 pub(crate) mod mcp;
 pub(crate) mod plan;
 pub(crate) mod preapproval;
+pub(crate) mod proof;
 mod replay;
 mod serve;
 mod status;
@@ -84,5 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Token(args) => token::run(&db, args).await,
         Command::Preapproval(args) => preapproval::run(&db, remote()?, args).await,
+        Command::Keys(args) => keys::run(args).await,
+        Command::Proof(args) => proof::run(&db, args).await,
     }
 }

@@ -15,7 +15,39 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::app::{self, Database, refused};
 use crate::args::ServeArgs;
 
+/// The evidence follower's settings; the signing key from `--signing-key`
+/// (or `MANDATE_SIGNING_KEY_FILE`), or its text in `MANDATE_SIGNING_KEY`.
+fn evidence_config(args: &ServeArgs) -> anyhow::Result<mandate_engine::evidence::FollowerConfig> {
+    let key = match (&args.signing_key, std::env::var("MANDATE_SIGNING_KEY")) {
+        (Some(path), _) => Some(crate::commands::keys::signer_key(path)?),
+        (None, Ok(text)) if !text.trim().is_empty() => Some(
+            mandate_engine::evidence::SignerKey::parse(&text)
+                .map_err(|e| refused(format!("MANDATE_SIGNING_KEY: {e}")))?,
+        ),
+        _ => None,
+    };
+    if let Some(dir) = &args.checkpoint_dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            refused(format!(
+                "cannot create the checkpoint directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    if let Some(k) = &key {
+        eprintln!("signing checkpoints as {}", k.verifier());
+    }
+    Ok(mandate_engine::evidence::FollowerConfig {
+        key,
+        every_events: args.checkpoint_every,
+        every: std::time::Duration::from_secs(args.checkpoint_interval_s),
+        dir: args.checkpoint_dir.clone(),
+        ..Default::default()
+    })
+}
+
 pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let evidence = evidence_config(&args)?;
     let mut config = WorkerConfig::default();
     if let Some(id) = args.worker_id {
         Limits::default()
@@ -49,6 +81,7 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let (engine, _world) = app::open_engine(db).await?;
     let worker = engine.start_worker(config);
+    let follower = mandate_engine::evidence::Follower::spawn(&engine, evidence);
     let worker_id = worker.id().to_string();
 
     // The HTTP API shares `engine`; it stops before the worker so no request
@@ -110,6 +143,7 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
         _ = interrupt.recv() => return Ok(ExitCode::from(130)),
         _ = terminate.recv() => return Ok(ExitCode::from(143)),
     }
+    follower.shutdown().await;
     eprintln!("worker {worker_id} stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -28,6 +28,9 @@ use crate::summary;
 const MAX_PROBLEM_CHARS: usize = 160;
 
 pub async fn run(db: &Database, args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    if let (Some(checkpoint), Some(key)) = (&args.checkpoint, &args.public_key) {
+        return verify_checkpoint(db, checkpoint, key, args.json).await;
+    }
     if let Some(id) = args.id {
         return verify_one(db, &id, args.json).await;
     }
@@ -94,6 +97,88 @@ async fn verify_one(db: &Database, task_id: &str, json: bool) -> anyhow::Result<
             ),
         };
         writeln!(out, "{verdict}")?;
+    }
+    out.flush()?;
+    Ok(ExitCode::from(code))
+}
+
+/// `mandate verify --checkpoint FILE --public-key K`: the database against a
+/// signed checkpoint (engine::evidence::verify). Exit 0 intact, 2 the
+/// checkpoint is refused or something changed.
+async fn verify_checkpoint(
+    db: &Database,
+    checkpoint: &std::path::Path,
+    key: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let key = crate::commands::keys::public_key_arg(key)?;
+    let note = crate::commands::keys::read_small(checkpoint)?;
+    let mut out = std::io::stdout().lock();
+    let cp = match mandate_engine::evidence::Checkpoint::open(&note, &key) {
+        Ok(cp) => cp,
+        Err(e) => {
+            let problem = format!("checkpoint {} refused: {e}", checkpoint.display());
+            if json {
+                let doc = serde_json::json!({"ok": false, "exit_code": app::EXIT_TAMPERED, "refused": problem});
+                writeln!(out, "{doc}")?;
+            } else {
+                writeln!(out, "verdict      REFUSED: {problem} (exit 2)")?;
+            }
+            return Ok(ExitCode::from(app::EXIT_TAMPERED));
+        }
+    };
+    db.require_existing()?;
+    let store = mandate_engine::store::open(&db.url).await?;
+    let report = mandate_engine::evidence::verify(&store.evidence_log(), &cp).await?;
+    let code = if report.ok() {
+        app::EXIT_OK
+    } else {
+        app::EXIT_TAMPERED
+    };
+    if json {
+        let mut doc = serde_json::to_value(&report)?;
+        doc["ok"] = report.ok().into();
+        doc["exit_code"] = code.into();
+        writeln!(out, "{doc}")?;
+    } else {
+        writeln!(
+            out,
+            "checkpoint   {} size {} signed by {} (signature ok)",
+            cp.origin,
+            cp.size,
+            key.id()
+        )?;
+        writeln!(
+            out,
+            "consistency  {}",
+            if report.consistent {
+                format!(
+                    "ok: the log ({} leaves) extends the checkpoint",
+                    report.log_size
+                )
+            } else {
+                format!("NOT PROVEN: the log holds {} leaves", report.log_size)
+            }
+        )?;
+        writeln!(
+            out,
+            "events       {} checked in global order ({} after the checkpoint)",
+            report.events_checked, report.events_after_checkpoint
+        )?;
+        for f in &report.findings {
+            writeln!(out, "  {:<16} {}", f.kind, summary::text(&f.message, 300))?;
+        }
+        if report.more_findings > 0 {
+            writeln!(out, "  … and {} more", report.more_findings)?;
+        }
+        match report.first_bad_gseq {
+            _ if report.ok() => writeln!(
+                out,
+                "verdict      OK: every event the checkpoint signed is intact and in place (exit 0)"
+            )?,
+            Some(g) => writeln!(out, "verdict      TAMPERED: first bad gseq {g} (exit 2)")?,
+            None => writeln!(out, "verdict      TAMPERED (exit 2)")?,
+        }
     }
     out.flush()?;
     Ok(ExitCode::from(code))

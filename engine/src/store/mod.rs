@@ -308,6 +308,8 @@ pub trait Store: Send + Sync + 'static {
         live_at_ms: Option<i64>,
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<crate::core::gateway::Preapproval>, Error>>;
+    /// The evidence log's tables on this database (`engine::evidence`).
+    fn evidence_log(&self) -> crate::evidence::Log;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created on first use) or `postgres://…`.

@@ -600,6 +600,10 @@ impl Store for PgStore {
 
     super::admin::admin_methods!();
     super::governance::governance_methods!();
+
+    fn evidence_log(&self) -> crate::evidence::Log {
+        crate::evidence::Log::from_postgres(self.pool.clone())
+    }
 }
 
 /// Extends (or first records) a worker's lease.

@@ -658,6 +658,10 @@ impl Store for SqliteStore {
 
     super::admin::admin_methods!();
     super::governance::governance_methods!();
+
+    fn evidence_log(&self) -> crate::evidence::Log {
+        crate::evidence::Log::from_sqlite(self.pool.clone())
+    }
 }
 
 pub(crate) fn timer_from_parts(

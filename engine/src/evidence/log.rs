@@ -1,0 +1,470 @@
+//! The stored Merkle log: its size, its leaves (which event each is), its
+//! complete subtree nodes, and the checkpoints signed over it (migration
+//! 0006). Reads and writes its own tables on a pool of its own; the events
+//! table is only read. The SQL is the same on both backends (`$N` parameters
+//! work on SQLite too), so [`on_pool!`] writes each body once.
+
+use std::collections::HashMap;
+
+use sqlx::{PgPool, Row, SqlitePool};
+
+use super::merkle::{self, Frontier, Hash, NodeId};
+use crate::core::chain::RawEvent;
+use crate::store::Error;
+
+/// Rows per multi-row insert (4 parameters each; far under both backends' bounds).
+const ROWS_PER_STATEMENT: usize = 500;
+/// The most events one read returns.
+pub const MAX_PAGE: u32 = 5_000;
+
+#[derive(Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool `$db` holds.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite($pool) => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// One event as the log sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent {
+    pub gseq: i64,
+    pub event: RawEvent,
+    /// Whether the task's row exists.
+    pub task_row: bool,
+}
+
+/// A leaf as stored: the event it was made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafRow {
+    pub index: u64,
+    pub task_id: String,
+    pub seq: i64,
+    /// The event's chain hash (hex), the leaf's bytes.
+    pub event_hash: String,
+}
+
+/// A checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointRow {
+    pub size: u64,
+    pub root: String,
+    pub issued_at_ms: i64,
+    pub key_id: String,
+    pub note: String,
+}
+
+/// Why an append did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("another process extended the log first (size is no longer {0}); reload and retry")]
+    Moved(u64),
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+/// The log's tables on one database.
+#[derive(Clone)]
+pub struct Log {
+    db: Db,
+}
+
+fn corrupt(what: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
+    move |e| Error::Corrupt(format!("{what}: {e}"))
+}
+
+/// Decodes a stored hex hash.
+pub fn parse_hash(hex_text: &str) -> Option<Hash> {
+    hex::decode(hex_text).ok()?.try_into().ok()
+}
+
+fn stored_hash(text: &str, what: &str) -> Result<Hash, Error> {
+    parse_hash(text)
+        .ok_or_else(|| Error::Corrupt(format!("{what}: {text:?} is not a 32-byte hex hash")))
+}
+
+impl Log {
+    /// The log on the SQLite database a store reads through `pool`.
+    pub fn from_sqlite(pool: SqlitePool) -> Log {
+        Log {
+            db: Db::Sqlite(pool),
+        }
+    }
+
+    /// The log on the PostgreSQL database a store reads through `pool`.
+    pub fn from_postgres(pool: PgPool) -> Log {
+        Log {
+            db: Db::Postgres(pool),
+        }
+    }
+
+    /// The number of leaves.
+    pub async fn size(&self) -> Result<u64, Error> {
+        let size: i64 = on_pool!(&self.db, pool => sqlx::query_scalar("SELECT size FROM evidence_log WHERE id = 1")
+            .fetch_one(pool)
+            .await
+            .map_err(Error::db("read the evidence log size"))?);
+        Ok(size as u64)
+    }
+
+    /// Stored nodes by id; leaves (level 0) come from their leaf rows.
+    pub async fn nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, Error> {
+        let mut out = HashMap::new();
+        let (leaves, inner): (Vec<NodeId>, Vec<NodeId>) = ids.iter().partition(|(l, _)| *l == 0);
+        for chunk in leaves.chunks(ROWS_PER_STATEMENT) {
+            let list = chunk
+                .iter()
+                .map(|(_, i)| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!("SELECT idx, hash FROM evidence_leaves WHERE idx IN ({list})");
+            let rows: Vec<(i64, String)> = on_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await
+                .map_err(Error::db("read evidence leaves"))?);
+            for (idx, h) in rows {
+                out.insert(
+                    (0, idx as u64),
+                    merkle::leaf_hash(&stored_hash(&h, "evidence leaf")?),
+                );
+            }
+        }
+        for chunk in inner.chunks(ROWS_PER_STATEMENT) {
+            let cond = chunk
+                .iter()
+                .map(|(l, i)| format!("(level = {l} AND idx = {i})"))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let sql = format!("SELECT level, idx, hash FROM evidence_nodes WHERE {cond}");
+            let rows: Vec<(i32, i64, String)> = on_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await
+                .map_err(Error::db("read evidence nodes"))?);
+            for (level, idx, h) in rows {
+                out.insert(
+                    (level as u32, idx as u64),
+                    stored_hash(&h, "evidence node")?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ranges(&self, ranges: &[merkle::Range]) -> Result<Vec<Hash>, Error> {
+        let nodes = self.nodes(&merkle::nodes_for(ranges)).await?;
+        ranges.iter().map(|r| range_hash(*r, &nodes)).collect()
+    }
+
+    /// The root of the first `size` leaves.
+    pub async fn root(&self, size: u64) -> Result<Hash, Error> {
+        if size == 0 {
+            return Ok(merkle::empty_root());
+        }
+        Ok(self.ranges(&[(0, size)]).await?[0])
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of `size` leaves.
+    pub async fn prove_inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, Error> {
+        self.ranges(&merkle::inclusion_ranges(index, size)).await
+    }
+
+    /// The inclusion proofs of several leaves in the tree of `size` leaves,
+    /// from one read of the nodes they need.
+    pub async fn prove_inclusions(
+        &self,
+        indices: &[u64],
+        size: u64,
+    ) -> Result<Vec<Vec<Hash>>, Error> {
+        let paths: Vec<Vec<merkle::Range>> = indices
+            .iter()
+            .map(|&i| merkle::inclusion_ranges(i, size))
+            .collect();
+        let all: Vec<merkle::Range> = paths.iter().flatten().copied().collect();
+        let nodes = self.nodes(&merkle::nodes_for(&all)).await?;
+        paths
+            .iter()
+            .map(|path| path.iter().map(|r| range_hash(*r, &nodes)).collect())
+            .collect()
+    }
+
+    /// The consistency proof from the tree of `old` leaves to that of `new`.
+    pub async fn prove_consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, Error> {
+        if old == new {
+            return Ok(Vec::new());
+        }
+        self.ranges(&merkle::consistency_ranges(old, new)).await
+    }
+
+    /// The frontier of the stored tree (to append after it).
+    pub async fn frontier(&self) -> Result<Frontier, Error> {
+        let size = self.size().await?;
+        let ids = merkle::decompose(0, size);
+        let nodes = self.nodes(&ids).await?;
+        let parts = ids
+            .iter()
+            .map(|id| {
+                nodes.get(id).copied().ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "evidence node (level {}, index {}) is missing",
+                        id.0, id.1
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Frontier::from_parts(size, &parts))
+    }
+
+    /// Appends the leaves of `events` (gseq `frontier.size() + 1` onwards, in
+    /// order) in one transaction, fenced on the stored size; `frontier` moves
+    /// only if it commits.
+    pub async fn append(
+        &self,
+        frontier: &mut Frontier,
+        events: &[LeafRow],
+    ) -> Result<(), AppendError> {
+        let old = frontier.size();
+        let mut next = frontier.clone();
+        let mut nodes = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            if e.index != old + i as u64 {
+                return Err(Error::Corrupt(format!(
+                    "leaf {} given where leaf {} belongs",
+                    e.index,
+                    old + i as u64
+                ))
+                .into());
+            }
+            let leaf = stored_hash(&e.event_hash, "event hash")?;
+            nodes.extend(
+                next.push(merkle::leaf_hash(&leaf))
+                    .into_iter()
+                    .filter(|((l, _), _)| *l > 0),
+            );
+        }
+        let new = next.size();
+        on_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await.map_err(Error::db("begin an evidence append"))?;
+            let moved = sqlx::query("UPDATE evidence_log SET size = $1 WHERE id = 1 AND size = $2")
+                .bind(new as i64)
+                .bind(old as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("move the evidence log size"))?;
+            if moved.rows_affected() != 1 {
+                return Err(AppendError::Moved(old));
+            }
+            for chunk in events.chunks(ROWS_PER_STATEMENT) {
+                let sql = values_sql("INSERT INTO evidence_leaves (idx, task_id, seq, hash) VALUES ", chunk.len(), 4);
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for e in chunk {
+                    q = q.bind(e.index as i64).bind(&e.task_id).bind(e.seq).bind(&e.event_hash);
+                }
+                q.execute(&mut *tx).await.map_err(Error::db("insert evidence leaves"))?;
+            }
+            for chunk in nodes.chunks(ROWS_PER_STATEMENT) {
+                let sql = values_sql("INSERT INTO evidence_nodes (level, idx, hash) VALUES ", chunk.len(), 3);
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for ((level, idx), h) in chunk {
+                    q = q.bind(*level as i32).bind(*idx as i64).bind(hex::encode(h));
+                }
+                q.execute(&mut *tx).await.map_err(Error::db("insert evidence nodes"))?;
+            }
+            tx.commit().await.map_err(Error::db("commit an evidence append"))?;
+        });
+        *frontier = next;
+        Ok(())
+    }
+
+    /// Events numbered after `after_gseq`, in global order, at most `limit`
+    /// (capped at [`MAX_PAGE`]), whether or not their task's row exists.
+    pub async fn events_after(
+        &self,
+        after_gseq: i64,
+        limit: u32,
+    ) -> Result<Vec<LoggedEvent>, Error> {
+        let limit = limit.min(MAX_PAGE) as i64;
+        on_pool!(&self.db, pool => {
+            let rows = sqlx::query(
+                "SELECT e.gseq, e.task_id, e.seq, e.event_type, e.recorded_at_ms, e.actor, e.payload,
+                        e.prev_hash, e.hash, (t.id IS NOT NULL) AS task_row
+                 FROM events e LEFT JOIN tasks t ON t.id = e.task_id
+                 WHERE e.gseq > $1 ORDER BY e.gseq LIMIT $2",
+            )
+            .bind(after_gseq)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(Error::db("read events in global order"))?;
+            rows.iter()
+                .map(|r| {
+                    let task_id: String = r.try_get("task_id").map_err(corrupt("events row"))?;
+                    Ok(LoggedEvent {
+                        gseq: r.try_get("gseq").map_err(corrupt("events row"))?,
+                        task_row: r.try_get("task_row").map_err(corrupt("events row"))?,
+                        event: crate::store::sqlite::event_from_row(&task_id, r)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// The leaves of the events numbered after `after_gseq`, in global order,
+    /// at most `limit` (capped at [`MAX_PAGE`]): `(gseq, leaf)`, without
+    /// reading payloads (what the follower needs).
+    pub async fn leaves_after(
+        &self,
+        after_gseq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, LeafRow)>, Error> {
+        let rows: Vec<(i64, String, i64, String)> = on_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT gseq, task_id, seq, hash FROM events WHERE gseq > $1 ORDER BY gseq LIMIT $2",
+        )
+        .bind(after_gseq)
+        .bind(limit.min(MAX_PAGE) as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(Error::db("read events in global order"))?);
+        Ok(rows
+            .into_iter()
+            .map(|(g, task_id, seq, event_hash)| {
+                (
+                    g,
+                    LeafRow {
+                        index: (g - 1).max(0) as u64,
+                        task_id,
+                        seq,
+                        event_hash,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Events that have no global number (written around the writer).
+    pub async fn unnumbered_events(&self, limit: u32) -> Result<Vec<(String, i64)>, Error> {
+        on_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT task_id, seq FROM events WHERE gseq IS NULL ORDER BY task_id, seq LIMIT $1",
+        )
+        .bind(limit.min(MAX_PAGE) as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(Error::db("look for events without a global number")))
+    }
+
+    /// Leaf rows `[start, start + limit)`.
+    pub async fn leaves(&self, start: u64, limit: u32) -> Result<Vec<LeafRow>, Error> {
+        let rows: Vec<(i64, String, i64, String)> = on_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT idx, task_id, seq, hash FROM evidence_leaves WHERE idx >= $1 ORDER BY idx LIMIT $2",
+        )
+        .bind(start as i64)
+        .bind(limit.min(MAX_PAGE) as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(Error::db("read evidence leaves"))?);
+        Ok(leaf_rows(rows))
+    }
+
+    /// The leaves of one task's events, by seq.
+    pub async fn task_leaves(&self, task_id: &str) -> Result<Vec<LeafRow>, Error> {
+        let rows: Vec<(i64, String, i64, String)> = on_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT e.gseq - 1, e.task_id, e.seq, e.hash FROM events e
+             WHERE e.task_id = $1 AND e.gseq IS NOT NULL ORDER BY e.seq",
+        )
+        .bind(task_id)
+        .fetch_all(pool)
+        .await
+        .map_err(Error::db("read a task's events"))?);
+        Ok(leaf_rows(rows))
+    }
+
+    /// Records a signed checkpoint (a second one for the same size is ignored).
+    pub async fn insert_checkpoint(&self, row: &CheckpointRow) -> Result<(), Error> {
+        on_pool!(&self.db, pool => sqlx::query(
+            "INSERT INTO evidence_checkpoints (size, root, issued_at_ms, key_id, note)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (size) DO NOTHING",
+        )
+        .bind(row.size as i64)
+        .bind(&row.root)
+        .bind(row.issued_at_ms)
+        .bind(&row.key_id)
+        .bind(&row.note)
+        .execute(pool)
+        .await
+        .map(drop)
+        .map_err(Error::db("record a checkpoint"))?);
+        Ok(())
+    }
+
+    /// The newest checkpoint, or the first one covering leaf `index` (size > index).
+    pub async fn checkpoint(&self, covering: Option<u64>) -> Result<Option<CheckpointRow>, Error> {
+        let rows: Vec<(i64, String, i64, String, String)> = on_pool!(&self.db, pool => match covering {
+            None => sqlx::query_as(
+                "SELECT size, root, issued_at_ms, key_id, note FROM evidence_checkpoints ORDER BY size DESC LIMIT 1",
+            )
+            .fetch_all(pool)
+            .await,
+            Some(index) => sqlx::query_as(
+                "SELECT size, root, issued_at_ms, key_id, note FROM evidence_checkpoints
+                 WHERE size > $1 ORDER BY size LIMIT 1",
+            )
+            .bind(index as i64)
+            .fetch_all(pool)
+            .await,
+        }
+        .map_err(Error::db("read checkpoints"))?);
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|(size, root, issued_at_ms, key_id, note)| CheckpointRow {
+                size: size as u64,
+                root,
+                issued_at_ms,
+                key_id,
+                note,
+            }))
+    }
+}
+
+fn range_hash(range: merkle::Range, nodes: &HashMap<NodeId, Hash>) -> Result<Hash, Error> {
+    merkle::range_hash(range, nodes).map_err(|(l, i)| {
+        Error::Corrupt(format!("evidence node (level {l}, index {i}) is missing"))
+    })
+}
+
+fn leaf_rows(rows: Vec<(i64, String, i64, String)>) -> Vec<LeafRow> {
+    rows.into_iter()
+        .map(|(idx, task_id, seq, event_hash)| LeafRow {
+            index: idx as u64,
+            task_id,
+            seq,
+            event_hash,
+        })
+        .collect()
+}
+
+/// `prefix ($1, $2, …), (…)`: `rows` tuples of `cols` parameters.
+fn values_sql(prefix: &str, rows: usize, cols: usize) -> String {
+    let mut sql = String::from(prefix);
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", r * cols + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
