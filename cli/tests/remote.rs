@@ -554,7 +554,9 @@ async fn approve_and_reject_gated_plan_steps(b: Backend) {
     let replay = s.local(&["replay", &approved]).await;
     replay.expect_code(0);
     assert!(
-        replay.stdout.contains("decided by the gateway: gated_execute")
+        replay
+            .stdout
+            .contains("decided by the gateway: gated_execute")
             && replay.stdout.contains(&format!("approved by {APPROVER}"))
             && replay.stdout.contains("verdict      OK"),
         "{}",
