@@ -545,6 +545,53 @@ fn describe(state: &TaskState, event: &Event) -> String {
             }
             s
         }
+        E::OwnersNotified { about_seq, routing } => {
+            let who: Vec<String> = routing
+                .recipients
+                .iter()
+                .map(|r| format!("{} (rule {}: {})", r.recipient, r.rule, r.why))
+                .collect();
+            let mut s = format!(
+                "notified about #{about_seq}: {}",
+                summary::text(&who.join("; "), MAX_TEXT_CHARS)
+            );
+            if let Some(due) = routing.review_due_at_ms {
+                s.push_str(&format!("; review due {}", summary::clock(due)));
+            }
+            text(&s)
+        }
+        E::NotificationResponded {
+            notification_id,
+            action,
+            identity,
+            via,
+            assign_to,
+            comment,
+            ..
+        } => {
+            let mut s =
+                format!("{identity} answered notification {notification_id}: {action} (via {via})");
+            if let Some(to) = assign_to {
+                s.push_str(&format!(" → {to}"));
+            }
+            if let Some(c) = comment {
+                s.push_str(&format!(": {c}"));
+            }
+            text(&s)
+        }
+        E::EscalationResolved {
+            identity,
+            note,
+            recovery_done,
+            ..
+        } => text(&format!(
+            "escalation resolved by {identity}{}: {note}",
+            if *recovery_done {
+                " (recovery done)"
+            } else {
+                ""
+            }
+        )),
     }
 }
 

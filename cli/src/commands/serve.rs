@@ -50,6 +50,7 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (engine, _world) = app::open_engine(db).await?;
     let worker = engine.start_worker(config);
     let worker_id = worker.id().to_string();
+    let routing = start_routing(db, &engine, &args.listen).await?;
 
     // The HTTP API shares `engine`; it stops before the worker so no request
     // lands on a stopping engine.
@@ -110,8 +111,65 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
         _ = interrupt.recv() => return Ok(ExitCode::from(130)),
         _ = terminate.recv() => return Ok(ExitCode::from(143)),
     }
+    routing.0.shutdown().await;
+    routing.1.shutdown().await;
     eprintln!("worker {worker_id} stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Routing's side of `serve`: the follower that enqueues the deliveries of
+/// recorded `OwnersNotified` events (and fires escalation steps), and the
+/// delivery worker. Links are signed with `MANDATE_LINK_SECRET` (else a
+/// key drawn at start: links then stop working at restart) and point at
+/// `MANDATE_PUBLIC_URL` (else `http://<listen>`).
+async fn start_routing(
+    db: &Database,
+    engine: &mandate_engine::Engine,
+    listen: &str,
+) -> anyhow::Result<(
+    mandate_routing::wire::Follower,
+    mandate_routing::worker::DeliveryWorker,
+)> {
+    use std::sync::Arc;
+    let config = app::routing_config()?;
+    let outbox = Arc::new(
+        mandate_routing::outbox::Outbox::open(&db.url)
+            .await
+            .context("cannot open the notifications outbox")?,
+    );
+    let clock = mandate_routing::worker::system_clock();
+    let delivery = mandate_routing::worker::DeliveryWorker::spawn(
+        outbox.clone(),
+        config.clone(),
+        mandate_routing::worker::WorkerConfig::default(),
+        clock.clone(),
+    );
+    let secret = match std::env::var("MANDATE_LINK_SECRET") {
+        Ok(s) if s.len() >= 16 => s.into_bytes(),
+        Ok(_) => return Err(refused("MANDATE_LINK_SECRET must be at least 16 bytes")),
+        Err(_) => format!(
+            "{}{}",
+            uuid::Uuid::now_v7().simple(),
+            uuid::Uuid::now_v7().simple()
+        )
+        .into_bytes(),
+    };
+    let base_url =
+        std::env::var("MANDATE_PUBLIC_URL").unwrap_or_else(|_| format!("http://{listen}"));
+    let follower = mandate_routing::wire::Follower::spawn(mandate_routing::wire::FollowerParts {
+        engine: engine.clone(),
+        outbox,
+        config,
+        links: mandate_routing::wire::LinkSettings {
+            secret,
+            base_url,
+            ttl_ms: 24 * 3_600_000,
+        },
+        clock,
+        wake: delivery.wake.clone(),
+        poll_interval: Duration::from_secs(1),
+    });
+    Ok((follower, delivery))
 }
 
 /// A flag's count as a `usize` (the flags are range-checked far below it).

@@ -8,6 +8,7 @@
 mod client;
 mod governance;
 mod halt;
+mod routing;
 mod worker;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ pub use governance::{
     MAX_PREAPPROVAL_MS, PreapprovalGrant,
 };
 pub use halt::{HALT_REFRESH, Lifted};
+pub use routing::{MAX_NOTE_CHARS, NotificationResponse, RESPONSE_ACTIONS};
 pub use worker::{WorkerConfig, WorkerHandle};
 
 /// Where time comes from (injected, so tests and replays control it).
