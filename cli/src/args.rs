@@ -100,6 +100,16 @@ pub enum Command {
     /// Batch pre-approvals, granted and revoked by an owner of the tool:
     /// `preapproval grant --tool T --agent A --for 4h`, `preapproval list`, `preapproval revoke ID`
     Preapproval(crate::commands::preapproval::PreapprovalArgs),
+    /// Acknowledge a notification (as --as ID; with --server the token's identity)
+    Ack(crate::commands::notify::AckArgs),
+    /// Answer a notification: acknowledge, pause_task, pause_agent, cancel_rollback,
+    /// trigger_recovery, assign, approve, reject, mark_reviewed, helpful, not_helpful
+    Respond(crate::commands::notify::RespondArgs),
+    /// Close an escalated_to_human task, saying what was done (--note)
+    Resolve(crate::commands::notify::ResolveArgs),
+    /// Time to intervention P50/P95 per action, ownership and recovery-path coverage,
+    /// relevance, from the recorded history
+    Tti(crate::commands::notify::TtiArgs),
 }
 
 #[derive(Debug, Args)]

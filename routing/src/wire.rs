@@ -611,7 +611,13 @@ impl Responder {
             }
             .into());
         }
-        self.outbox.consume_link(token, &claim, now).await?;
+        self.outbox
+            .consume_link(token, &claim, now)
+            .await
+            .map_err(|e| match e {
+                outbox::Error::Link(l) => RespondError::Link(l),
+                e => e.into(),
+            })?;
         self.respond(
             &claim.notification_id,
             &claim.recipient,
@@ -739,4 +745,113 @@ pub fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Most events one figures scan reads (the newest are read).
+pub const MAX_FIGURES_SCAN: i64 = 1_000_000;
+
+/// The seeds' figures, from recorded history: time to intervention per
+/// action, ownership coverage, recovery-path coverage, relevance.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Figures {
+    pub tti: Vec<crate::tti::TtiStats>,
+    /// Routed steps whose map named at least one owner / routed steps.
+    pub ownership_coverage: Option<f64>,
+    pub steps_routed: u64,
+    /// Write steps with a compensation or a recovery path / write steps.
+    pub recovery_path_coverage: Option<f64>,
+    pub write_steps: u64,
+    /// `helpful` / (`helpful` + `not_helpful`).
+    pub relevance: Option<f64>,
+    pub rated: u64,
+    pub events_scanned: u64,
+    /// The scan stopped at [`MAX_FIGURES_SCAN`] events (older ones not read).
+    pub truncated: bool,
+}
+
+/// Reads the newest `max_events` (at most [`MAX_FIGURES_SCAN`]) of the feed
+/// recorded at or after `since_ms`.
+pub async fn figures(
+    engine: &Engine,
+    since_ms: Option<i64>,
+    max_events: i64,
+) -> Result<Figures, mandate_engine::store::Error> {
+    use std::collections::HashMap;
+    let store = engine.store();
+    let max = max_events.clamp(1, MAX_FIGURES_SCAN);
+    let head = store.event_head().await?;
+    let mut cursor = (head - max).max(0);
+    let mut f = Figures {
+        truncated: cursor > 0,
+        ..Figures::default()
+    };
+    // Per notification: its first answer.
+    let mut first: HashMap<String, crate::tti::ResponseRecord> = HashMap::new();
+    let (mut owned, mut recoverable, mut helpful) = (0u64, 0u64, 0u64);
+    loop {
+        let page = store.events_after(cursor, None, None, 1_000).await?;
+        let Some(last) = page.last() else { break };
+        cursor = last.gseq;
+        for g in &page {
+            let raw = &g.event;
+            f.events_scanned += 1;
+            if since_ms.is_some_and(|s| raw.recorded_at_ms < s) {
+                continue;
+            }
+            let Ok(p) = EventPayload::from_parts(&raw.event_type, &raw.payload) else {
+                continue;
+            };
+            match p {
+                EventPayload::OwnersNotified { routing, .. } if routing.path.is_some() => {
+                    f.steps_routed += 1;
+                    owned += u64::from(!routing.unowned);
+                }
+                EventPayload::PolicyEvaluated {
+                    kind,
+                    compensation,
+                    recovery_path,
+                    decision,
+                    ..
+                } if kind.is_write() => {
+                    f.write_steps += 1;
+                    recoverable += u64::from(
+                        compensation.is_some()
+                            || recovery_path.is_some()
+                            || decision.recovery_path.is_some(),
+                    );
+                }
+                EventPayload::NotificationResponded {
+                    notification_id,
+                    action,
+                    notified_at_ms,
+                    ..
+                } => {
+                    if action == "helpful" || action == "not_helpful" {
+                        f.rated += 1;
+                        helpful += u64::from(action == "helpful");
+                        continue;
+                    }
+                    let Some(at) = notified_at_ms else { continue };
+                    first
+                        .entry(notification_id)
+                        .or_insert(crate::tti::ResponseRecord {
+                            action,
+                            notified_at_ms: at,
+                            first_response_at_ms: Some(raw.recorded_at_ms),
+                        });
+                }
+                _ => {}
+            }
+        }
+        if page.len() < 1_000 {
+            break;
+        }
+    }
+    let ratio = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
+    f.ownership_coverage = ratio(owned, f.steps_routed);
+    f.recovery_path_coverage = ratio(recoverable, f.write_steps);
+    f.relevance = ratio(helpful, f.rated);
+    let records: Vec<_> = first.into_values().collect();
+    f.tti = crate::tti::tti(&records);
+    Ok(f)
 }

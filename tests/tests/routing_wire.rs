@@ -90,7 +90,14 @@ struct Receiver {
     hold: watch::Sender<bool>,
 }
 
-async fn receiver(now: Arc<AtomicI64>) -> Receiver {
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn receiver(now: Clock) -> Receiver {
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
     let (hold, held) = watch::channel(false);
     let g = got.clone();
@@ -105,7 +112,7 @@ async fn receiver(now: Arc<AtomicI64>) -> Receiver {
                         .get("x-mandate-signature")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    let now_s = now.load(Ordering::SeqCst) / 1000;
+                    let now_s = now() / 1000;
                     if sign::verify_webhook(HOOK_SECRET.as_bytes(), sig, &body, now_s, 300).is_err()
                     {
                         return StatusCode::UNAUTHORIZED;
@@ -158,8 +165,10 @@ impl Receiver {
 
 struct World2 {
     h: Harness,
+    governance: Arc<Governance>,
     receiver: Receiver,
-    now: Arc<AtomicI64>,
+    /// Added to the wall clock on the routing side (deliveries, chains, links).
+    offset: Arc<AtomicI64>,
     parts: FollowerParts,
     responder: Responder,
     delivery: Option<DeliveryWorker>,
@@ -167,16 +176,12 @@ struct World2 {
 }
 
 async fn setup(b: Backend) -> World2 {
-    // The routing side's clock, a minute ahead of the engine's (so what the
-    // engine records is due at once) and moved by the tests.
-    let now = Arc::new(AtomicI64::new(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64
-            + 60_000,
-    ));
-    let receiver = receiver(now.clone()).await;
+    // The routing side's clock: the wall clock plus an offset the tests move.
+    let offset = Arc::new(AtomicI64::new(0));
+    let o = offset.clone();
+    let clock: Clock = Arc::new(move || wall_ms() + o.load(Ordering::SeqCst));
+    let now = clock.clone();
+    let receiver = receiver(now).await;
     let dir = tempfile::tempdir().unwrap();
     gov::write_policies(dir.path());
     std::fs::write(dir.path().join("org/routing.cedar"), ONE_APPROVER_RULE).unwrap();
@@ -200,8 +205,6 @@ async fn setup(b: Backend) -> World2 {
     .await;
     h.start_worker();
     let outbox = Arc::new(Outbox::open(&h.db.url).await.unwrap());
-    let n = now.clone();
-    let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
     let delivery = DeliveryWorker::spawn(
         outbox.clone(),
         config.clone(),
@@ -234,8 +237,9 @@ async fn setup(b: Backend) -> World2 {
     };
     World2 {
         h,
+        governance,
         receiver,
-        now,
+        offset,
         parts,
         responder,
         delivery: Some(delivery),
@@ -266,7 +270,7 @@ impl World2 {
     }
 
     fn advance_minutes(&self, m: i64) {
-        self.now.fetch_add(m * 60_000, Ordering::SeqCst);
+        self.offset.fetch_add(m * 60_000, Ordering::SeqCst);
     }
 
     async fn shutdown(mut self) {
@@ -460,7 +464,7 @@ async fn gated_step_approver_gets_slack_and_a_signed_callback_approves(b: Backen
     let payload = json!({"type": "block_actions", "user": {"id": "U1", "username": "alice"},
         "actions": [{"action_id": "approve", "value": nid}]});
     let body = format!("payload={}", percent_encode(&payload.to_string()));
-    let ts = (w.now.load(Ordering::SeqCst) / 1000).to_string();
+    let ts = ((w.parts.clock)() / 1000).to_string();
     let before = w.h.engine.task(&id).await.unwrap().last_seq;
     let wrong = sign::slack_signature(b"not-the-secret", ts.parse().unwrap(), body.as_bytes());
     let e = w
@@ -493,7 +497,195 @@ async fn gated_step_approver_gets_slack_and_a_signed_callback_approves(b: Backen
     w.shutdown().await;
 }
 
+/// The API on loopback over this world's engine, with routing's answers.
+async fn serve_api(w: &World2) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let state = mandate_api::AppState::new(
+        w.h.engine.clone(),
+        w.governance.clone(),
+        mandate_api::ApiConfig {
+            rate_per_second: 100_000,
+            rate_burst: 100_000,
+            ..Default::default()
+        },
+    )
+    .with_routing(mandate_api::RoutingApi {
+        responder: w.responder.clone(),
+        slack_signing_secret: Some(SLACK_SIGNING_SECRET.to_vec()),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(mandate_api::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    (base, stop)
+}
+
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = http.request(method, url);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn answers_through_the_api_are_recorded_with_identity_and_measured(b: Backend) {
+    let w = setup(b).await;
+    let (base, _stop) = serve_api(&w).await;
+    let http = reqwest::Client::new();
+    let store = w.h.engine.store();
+    let token = |role: &'static str, name: &'static str| async move {
+        mandate_api::create_token(store.as_ref(), role, name, 0)
+            .await
+            .unwrap()
+            .1
+    };
+    let (pat, quinn, operator) = (
+        token("approver", "pat").await,
+        token("approver", "quinn").await,
+        token("operator", "ops").await,
+    );
+    let id = w
+        .submit(json!({"agent": AGENT, "reason": "mark it", "steps": [
+            {"id": "mark", "tool": "kv.put", "input": {"key": "k", "value": 1}}]}))
+        .await;
+    w.h.engine
+        .wait_until_final(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    w.follow().await;
+    let got = w.receiver.wait_for(2).await;
+    let (pat_nid, pat_msg) = got
+        .iter()
+        .find(|(_, r)| r.body["recipient"] == "pat")
+        .unwrap();
+    let respond = format!("{base}/v1/notifications/{pat_nid}/respond");
+    let post = reqwest::Method::POST;
+    // Only the recipient (or an operator) answers; the identity is the token's.
+    let (status, e) = call(
+        &http,
+        post.clone(),
+        respond.clone(),
+        Some(&quinn),
+        Some(json!({"action": "acknowledge"})),
+    )
+    .await;
+    assert_eq!(status, 403, "{e}");
+    let (status, e) = call(
+        &http,
+        post.clone(),
+        respond.clone(),
+        Some(&pat),
+        Some(json!({"action": "dance"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    let (status, ok) = call(
+        &http,
+        post.clone(),
+        respond.clone(),
+        Some(&pat),
+        Some(json!({"action": "helpful"})),
+    )
+    .await;
+    assert_eq!(
+        (status, ok["identity"].as_str()),
+        (200, Some("pat")),
+        "{ok}"
+    );
+    // The one-click link: once, then refused.
+    let link = format!("{base}/v1/links/{}", link_token(pat_msg, "acknowledge"));
+    let (status, ok) = call(&http, reqwest::Method::GET, link.clone(), None, None).await;
+    assert_eq!(
+        (status, ok["action"].as_str()),
+        (200, Some("acknowledge")),
+        "{ok}"
+    );
+    let (status, e) = call(&http, reqwest::Method::GET, link, None, None).await;
+    assert_eq!(status, 409, "{e}");
+    // A wrongly signed Slack callback records nothing.
+    let before = w.h.engine.task(&id).await.unwrap().last_seq;
+    let resp = http
+        .post(format!("{base}/v1/slack/interactions"))
+        .header("x-slack-request-timestamp", ((w.parts.clock)() / 1000).to_string())
+        .header("x-slack-signature", "v0=00")
+        .body(format!("payload={}", percent_encode(&json!({"actions": [{"action_id": "acknowledge", "value": pat_nid}], "user": {"username": "pat"}}).to_string())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(w.h.engine.task(&id).await.unwrap().last_seq, before);
+    // Resolving is for escalated tasks only.
+    let (status, e) = call(
+        &http,
+        post,
+        format!("{base}/v1/tasks/{id}/resolve"),
+        Some(&operator),
+        Some(json!({"note": "nothing to do"})),
+    )
+    .await;
+    assert_eq!(status, 409, "{e}");
+
+    // The figures `mandate tti` prints and /metrics serves, from the history.
+    let f = mandate_routing::wire::figures(&w.h.engine, None, 1_000)
+        .await
+        .unwrap();
+    let ack = f
+        .tti
+        .iter()
+        .find(|t| t.action == "acknowledge")
+        .expect("acknowledge measured");
+    assert_eq!(ack.count, 1);
+    assert!(ack.p50_ms <= ack.p95_ms);
+    assert_eq!(f.relevance, Some(1.0));
+    assert_eq!(f.ownership_coverage, Some(1.0));
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!(
+        "mandate_tti_seconds{{action=\"acknowledge\",quantile=\"0.95\"}} {}",
+        ack.p95_ms as f64 / 1000.0
+    );
+    assert!(metrics.contains(&line), "{line} not in /metrics");
+    assert!(
+        metrics.contains("mandate_notification_relevance_ratio 1"),
+        "{metrics}"
+    );
+    let history = w.h.engine.history(&id).await.unwrap();
+    let answers: Vec<(&str, &str)> = history
+        .iter()
+        .filter_map(|e| match &e.payload {
+            E::NotificationResponded { action, via, .. } => Some((action.as_str(), via.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[1], ("acknowledge", "link"));
+    assert!(
+        answers[0].0 == "helpful" && answers[0].1.starts_with("token:"),
+        "{answers:?}"
+    );
+    w.shutdown().await;
+}
+
 backend_tests!(
     monitored_step_notifies_its_owners_and_a_link_stops_the_chain,
     gated_step_approver_gets_slack_and_a_signed_callback_approves,
+    answers_through_the_api_are_recorded_with_identity_and_measured,
 );

@@ -16,6 +16,7 @@ mod demo;
 mod halt;
 mod history;
 mod list;
+pub(crate) mod notify;
 pub(crate) mod plan;
 pub(crate) mod preapproval;
 mod replay;
@@ -23,7 +24,7 @@ mod serve;
 mod status;
 mod submit;
 pub(crate) mod token;
-mod verify;
+pub(crate) mod verify;
 
 use std::process::ExitCode;
 
@@ -82,5 +83,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Token(args) => token::run(&db, args).await,
         Command::Preapproval(args) => preapproval::run(&db, remote()?, args).await,
+        Command::Ack(args) => notify::ack(&db, remote()?, args).await,
+        Command::Respond(args) => notify::respond(&db, remote()?, args).await,
+        Command::Resolve(args) => notify::resolve(&db, remote()?, args).await,
+        Command::Tti(args) => notify::tti(&db, args).await,
     }
 }

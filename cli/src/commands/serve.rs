@@ -50,7 +50,7 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (engine, _world) = app::open_engine(db).await?;
     let worker = engine.start_worker(config);
     let worker_id = worker.id().to_string();
-    let routing = start_routing(db, &engine, &args.listen).await?;
+    let (follower, delivery, responder) = start_routing(db, &engine, &args.listen).await?;
 
     // The HTTP API shares `engine`; it stops before the worker so no request
     // lands on a stopping engine.
@@ -74,7 +74,13 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
                     max_streams_per_token: count(args.max_streams_per_token),
                     max_inflight_submissions: count(args.max_inflight_submissions),
                 },
-            );
+            )
+            .with_routing(mandate_api::RoutingApi {
+                responder,
+                slack_signing_secret: std::env::var("MANDATE_SLACK_SIGNING_SECRET")
+                    .ok()
+                    .map(String::into_bytes),
+            });
             eprintln!("mandate API listening on http://{addr} (docs: http://{addr}/docs)");
             Some(tokio::spawn(mandate_api::serve(listener, state, async {
                 let _ = http_stopped.await;
@@ -111,8 +117,8 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
         _ = interrupt.recv() => return Ok(ExitCode::from(130)),
         _ = terminate.recv() => return Ok(ExitCode::from(143)),
     }
-    routing.0.shutdown().await;
-    routing.1.shutdown().await;
+    follower.shutdown().await;
+    delivery.shutdown().await;
     eprintln!("worker {worker_id} stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -129,6 +135,7 @@ async fn start_routing(
 ) -> anyhow::Result<(
     mandate_routing::wire::Follower,
     mandate_routing::worker::DeliveryWorker,
+    mandate_routing::wire::Responder,
 )> {
     use std::sync::Arc;
     let config = app::routing_config()?;
@@ -156,20 +163,28 @@ async fn start_routing(
     };
     let base_url =
         std::env::var("MANDATE_PUBLIC_URL").unwrap_or_else(|_| format!("http://{listen}"));
+    let links = mandate_routing::wire::LinkSettings {
+        secret,
+        base_url,
+        ttl_ms: 24 * 3_600_000,
+    };
+    let responder = mandate_routing::wire::Responder {
+        engine: engine.clone(),
+        outbox: outbox.clone(),
+        links: links.clone(),
+        config: config.clone(),
+        clock: clock.clone(),
+    };
     let follower = mandate_routing::wire::Follower::spawn(mandate_routing::wire::FollowerParts {
         engine: engine.clone(),
         outbox,
         config,
-        links: mandate_routing::wire::LinkSettings {
-            secret,
-            base_url,
-            ttl_ms: 24 * 3_600_000,
-        },
+        links,
         clock,
         wake: delivery.wake.clone(),
         poll_interval: Duration::from_secs(1),
     });
-    Ok((follower, delivery))
+    Ok((follower, delivery, responder))
 }
 
 /// A flag's count as a `usize` (the flags are range-checked far below it).
