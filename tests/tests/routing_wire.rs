@@ -18,10 +18,15 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
+use futures::FutureExt;
+use futures::future::{BoxFuture, LocalBoxFuture};
 use mandate_activities::{Governance, World};
 use mandate_engine::core::gateway::Gateway;
 use mandate_engine::core::routing::Routed;
-use mandate_engine::{EventPayload as E, Limits, SubmitOptions, TaskStatus};
+use mandate_engine::{
+    EventPayload as E, Limits, StepOptions, SubmitOptions, TaskStatus, Tool, ToolContext, ToolKind,
+    ToolResult, Workflow, WorkflowContext, WorkflowError,
+};
 use mandate_routing::links::LinkError;
 use mandate_routing::outbox::Outbox;
 use mandate_routing::wire::{
@@ -64,6 +69,7 @@ chains:
   - {{id: platform-chain, repeat: 2, steps: [{{notify: pat, wait_minutes: 5}}, {{notify: quinn, wait_minutes: 5}}]}}
 ownership:
   - {{tool: 'kv.*', owners: [team-platform, platform-chain]}}
+  - {{tool: 'archive.*', owners: [team-platform]}}
 routes:
   notify: [owners]
   group_wait_seconds: 0
@@ -176,6 +182,15 @@ struct World2 {
 }
 
 async fn setup(b: Backend) -> World2 {
+    setup_with(b, |_, _| {}).await
+}
+
+async fn setup_with(
+    b: Backend,
+    extra: impl FnOnce(&mut mandate_engine::WorkflowRegistry, &mut mandate_engine::ToolRegistry)
+    + Send
+    + 'static,
+) -> World2 {
     // The routing side's clock: the wall clock plus an offset the tests move.
     let offset = Arc::new(AtomicI64::new(0));
     let o = offset.clone();
@@ -201,6 +216,7 @@ async fn setup(b: Backend) -> World2 {
     let mut h = Harness::governed(db, Limits::default(), gateway, move |w, t| {
         mandate_workflows::register_governed(w, g.clone());
         mandate_activities::register_governance_tools(t, g, world);
+        extra(w, t);
     })
     .await;
     h.start_worker();
@@ -684,7 +700,112 @@ async fn answers_through_the_api_are_recorded_with_identity_and_measured(b: Back
     w.shutdown().await;
 }
 
+/// `archive.purge` (irreversible in the test catalog): does nothing.
+struct Purge;
+
+impl Tool for Purge {
+    fn name(&self) -> &str {
+        "archive.purge"
+    }
+    fn kind(&self) -> ToolKind {
+        ToolKind::WriteIrreversible
+    }
+    fn call<'a>(&'a self, _ctx: ToolContext, input: Value) -> BoxFuture<'a, ToolResult> {
+        async move { Ok(json!({"purged": input})) }.boxed()
+    }
+}
+
+/// Purges, then fails: the purge cannot be undone, so the task escalates.
+struct PurgeThenFail;
+
+impl Workflow for PurgeThenFail {
+    fn name(&self) -> &str {
+        "purge_then_fail"
+    }
+    fn run(
+        &self,
+        ctx: WorkflowContext,
+        _input: Value,
+    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+        Box::pin(async move {
+            ctx.step(StepOptions::new("archive.purge", json!({"bucket": "logs"})).name("purge"))
+                .await?;
+            Err(WorkflowError::new("the next stage broke"))
+        })
+    }
+}
+
+async fn an_escalated_task_notifies_its_owners_and_is_resolved_by_a_person(b: Backend) {
+    let w = setup_with(b, |wf, t| {
+        t.register(Purge);
+        wf.register(PurgeThenFail);
+    })
+    .await;
+    let id =
+        w.h.engine
+            .submit("purge_then_fail", json!({}), SubmitOptions::default())
+            .await
+            .unwrap()
+            .task_id;
+    let row =
+        w.h.engine
+            .wait_until_final(&id, Duration::from_secs(30))
+            .await
+            .unwrap();
+    assert_eq!(row.status, TaskStatus::EscalatedToHuman);
+    let history = w.h.engine.history(&id).await.unwrap();
+    let escalated = history
+        .iter()
+        .find(|e| matches!(e.payload, E::TaskEscalated { .. }))
+        .unwrap()
+        .seq;
+    let routing = history
+        .iter()
+        .find_map(|e| match &e.payload {
+            E::OwnersNotified { about_seq, routing } if *about_seq == escalated => Some(routing),
+            _ => None,
+        })
+        .expect("the escalation was routed");
+    assert_eq!(
+        routing.outcome,
+        Some(mandate_engine::core::routing::RoutedOutcome::TaskEscalated)
+    );
+    assert_eq!(routing.recipients[0].recipient, "team-platform");
+    w.follow().await;
+    let got = w.receiver.wait_for(2).await;
+    assert!(
+        got.values().any(|r| r.body["message"]["title"]
+            .as_str()
+            .unwrap()
+            .contains("escalated")),
+        "{got:?}"
+    );
+
+    let e =
+        w.h.engine
+            .resolve_escalation(&id, "dan", "cli:test", " ", false)
+            .await
+            .unwrap_err();
+    assert!(e.to_string().contains("note"), "{e}");
+    w.h.engine
+        .resolve_escalation(&id, "dan", "cli:test", "restored the bucket", true)
+        .await
+        .unwrap();
+    let e =
+        w.h.engine
+            .resolve_escalation(&id, "dan", "cli:test", "again", true)
+            .await
+            .unwrap_err();
+    assert!(e.to_string().contains("resolved already"), "{e}");
+    let history = w.h.engine.history(&id).await.unwrap();
+    assert!(history.iter().any(|e| e.actor == "user:dan"
+        && matches!(&e.payload, E::EscalationResolved { recovery_done: true, note, .. } if note == "restored the bucket")));
+    w.h.assert_replays(&id).await;
+    w.shutdown().await;
+}
+
 backend_tests!(
+    an_escalated_task_notifies_its_owners_and_is_resolved_by_a_person,
     monitored_step_notifies_its_owners_and_a_link_stops_the_chain,
     gated_step_approver_gets_slack_and_a_signed_callback_approves,
     answers_through_the_api_are_recorded_with_identity_and_measured,
