@@ -275,3 +275,14 @@ pub async fn intervention_metrics(engine: &mandate_engine::Engine) -> Result<Str
     }
     Ok(out)
 }
+
+/// A tool's scope field in the catalog in force: routing names resources
+/// `<field>:<value>` (`service:checkout`).
+pub fn scope_field(
+    governance: &std::sync::Arc<mandate_activities::Governance>,
+) -> mandate_routing::wire::ScopeField {
+    let g = governance.clone();
+    std::sync::Arc::new(move |tool: &str| {
+        g.current().catalog.tool(tool).and_then(|t| t.scope.clone())
+    })
+}

@@ -149,6 +149,7 @@ pub async fn open_engine(db: &Database) -> anyhow::Result<(Engine, World)> {
             gateway: governance.clone(),
             router: Arc::new(mandate_routing::wire::EngineRouter {
                 config: routing_config()?,
+                scope_field: Some(mandate_api::notifications::scope_field(&governance)),
             }),
         });
     let engine = Engine::new(

@@ -32,9 +32,24 @@ use crate::router::{Outcome, RoutingInput};
 use crate::sinks::{Message, ResponseOption};
 use crate::worker::Clock;
 
+/// A tool's scope field (`service` for `deploy.set_version`), from the
+/// catalog in force: the resource routed on is `<field>:<value>`
+/// (`service:checkout`), as the ownership map names resources.
+pub type ScopeField = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// The resource a step touches, as the map names it.
+fn resource_of(tool: &str, scope: Option<&str>, field: Option<&ScopeField>) -> Option<String> {
+    let value = scope.filter(|s| *s != "*")?;
+    Some(match field.and_then(|f| f(tool)) {
+        Some(f) => format!("{f}:{value}"),
+        None => value.to_string(),
+    })
+}
+
 /// The router `decide` asks, over the configuration in force.
 pub struct EngineRouter {
     pub config: Arc<ConfigCell>,
+    pub scope_field: Option<ScopeField>,
 }
 
 impl Router for EngineRouter {
@@ -58,7 +73,11 @@ impl Router for EngineRouter {
             operation: d
                 .and_then(|d| d.operation.clone())
                 .unwrap_or_else(|| "execute".into()),
-            resource: d.and_then(|d| d.scope.clone()).filter(|s| s != "*"),
+            resource: resource_of(
+                r.tool,
+                d.and_then(|d| d.scope.as_deref()),
+                self.scope_field.as_ref(),
+            ),
             path: path.clone(),
             outcome: r.outcome.map(|o| match o {
                 RoutedOutcome::StepFailed => Outcome::StepFailed,
@@ -745,6 +764,54 @@ pub fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Adds to a plan's dry-run report (`mandate plan check`, `POST
+/// /v1/plans/dry-run`) who each step would notify and by which rule:
+/// `notify: [{recipient, owner, rule, why}]`, `routing_rules`, `unowned`.
+pub fn route_dry_run(
+    report: &mut serde_json::Value,
+    config: &crate::RoutingConfig,
+    scope_field: Option<&ScopeField>,
+    now_ms: i64,
+) {
+    let agent = report["agent"].as_str().unwrap_or("operator").to_string();
+    let on_behalf_of = report["on_behalf_of"].as_str().map(str::to_string);
+    let Some(steps) = report["steps"].as_array_mut() else {
+        return;
+    };
+    for s in steps {
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+        let tool = text(&s["tool"]).unwrap_or_default();
+        let input = RoutingInput {
+            resource: resource_of(&tool, s["scope"].as_str(), scope_field),
+            task_id: "(dry run)".into(),
+            step_seq: None,
+            agent: agent.clone(),
+            on_behalf_of: on_behalf_of.clone(),
+            tool,
+            operation: text(&s["operation"]).unwrap_or_else(|| "execute".into()),
+            path: text(&s["decision"]).unwrap_or_else(|| "monitored_execute".into()),
+            outcome: None,
+            summary: String::new(),
+            risk: text(&s["risk"]),
+            recovery_path: None,
+            approvers: s["approval"]["approvers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect(),
+        };
+        let d = crate::router::route(&config.map, &config.router, &input, now_ms);
+        s["notify"] = serde_json::json!(d
+            .recipients
+            .iter()
+            .map(|r| serde_json::json!({"recipient": r.recipient, "owner": r.owner, "rule": r.rule, "why": r.why}))
+            .collect::<Vec<_>>());
+        s["routing_rules"] = serde_json::json!(d.matched_rules);
+        s["unowned"] = serde_json::json!(d.unowned);
+    }
 }
 
 /// Most events one figures scan reads (the newest are read).

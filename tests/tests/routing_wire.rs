@@ -208,6 +208,7 @@ async fn setup_with(
         gateway: governance.clone(),
         router: Arc::new(EngineRouter {
             config: config.clone(),
+            scope_field: None,
         }),
     });
     let db = TestDb::new(b).await;
@@ -652,6 +653,34 @@ async fn answers_through_the_api_are_recorded_with_identity_and_measured(b: Back
     )
     .await;
     assert_eq!(status, 409, "{e}");
+
+    // The dry run shows who would be notified, and by which rule.
+    let (status, report) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/v1/plans/dry-run"),
+        Some(&operator),
+        Some(json!({"agent": AGENT, "reason": "check", "steps": [
+            {"id": "mark", "tool": "kv.put", "input": {"key": "k", "value": 2}}]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    let notify: Vec<(&str, &str)> = report["steps"][0]["notify"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["recipient"].as_str().unwrap(),
+                n["rule"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        notify,
+        [("team-platform", "root"), ("pat", "root")],
+        "{report}"
+    );
 
     // The figures `mandate tti` prints and /metrics serves, from the history.
     let f = mandate_routing::wire::figures(&w.h.engine, None, 1_000)
