@@ -88,6 +88,10 @@ pub struct RoutingRecord {
     pub summary: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_path: Option<String>,
+    /// Set when an escalation chain reached its step N (counting the first)
+    /// with nobody answering: these recipients are that step's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation_step: Option<i64>,
 }
 
 /// The item key of one delivery of a recorded routing: one recipient, one

@@ -105,6 +105,7 @@ impl Router for EngineRouter {
             outcome: r.outcome,
             summary: r.summary.to_string(),
             recovery_path: r.recovery_path.map(str::to_string),
+            escalation_step: None,
         })
     }
 }
@@ -258,7 +259,6 @@ impl FollowerParts {
                         &agent,
                         &routing,
                         r,
-                        None,
                         raw.recorded_at_ms,
                     )
                     .await?;
@@ -270,16 +270,16 @@ impl FollowerParts {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        enqueued |= self.tick_chains().await?;
         if enqueued {
             self.wake.notify_one();
         }
-        Ok(page.len() as u32 == PAGE)
+        // A chain step recorded now is enqueued on the next pass.
+        let recorded = self.tick_chains().await?;
+        Ok(page.len() as u32 == PAGE || recorded)
     }
 
-    /// Enqueues one recipient's deliveries (one per contact). `step` names
-    /// an escalation step (`esc<N>`), making its item keys distinct.
-    #[allow(clippy::too_many_arguments)]
+    /// Enqueues one recipient's deliveries (one per contact). An escalation
+    /// step's item keys end in `:esc<N>`, so they differ from the first's.
     async fn notify(
         &self,
         task_id: &str,
@@ -287,9 +287,9 @@ impl FollowerParts {
         agent: &str,
         routing: &RoutingRecord,
         r: &NotifiedRecipient,
-        step: Option<i64>,
         at_ms: i64,
     ) -> Result<bool, String> {
+        let step = routing.escalation_step;
         let mut any = false;
         for c in &r.contacts {
             let mut key = item_key(task_id, about_seq, &r.recipient, &c.sink);
@@ -426,61 +426,62 @@ impl FollowerParts {
             } else {
                 next
             };
-            if !self
-                .outbox
+            if let Some(target) = notify.filter(|_| fired > e.fired_steps) {
+                // Recorded in the history first (deliveries follow from it),
+                // then the chain moves on: a crash in between records nothing
+                // twice (the step is looked for) and loses nothing.
+                let history = self
+                    .engine
+                    .history(&e.task_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let routed = |step: Option<i64>| {
+                    history.iter().find_map(|ev| match &ev.payload {
+                        EventPayload::OwnersNotified { about_seq, routing }
+                            if *about_seq == e.about_seq && routing.escalation_step == step =>
+                        {
+                            Some(routing.clone())
+                        }
+                        _ => None,
+                    })
+                };
+                if let Some(first) = routed(None)
+                    && routed(Some(fired)).is_none()
+                {
+                    let why = format!(
+                        "step {fired} of escalation chain {}: nobody answered in time",
+                        e.chain
+                    );
+                    let recipients =
+                        crate::router::expand(&config.map, &target, "escalation", &why, now)
+                            .into_iter()
+                            .map(|r| NotifiedRecipient {
+                                owner: e.chain.clone(),
+                                escalation_chain: None,
+                                ..notified(r)
+                            })
+                            .collect();
+                    let record = RoutingRecord {
+                        matched_rules: vec![format!("escalation:{}", e.chain)],
+                        recipients,
+                        recipients_dropped: 0,
+                        unowned: false,
+                        review_due_at_ms: None,
+                        group_wait_ms: 0,
+                        escalation_step: Some(fired),
+                        ..*first
+                    };
+                    self.engine
+                        .record_escalation_step(&e.task_id, e.about_seq, record)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    any = true;
+                }
+            }
+            self.outbox
                 .advance_escalation(&e.notification_id, e.fired_steps, fired, next)
                 .await
-                .map_err(|e| e.to_string())?
-            {
-                continue;
-            }
-            let Some(target) = notify.filter(|_| fired > e.fired_steps) else {
-                continue;
-            };
-            let history = self
-                .engine
-                .history(&e.task_id)
-                .await
                 .map_err(|e| e.to_string())?;
-            let Some((agent, routing)) = history.iter().find_map(|ev| match &ev.payload {
-                EventPayload::OwnersNotified { about_seq, routing }
-                    if *about_seq == e.about_seq =>
-                {
-                    Some((ev.actor.clone(), routing.clone()))
-                }
-                _ => None,
-            }) else {
-                continue;
-            };
-            let agent = history
-                .first()
-                .and_then(|ev| match &ev.payload {
-                    EventPayload::TaskSubmitted { agent, .. } => agent.clone(),
-                    _ => None,
-                })
-                .unwrap_or(agent);
-            let why = format!(
-                "step {fired} of escalation chain {}: nobody acknowledged in time",
-                e.chain
-            );
-            for r in crate::router::expand(&config.map, &target, "escalation", &why, now) {
-                let r = NotifiedRecipient {
-                    owner: e.chain.clone(),
-                    escalation_chain: None,
-                    ..notified(r)
-                };
-                any |= self
-                    .notify(
-                        &e.task_id,
-                        e.about_seq,
-                        &agent,
-                        &routing,
-                        &r,
-                        Some(fired),
-                        now,
-                    )
-                    .await?;
-            }
         }
         Ok(any)
     }

@@ -379,6 +379,31 @@ async fn monitored_step_notifies_its_owners_and_a_link_stops_the_chain(b: Backen
         got.values().any(|r| r.body["recipient"] == "quinn"),
         "{got:?}"
     );
+    // The step is in the history: who, by which chain, and which step.
+    let history = w.h.engine.history(&id).await.unwrap();
+    let step: Vec<_> = history
+        .iter()
+        .filter_map(|e| match &e.payload {
+            E::OwnersNotified { about_seq, routing } if routing.escalation_step.is_some() => {
+                Some((
+                    *about_seq,
+                    routing.escalation_step,
+                    routing.recipients[0].recipient.clone(),
+                    routing.matched_rules.clone(),
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        step,
+        [(
+            policy_seq,
+            Some(2),
+            "quinn".to_string(),
+            vec!["escalation:platform-chain".to_string()]
+        )]
+    );
 
     // pat acknowledges through the signed link: the chain stops.
     let pat = got

@@ -9,6 +9,7 @@
 
 use crate::core::event::{EventPayload, NewEvent};
 use crate::core::gateway::approver_actor;
+use crate::core::routing::RoutingRecord;
 use crate::core::state::TaskStatus;
 
 use super::{ApprovalDecision, ApprovalTarget, Engine, Error};
@@ -172,6 +173,27 @@ impl Engine {
             }])
         })
         .await
+    }
+
+    /// Records that an escalation chain reached a further step with nobody
+    /// answering the event at `about_seq` (an `OwnersNotified` whose
+    /// `escalation_step` is set; deliveries follow from it). Recorded once
+    /// per step: a step already in the history is not recorded again.
+    pub async fn record_escalation_step(
+        &self,
+        task_id: &str,
+        about_seq: i64,
+        routing: RoutingRecord,
+    ) -> Result<i64, Error> {
+        let step = routing.escalation_step;
+        self.append_record(task_id, "record an escalation step of", |_| {
+            Ok(vec![NewEvent::engine(EventPayload::OwnersNotified {
+                about_seq,
+                routing: Box::new(routing.clone()),
+            })])
+        })
+        .await
+        .inspect(|_| tracing::debug!(task_id, about_seq, ?step, "escalation step recorded"))
     }
 
     /// Closes an `escalated_to_human` task: a person says what they did.
