@@ -166,7 +166,9 @@ fn label(action: &str) -> String {
 /// The feed's consumer name in `routing_cursor`.
 const CURSOR: &str = "routing-follower";
 /// Events read per look at the feed.
-const PAGE: u32 = 200;
+const PAGE: u32 = 500;
+/// How long the follower lets appends accumulate after one wakes it.
+const FOLLOW_BATCH_WAIT: Duration = Duration::from_millis(25);
 
 /// Reads the history feed and turns recorded routing into deliveries.
 pub struct Follower {
@@ -208,7 +210,12 @@ impl Follower {
                     continue;
                 }
                 tokio::select! {
-                    _ = updates.recv() => {}
+                    _ = updates.recv() => {
+                        // Batch: let a burst of appends land, then read them
+                        // in one pass instead of one pass per append.
+                        tokio::time::sleep(FOLLOW_BATCH_WAIT).await;
+                        updates = updates.resubscribe();
+                    }
                     _ = tokio::time::sleep(parts.poll_interval) => {}
                     _ = stopped.changed() => {}
                 }

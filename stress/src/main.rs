@@ -20,6 +20,7 @@ mod freshdb;
 mod http_bench;
 mod policy_bench;
 mod replay_bench;
+mod routing_bench;
 mod run;
 mod scenario;
 mod stats;
@@ -57,6 +58,9 @@ enum Command {
     PolicyBench(policy_bench::PolicyBenchArgs),
     /// The HTTP API under concurrent load: request rate and latency.
     HttpBench(http_bench::HttpBenchArgs),
+    /// Routing: task throughput with and without it, notifications/s, and
+    /// decision recorded → delivered to a receiver, p50/p99.
+    RoutingBench(routing_bench::RoutingBenchArgs),
     /// The engine child process of a stress run (started by the run itself).
     #[command(hide = true)]
     Worker(child::WorkerArgs),
@@ -77,6 +81,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::ReplayBench(args)) => replay_bench::run(args).await,
             Some(Command::PolicyBench(args)) => policy_bench::run(args),
             Some(Command::HttpBench(args)) => http_bench::run(args).await,
+            Some(Command::RoutingBench(args)) => routing_bench::run(args).await,
             Some(Command::Worker(args)) => child::run(args).await,
             Some(Command::BenchWorker(args)) => bench::run_worker(args).await,
         }
