@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 mod hygiene;
 pub mod metrics;
+pub mod notifications;
 mod openapi;
 pub mod ops;
 mod query;
@@ -44,7 +45,7 @@ use utoipa_scalar::{Scalar, Servable};
 
 pub use auth::{Identity, Role, create_token};
 pub use error::ApiError;
-pub use state::{ApiConfig, AppState};
+pub use state::{ApiConfig, AppState, RoutingApi};
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -55,7 +56,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     info(title = "Mandate", description = "Durable execution for AI-agent tasks: submit workflows and plans, decide approvals, halt, follow events. See docs/http-api.md."),
     modifiers(&BearerAuth),
     components(schemas(tasks::Since, tasks::EpochMs, tasks::Rfc3339)),
-    tags((name = "tasks"), (name = "approvals"), (name = "identity"), (name = "halt"), (name = "plans"), (name = "events"), (name = "evidence"), (name = "health"))
+    tags((name = "tasks"), (name = "approvals"), (name = "identity"), (name = "halt"), (name = "plans"), (name = "events"), (name = "evidence"), (name = "health"), (name = "notifications"))
 )]
 struct ApiDoc;
 
@@ -92,6 +93,8 @@ fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::whoami))
         .routes(routes!(checkpoints::latest))
         .routes(routes!(checkpoints::receipts))
+        .routes(routes!(notifications::respond))
+        .routes(routes!(notifications::resolve))
         .route_layer(auth())
         .layer(middleware::from_fn_with_state(state.clone(), time_limit));
     // The stream has no request timeout.
@@ -101,7 +104,10 @@ fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let public = OpenApiRouter::new()
         .routes(routes!(metrics::metrics))
         .routes(routes!(metrics::healthz))
-        .routes(routes!(metrics::readyz));
+        .routes(routes!(metrics::readyz))
+        // Authenticated by their own signatures (link, Slack).
+        .routes(routes!(notifications::link))
+        .routes(routes!(notifications::slack));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(requests)
         .merge(stream)

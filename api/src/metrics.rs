@@ -85,7 +85,8 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     metrics::gauge!("mandate_store_transactions_total").set(batches as f64);
     metrics::gauge!("mandate_store_operations_total").set(ops as f64);
     metrics::gauge!("mandate_store_busy_seconds_total").set(busy_us as f64 / 1e6);
-    let body = handle().render();
+    let mut body = handle().render();
+    body.push_str(&crate::notifications::intervention_metrics(&state.engine).await?);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 

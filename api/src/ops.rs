@@ -177,8 +177,24 @@ pub async fn dry_run(
         .limits()
         .check_payload(&plan)
         .map_err(|m| ApiError::field("plan", m))?;
-    mandate_workflows::plan::dry_run(&plan, &state.governance, state.engine.now_ms())
-        .map(Json)
+    let now = state.engine.now_ms();
+    mandate_workflows::plan::dry_run(&plan, &state.governance, now)
+        .map(|mut report| {
+            if let Some(r) = &state.routing {
+                let g = state.governance.clone();
+                let field: mandate_routing::wire::ScopeField =
+                    std::sync::Arc::new(move |tool: &str| {
+                        g.current().catalog.tool(tool).and_then(|t| t.scope.clone())
+                    });
+                mandate_routing::wire::route_dry_run(
+                    &mut report,
+                    &r.responder.config.get(),
+                    Some(&field),
+                    now,
+                );
+            }
+            Json(report)
+        })
         .map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

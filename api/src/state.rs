@@ -67,6 +67,15 @@ pub struct AppState {
     /// Set when the server begins to shut down: event streams end, so the
     /// graceful shutdown does not wait on them forever.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
+    /// Routing's answers (notifications, links, Slack), when it runs here.
+    pub routing: Option<Arc<RoutingApi>>,
+}
+
+/// What the notification routes need (see `notifications`).
+pub struct RoutingApi {
+    pub responder: mandate_routing::wire::Responder,
+    /// Slack's signing secret for the interactivity callback.
+    pub slack_signing_secret: Option<Vec<u8>>,
 }
 
 impl AppState {
@@ -81,7 +90,14 @@ impl AppState {
             config: Arc::new(config),
             tokens: Arc::new(TokenCache::default()),
             closing: tokio::sync::watch::Sender::new(false),
+            routing: None,
         }
+    }
+
+    /// Serves answers to notifications with `routing`.
+    pub fn with_routing(mut self, routing: RoutingApi) -> Self {
+        self.routing = Some(Arc::new(routing));
+        self
     }
 }
 

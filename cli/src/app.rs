@@ -99,6 +99,26 @@ pub fn governance() -> anyhow::Result<Arc<Governance>> {
     }
 }
 
+/// The ownership map and routes in force: `owners.yaml` in the
+/// `--policies` directory, else the shipped one
+/// (`activities/catalog/owners.yaml`). A file that does not load is refused
+/// with its error (file, entry, field).
+pub fn routing_config() -> anyhow::Result<Arc<mandate_routing::ConfigCell>> {
+    static CELL: OnceLock<Arc<mandate_routing::ConfigCell>> = OnceLock::new();
+    if let Some(c) = CELL.get() {
+        return Ok(c.clone());
+    }
+    let cell = match POLICY_DIR.get().cloned().flatten() {
+        Some(dir) if dir.join(mandate_routing::config::FILE_NAME).exists() => {
+            mandate_routing::ConfigCell::open(&dir)
+                .map(Arc::new)
+                .map_err(|e| refused(e.to_string()))
+        }
+        _ => Ok(Arc::new(mandate_routing::ConfigCell::shipped())),
+    }?;
+    Ok(CELL.get_or_init(|| cell).clone())
+}
+
 /// The engine with the built-in workflows, the demo and governance tools,
 /// and the world those tools act on (the same database).
 pub async fn open_engine(db: &Database) -> anyhow::Result<(Engine, World)> {
@@ -122,7 +142,16 @@ pub async fn open_engine(db: &Database) -> anyhow::Result<(Engine, World)> {
     let mut tools = ToolRegistry::new();
     mandate_activities::register_demo_tools(&mut tools, world.clone());
     mandate_activities::register_governance_tools(&mut tools, governance.clone(), world.clone());
-    let gateway: std::sync::Arc<dyn mandate_engine::core::gateway::Gateway> = governance.clone();
+    // Every step the gateway decides is also routed to its owners (recorded
+    // in the history; deliveries follow from it, see `commands::serve`).
+    let gateway: std::sync::Arc<dyn mandate_engine::core::gateway::Gateway> =
+        Arc::new(mandate_engine::core::routing::Routed {
+            gateway: governance.clone(),
+            router: Arc::new(mandate_routing::wire::EngineRouter {
+                config: routing_config()?,
+                scope_field: Some(mandate_api::notifications::scope_field(&governance)),
+            }),
+        });
     let engine = Engine::new(
         store,
         mandate_workflows::registry_with(governance),

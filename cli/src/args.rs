@@ -108,6 +108,16 @@ pub enum Command {
     Keys(crate::commands::keys::KeysArgs),
     /// Print the inclusion proofs of a task's events against a signed checkpoint
     Proof(crate::commands::proof::ProofArgs),
+    /// Acknowledge a notification (as --as ID; with --server the token's identity)
+    Ack(crate::commands::notify::AckArgs),
+    /// Answer a notification: acknowledge, pause_task, pause_agent, cancel_rollback,
+    /// trigger_recovery, assign, approve, reject, mark_reviewed, helpful, not_helpful
+    Respond(crate::commands::notify::RespondArgs),
+    /// Close an escalated_to_human task, saying what was done (--note)
+    Resolve(crate::commands::notify::ResolveArgs),
+    /// Time to intervention P50/P95 per action, ownership and recovery-path coverage,
+    /// relevance, from the recorded history
+    Tti(crate::commands::notify::TtiArgs),
 }
 
 #[derive(Debug, Args)]

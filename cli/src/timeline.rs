@@ -554,6 +554,54 @@ fn describe(state: &TaskState, event: &Event) -> String {
             }
             s
         }
+        E::OwnersNotified { about_seq, routing } => {
+            let who: Vec<String> = routing
+                .recipients
+                .iter()
+                .map(|r| format!("{} (rule {}: {})", r.recipient, r.rule, r.why))
+                .collect();
+            let mut s = match routing.escalation_step {
+                Some(n) => format!("escalation step {n}, nobody answered #{about_seq}: notified "),
+                None => format!("notified about #{about_seq}: "),
+            };
+            s.push_str(&summary::text(&who.join("; "), MAX_TEXT_CHARS));
+            if let Some(due) = routing.review_due_at_ms {
+                s.push_str(&format!("; review due {}", summary::clock(due)));
+            }
+            text(&s)
+        }
+        E::NotificationResponded {
+            notification_id,
+            action,
+            identity,
+            via,
+            assign_to,
+            comment,
+            ..
+        } => {
+            let mut s =
+                format!("{identity} answered notification {notification_id}: {action} (via {via})");
+            if let Some(to) = assign_to {
+                s.push_str(&format!(" → {to}"));
+            }
+            if let Some(c) = comment {
+                s.push_str(&format!(": {c}"));
+            }
+            text(&s)
+        }
+        E::EscalationResolved {
+            identity,
+            note,
+            recovery_done,
+            ..
+        } => text(&format!(
+            "escalation resolved by {identity}{}: {note}",
+            if *recovery_done {
+                " (recovery done)"
+            } else {
+                ""
+            }
+        )),
     }
 }
 
@@ -753,6 +801,67 @@ mod tests {
         let column = first.find("submitted").unwrap();
         assert_eq!(lines[1].find("status").unwrap(), column);
         assert_eq!(lines.len(), 9 + 7);
+    }
+
+    #[test]
+    fn who_was_notified_and_who_answered_how() {
+        use mandate_engine::core::routing::{NotifiedRecipient, RoutingRecord};
+        let routing = RoutingRecord {
+            matched_rules: vec!["root".into()],
+            recipients: vec![NotifiedRecipient {
+                recipient: "team-platform".into(),
+                owner: "team-platform".into(),
+                rule: "root".into(),
+                why: "owns tool kv.put".into(),
+                contacts: vec![],
+                escalation_chain: None,
+            }],
+            recipients_dropped: 0,
+            unowned: false,
+            review_due_at_ms: None,
+            group_key: "task=t".into(),
+            group_wait_ms: 0,
+            path: Some("monitored_execute".into()),
+            outcome: None,
+            summary: "step".into(),
+            recovery_path: None,
+            escalation_step: None,
+        };
+        let mut events = rolled_back_deploy();
+        let last = events.last().unwrap().seq;
+        events.push(ev(
+            last + 1,
+            T0 + 5_000,
+            "engine",
+            EventPayload::OwnersNotified {
+                about_seq: 2,
+                routing: Box::new(routing),
+            },
+        ));
+        events.push(ev(
+            last + 2,
+            T0 + 9_000,
+            "user:pat",
+            EventPayload::NotificationResponded {
+                notification_id: "n-1".into(),
+                about_seq: Some(2),
+                action: "acknowledge".into(),
+                identity: "pat".into(),
+                via: "link".into(),
+                notified_at_ms: Some(T0 + 5_000),
+                assign_to: None,
+                comment: None,
+            },
+        ));
+        let text = render(&events).join("\n");
+        assert!(
+            text.contains("notified about #2: team-platform (rule root: owns tool kv.put)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pat answered notification n-1: acknowledge (via link)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -19,6 +19,9 @@ use super::limits::Limits;
 use super::state::{Outcome, PendingTimer, RollbackCause, TaskState, TaskStatus};
 use super::workflow::{self, DEFAULT_STEP_TIMEOUT_MS, MAX_STEP_TIMEOUT_MS, NewCommand, Workflow};
 
+/// A routed event's one-line summary is cut to this many characters.
+pub const MAX_ROUTING_SUMMARY_CHARS: usize = 500;
+
 /// What a step or compensation attempt targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
@@ -128,6 +131,119 @@ impl Draft<'_> {
 
     fn engine(&mut self, payload: EventPayload) {
         self.push("engine", payload);
+    }
+
+    /// Routing: asks the gateway's router about each event of this decision
+    /// that people may need to hear of, and records each non-empty answer
+    /// as `OwnersNotified` after them, in the same decision (so the step it
+    /// concerns is scheduled without waiting, and replay never routes again).
+    fn route_new_events(&mut self) {
+        use crate::routing::{RoutedOutcome, RoutingRequest};
+        let principal = self.principal();
+        let mut records = Vec::new();
+        for (i, e) in self.new.iter().enumerate() {
+            let about_seq = self.base_seq + 1 + i as i64;
+            let gate_of = |step_seq: i64| {
+                self.state
+                    .gates
+                    .values()
+                    .find(|g| g.step_seq == Some(step_seq))
+            };
+            let (tool, decision, outcome, step_seq, summary, recovery) = match &e.payload {
+                EventPayload::PolicyEvaluated {
+                    name,
+                    tool,
+                    decision,
+                    recovery_path,
+                    ..
+                } => (
+                    tool.clone(),
+                    Some(decision),
+                    None,
+                    None,
+                    format!(
+                        "step {name:?} ({tool}) on {}: {}",
+                        decision.scope.as_deref().unwrap_or("*"),
+                        decision.path
+                    ),
+                    recovery_path.clone(),
+                ),
+                EventPayload::StepFailed {
+                    step_seq, error, ..
+                } => {
+                    let Some(step) = self.state.steps.get(step_seq) else {
+                        continue;
+                    };
+                    (
+                        step.tool.clone(),
+                        gate_of(*step_seq).map(|g| &g.decision),
+                        Some(RoutedOutcome::StepFailed),
+                        Some(*step_seq),
+                        format!(
+                            "step {:?} ({}) failed: {}",
+                            step.name, step.tool, error.message
+                        ),
+                        step.recovery_path.clone(),
+                    )
+                }
+                EventPayload::CompensationFailed {
+                    compensation_seq,
+                    error,
+                    ..
+                } => {
+                    let Some(c) = self.state.compensations.get(compensation_seq) else {
+                        continue;
+                    };
+                    let step = self.state.steps.get(&c.step_seq);
+                    (
+                        step.map(|s| s.tool.clone())
+                            .unwrap_or_else(|| c.tool.clone()),
+                        gate_of(c.step_seq).map(|g| &g.decision),
+                        Some(RoutedOutcome::CompensationFailed),
+                        Some(c.step_seq),
+                        format!("compensation {} failed: {}", c.tool, error.message),
+                        step.and_then(|s| s.recovery_path.clone()),
+                    )
+                }
+                EventPayload::TaskEscalated {
+                    reason,
+                    step_seq,
+                    recovery_paths,
+                } => {
+                    let step = step_seq.and_then(|s| self.state.steps.get(&s));
+                    (
+                        step.map(|s| s.tool.clone()).unwrap_or_default(),
+                        step_seq.and_then(gate_of).map(|g| &g.decision),
+                        Some(RoutedOutcome::TaskEscalated),
+                        *step_seq,
+                        format!("task escalated to a human: {reason}"),
+                        (!recovery_paths.is_empty()).then(|| recovery_paths.join(" | ")),
+                    )
+                }
+                _ => continue,
+            };
+            let summary: String = summary.chars().take(MAX_ROUTING_SUMMARY_CHARS).collect();
+            let request = RoutingRequest {
+                task_id: &self.state.task_id,
+                about_seq,
+                step_seq,
+                principal: &principal,
+                tool: &tool,
+                decision,
+                outcome,
+                summary: &summary,
+                recovery_path: recovery.as_deref(),
+                now_ms: self.input.now_ms,
+            };
+            if let Some(record) = self.input.gateway.route(&request)
+                && !record.recipients.is_empty()
+            {
+                records.push((about_seq, Box::new(record)));
+            }
+        }
+        for (about_seq, routing) in records {
+            self.engine(EventPayload::OwnersNotified { about_seq, routing });
+        }
     }
 
     fn worker_actor(&self) -> String {
@@ -1159,6 +1275,7 @@ pub fn decide(input: &DecideInput<'_>, state: TaskState) -> Decision {
         }
     }
     d.restart_inherited();
+    d.route_new_events();
     if base_seq + d.new.len() as i64 > input.limits.max_history_events as i64 && !d.state.is_final()
     {
         // Refuse to grow past the limit: keep only a block marker (rare, so

@@ -5,6 +5,7 @@
 //! Names are facts in the past tense.
 
 use crate::gateway::{GatewayDecision, Principal, RuleRef};
+use crate::routing::RoutingRecord;
 use crate::tool::ToolKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -39,6 +40,9 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// The payload of one event. Serialized adjacently tagged: `{"type": .., "payload": {..}}`.
+// `PolicyEvaluated` carries the whole gateway decision inline (as main
+// already did); boxing it would change every match on it, for little gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "payload")]
 pub enum EventPayload {
@@ -330,6 +334,44 @@ pub enum EventPayload {
         attempt: u32,
         reason: String,
     },
+    /// Routing: who was told about the event at `about_seq` (a
+    /// `PolicyEvaluated`, `StepFailed`, `CompensationFailed` or
+    /// `TaskEscalated`), by which rule and why. Recorded in the decision
+    /// that recorded that event; deliveries are enqueued from it.
+    OwnersNotified {
+        about_seq: i64,
+        routing: Box<RoutingRecord>,
+    },
+    /// A person answered a notification, with the identity of their token
+    /// or signed link (the event's actor is `user:<identity>`).
+    NotificationResponded {
+        notification_id: String,
+        #[serde(default)]
+        about_seq: Option<i64>,
+        /// `acknowledge`, `pause_task`, `pause_agent`, `cancel_rollback`,
+        /// `trigger_recovery`, `assign`, `approve`, `reject`,
+        /// `mark_reviewed`, `helpful`, `not_helpful`.
+        action: String,
+        identity: String,
+        /// How the identity was established (`token:<name>`, `link`, `slack`).
+        via: String,
+        /// When the notification was delivered (for time to intervention).
+        #[serde(default)]
+        notified_at_ms: Option<i64>,
+        /// For `assign`: the new owner.
+        #[serde(default)]
+        assign_to: Option<String>,
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    /// A person closed an escalated task by saying what they did.
+    EscalationResolved {
+        identity: String,
+        via: String,
+        note: String,
+        #[serde(default)]
+        recovery_done: bool,
+    },
 }
 
 impl EventPayload {
@@ -371,6 +413,9 @@ impl EventPayload {
             Self::TaskCancelled { .. } => "TaskCancelled",
             Self::TaskBlocked { .. } => "TaskBlocked",
             Self::StepAttemptRestarted { .. } => "StepAttemptRestarted",
+            Self::OwnersNotified { .. } => "OwnersNotified",
+            Self::NotificationResponded { .. } => "NotificationResponded",
+            Self::EscalationResolved { .. } => "EscalationResolved",
         }
     }
 

@@ -255,6 +255,15 @@ pub trait Gateway: Send + Sync {
     /// Whether `identity` may grant (or revoke) a pre-approval of `tool` for
     /// `agent`: it must own the tool. The message says why not.
     fn may_preapprove(&self, identity: &str, tool: &str, agent: &str) -> Result<(), String>;
+
+    /// Who hears about an event `decide` records (see [`crate::routing`]).
+    /// A gateway without routing notifies nobody.
+    fn route(
+        &self,
+        _request: &crate::routing::RoutingRequest<'_>,
+    ) -> Option<crate::routing::RoutingRecord> {
+        None
+    }
 }
 
 /// Why an approval decision was refused (nothing is recorded).

@@ -14,6 +14,7 @@ pub mod event;
 pub mod gateway;
 pub mod limits;
 pub mod retry;
+pub mod routing;
 pub mod state;
 pub mod tool;
 pub mod workflow;

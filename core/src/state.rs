@@ -306,6 +306,8 @@ pub struct TaskState {
     pub output: Option<Value>,
     pub error: Option<String>,
     pub blocked: Option<String>,
+    /// An `escalated_to_human` task a person closed (`EscalationResolved`).
+    pub escalation_resolved: bool,
 }
 
 impl TaskState {
@@ -726,6 +728,10 @@ impl TaskState {
             }
             E::TaskCancelled { .. } => self.final_status = Some(TaskStatus::Cancelled),
             E::TaskBlocked { reason, .. } => self.blocked = Some(reason.clone()),
+            // Routing and people's answers are records; a response that
+            // acts (pause, cancel, approve) appends its own event too.
+            E::OwnersNotified { .. } | E::NotificationResponded { .. } => {}
+            E::EscalationResolved { .. } => self.escalation_resolved = true,
         }
     }
 

@@ -11,6 +11,9 @@
 //!   signatures (webhook, Slack request verification). [`links`]: signed,
 //!   expiring, single-use response links.
 //! - [`chain`]: escalation timing; [`tti`]: time-to-intervention figures.
+//! - [`wire`]: the engine's side: the router `decide` asks, the follower
+//!   that enqueues deliveries from recorded `OwnersNotified` events, the
+//!   escalation ticker, and answers (API, signed links, Slack callbacks).
 //!
 //! Routing never delays a step: nothing here is called on the engine's
 //! decide path except the pure `route`, and deliveries run on their own
@@ -27,6 +30,7 @@ pub mod router;
 pub mod sign;
 pub mod sinks;
 pub mod tti;
+pub mod wire;
 pub mod worker;
 
 pub use config::{ConfigCell, ConfigError, RoutingConfig};

@@ -8,20 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::sign;
 
-/// What a link can do.
-pub const ACTIONS: &[&str] = &[
-    "acknowledge",
-    "pause_task",
-    "pause_agent",
-    "cancel_rollback",
-    "trigger_recovery",
-    "assign",
-    "approve",
-    "reject",
-    "mark_reviewed",
-    "helpful",
-    "not_helpful",
-];
+/// What a link can do: the answers the engine records.
+pub const ACTIONS: &[&str] = mandate_engine::runtime::RESPONSE_ACTIONS;
 
 /// A link's content, once verified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +116,18 @@ pub fn verify(
         action: action.to_string(),
         expires_at_ms: exp,
     })
+}
+
+/// The recipient a token names (unverified: use [`verify`] before trusting it).
+pub fn bound_recipient(token: &str) -> Result<String, LinkError> {
+    let part = token
+        .split('.')
+        .nth(2)
+        .ok_or_else(|| LinkError::Malformed("expected six dot-separated parts".into()))?;
+    hex::decode(part)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| LinkError::Malformed("the recipient is not encoded as expected".into()))
 }
 
 /// The key a used link is recorded under (a digest of the token).

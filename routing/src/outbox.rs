@@ -273,6 +273,96 @@ macro_rules! outbox_methods {
                 .transpose()
             }
 
+            pub async fn cursor(&self, name: &str) -> Result<i64, Error> {
+                let v: Option<i64> = sqlx::query_scalar("SELECT gseq FROM routing_cursor WHERE name = $1")
+                    .bind(name).fetch_optional(&self.pool).await.map_err(db("read the routing cursor"))?;
+                Ok(v.unwrap_or(0))
+            }
+
+            pub async fn set_cursor(&self, name: &str, gseq: i64) -> Result<(), Error> {
+                sqlx::query("INSERT INTO routing_cursor (name, gseq) VALUES ($1, $2)
+                             ON CONFLICT (name) DO UPDATE SET gseq = excluded.gseq")
+                    .bind(name).bind(gseq).execute(&self.pool).await.map_err(db("move the routing cursor"))?;
+                Ok(())
+            }
+
+            pub async fn locate(&self, id: &str) -> Result<Option<Located>, Error> {
+                let row = sqlx::query(
+                    "SELECT n.task_id, n.recipient, n.status, n.sent_at_ms, n.created_at_ms, i.item_key
+                     FROM notifications n JOIN notification_items i ON i.notification_id = n.id
+                     WHERE n.id = $1 ORDER BY i.added_at_ms LIMIT 1",
+                )
+                .bind(id).fetch_optional(&self.pool).await.map_err(db("find a notification"))?;
+                row.map(|r| {
+                    let c = |e: sqlx::Error| Error::Corrupt(e.to_string());
+                    Ok(Located {
+                        id: id.to_string(),
+                        task_id: r.try_get("task_id").map_err(c)?,
+                        recipient: r.try_get("recipient").map_err(c)?,
+                        status: r.try_get("status").map_err(c)?,
+                        sent_at_ms: r.try_get("sent_at_ms").map_err(c)?,
+                        created_at_ms: r.try_get("created_at_ms").map_err(c)?,
+                        item_key: r.try_get("item_key").map_err(c)?,
+                    })
+                })
+                .transpose()
+            }
+
+            pub async fn start_escalation(&self, e: &Escalation) -> Result<(), Error> {
+                sqlx::query(
+                    "INSERT INTO routing_escalations (notification_id, task_id, about_seq, chain, started_at_ms, fired_steps, next_due_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (notification_id) DO NOTHING",
+                )
+                .bind(&e.notification_id).bind(&e.task_id).bind(e.about_seq).bind(&e.chain)
+                .bind(e.started_at_ms).bind(e.fired_steps).bind(e.next_due_at_ms)
+                .execute(&self.pool).await.map_err(db("start an escalation"))?;
+                Ok(())
+            }
+
+            pub async fn due_escalations(&self, now_ms: i64, limit: i64) -> Result<Vec<Escalation>, Error> {
+                let rows = sqlx::query(
+                    "SELECT notification_id, task_id, about_seq, chain, started_at_ms, fired_steps, next_due_at_ms
+                     FROM routing_escalations WHERE next_due_at_ms <= $1 ORDER BY next_due_at_ms LIMIT $2",
+                )
+                .bind(now_ms).bind(limit.clamp(1, 1000)).fetch_all(&self.pool).await.map_err(db("find due escalations"))?;
+                rows.iter().map(|r| {
+                    let c = |e: sqlx::Error| Error::Corrupt(e.to_string());
+                    Ok(Escalation {
+                        notification_id: r.try_get("notification_id").map_err(c)?,
+                        task_id: r.try_get("task_id").map_err(c)?,
+                        about_seq: r.try_get("about_seq").map_err(c)?,
+                        chain: r.try_get("chain").map_err(c)?,
+                        started_at_ms: r.try_get("started_at_ms").map_err(c)?,
+                        fired_steps: r.try_get("fired_steps").map_err(c)?,
+                        next_due_at_ms: r.try_get("next_due_at_ms").map_err(c)?,
+                    })
+                }).collect()
+            }
+
+            /// Moves a chain on (fenced on the steps fired so far): false if another ticker did.
+            pub async fn advance_escalation(&self, id: &str, fired_before: i64, fired_now: i64, next_due_at_ms: Option<i64>) -> Result<bool, Error> {
+                let n = sqlx::query(
+                    "UPDATE routing_escalations SET fired_steps = $3, next_due_at_ms = $4
+                     WHERE notification_id = $1 AND fired_steps = $2 AND acked_at_ms IS NULL",
+                )
+                .bind(id).bind(fired_before).bind(fired_now).bind(next_due_at_ms)
+                .execute(&self.pool).await.map_err(db("advance an escalation"))?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            /// Stops every chain of a task's routed event: someone acknowledged.
+            pub async fn stop_escalations(&self, task_id: &str, about_seq: i64, by: &str, now_ms: i64) -> Result<u64, Error> {
+                let n = sqlx::query(
+                    "UPDATE routing_escalations SET acked_at_ms = $3, acked_by = $4, next_due_at_ms = NULL
+                     WHERE task_id = $1 AND about_seq = $2 AND acked_at_ms IS NULL",
+                )
+                .bind(task_id).bind(about_seq).bind(now_ms).bind(by)
+                .execute(&self.pool).await.map_err(db("stop escalations"))?
+                .rows_affected();
+                Ok(n)
+            }
+
             pub async fn consume_link(&self, token: &str, claim: &LinkClaim, now_ms: i64) -> Result<(), Error> {
                 let n = sqlx::query(
                     "INSERT INTO notification_link_uses (use_key, notification_id, recipient, action, used_at_ms)
@@ -320,7 +410,75 @@ macro_rules! dispatch {
     };
 }
 
+/// Where a notification came from: its task, recipient, and first item key
+/// (`task:seq:recipient:sink` for routed events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub id: String,
+    pub task_id: String,
+    pub recipient: String,
+    pub status: String,
+    pub sent_at_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub item_key: String,
+}
+
+impl Located {
+    /// The seq of the routed event, from an engine item key.
+    pub fn about_seq(&self) -> Option<i64> {
+        self.item_key.split(':').nth(1)?.parse().ok()
+    }
+}
+
+/// An escalation chain following one notification until someone acknowledges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Escalation {
+    pub notification_id: String,
+    pub task_id: String,
+    pub about_seq: i64,
+    pub chain: String,
+    pub started_at_ms: i64,
+    /// Steps fired so far, counting the first (sent with the notification).
+    pub fired_steps: i64,
+    pub next_due_at_ms: Option<i64>,
+}
+
 impl Outbox {
+    pub async fn cursor(&self, name: &str) -> Result<i64, Error> {
+        dispatch!(self, o => o.cursor(name).await)
+    }
+    pub async fn set_cursor(&self, name: &str, gseq: i64) -> Result<(), Error> {
+        dispatch!(self, o => o.set_cursor(name, gseq).await)
+    }
+    /// The notification's task, recipient and item key.
+    pub async fn locate(&self, id: &str) -> Result<Option<Located>, Error> {
+        dispatch!(self, o => o.locate(id).await)
+    }
+    pub async fn start_escalation(&self, e: &Escalation) -> Result<(), Error> {
+        dispatch!(self, o => o.start_escalation(e).await)
+    }
+    pub async fn due_escalations(&self, now_ms: i64, limit: i64) -> Result<Vec<Escalation>, Error> {
+        dispatch!(self, o => o.due_escalations(now_ms, limit).await)
+    }
+    pub async fn advance_escalation(
+        &self,
+        id: &str,
+        fired_before: i64,
+        fired_now: i64,
+        next_due_at_ms: Option<i64>,
+    ) -> Result<bool, Error> {
+        dispatch!(self, o => o.advance_escalation(id, fired_before, fired_now, next_due_at_ms).await)
+    }
+    pub async fn stop_escalations(
+        &self,
+        task_id: &str,
+        about_seq: i64,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<u64, Error> {
+        dispatch!(self, o => o.stop_escalations(task_id, about_seq, by, now_ms).await)
+    }
+
     /// Opens the outbox in the database a URL names (`sqlite://…` or
     /// `postgres://…`) and applies the schema (the engine's migrations).
     pub async fn open(url: &str) -> Result<Outbox, Error> {

@@ -470,8 +470,15 @@ fn approver_recipients(map: &OwnershipMap, input: &RoutingInput, rule: &str) -> 
         .collect()
 }
 
-/// An owner id to the people or channels that receive for it now.
-fn expand(map: &OwnershipMap, owner: &str, rule: &str, why: &str, now_ms: i64) -> Vec<Recipient> {
+/// An owner id to the people or channels that receive for it now (a
+/// rotation to who is on call at `now_ms`, a chain to its first step).
+pub fn expand(
+    map: &OwnershipMap,
+    owner: &str,
+    rule: &str,
+    why: &str,
+    now_ms: i64,
+) -> Vec<Recipient> {
     let make = |recipient: &str, why: String, chain: Option<String>| Recipient {
         recipient: recipient.to_string(),
         owner: owner.to_string(),

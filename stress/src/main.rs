@@ -21,6 +21,7 @@ mod freshdb;
 mod http_bench;
 mod policy_bench;
 mod replay_bench;
+mod routing_bench;
 mod run;
 mod scenario;
 mod stats;
@@ -61,6 +62,9 @@ enum Command {
     /// The evidence log: throughput with checkpoints on vs off; proof size and
     /// build/verify time up to 1,000,000 leaves.
     EvidenceBench(evidence_bench::EvidenceBenchArgs),
+    /// Routing: task throughput with and without it, notifications/s, and
+    /// decision recorded → delivered to a receiver, p50/p99.
+    RoutingBench(routing_bench::RoutingBenchArgs),
     /// The engine child process of a stress run (started by the run itself).
     #[command(hide = true)]
     Worker(child::WorkerArgs),
@@ -82,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::PolicyBench(args)) => policy_bench::run(args),
             Some(Command::HttpBench(args)) => http_bench::run(args).await,
             Some(Command::EvidenceBench(args)) => evidence_bench::run(args).await,
+            Some(Command::RoutingBench(args)) => routing_bench::run(args).await,
             Some(Command::Worker(args)) => child::run(args).await,
             Some(Command::BenchWorker(args)) => bench::run_worker(args).await,
         }

@@ -1112,6 +1112,10 @@ async fn openapi_lists_every_route_and_metrics_health_answer(b: Backend) {
         ("get", "/metrics"),
         ("get", "/healthz"),
         ("get", "/readyz"),
+        ("post", "/v1/notifications/{id}/respond"),
+        ("get", "/v1/links/{token}"),
+        ("post", "/v1/slack/interactions"),
+        ("post", "/v1/tasks/{id}/resolve"),
     ];
     for (m, p) in expected {
         assert!(

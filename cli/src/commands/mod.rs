@@ -18,6 +18,7 @@ mod history;
 pub(crate) mod keys;
 mod list;
 pub(crate) mod mcp;
+pub(crate) mod notify;
 pub(crate) mod plan;
 pub(crate) mod preapproval;
 pub(crate) mod proof;
@@ -26,7 +27,7 @@ mod serve;
 mod status;
 mod submit;
 pub(crate) mod token;
-mod verify;
+pub(crate) mod verify;
 
 use std::process::ExitCode;
 
@@ -88,5 +89,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Preapproval(args) => preapproval::run(&db, remote()?, args).await,
         Command::Keys(args) => keys::run(args).await,
         Command::Proof(args) => proof::run(&db, args).await,
+        Command::Ack(args) => notify::ack(&db, remote()?, args).await,
+        Command::Respond(args) => notify::respond(&db, remote()?, args).await,
+        Command::Resolve(args) => notify::resolve(&db, remote()?, args).await,
+        Command::Tti(args) => notify::tti(&db, args).await,
     }
 }

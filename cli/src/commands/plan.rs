@@ -143,8 +143,15 @@ pub fn dry_run(plan: &Value) -> anyhow::Result<Value> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    mandate_workflows::plan::dry_run(plan, &governance, now)
-        .map_err(|e| refused(format!("plan refused: {e}")))
+    let mut report = mandate_workflows::plan::dry_run(plan, &governance, now)
+        .map_err(|e| refused(format!("plan refused: {e}")))?;
+    mandate_routing::wire::route_dry_run(
+        &mut report,
+        &app::routing_config()?.get(),
+        Some(&mandate_api::notifications::scope_field(&governance)),
+        now,
+    );
+    Ok(report)
 }
 
 fn check(report: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
@@ -209,6 +216,30 @@ fn check_lines(report: &Value) -> Vec<String> {
                     .map(|e| format!("; escalates to {e}"))
                     .unwrap_or_default()
             ));
+        }
+        let notify: Vec<String> = s["notify"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                format!(
+                    "{} (rule {}: {})",
+                    n["recipient"].as_str().unwrap_or(""),
+                    n["rule"].as_str().unwrap_or(""),
+                    n["why"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        if s.get("notify").is_some() {
+            writeln!(
+                out,
+                "  notify: {}",
+                if notify.is_empty() {
+                    "nobody".to_string()
+                } else {
+                    notify.join("; ")
+                }
+            )?;
         }
         let rollback = &s["rollback"];
         let text = if let Some(c) = rollback.get("compensation") {

@@ -83,6 +83,8 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let worker = engine.start_worker(config);
     let follower = mandate_engine::evidence::Follower::spawn(&engine, evidence);
     let worker_id = worker.id().to_string();
+    let (routing_follower, delivery, responder) =
+        start_routing(db, &engine, &args.listen).await?;
 
     // The HTTP API shares `engine`; it stops before the worker so no request
     // lands on a stopping engine.
@@ -106,7 +108,13 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
                     max_streams_per_token: count(args.max_streams_per_token),
                     max_inflight_submissions: count(args.max_inflight_submissions),
                 },
-            );
+            )
+            .with_routing(mandate_api::RoutingApi {
+                responder,
+                slack_signing_secret: std::env::var("MANDATE_SLACK_SIGNING_SECRET")
+                    .ok()
+                    .map(String::into_bytes),
+            });
             eprintln!("mandate API listening on http://{addr} (docs: http://{addr}/docs)");
             Some(tokio::spawn(mandate_api::serve(listener, state, async {
                 let _ = http_stopped.await;
@@ -144,8 +152,74 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
         _ = terminate.recv() => return Ok(ExitCode::from(143)),
     }
     follower.shutdown().await;
+    routing_follower.shutdown().await;
+    delivery.shutdown().await;
     eprintln!("worker {worker_id} stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Routing's side of `serve`: the follower that enqueues the deliveries of
+/// recorded `OwnersNotified` events (and fires escalation steps), and the
+/// delivery worker. Links are signed with `MANDATE_LINK_SECRET` (else a
+/// key drawn at start: links then stop working at restart) and point at
+/// `MANDATE_PUBLIC_URL` (else `http://<listen>`).
+async fn start_routing(
+    db: &Database,
+    engine: &mandate_engine::Engine,
+    listen: &str,
+) -> anyhow::Result<(
+    mandate_routing::wire::Follower,
+    mandate_routing::worker::DeliveryWorker,
+    mandate_routing::wire::Responder,
+)> {
+    use std::sync::Arc;
+    let config = app::routing_config()?;
+    let outbox = Arc::new(
+        mandate_routing::outbox::Outbox::open(&db.url)
+            .await
+            .context("cannot open the notifications outbox")?,
+    );
+    let clock = mandate_routing::worker::system_clock();
+    let delivery = mandate_routing::worker::DeliveryWorker::spawn(
+        outbox.clone(),
+        config.clone(),
+        mandate_routing::worker::WorkerConfig::default(),
+        clock.clone(),
+    );
+    let secret = match std::env::var("MANDATE_LINK_SECRET") {
+        Ok(s) if s.len() >= 16 => s.into_bytes(),
+        Ok(_) => return Err(refused("MANDATE_LINK_SECRET must be at least 16 bytes")),
+        Err(_) => format!(
+            "{}{}",
+            uuid::Uuid::now_v7().simple(),
+            uuid::Uuid::now_v7().simple()
+        )
+        .into_bytes(),
+    };
+    let base_url =
+        std::env::var("MANDATE_PUBLIC_URL").unwrap_or_else(|_| format!("http://{listen}"));
+    let links = mandate_routing::wire::LinkSettings {
+        secret,
+        base_url,
+        ttl_ms: 24 * 3_600_000,
+    };
+    let responder = mandate_routing::wire::Responder {
+        engine: engine.clone(),
+        outbox: outbox.clone(),
+        links: links.clone(),
+        config: config.clone(),
+        clock: clock.clone(),
+    };
+    let follower = mandate_routing::wire::Follower::spawn(mandate_routing::wire::FollowerParts {
+        engine: engine.clone(),
+        outbox,
+        config,
+        links,
+        clock,
+        wake: delivery.wake.clone(),
+        poll_interval: Duration::from_secs(1),
+    });
+    Ok((follower, delivery, responder))
 }
 
 /// A flag's count as a `usize` (the flags are range-checked far below it).

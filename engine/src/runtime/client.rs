@@ -387,6 +387,19 @@ impl Engine {
             .await
     }
 
+    /// Like [`Self::append_external`], also on a final task: for records
+    /// that change nothing the engine does (a person's answer to a
+    /// notification, the resolution of an escalation).
+    pub(crate) async fn append_record(
+        &self,
+        task_id: &str,
+        action: &'static str,
+        make: impl Fn(&TaskState) -> Result<Vec<NewEvent>, Error>,
+    ) -> Result<i64, Error> {
+        self.append_events(task_id, action, true, |_, state| make(state))
+            .await
+    }
+
     /// Like [`Self::append_external`], with the verified history at hand too.
     async fn append_external_with_history(
         &self,
@@ -394,11 +407,21 @@ impl Engine {
         action: &'static str,
         make: impl Fn(&[Event], &TaskState) -> Result<Vec<NewEvent>, Error>,
     ) -> Result<i64, Error> {
+        self.append_events(task_id, action, false, make).await
+    }
+
+    async fn append_events(
+        &self,
+        task_id: &str,
+        action: &'static str,
+        final_ok: bool,
+        make: impl Fn(&[Event], &TaskState) -> Result<Vec<NewEvent>, Error>,
+    ) -> Result<i64, Error> {
         let s = &self.shared;
         for _ in 0..APPEND_RETRIES {
             let (history, bytes) = load_verified_sized(s.store.as_ref(), task_id).await?;
             let state = TaskState::fold(&history);
-            if state.is_final() {
+            if state.is_final() && !final_ok {
                 return Err(Error::TaskFinal {
                     task_id: task_id.to_string(),
                     status: state.status(),

@@ -9,6 +9,7 @@ mod client;
 mod governance;
 mod halt;
 mod history;
+mod routing;
 mod worker;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub use governance::{
 };
 pub use halt::{HALT_REFRESH, Lifted};
 pub use history::{HistoryPage, MAX_HISTORY_PAGE, MAX_HISTORY_PAGE_BYTES};
+pub use routing::{MAX_NOTE_CHARS, NotificationResponse, RESPONSE_ACTIONS};
 pub use worker::{WorkerConfig, WorkerHandle};
 
 /// Where time comes from (injected, so tests and replays control it).

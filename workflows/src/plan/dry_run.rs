@@ -49,6 +49,8 @@ pub fn dry_run(plan: &Value, governance: &Governance, now_ms: i64) -> Result<Val
             "decision": d.decision,
             "rules": d.decided_by,
             "owners": d.owners,
+            "scope": d.scope,
+            "operation": d.operation,
             "kind": d.kind,
             "risk": d.risk,
             "approval": d.approval,

@@ -1,0 +1,22 @@
+-- Routing wired into the engine (crate mandate-routing): how far the
+-- follower has read the global event feed (it enqueues deliveries from
+-- recorded `OwnersNotified` events, idempotently per item key), and the
+-- escalation chains waiting for an acknowledgement (durable timers).
+-- Coordination, not history.
+CREATE TABLE routing_cursor (
+    name  TEXT PRIMARY KEY NOT NULL,
+    gseq  INTEGER NOT NULL
+);
+
+CREATE TABLE routing_escalations (
+    notification_id TEXT PRIMARY KEY NOT NULL,
+    task_id         TEXT NOT NULL,
+    about_seq       INTEGER NOT NULL,
+    chain           TEXT NOT NULL,
+    started_at_ms   INTEGER NOT NULL,
+    fired_steps     INTEGER NOT NULL,
+    next_due_at_ms  INTEGER,
+    acked_at_ms     INTEGER,
+    acked_by        TEXT
+);
+CREATE INDEX routing_escalations_due ON routing_escalations (next_due_at_ms) WHERE next_due_at_ms IS NOT NULL;
