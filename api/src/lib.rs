@@ -9,6 +9,7 @@
 
 pub mod approvals;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod events;
 mod hygiene;
@@ -126,6 +127,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .merge(Scalar::with_url("/docs", doc))
+        .merge(console::routes())
         .fallback(|| async {
             ApiError::not_found("no such route; GET /openapi.json lists them")
         })
