@@ -14,7 +14,7 @@ use mandate_engine::{Event, TaskStatus};
 
 use super::ConsoleError;
 use super::session::Viewer;
-use super::view::{self, Dag, Row};
+use super::view::{self, Dag, Row, printable};
 use crate::auth::Role;
 use crate::state::AppState;
 
@@ -85,7 +85,7 @@ impl From<&TaskRow> for TaskLine {
             agent: r.agent.clone().unwrap_or_default(),
             created: view::time(r.created_at_ms),
             updated: view::time(r.updated_at_ms),
-            blocked: r.blocked_reason.clone(),
+            blocked: r.blocked_reason.as_deref().map(printable),
         }
     }
 }
@@ -290,19 +290,23 @@ impl From<InboxEntry> for Card {
         Card {
             id: e.id,
             task_id: e.task_id,
-            step: e.step,
+            step: printable(&e.step),
             tool: e.tool.unwrap_or_default(),
-            summary: e.summary,
+            summary: printable(&e.summary),
             risk: e.risk,
             path: e.decision.to_string(),
-            rules: e.rules.into_iter().map(|r| (r.id, r.message)).collect(),
-            owners: e.owners.join(", "),
+            rules: e
+                .rules
+                .into_iter()
+                .map(|r| (r.id, printable(&r.message)))
+                .collect(),
+            owners: printable(&e.owners.join(", ")),
             evidence: serde_json::to_string_pretty(&e.evidence).unwrap_or_default(),
             input: e
                 .input
                 .map(|i| serde_json::to_string_pretty(&i).unwrap_or_default())
                 .unwrap_or_default(),
-            rollback_plan: e.rollback_plan,
+            rollback_plan: e.rollback_plan.iter().map(|r| printable(r)).collect(),
             approvers: e.approvers.join(", "),
             quorum: e.quorum,
             decisions: e
@@ -373,7 +377,8 @@ async fn task_data(state: &AppState, viewer: &Viewer, id: &str) -> Result<TaskDa
         }) => (input.clone(), on_behalf_of.clone().unwrap_or_default()),
         _ => (serde_json::Value::Null, String::new()),
     };
-    let cards = if row.status == TaskStatus::NeedsApproval && chain.is_ok() {
+    // A paused task may still wait for an approval: ask whenever it is not over.
+    let cards = if !row.status.is_final() && chain.is_ok() {
         let who = (viewer.identity.role == Role::Approver).then_some(viewer.identity.name.as_str());
         state
             .engine
@@ -509,7 +514,7 @@ pub async fn approvals(
             scope: p.scope.unwrap_or_else(|| "*".into()),
             granted_by: p.granted_by,
             expires: view::time(p.expires_at_ms),
-            reason: p.reason.unwrap_or_default(),
+            reason: printable(&p.reason.unwrap_or_default()),
         })
         .collect();
     Ok(ApprovalsPage {
@@ -629,7 +634,7 @@ pub async fn governance(
                 agent: h.agent.unwrap_or_default(),
                 by: h.created_by,
                 at: view::time(h.created_at_ms),
-                reason: h.reason.unwrap_or_default(),
+                reason: printable(&h.reason.unwrap_or_default()),
             })
             .collect()
     } else {

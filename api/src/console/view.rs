@@ -24,6 +24,22 @@ pub struct Row {
     pub detail: String,
 }
 
+/// `s` with control characters (terminal escapes, NUL) shown as `\u{1b}`
+/// and the like, so what an agent wrote cannot drive a terminal a page is
+/// saved to or hide text; newlines and tabs stay.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 /// Cuts `s` to `max` characters, saying so.
 pub fn clip(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
@@ -400,10 +416,10 @@ fn row(event: &Event, names: &mut HashMap<i64, String>) -> Row {
     Row {
         seq: event.seq,
         at: time(event.recorded_at_ms),
-        actor: event.actor.clone(),
+        actor: printable(&event.actor),
         kind: kind.to_string(),
         class,
-        text: clip(&text, 2 * MAX_INLINE),
+        text: printable(&clip(&text, 2 * MAX_INLINE)),
         detail: serde_json::to_string_pretty(&payload).unwrap_or_default(),
     }
 }
@@ -500,8 +516,8 @@ pub fn dag(workflow: &str, input: &Value, history: &[Event]) -> Option<Dag> {
         *row += 1;
         pos.insert(id.as_str(), (x, y));
         nodes.push(Node {
-            id: id.clone(),
-            tool: tools[id].clone(),
+            id: printable(id),
+            tool: printable(&tools[id]),
             state: states.get(id.as_str()).copied().unwrap_or("pending"),
             x,
             y,
@@ -576,4 +592,15 @@ fn step_states(history: &[Event]) -> HashMap<String, &'static str> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_sent() {
+        assert_eq!(printable("a\u{1b}[31mred\u{7}"), "a\\u{1b}[31mred\\u{7}");
+        assert_eq!(printable("two\nlines\tok"), "two\nlines\tok");
+    }
 }
