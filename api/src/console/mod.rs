@@ -1,10 +1,11 @@
-//! The web console (docs/console.md): server-rendered pages at `/` for the
-//! people who watch and steer agents — inbox, task pages with the verified
-//! timeline and the plan's DAG, the approval panel, governance and the kill
-//! switch. Templates are askama's (compile-checked, HTML-escaped: nothing an
-//! agent wrote is ever marked safe); htmx (vendored, embedded) polls the live
-//! parts. Pages read without JavaScript; every action is a POST form with the
-//! session's CSRF token, and the role rules are the API's.
+//! The web console (README "Web console", ARCHITECTURE "The web console"):
+//! server-rendered pages at `/` for the people who watch and steer agents —
+//! inbox, task pages with the verified timeline and the plan's DAG, the
+//! approval panel, governance and the kill switch. Templates are askama's
+//! (compile-checked, HTML-escaped: nothing an agent wrote is ever marked
+//! safe); htmx (vendored, embedded) polls the live parts. Pages read without
+//! JavaScript; every action is a POST form with the session's CSRF token, and
+//! the role rules are the API's.
 
 mod actions;
 mod pages;

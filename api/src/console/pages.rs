@@ -93,7 +93,8 @@ impl From<&TaskRow> for TaskLine {
 pub struct Tab {
     pub label: String,
     pub href: String,
-    pub count: i64,
+    /// `None` for an agent: the counts are of every agent's tasks.
+    pub count: Option<i64>,
     pub active: bool,
 }
 
@@ -217,15 +218,20 @@ pub async fn inbox(
     let rows = inbox_rows_for(&state, &viewer, &q).await?;
     let get = |k: &str| q.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
     let (status, agent, workflow) = (get("status"), get("agent"), get("workflow"));
-    let counts: HashMap<TaskStatus, i64> = state
-        .engine
-        .store()
-        .count_by_status()
-        .await
-        .map_err(crate::error::ApiError::store)?
-        .into_iter()
-        .collect();
-    let tab = |label: &str, s: &str, count: i64| Tab {
+    let counts: Option<HashMap<TaskStatus, i64>> = match viewer.identity.own_agent() {
+        Some(_) => None,
+        None => Some(
+            state
+                .engine
+                .store()
+                .count_by_status()
+                .await
+                .map_err(crate::error::ApiError::store)?
+                .into_iter()
+                .collect(),
+        ),
+    };
+    let tab = |label: &str, s: &str, count: Option<i64>| Tab {
         label: label.to_string(),
         href: format!(
             "/?{}",
@@ -234,12 +240,12 @@ pub async fn inbox(
         count,
         active: status == s,
     };
-    let mut tabs = vec![tab("all", "", counts.values().sum())];
+    let mut tabs = vec![tab("all", "", counts.as_ref().map(|c| c.values().sum()))];
     for s in FILTERS {
         tabs.push(tab(
             &s.as_str().replace('_', " "),
             s.as_str(),
-            counts.get(&s).copied().unwrap_or(0),
+            counts.as_ref().map(|c| c.get(&s).copied().unwrap_or(0)),
         ));
     }
     Ok(InboxPage {
