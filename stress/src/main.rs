@@ -15,6 +15,7 @@
 mod bench;
 mod check;
 mod child;
+mod console_bench;
 mod faults;
 mod freshdb;
 mod http_bench;
@@ -57,6 +58,8 @@ enum Command {
     PolicyBench(policy_bench::PolicyBenchArgs),
     /// The HTTP API under concurrent load: request rate and latency.
     HttpBench(http_bench::HttpBenchArgs),
+    /// The web console's task page (long history) and inbox (many tasks).
+    ConsoleBench(console_bench::ConsoleBenchArgs),
     /// The engine child process of a stress run (started by the run itself).
     #[command(hide = true)]
     Worker(child::WorkerArgs),
@@ -77,6 +80,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::ReplayBench(args)) => replay_bench::run(args).await,
             Some(Command::PolicyBench(args)) => policy_bench::run(args),
             Some(Command::HttpBench(args)) => http_bench::run(args).await,
+            Some(Command::ConsoleBench(args)) => console_bench::run(args).await,
             Some(Command::Worker(args)) => child::run(args).await,
             Some(Command::BenchWorker(args)) => bench::run_worker(args).await,
         }
