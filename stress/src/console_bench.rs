@@ -141,12 +141,7 @@ pub async fn run(args: ConsoleBenchArgs) -> anyhow::Result<()> {
     );
     let (_, token) =
         mandate_api::create_token(engine.store().as_ref(), "operator", "bench", 0).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(mandate_api::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
+    let (base, stop, server) = crate::http_bench::serve_in_process(state).await?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
