@@ -6,8 +6,8 @@
 //! the task complete live; an auditor sees the task without action buttons
 //! and a hand-made POST with the auditor's cookie is refused; a form without
 //! the CSRF token is refused and records nothing; an operator halts an agent
-//! and lifts the halt; a plan reason with `<script>` and terminal escapes
-//! renders as text.
+//! and lifts the halt; a tool's owner grants and revokes a pre-approval; a
+//! plan reason with `<script>` and terminal escapes renders as text.
 //!
 //! With `MANDATE_CONSOLE_SCREENSHOTS=DIR` the test saves the inbox, the task
 //! page and the approval panel there (docs/console/ holds them).
@@ -226,6 +226,7 @@ async fn the_console_in_a_browser(b: Backend) {
     let alice = api.token("approver", "alice").await;
     let auditor = api.token("auditor", "audra").await;
     let operator = api.token("operator", "opal").await;
+    let owner = api.token("approver", "finance-controller").await;
     let engine = &api.g.h.engine;
     let base = api.base.clone();
 
@@ -407,6 +408,38 @@ async fn the_console_in_a_browser(b: Backend) {
     }
     assert_eq!(last_seq(&api, &live).await, before, "nothing recorded");
     assert!(engine.active_halts().is_empty());
+    sign_out(&c).await;
+
+    // The tool's owner grants a pre-approval, sees it listed, and revokes it.
+    sign_in(&c, &base, &owner).await;
+    c.goto(&format!("{base}/approvals")).await.unwrap();
+    for (field, value) in [
+        ("tool", "ledger.charge"),
+        ("agent", AGENT),
+        ("reason", "<i>month end</i>"),
+    ] {
+        css(&c, &format!("#grant input[name={field}]"))
+            .await
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    css(&c, "#grant button").await.click().await.unwrap();
+    let listed = text_of(&c, "#preapprovals tbody tr").await;
+    assert!(
+        listed.contains("ledger.charge")
+            && listed.contains("finance-controller")
+            && listed.contains("<i>month end</i>"),
+        "{listed}"
+    );
+    assert_eq!(engine.preapprovals(true).await.unwrap().len(), 1);
+    css(&c, "#preapprovals tbody tr button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(&c, "#preapprovals td.empty").await;
+    assert!(engine.preapprovals(true).await.unwrap().is_empty());
     sign_out(&c).await;
 
     // The operator halts the agent (after confirming) and lifts the halt.
