@@ -102,9 +102,7 @@ async fn assert_denied_before_scheduled(g: &gov::GovHarness, id: &str, tool: &st
         .find(|e| matches!(&e.payload, E::PolicyEvaluated { tool: t, decision, .. } if t == tool && decision.path.as_str() == "deny"))
         .unwrap_or_else(|| panic!("{tool} was not denied in {id}"));
     assert!(
-        history.iter().any(
-            |e| matches!(&e.payload, E::StepDenied { policy_seq, .. } if *policy_seq == decided.seq)
-        ),
+        history.iter().any(|e| matches!(&e.payload, E::StepDenied { policy_seq, .. } if *policy_seq == decided.seq)),
         "the denial is recorded"
     );
     assert!(
@@ -128,41 +126,20 @@ async fn denied_tools_never_run_in_any_workflow(b: Backend) {
     assert_eq!(final_status(&g, &saga).await, TaskStatus::FailedTerminal);
     assert_denied_before_scheduled(&g, &saga, "ledger.charge").await;
     assert_denied_before_scheduled(&g, &saga, "email.send").await;
-    assert_eq!(
-        g.h.world.get("ledger", "acme").await.unwrap(),
-        None,
-        "nothing charged"
-    );
-    assert!(
-        g.h.world.list("email").await.unwrap().is_empty(),
-        "nothing sent"
-    );
-    let deploy = submit(
-        &g,
-        "deploy_with_rollback",
-        json!({"service": "web", "version": "v2"}),
-        observer,
-    )
-    .await;
+    assert_eq!(g.h.world.get("ledger", "acme").await.unwrap(), None, "nothing charged");
+    assert!(g.h.world.list("email").await.unwrap().is_empty(), "nothing sent");
+    let deploy = submit(&g, "deploy_with_rollback", json!({"service": "web", "version": "v2"}), observer).await;
     assert_eq!(final_status(&g, &deploy).await, TaskStatus::FailedTerminal);
     assert_denied_before_scheduled(&g, &deploy, "deploy.set_version").await;
     let purge = submit(&g, "purger", json!({}), observer).await;
     assert_eq!(final_status(&g, &purge).await, TaskStatus::FailedTerminal);
     assert_denied_before_scheduled(&g, &purge, "archive.purge").await;
     let (plan, status) = g
-        .run(gov::one_step(
-            observer,
-            "archive.purge",
-            json!({"bucket": "logs"}),
-        ))
+        .run(gov::one_step(observer, "archive.purge", json!({"bucket": "logs"})))
         .await;
     assert_eq!(status, TaskStatus::FailedTerminal);
     assert_denied_before_scheduled(&g, &plan, "archive.purge").await;
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        0,
-        "the denied tool was never called"
-    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the denied tool was never called");
     for id in [&saga, &deploy, &purge, &plan] {
         g.h.assert_replays(id).await;
     }
@@ -178,14 +155,9 @@ async fn gated_tools_wait_for_a_named_approver(b: Backend) {
     let inbox = g.inbox(&id).await;
     assert_eq!(inbox[0].approvers, ["team-platform"]);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
-    let e = g
-        .decide(&id, "purge", "agent-assistant", true, None)
-        .await
-        .unwrap_err();
+    let e = g.decide(&id, "purge", "agent-assistant", true, None).await.unwrap_err();
     assert!(e.to_string().contains("agent that submitted"), "{e}");
-    g.decide(&id, "purge", "team-platform", true, None)
-        .await
-        .unwrap();
+    g.decide(&id, "purge", "team-platform", true, None).await.unwrap();
     assert_eq!(final_status(&g, &id).await, TaskStatus::Completed);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     g.h.assert_replays(&id).await;
@@ -195,55 +167,27 @@ async fn gated_tools_wait_for_a_named_approver(b: Backend) {
 /// catalog's default approvers decide; a signal cannot.
 async fn workflow_approvals_are_engine_requests(b: Backend) {
     let (g, _) = harness(b).await;
-    let id = submit(
-        &g,
-        "gated_deploy",
-        json!({"service": "web", "version": "v9"}),
-        "agent-deployer-7",
-    )
-    .await;
+    let id = submit(&g, "gated_deploy", json!({"service": "web", "version": "v9"}), "agent-deployer-7").await;
     g.h.wait_for(&id, |s| s == TaskStatus::NeedsApproval).await;
-    let e =
-        g.h.engine
-            .signal(
-                &id,
-                "approve",
-                json!({"approved": true}),
-                "agent:agent-deployer-7",
-            )
-            .await
-            .unwrap_err();
-    assert!(e.to_string().contains("approvals are decided only"), "{e}");
     let e = g
-        .decide(&id, "deploy", "agent-deployer-7", true, None)
+        .h
+        .engine
+        .signal(&id, "approve", json!({"approved": true}), "agent:agent-deployer-7")
         .await
         .unwrap_err();
+    assert!(e.to_string().contains("approvals are decided only"), "{e}");
+    let e = g.decide(&id, "deploy", "agent-deployer-7", true, None).await.unwrap_err();
     assert!(e.to_string().contains("agent that submitted"), "{e}");
-    g.decide(&id, "deploy", "ops-oncall", true, None)
-        .await
-        .unwrap();
+    g.decide(&id, "deploy", "ops-oncall", true, None).await.unwrap();
     assert_eq!(final_status(&g, &id).await, TaskStatus::Completed);
     let row = g.h.engine.task(&id).await.unwrap();
     assert_eq!(row.status, TaskStatus::Completed);
     g.h.assert_replays(&id).await;
-    let saga = submit(
-        &g,
-        "saga",
-        json!({"stages": [[{"wait_signal": "go", "approval": true}]]}),
-        "agent-deployer-7",
-    )
-    .await;
-    g.h.wait_for(&saga, |s| s == TaskStatus::NeedsApproval)
-        .await;
-    let e =
-        g.h.engine
-            .signal(&saga, "go", json!({}), "agent:agent-deployer-7")
-            .await
-            .unwrap_err();
+    let saga = submit(&g, "saga", json!({"stages": [[{"wait_signal": "go", "approval": true}]]}), "agent-deployer-7").await;
+    g.h.wait_for(&saga, |s| s == TaskStatus::NeedsApproval).await;
+    let e = g.h.engine.signal(&saga, "go", json!({}), "agent:agent-deployer-7").await.unwrap_err();
     assert!(e.to_string().contains("approval"), "{e}");
-    g.decide(&saga, "go", "team-platform", false, None)
-        .await
-        .unwrap();
+    g.decide(&saga, "go", "team-platform", false, None).await.unwrap();
     assert_eq!(final_status(&g, &saga).await, TaskStatus::FailedTerminal);
     g.h.assert_replays(&saga).await;
 }
@@ -274,15 +218,11 @@ async fn identity_is_bound_at_submission(b: Backend) {
         let g = &g;
         async move {
             g.h.engine
-                .submit(
-                    "plan",
-                    input,
-                    SubmitOptions {
-                        agent: Some(agent.into()),
-                        on_behalf_of: user.map(str::to_string),
-                        ..Default::default()
-                    },
-                )
+                .submit("plan", input, SubmitOptions {
+                    agent: Some(agent.into()),
+                    on_behalf_of: user.map(str::to_string),
+                    ..Default::default()
+                })
                 .await
                 .unwrap_err()
         }
@@ -290,19 +230,12 @@ async fn identity_is_bound_at_submission(b: Backend) {
     let plan = |agent: &str| gov::one_step(agent, "kv.put", json!({"key": "k", "value": 1}));
     // Case 2 at the engine: the input's agent must be the caller's.
     let e = refuse("agent-assistant", None, plan("agent-autonomous")).await;
-    assert!(
-        matches!(e, EngineError::Forbidden { .. }) && e.to_string().contains("input.agent"),
-        "{e}"
-    );
+    assert!(matches!(e, EngineError::Forbidden { .. }) && e.to_string().contains("input.agent"), "{e}");
     // Case 6: on_behalf_of must be a catalog user.
     let mut p = plan("agent-assistant");
     p["on_behalf_of"] = json!("cfo");
     let e = refuse("agent-assistant", Some("cfo"), p).await;
-    assert!(
-        e.to_string().contains("on_behalf_of")
-            && e.to_string().contains("not a user in the catalog"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("on_behalf_of") && e.to_string().contains("not a user in the catalog"), "{e}");
     let e = refuse("agent-nobody", None, plan("agent-nobody")).await;
     assert!(e.to_string().contains("not an agent in the catalog"), "{e}");
     assert_eq!(g.task_count().await, before, "refusals wrote nothing");
@@ -318,18 +251,11 @@ permit(principal, action == Action::"ledger.charge", resource == Scope::"req");
 "#,
     )
     .unwrap();
-    let mut pay = gov::one_step(
-        "agent-deployer-7",
-        "ledger.charge",
-        json!({"account": "req", "amount_cents": 10}),
-    );
+    let mut pay = gov::one_step("agent-deployer-7", "ledger.charge", json!({"account": "req", "amount_cents": 10}));
     pay["on_behalf_of"] = json!("user-bob");
     let id = g.submit(pay).await.unwrap();
     g.h.wait_for(&id, |s| s == TaskStatus::NeedsApproval).await;
-    let e = g
-        .decide(&id, "only", "user-bob", true, None)
-        .await
-        .unwrap_err();
+    let e = g.decide(&id, "only", "user-bob", true, None).await.unwrap_err();
     assert!(e.to_string().contains("acts on its behalf"), "{e}");
     g.decide(&id, "only", "alice", true, None).await.unwrap();
     assert_eq!(final_status(&g, &id).await, TaskStatus::Completed);
@@ -351,41 +277,20 @@ async fn limits_are_checked_at_the_door(b: Backend) {
         }
     };
     let e = refused("saga", json!({"stages": [[{"tool": "kv.put", "input": {}, "retry": {"max_attempts": 1_000_000_000}}]]})).await;
-    assert!(
-        e.contains("stages[0][0]") && e.contains("retry") && e.contains("max_attempts"),
-        "{e}"
-    );
-    let e = refused(
-        "saga",
-        json!({"stages": [[{"sleep_ms": 400_u64 * 86_400_000}]]}),
-    )
-    .await;
+    assert!(e.contains("stages[0][0]") && e.contains("retry") && e.contains("max_attempts"), "{e}");
+    let e = refused("saga", json!({"stages": [[{"sleep_ms": 400_u64 * 86_400_000}]]})).await;
     assert!(e.contains("stages[0][0]") && e.contains("sleep_ms"), "{e}");
-    let e = refused(
-        "saga",
-        json!({"stages": [[{"tool": "kv.put", "bogus": 1}]]}),
-    )
-    .await;
+    let e = refused("saga", json!({"stages": [[{"tool": "kv.put", "bogus": 1}]]})).await;
     assert!(e.contains("stages[0][0]") && e.contains("bogus"), "{e}");
-    let mut p = gov::one_step(
-        "agent-deployer-7",
-        "kv.put",
-        json!({"key": "k", "value": 1}),
-    );
+    let mut p = gov::one_step("agent-deployer-7", "kv.put", json!({"key": "k", "value": 1}));
     p["steps"][0]["retry"] = json!({"max_attempts": 1000});
-    let e =
-        g.h.engine
-            .submit(
-                "plan",
-                p,
-                SubmitOptions {
-                    agent: Some("agent-deployer-7".into()),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap_err()
-            .to_string();
+    let e = g
+        .h
+        .engine
+        .submit("plan", p, SubmitOptions { agent: Some("agent-deployer-7".into()), ..Default::default() })
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("step \"only\"") && e.contains("retry"), "{e}");
     assert_eq!(g.task_count().await, before, "refusals wrote nothing");
 }
