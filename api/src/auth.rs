@@ -247,13 +247,26 @@ pub async fn authenticate(
             ApiError::unauthenticated("the Authorization header must be `Bearer <token>`")
         })?;
     let hash = hash_secret(secret);
-    let identity = match state.tokens.get(&hash) {
+    let identity = identify(&state, &hash).await?;
+    if let Err(wait) = state.rate_limits.check(&identity.token_id) {
+        return Err(ApiError::rate_limited(wait));
+    }
+    request.extensions_mut().insert(identity);
+    request.extensions_mut().insert(TokenHash(hash));
+    Ok(next.run(request).await)
+}
+
+/// The identity of the token whose secret hashes to `hash` (the cache, then
+/// the store); refused when unknown or revoked. The console's sessions use it
+/// too, so a revoked token ends its sessions within [`TOKEN_CACHE_TTL`].
+pub(crate) async fn identify(state: &AppState, hash: &str) -> Result<Identity, ApiError> {
+    let identity = match state.tokens.get(hash) {
         Some(id) => id,
         None => {
             let row = state
                 .engine
                 .store()
-                .token_by_secret(&hash)
+                .token_by_secret(hash)
                 .await
                 .map_err(ApiError::store)?;
             let identity = match row {
@@ -281,16 +294,11 @@ pub async fn authenticate(
                 }
                 _ => return Err(ApiError::unauthenticated("unknown token")),
             };
-            state.tokens.put(hash.clone(), identity.clone());
+            state.tokens.put(hash.to_string(), identity.clone());
             identity
         }
     };
-    if let Err(wait) = state.rate_limits.check(&identity.token_id) {
-        return Err(ApiError::rate_limited(wait));
-    }
-    request.extensions_mut().insert(identity);
-    request.extensions_mut().insert(TokenHash(hash));
-    Ok(next.run(request).await)
+    Ok(identity)
 }
 
 /// The SHA-256 of the caller's token (in the request's extensions), for

@@ -10,6 +10,7 @@
 pub mod approvals;
 pub mod auth;
 pub mod checkpoints;
+pub mod console;
 pub mod error;
 pub mod events;
 mod hygiene;
@@ -136,6 +137,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .merge(Scalar::with_url("/docs", doc))
+        .merge(console::routes())
         .fallback(|| async {
             ApiError::not_found("no such route; GET /openapi.json lists them")
         })

@@ -51,6 +51,24 @@ struct Round {
     read_p99_ms: f64,
 }
 
+/// The API served by this process on a free loopback port: its base URL, the
+/// sender that stops it, and the server's task.
+pub async fn serve_in_process(
+    state: AppState,
+) -> anyhow::Result<(
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(mandate_api::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    Ok((base, stop, server))
+}
+
 /// Runs `requests` with `concurrency` in flight; returns (wall, sorted latencies in ms).
 async fn drive<F, Fut>(
     n: usize,
@@ -106,12 +124,7 @@ async fn round(args: &HttpBenchArgs) -> anyhow::Result<Round> {
     );
     let (_, token) =
         mandate_api::create_token(engine.store().as_ref(), "agent", "bench", 0).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(mandate_api::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
+    let (base, stop, server) = serve_in_process(state).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;

@@ -16,6 +16,7 @@ mod bench;
 mod check;
 mod child;
 mod evidence_bench;
+mod console_bench;
 mod faults;
 mod freshdb;
 mod http_bench;
@@ -65,6 +66,8 @@ enum Command {
     /// Routing: task throughput with and without it, notifications/s, and
     /// decision recorded → delivered to a receiver, p50/p99.
     RoutingBench(routing_bench::RoutingBenchArgs),
+    /// The web console's task page (long history) and inbox (many tasks).
+    ConsoleBench(console_bench::ConsoleBenchArgs),
     /// The engine child process of a stress run (started by the run itself).
     #[command(hide = true)]
     Worker(child::WorkerArgs),
@@ -87,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::HttpBench(args)) => http_bench::run(args).await,
             Some(Command::EvidenceBench(args)) => evidence_bench::run(args).await,
             Some(Command::RoutingBench(args)) => routing_bench::run(args).await,
+            Some(Command::ConsoleBench(args)) => console_bench::run(args).await,
             Some(Command::Worker(args)) => child::run(args).await,
             Some(Command::BenchWorker(args)) => bench::run_worker(args).await,
         }

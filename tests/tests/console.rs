@@ -1,0 +1,491 @@
+//! The web console in a real browser: Debian's headless Chromium driven
+//! through chromedriver (started on a free loopback port) with fantoccini,
+//! against the API server over a governed engine, on both stores. One
+//! browser session per store runs the whole story: an approver signs in,
+//! sees the pending approval with its rollback plan, approves, and watches
+//! the task complete live; an auditor sees the task without action buttons
+//! and a hand-made POST with the auditor's cookie is refused; a form without
+//! the CSRF token is refused and records nothing; an operator halts an agent
+//! and lifts the halt; a tool's owner grants and revokes a pre-approval; a
+//! plan reason with `<script>` and terminal escapes renders as text.
+//!
+//! With `MANDATE_CONSOLE_SCREENSHOTS=DIR` the test saves the inbox, the task
+//! page and the approval panel there (docs/console/ holds them).
+
+#[path = "support/api_server.rs"]
+mod api_server;
+#[path = "support/gov.rs"]
+mod gov;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use mandate_engine::TaskStatus;
+use mandate_tests::{Backend, backend_tests};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use api_server::AGENT;
+
+const WAIT: Duration = Duration::from_secs(30);
+/// What the agent wrote, hostile: markup and terminal escapes.
+const HOSTILE: &str = "pay <script>window.pwned=1</script><img src=x onerror=\"window.pwned=2\"> \u{1b}[31mRED\u{1b}[0m";
+
+/// A single-approver rule for the console's payments (written into the
+/// harness's policy directory, which reloads at once).
+const CONSOLE_RULE: &str = r#"
+@id("org.payments.console-review")
+@message("console payments need alice")
+@role("gate")
+@path("gated_execute")
+@approvers("alice")
+permit(principal, action == Action::"ledger.charge", resource == Scope::"console");
+"#;
+
+fn plan(reason: &str) -> Value {
+    json!({"agent": AGENT, "reason": reason,
+        "evidence": [{"kind": "invoice", "ref": "inv-7"}],
+        "steps": [
+            {"id": "mark", "tool": "kv.put", "input": {"key": "paying", "value": true}},
+            {"id": "pay", "tool": "ledger.charge", "input": {"account": "console", "amount_cents": 500},
+             "depends_on": ["mark"]}]})
+}
+
+/// chromedriver on a free loopback port, ended when dropped.
+struct Driver {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Starts chromedriver and waits for it to say it listens. `None` (with a
+/// note) when it is not installed, unless CI=true, where that fails.
+async fn chromedriver() -> Option<Driver> {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let spawned = tokio::process::Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "chromedriver is not installed ({e}): `apt-get install -y chromium chromium-driver` (.ci/run does)"
+            );
+            eprintln!("SKIPPING the browser test: chromedriver not installed ({e})");
+            return None;
+        }
+    };
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("started successfully") {
+                return;
+            }
+        }
+        panic!("chromedriver exited before it listened");
+    })
+    .await
+    .expect("chromedriver did not start within 30 s");
+    // Keep reading its output so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Some(Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    })
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                        "--window-size=1400,1000", "--no-first-run", "--no-default-browser-check"]}),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+async fn css(c: &Client, sel: &str) -> fantoccini::elements::Element {
+    match c.wait().at_most(WAIT).for_element(Locator::Css(sel)).await {
+        Ok(e) => e,
+        Err(e) => panic!(
+            "no {sel} on the page at {}: {e}\n{}",
+            c.current_url()
+                .await
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            c.source().await.unwrap_or_default()
+        ),
+    }
+}
+
+/// The text of `sel`, looked up again if the page changed under it.
+async fn text_of(c: &Client, sel: &str) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match css(c, sel).await.text().await {
+            Ok(t) => return t,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{sel}: {e}"),
+        }
+    }
+}
+
+async fn sign_in(c: &Client, base: &str, token: &str) {
+    c.goto(&format!("{base}/signin")).await.unwrap();
+    css(c, "#token").await.send_keys(token).await.unwrap();
+    css(c, "#signin button").await.click().await.unwrap();
+    css(c, "#status-filters").await;
+}
+
+async fn sign_out(c: &Client) {
+    css(c, "header form button").await.click().await.unwrap();
+    css(c, "#signin").await;
+}
+
+/// The session cookie and CSRF token of the signed-in browser.
+async fn session_of(c: &Client) -> (String, String) {
+    let cookie = c.get_named_cookie("mandate_session").await.unwrap();
+    let csrf = css(c, "header input[name=csrf]")
+        .await
+        .attr("value")
+        .await
+        .unwrap()
+        .unwrap();
+    (format!("mandate_session={}", cookie.value()), csrf)
+}
+
+async fn shot(c: &Client, name: &str) {
+    if let Ok(dir) = std::env::var("MANDATE_CONSOLE_SCREENSHOTS") {
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = c.screenshot().await.unwrap();
+        std::fs::write(std::path::Path::new(&dir).join(name), png).unwrap();
+    }
+}
+
+/// POSTs a form by hand (as a script would) with a session cookie.
+async fn post_form(
+    api: &api_server::Api,
+    path: &str,
+    cookie: &str,
+    fields: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect();
+    let r = api
+        .http
+        .post(format!("{}{path}", api.base))
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.join("&"))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+async fn last_seq(api: &api_server::Api, id: &str) -> i64 {
+    api.g.h.engine.task(id).await.unwrap().last_seq
+}
+
+async fn the_console_in_a_browser(b: Backend) {
+    let Some(driver) = chromedriver().await else {
+        return;
+    };
+    let api = api_server::start(b).await;
+    std::fs::write(api.g.dir.path().join("org/console.cedar"), CONSOLE_RULE).unwrap();
+    let alice = api.token("approver", "alice").await;
+    let auditor = api.token("auditor", "audra").await;
+    let operator = api.token("operator", "opal").await;
+    let owner = api.token("approver", "finance-controller").await;
+    let engine = &api.g.h.engine;
+    let base = api.base.clone();
+
+    let id = api.g.submit(plan(HOSTILE)).await.unwrap();
+    let other = api.g.submit(plan("a second payment")).await.unwrap();
+    for t in [&id, &other] {
+        api.g
+            .h
+            .wait_for(t, |s| s == TaskStatus::NeedsApproval)
+            .await;
+    }
+    let c = browser(&driver).await;
+
+    // Signing in with a wrong token is refused, without a session.
+    c.goto(&format!("{base}/signin")).await.unwrap();
+    css(&c, "#token")
+        .await
+        .send_keys("mdt_not-a-token")
+        .await
+        .unwrap();
+    css(&c, "#signin button").await.click().await.unwrap();
+    assert!(
+        css(&c, "#signin-error")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("unknown token")
+    );
+
+    // The approver signs in; the inbox lists the task and counts it.
+    sign_in(&c, &base, &alice).await;
+    let filters = css(&c, "#status-filters").await.text().await.unwrap();
+    assert!(filters.contains("needs approval 2"), "{filters}");
+    css(&c, &format!("a[href='/tasks/{id}']")).await;
+    shot(&c, "inbox.png").await;
+
+    // The approval panel: summary, rule, owners, rollback plan; the agent's
+    // markup and escapes shown as text.
+    c.goto(&format!("{base}/approvals")).await.unwrap();
+    let card = css(&c, &format!("article[id^='approval-{id}:']")).await;
+    let text = card.text().await.unwrap();
+    assert!(text.contains("<script>window.pwned=1</script>"), "{text}");
+    assert!(
+        text.contains("\\u{1b}[31mRED"),
+        "terminal escapes shown: {text}"
+    );
+    assert!(
+        text.contains("org.payments.console-review")
+            && text.contains("console payments need alice"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"pay: compensate with ledger.refund {"account":"console","amount_cents":500}"#
+        ) && text.contains(r#"mark: compensate with kv.delete {"key":"paying"}"#),
+        "the rollback plan: {text}"
+    );
+    let scripts = c
+        .execute(
+            "return [document.scripts.length, window.pwned === undefined]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        scripts,
+        json!([1, true]),
+        "only htmx runs; the agent's script never did"
+    );
+    shot(&c, "approvals.png").await;
+
+    // Nothing may start while the task is paused, so the task page is
+    // certainly open before the task completes: then it must change live.
+    engine.pause(&id, "operator:test", None).await.unwrap();
+    c.goto(&format!("{base}/tasks/{id}")).await.unwrap();
+    let approve = format!("article[id^='approval-{id}:'] button.approve");
+    css(&c, &approve).await.click().await.unwrap();
+    css(&c, "#task-status").await;
+    let status = css(&c, "#task-status").await.text().await.unwrap();
+    assert_ne!(status, "completed");
+    let history = engine.history(&id).await.unwrap();
+    assert!(history.iter().any(|e| matches!(&e.payload,
+        mandate_engine::EventPayload::ApprovalDecided { identity, approved: true, via: Some(v), .. }
+            if identity == "alice" && v.starts_with("console:"))));
+    c.execute("window.stillThisPage = true", vec![])
+        .await
+        .unwrap();
+    engine.resume(&id, "operator:test").await.unwrap();
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(
+            "//span[@id='task-status' and text()='completed']",
+        ))
+        .await
+        .expect("the task page shows the completion without a reload");
+    let same = c
+        .execute("return window.stillThisPage === true", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, json!(true), "updated in place (htmx), not reloaded");
+    assert!(
+        css(&c, "#chain")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("hash chain verified")
+    );
+    css(&c, "#dag g.node.completed[data-step='pay']").await;
+    css(&c, "#replay-link").await.click().await.unwrap();
+    let verdict = css(&c, "#replay-verdict").await.text().await.unwrap();
+    assert!(verdict.contains("Verdict: ok"), "{verdict}");
+    shot(&c, "task.png").await;
+
+    // A form without the CSRF token (or with another) is refused and records nothing.
+    let (cookie, csrf) = session_of(&c).await;
+    let before = last_seq(&api, &other).await;
+    let stale = "0".repeat(64);
+    for body in [
+        vec![("decision", "approve")],
+        vec![("decision", "approve"), ("csrf", stale.as_str())],
+    ] {
+        let (status, text) =
+            post_form(&api, &format!("/approvals/{other}:pay"), &cookie, &body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(text.contains("CSRF"), "{text}");
+    }
+    assert_eq!(last_seq(&api, &other).await, before, "nothing recorded");
+    // With the token it is accepted (the same request, so the refusal was the token's).
+    let (status, text) = post_form(
+        &api,
+        &format!("/approvals/{other}:pay"),
+        &cookie,
+        &[
+            ("decision", "reject"),
+            ("comment", "not this one"),
+            ("csrf", &csrf),
+        ],
+    )
+    .await;
+    assert!(
+        status.is_success() || status.is_redirection(),
+        "{status} {text}"
+    );
+    assert!(last_seq(&api, &other).await > before);
+    sign_out(&c).await;
+    // The signed-out session is gone on the server too.
+    let (status, _) = post_form(
+        &api,
+        &format!("/tasks/{id}/pause"),
+        &cookie,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The auditor sees the task and no action; a hand-made POST is refused.
+    let live = api.g.submit(plan("a third payment")).await.unwrap();
+    api.g
+        .h
+        .wait_for(&live, |s| s == TaskStatus::NeedsApproval)
+        .await;
+    sign_in(&c, &base, &auditor).await;
+    c.goto(&format!("{base}/tasks/{live}")).await.unwrap();
+    css(&c, &format!("article[id^='approval-{live}:']")).await;
+    let forms = c.find_all(Locator::Css("main form")).await.unwrap();
+    assert!(forms.is_empty(), "an auditor sees no action buttons");
+    let (cookie, csrf) = session_of(&c).await;
+    let before = last_seq(&api, &live).await;
+    for (path, field) in [
+        (format!("/tasks/{live}/cancel"), ("rollback", "yes")),
+        (format!("/approvals/{live}:pay"), ("decision", "approve")),
+        ("/halt".to_string(), ("confirm", "yes")),
+    ] {
+        let (status, text) = post_form(&api, &path, &cookie, &[("csrf", &csrf), field]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert!(text.contains("role auditor"), "{path}: {text}");
+    }
+    assert_eq!(last_seq(&api, &live).await, before, "nothing recorded");
+    assert!(engine.active_halts().is_empty());
+    sign_out(&c).await;
+
+    // The tool's owner grants a pre-approval, sees it listed, and revokes it.
+    sign_in(&c, &base, &owner).await;
+    c.goto(&format!("{base}/approvals")).await.unwrap();
+    for (field, value) in [
+        ("tool", "ledger.charge"),
+        ("agent", AGENT),
+        ("reason", "<i>month end</i>"),
+    ] {
+        css(&c, &format!("#grant input[name={field}]"))
+            .await
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    css(&c, "#grant button").await.click().await.unwrap();
+    let listed = text_of(&c, "#preapprovals tbody tr").await;
+    assert!(
+        listed.contains("ledger.charge")
+            && listed.contains("finance-controller")
+            && listed.contains("<i>month end</i>"),
+        "{listed}"
+    );
+    assert_eq!(engine.preapprovals(true).await.unwrap().len(), 1);
+    css(&c, "#preapprovals tbody tr button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(&c, "#preapprovals td.empty").await;
+    assert!(engine.preapprovals(true).await.unwrap().is_empty());
+    sign_out(&c).await;
+
+    // The operator halts the agent (after confirming) and lifts the halt.
+    sign_in(&c, &base, &operator).await;
+    c.goto(&format!("{base}/governance")).await.unwrap();
+    css(&c, "#halt-form input[name=agent]")
+        .await
+        .send_keys(AGENT)
+        .await
+        .unwrap();
+    css(&c, "#halt-form input[name=reason]")
+        .await
+        .send_keys("console drill")
+        .await
+        .unwrap();
+    css(&c, "#halt-form button").await.click().await.unwrap();
+    let confirm = css(&c, "main h1").await.text().await.unwrap();
+    assert_eq!(confirm, format!("Halt agent {AGENT}?"));
+    assert!(
+        engine.active_halts().is_empty(),
+        "nothing before the confirmation"
+    );
+    css(&c, "#confirm button").await.click().await.unwrap();
+    let row = text_of(&c, "tr.halt").await;
+    assert!(
+        row.contains(AGENT) && row.contains("operator:opal") && row.contains("console drill"),
+        "{row}"
+    );
+    assert_eq!(engine.refresh_halts().await.unwrap().len(), 1);
+    css(&c, "tr.halt button").await.click().await.unwrap();
+    css(&c, "#confirm button").await.click().await.unwrap();
+    css(&c, "#no-halts").await;
+    assert!(engine.refresh_halts().await.unwrap().is_empty());
+
+    // Every page carries the security headers.
+    let r = api.http.get(format!("{base}/signin")).send().await.unwrap();
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'self'")
+            && csp.contains("frame-ancestors 'none'")
+            && !csp.contains("unsafe-inline")
+    );
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(r.headers()["referrer-policy"], "same-origin");
+
+    c.close().await.unwrap();
+}
+
+backend_tests!(the_console_in_a_browser);
