@@ -158,7 +158,7 @@ impl Draft<'_> {
                     ..
                 } => (
                     tool.clone(),
-                    Some(decision),
+                    Some(&**decision),
                     None,
                     None,
                     format!(

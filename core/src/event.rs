@@ -40,9 +40,6 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// The payload of one event. Serialized adjacently tagged: `{"type": .., "payload": {..}}`.
-// `PolicyEvaluated` carries the whole gateway decision inline (as main
-// already did); boxing it would change every match on it, for little gain.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "payload")]
 pub enum EventPayload {

@@ -15,8 +15,8 @@
 mod bench;
 mod check;
 mod child;
-mod evidence_bench;
 mod console_bench;
+mod evidence_bench;
 mod faults;
 mod freshdb;
 mod http_bench;

@@ -231,15 +231,14 @@ fn check_lines(report: &Value) -> Vec<String> {
             })
             .collect();
         if s.get("notify").is_some() {
-            writeln!(
-                out,
+            lines.push(format!(
                 "  notify: {}",
                 if notify.is_empty() {
                     "nobody".to_string()
                 } else {
-                    notify.join("; ")
+                    summary::escape(&notify.join("; ")).into_owned()
                 }
-            )?;
+            ));
         }
         let rollback = &s["rollback"];
         let text = if let Some(c) = rollback.get("compensation") {

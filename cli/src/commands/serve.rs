@@ -83,8 +83,7 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let worker = engine.start_worker(config);
     let follower = mandate_engine::evidence::Follower::spawn(&engine, evidence);
     let worker_id = worker.id().to_string();
-    let (routing_follower, delivery, responder) =
-        start_routing(db, &engine, &args.listen).await?;
+    let (routing_follower, delivery, responder) = start_routing(db, &engine, &args.listen).await?;
 
     // The HTTP API shares `engine`; it stops before the worker so no request
     // lands on a stopping engine.
