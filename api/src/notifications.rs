@@ -62,8 +62,10 @@ fn refused(e: RespondError) -> ApiError {
 
 fn routing(state: &AppState) -> Result<&crate::state::RoutingApi, ApiError> {
     state.routing.as_deref().ok_or_else(|| {
+        // Not served here (a 4xx: the client asked this server for something
+        // it does not offer; nothing is wrong with the server).
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::NOT_FOUND,
             "routing_off",
             "routing is not running in this server (mandate serve runs it)",
         )
@@ -77,8 +79,7 @@ fn routing(state: &AppState) -> Result<&crate::state::RoutingApi, ApiError> {
     request_body = RespondBody,
     responses((status = 200, body = Object), (status = 400, body = crate::error::ErrorBody),
               (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
-              (status = 409, body = crate::error::ErrorBody),
-              (status = 503, description = "routing does not run here", body = crate::error::ErrorBody)),
+              (status = 409, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn respond(
     State(state): State<AppState>,
@@ -112,8 +113,7 @@ pub async fn respond(
     params(("token" = String, Path, description = "The signed link token")),
     responses((status = 200, body = Object), (status = 403, body = crate::error::ErrorBody),
               (status = 404, body = crate::error::ErrorBody), (status = 409, description = "used before", body = crate::error::ErrorBody),
-              (status = 410, description = "expired", body = crate::error::ErrorBody),
-              (status = 503, description = "routing does not run here", body = crate::error::ErrorBody)))]
+              (status = 410, description = "expired", body = crate::error::ErrorBody)))]
 pub async fn link(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -136,8 +136,7 @@ pub async fn link(
 #[utoipa::path(post, path = "/v1/slack/interactions", tag = "notifications",
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "payload=<JSON>"),
     responses((status = 200, body = Object), (status = 401, description = "bad Slack signature", body = crate::error::ErrorBody),
-              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
-              (status = 503, description = "routing or Slack is not configured here", body = crate::error::ErrorBody)))]
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn slack(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -146,7 +145,7 @@ pub async fn slack(
     let r = routing(&state)?;
     let Some(secret) = r.slack_signing_secret.as_deref() else {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::NOT_FOUND,
             "slack_off",
             "no Slack signing secret is configured (MANDATE_SLACK_SIGNING_SECRET)",
         ));
