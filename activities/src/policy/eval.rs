@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Effect, Entities, Entity, EntityUid, Request,
-    RestrictedExpression,
+    Authorizer, Context, Decision, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    Request, RestrictedExpression,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -125,12 +125,21 @@ fn restricted(v: &Value) -> Option<RestrictedExpression> {
     }
 }
 
-fn uid(kind: &str, id: &str) -> Value {
-    json!({"type": kind, "id": id})
-}
+/// The entity types a decision uses, parsed once.
+static ENTITY_TYPES: std::sync::LazyLock<HashMap<&'static str, EntityTypeName>> =
+    std::sync::LazyLock::new(|| {
+        ["Agent", "Action", "Scope", "Team"]
+            .into_iter()
+            .map(|t| (t, t.parse().expect("a plain identifier is a type name")))
+            .collect()
+    });
 
 fn entity_uid(kind: &str, id: &str) -> EntityUid {
-    EntityUid::from_json(uid(kind, id)).expect("a type and id form an entity uid")
+    let kind = ENTITY_TYPES
+        .get(kind)
+        .cloned()
+        .unwrap_or_else(|| kind.parse().expect("a plain identifier is a type name"));
+    EntityUid::from_type_name_and_id(kind, EntityId::new(id))
 }
 
 /// 0 = Monday.
