@@ -211,15 +211,18 @@ permit(principal, action == Action::"ledger.charge", resource == Scope::"review"
     // The edit now needs two (rule org.payments.large-needs-two): a new request.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let restarted = loop {
+        // Subscribed before reading, so the append that restarts it wakes us.
+        let mut updates = g.h.engine.subscribe();
         let inbox = g.inbox(&id).await;
         if let Some(e) = inbox.into_iter().find(|e| e.quorum == 2) {
             break e;
         }
         assert!(
-            tokio::time::Instant::now() < deadline,
+            tokio::time::timeout_at(deadline, updates.recv())
+                .await
+                .is_ok(),
             "no restarted request"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(restarted.input.clone().unwrap()["amount_cents"], 50_000);
     assert!(

@@ -93,6 +93,8 @@ struct Received {
 struct Receiver {
     base: String,
     got: Arc<Mutex<Vec<Received>>>,
+    /// Notified on every delivery received.
+    arrived: Arc<tokio::sync::Notify>,
     hold: watch::Sender<bool>,
 }
 
@@ -107,9 +109,11 @@ async fn receiver(now: Clock) -> Receiver {
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
     let (hold, held) = watch::channel(false);
     let g = got.clone();
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let a = arrived.clone();
     let app = axum::Router::new().fallback(
         move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
-            let (g, mut held, now) = (g.clone(), held.clone(), now.clone());
+            let (g, a, mut held, now) = (g.clone(), a.clone(), held.clone(), now.clone());
             async move {
                 let _ = held.wait_for(|h| !*h).await;
                 let path = uri.path().to_string();
@@ -131,6 +135,7 @@ async fn receiver(now: Clock) -> Receiver {
                     .to_string();
                 let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 g.lock().unwrap().push(Received { path, id, body });
+                a.notify_waiters();
                 StatusCode::OK
             }
         },
@@ -141,6 +146,7 @@ async fn receiver(now: Clock) -> Receiver {
     Receiver {
         base: format!("http://{addr}"),
         got,
+        arrived,
         hold,
     }
 }
@@ -158,14 +164,18 @@ impl Receiver {
 
     /// Waits until `n` distinct notifications arrived.
     async fn wait_for(&self, n: usize) -> BTreeMap<String, Received> {
-        for _ in 0..500 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // Registered before reading, so an arrival in between still wakes us.
+            let arrival = self.arrived.notified();
             let m = self.by_id();
             if m.len() >= n {
                 return m;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if tokio::time::timeout_at(deadline, arrival).await.is_err() {
+                panic!("expected {n} notifications, got {:?}", self.by_id());
+            }
         }
-        panic!("expected {n} notifications, got {:?}", self.by_id());
     }
 }
 
