@@ -8,7 +8,6 @@
 //! database, must hold as well.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use mandate_tests::{Backend, TestDb};
 use serde_json::Value;
@@ -18,18 +17,9 @@ use sqlx::Row;
 mod run;
 use run::Run;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mandate");
-
+/// Runs `mandate ARGS` against `url`.
 fn mandate(url: &str, args: &[&str]) -> Run {
-    Command::new(BIN)
-        .args(args)
-        .env("MANDATE_DATABASE_URL", url)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mandate")
-        .into()
+    run::mandate_on(url, args)
 }
 
 fn fixture_copy() -> (tempfile::TempDir, String) {

@@ -19,17 +19,9 @@ use run::Run;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mandate");
 
+/// Runs `mandate ARGS` against `url`.
 fn mandate(url: &str, args: &[&str]) -> Run {
-    Command::new(BIN)
-        .args(args)
-        .env("MANDATE_DATABASE_URL", url)
-        .env_remove("MANDATE_SIGNING_KEY")
-        .env_remove("MANDATE_SIGNING_KEY_FILE")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mandate")
-        .into()
+    run::mandate_on(url, args)
 }
 
 fn python(args: &[&str]) -> Run {

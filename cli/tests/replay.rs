@@ -23,19 +23,9 @@ use serde_json::{Value, json};
 mod run;
 use run::Run;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mandate");
-
 /// Runs `mandate ARGS` against `url`.
 fn mandate(url: &str, args: &[&str]) -> Run {
-    Command::new(BIN)
-        .args(args)
-        .env("MANDATE_DATABASE_URL", url)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mandate")
-        .into()
+    run::mandate_on(url, args)
 }
 
 /// Runs the independent verifier with `input` on its stdin.

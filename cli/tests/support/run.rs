@@ -10,6 +10,22 @@ use std::sync::mpsc;
 
 use serde_json::Value;
 
+/// Runs the built `mandate` with `args` on the database at `url` (no colour,
+/// no log filter from the environment, no stdin).
+pub fn mandate_on(url: &str, args: &[&str]) -> Run {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .args(args)
+        .env("MANDATE_DATABASE_URL", url)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .env_remove("MANDATE_SIGNING_KEY")
+        .env_remove("MANDATE_SIGNING_KEY_FILE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run mandate")
+        .into()
+}
+
 pub struct Run {
     pub code: Option<i32>,
     pub stdout: String,
