@@ -137,14 +137,22 @@ async fn css(c: &Client, sel: &str) -> fantoccini::elements::Element {
     }
 }
 
-/// The text of `sel`, looked up again if the page changed under it.
-async fn text_of(c: &Client, sel: &str) -> String {
+/// The text of `sel` once `expected` holds of it, looked up again while the
+/// page changes under it (a click's navigation may not have happened yet, so
+/// the old page can still answer the first lookup).
+async fn text_when(c: &Client, sel: &str, expected: impl Fn(&str) -> bool) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match css(c, sel).await.text().await {
-            Ok(t) => return t,
-            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{sel}: {e}"),
-        }
+        let seen = match css(c, sel).await.text().await {
+            Ok(t) if expected(&t) => return t,
+            Ok(t) => t,
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sel} never became what was expected; last: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -248,14 +256,7 @@ async fn the_console_in_a_browser(b: Backend) {
         .await
         .unwrap();
     css(&c, "#signin button").await.click().await.unwrap();
-    assert!(
-        css(&c, "#signin-error")
-            .await
-            .text()
-            .await
-            .unwrap()
-            .contains("unknown token")
-    );
+    text_when(&c, "#signin-error", |t| t.contains("unknown token")).await;
 
     // The approver signs in; the inbox lists the task and counts it.
     sign_in(&c, &base, &alice).await;
@@ -305,13 +306,20 @@ async fn the_console_in_a_browser(b: Backend) {
     c.goto(&format!("{base}/tasks/{id}")).await.unwrap();
     let approve = format!("article[id^='approval-{id}:'] button.approve");
     css(&c, &approve).await.click().await.unwrap();
-    css(&c, "#task-status").await;
-    let status = css(&c, "#task-status").await.text().await.unwrap();
-    assert_ne!(status, "completed");
-    let history = engine.history(&id).await.unwrap();
-    assert!(history.iter().any(|e| matches!(&e.payload,
+    // The click's POST may still be on its way: wait for its event.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !engine.history(&id).await.unwrap().iter().any(|e| {
+        matches!(&e.payload,
         mandate_engine::EventPayload::ApprovalDecided { identity, approved: true, via: Some(v), .. }
-            if identity == "alice" && v.starts_with("console:"))));
+            if identity == "alice" && v.starts_with("console:"))
+    }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice's approval was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    text_when(&c, "#task-status", |s| s != "completed").await;
     c.execute("window.stillThisPage = true", vec![])
         .await
         .unwrap();
@@ -338,8 +346,7 @@ async fn the_console_in_a_browser(b: Backend) {
     );
     css(&c, "#dag g.node.completed[data-step='pay']").await;
     css(&c, "#replay-link").await.click().await.unwrap();
-    let verdict = css(&c, "#replay-verdict").await.text().await.unwrap();
-    assert!(verdict.contains("Verdict: ok"), "{verdict}");
+    text_when(&c, "#replay-verdict", |v| v.contains("Verdict: ok")).await;
     shot(&c, "task.png").await;
 
     // A form without the CSRF token (or with another) is refused and records nothing.
@@ -425,13 +432,12 @@ async fn the_console_in_a_browser(b: Backend) {
             .unwrap();
     }
     css(&c, "#grant button").await.click().await.unwrap();
-    let listed = text_of(&c, "#preapprovals tbody tr").await;
-    assert!(
+    text_when(&c, "#preapprovals tbody tr", |listed| {
         listed.contains("ledger.charge")
             && listed.contains("finance-controller")
-            && listed.contains("<i>month end</i>"),
-        "{listed}"
-    );
+            && listed.contains("<i>month end</i>")
+    })
+    .await;
     assert_eq!(engine.preapprovals(true).await.unwrap().len(), 1);
     css(&c, "#preapprovals tbody tr button")
         .await
@@ -456,18 +462,17 @@ async fn the_console_in_a_browser(b: Backend) {
         .await
         .unwrap();
     css(&c, "#halt-form button").await.click().await.unwrap();
-    let confirm = css(&c, "main h1").await.text().await.unwrap();
-    assert_eq!(confirm, format!("Halt agent {AGENT}?"));
+    let confirm = format!("Halt agent {AGENT}?");
+    text_when(&c, "main h1", |h1| h1 == confirm).await;
     assert!(
         engine.active_halts().is_empty(),
         "nothing before the confirmation"
     );
     css(&c, "#confirm button").await.click().await.unwrap();
-    let row = text_of(&c, "tr.halt").await;
-    assert!(
-        row.contains(AGENT) && row.contains("operator:opal") && row.contains("console drill"),
-        "{row}"
-    );
+    text_when(&c, "tr.halt", |row| {
+        row.contains(AGENT) && row.contains("operator:opal") && row.contains("console drill")
+    })
+    .await;
     assert_eq!(engine.refresh_halts().await.unwrap().len(), 1);
     css(&c, "tr.halt button").await.click().await.unwrap();
     css(&c, "#confirm button").await.click().await.unwrap();
