@@ -16,43 +16,18 @@ mod gov;
 #[path = "support/serve.rs"]
 mod serve;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use mandate_activities::World;
 use mandate_engine::EventPayload as E;
-use mandate_engine::core::event::parse;
 use mandate_engine::store::{self, Store, TaskFilter};
 use mandate_tests::{Backend, TestDb, backend_tests};
 use serde_json::{Value, json};
-use serve::{BIN, serve};
+use serve::{BIN, history, python, repo, serve};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const AGENT: &str = "agent-deployer-7";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The venv's python, which must import `mcp`.
-fn python() -> PathBuf {
-    let py = repo().join(".ci/venv/bin/python");
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import mcp"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "the MCP Python SDK is not installed in {} (CI={}): install it with \
-         `python3 -m venv .ci/venv && .ci/venv/bin/pip install 'mcp>=1.20,<2'` (what .ci/run does)",
-        py.display(),
-        std::env::var("CI").unwrap_or_default()
-    );
-    py
-}
 
 /// Runs the Python client with `args` as `token`'s agent, approving its gated
 /// call through the API of `base` when it says it waits; returns its steps.
@@ -138,16 +113,6 @@ async fn run_client(
         "the Python client failed ({status}) after {steps:?}:\n{err}"
     );
     steps
-}
-
-async fn history(store: &dyn Store, task: &str) -> Vec<mandate_engine::Event> {
-    store
-        .load_history(task)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| parse(r).unwrap())
-        .collect()
 }
 
 /// The tools of the steps `task` scheduled, in order.

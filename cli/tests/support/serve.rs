@@ -1,9 +1,10 @@
 //! The built `mandate serve` as a child process on a free loopback port, for
-//! the suites that speak to it as clients do (`mcp_python.rs`, `mcp_crash.rs`).
+//! the suites that speak to it as clients do (`mcp_python.rs`,
+//! `mcp_upstream.rs`), and the Python of `.ci/venv` with the MCP SDK.
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +13,29 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mandate");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The venv's python, which must import `mcp`.
+pub fn python() -> PathBuf {
+    let py = repo().join(".ci/venv/bin/python");
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import mcp"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "the MCP Python SDK is not installed in {} (CI={}): install it with \
+         `python3 -m venv .ci/venv && .ci/venv/bin/pip install 'mcp>=1.20,<2'` (what .ci/run does)",
+        py.display(),
+        std::env::var("CI").unwrap_or_default()
+    );
+    py
+}
 
 /// A running `mandate serve` (killed when dropped).
 pub struct Served {
@@ -90,4 +114,18 @@ impl Served {
         self.child.start_kill().expect("SIGKILL mandate serve");
         let _ = self.child.wait().await;
     }
+}
+
+/// The parsed history of `task`.
+pub async fn history(
+    store: &dyn mandate_engine::store::Store,
+    task: &str,
+) -> Vec<mandate_engine::Event> {
+    store
+        .load_history(task)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| mandate_engine::core::event::parse(r).unwrap())
+        .collect()
 }
