@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use mandate_activities::World;
 use mandate_engine::EventPayload as E;
-use mandate_engine::store::{self, Store, TaskFilter};
+use mandate_engine::store::{self, Store};
 use mandate_tests::{Backend, TestDb, backend_tests};
 use serde_json::{Value, json};
-use serve::{BIN, history, python, repo, serve};
+use serve::{BIN, history, python, repo, serve, tasks};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const AGENT: &str = "agent-deployer-7";
@@ -211,16 +211,6 @@ async fn check(store: &dyn Store, world: &World, steps: &[Value], tag: &str, bef
         .unwrap_or(0);
     assert_eq!(balance, 0, "the charges were refunded");
     assert_eq!(world.get("kv", &account).await.unwrap(), None);
-}
-
-async fn tasks(store: &dyn Store) -> Vec<mandate_engine::store::TaskRow> {
-    store
-        .list_tasks(TaskFilter {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
 }
 
 async fn session_ids(store: &dyn Store) -> Vec<String> {

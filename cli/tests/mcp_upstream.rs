@@ -13,117 +13,18 @@
 mod gov;
 #[path = "support/serve.rs"]
 mod serve;
-
-use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
+#[path = "support/upstream.rs"]
+mod upstream;
 
 use mandate_engine::EventPayload as E;
-use mandate_engine::store::{self, Store, TaskFilter};
+use mandate_engine::store;
 use mandate_tests::mcp::{self, text};
 use mandate_tests::{Backend, TestDb, backend_tests};
-use rmcp::ServiceExt;
-use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion};
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
-use serve::{history, python, repo, serve};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use serve::{history, serve, tasks};
+use upstream::{client, http_upstream, upstream_log, write_upstream_policies};
 
 const AGENT: &str = "agent-deployer-7";
-
-/// The imported tools of one server (`prefix` names the compensation).
-fn tools_yaml(prefix: &str) -> String {
-    format!(
-        r#"    tools:
-      - name: notes_put
-        kind: write_reversible
-        operation: update
-        scope: key
-        owners: [team-platform]
-        input_schema: {{type: object, required: [key, value], properties: {{key: {{type: string}}, value: {{type: string}}}}}}
-        compensation: {{tool: {prefix}notes_delete, input: {{key: "${{input.key}}"}}}}
-      - {{name: notes_slow_put, kind: write_reversible, operation: update, owners: [team-platform],
-         compensation: {{tool: {prefix}notes_delete, input: {{key: "${{input.key}}"}}}}}}
-      - {{name: notes_delete, kind: write_reversible, operation: delete, owners: [team-platform], recovery: db_write}}
-      - {{name: notes_get, kind: read, operation: read, owners: [team-platform]}}
-      - {{name: notes_wipe, kind: write_irreversible, operation: delete, owners: [team-platform], recovery: db_write}}
-"#
-    )
-}
-
-/// The test policies plus the two upstream servers.
-pub fn write_upstream_policies(dir: &Path, stdio_log: &Path, http_url: &str) {
-    gov::write_policies(dir);
-    let py = python();
-    let script = repo().join("tests/tools/mcp_upstream.py");
-    let catalog = dir.join("catalog.yaml");
-    let mut text = std::fs::read_to_string(&catalog).unwrap();
-    text.push_str(&format!(
-        "mcp_servers:\n  - name: notes-stdio\n    prefix: notes.\n    command: [{:?}, {:?}, --log, {:?}, stdio]\n{}",
-        py.display().to_string(),
-        script.display().to_string(),
-        stdio_log.display().to_string(),
-        tools_yaml("notes.")
-    ));
-    text.push_str(&format!(
-        "  - name: notes-http\n    prefix: remote.\n    url: {http_url}\n{}",
-        tools_yaml("remote.")
-    ));
-    std::fs::write(&catalog, text).unwrap();
-}
-
-/// The HTTP upstream, started by the test: its child and its `/mcp` URL.
-pub async fn http_upstream(log: &Path) -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(python())
-        .arg(repo().join("tests/tools/mcp_upstream.py"))
-        .arg("--log")
-        .arg(log)
-        .arg("http")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the HTTP upstream");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the HTTP upstream prints its port within 30 s")
-        .unwrap()
-        .expect("the HTTP upstream prints its port");
-    let port = serde_json::from_str::<Value>(&first).unwrap()["port"]
-        .as_u64()
-        .unwrap();
-    (child, format!("http://127.0.0.1:{port}/mcp"))
-}
-
-/// The upstream's log: one JSON object per line.
-pub fn upstream_log(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// rmcp's client on `/mcp` of `base` as the agent `token` names.
-pub async fn client(
-    base: &str,
-    token: &str,
-) -> rmcp::service::RunningService<rmcp::RoleClient, ClientConfig> {
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
-            .auth_header(token.to_string()),
-    );
-    ClientConfig::new(
-        ClientCapabilities::default(),
-        Implementation::new("upstream-tests", "1"),
-    )
-    .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
-    .serve(transport)
-    .await
-    .expect("the MCP client connects to /mcp")
-}
 
 async fn upstream_tools_are_governed(b: Backend) {
     let db = TestDb::new(b).await;
@@ -131,7 +32,7 @@ async fn upstream_tools_are_governed(b: Backend) {
     let logs = tempfile::tempdir().unwrap();
     let stdio_log = logs.path().join("stdio.jsonl");
     let http_log = logs.path().join("http.jsonl");
-    let (_http_upstream, url) = http_upstream(&http_log).await;
+    let (_http_upstream, url, _events) = http_upstream(&http_log).await;
     write_upstream_policies(dir.path(), &stdio_log, &url);
     let served = serve(&db.url, dir.path(), "upstream", &[]).await;
     let store = store::open(&db.url).await.unwrap();
@@ -197,13 +98,7 @@ async fn upstream_tools_are_governed(b: Backend) {
 
     // The engine's side: one session task, each put scheduled once with the
     // catalog's compensation, its key the one the upstream saw.
-    let tasks: Vec<_> = store
-        .list_tasks(TaskFilter {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let tasks: Vec<_> = tasks(store.as_ref()).await;
     assert_eq!(tasks.len(), 1, "{tasks:?}");
     let task = tasks[0].id.clone();
     let h = history(store.as_ref(), &task).await;

@@ -281,8 +281,25 @@ impl SessionHandler {
         }
     }
 
-    async fn status(&self) -> CallToolResponse {
-        let task = self.session.lock().await.task.clone();
+    /// This session's calls, or those of `asked`: another session task of
+    /// the same agent (a client reconnecting after its server restarted
+    /// learns there how the calls it was waiting for ended).
+    async fn status(&self, caller: &Caller, asked: Option<&str>) -> CallToolResponse {
+        let task = match asked {
+            Some(id) => {
+                let mine = self.gw.engine.task(id).await.ok().filter(|r| {
+                    r.workflow == WORKFLOW && r.agent.as_deref() == Some(caller.agent.as_str())
+                });
+                if mine.is_none() {
+                    return tool_error(format!(
+                        "argument task: {id} is not an MCP session task of agent {}",
+                        caller.agent
+                    ));
+                }
+                Some(id.to_string())
+            }
+            None => self.session.lock().await.task.clone(),
+        };
         let Some(task) = task else {
             return tool_ok(json!({"task": null, "calls": []}));
         };
@@ -481,7 +498,7 @@ impl ServerHandler for SessionHandler {
             .map(Value::Object)
             .unwrap_or_else(|| json!({}));
         Ok(match request.name.as_ref() {
-            tools::STATUS => self.status().await,
+            tools::STATUS => self.status(&caller, args["task"].as_str()).await,
             tools::ROLLBACK => {
                 let reason = args["reason"]
                     .as_str()

@@ -5,7 +5,8 @@ tests put behind Mandate's gateway: a key-value store of notes.
 Usage:
     mcp_upstream.py --log FILE stdio     # MCP on stdin/stdout
     mcp_upstream.py --log FILE http      # streamable HTTP on a free loopback
-                                         # port; prints {"port": N} first
+                                         # port; prints {"port": N} first, then
+                                         # each log line
 
 Tools: notes_put(key, value), notes_delete(key), notes_get(key),
 notes_wipe(), notes_slow_put(key, value, ms) (sleeps, then puts). Every call
@@ -39,6 +40,9 @@ def log(**fields):
         f.write(json.dumps(fields) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    if args.transport == "http":
+        # The test waits on these lines (stdout is the protocol on stdio).
+        print(json.dumps(fields), flush=True)
 
 
 def meta_of(ctx):
@@ -77,18 +81,24 @@ def notes_put(key: str, value: str, ctx: Context) -> dict:
     return once("notes_put", k, apply)
 
 
+locks = {}  # idempotency key -> held while a call under it is under way
+
+
 @server.tool()
 async def notes_slow_put(key: str, value: str, ms: int, ctx: Context) -> dict:
     """Set a note after sleeping ms milliseconds."""
     k = start("notes_slow_put", ctx, key=key, value=value, ms=ms)
-    if k is None or k not in done:
-        await asyncio.sleep(ms / 1000)
 
     def apply():
         notes[key] = value
         return {"key": key, "value": value}
 
-    return once("notes_slow_put", k, apply)
+    # A second call under the key while the first sleeps waits for it (and
+    # applies itself only if the first was cancelled before applying).
+    async with locks.setdefault(k, asyncio.Lock()):
+        if k is None or k not in done:
+            await asyncio.sleep(ms / 1000)
+        return once("notes_slow_put", k, apply)
 
 
 @server.tool()

@@ -129,3 +129,16 @@ pub async fn history(
         .map(|r| mandate_engine::core::event::parse(r).unwrap())
         .collect()
 }
+
+/// The tasks of the database (at most 100).
+pub async fn tasks(
+    store: &dyn mandate_engine::store::Store,
+) -> Vec<mandate_engine::store::TaskRow> {
+    store
+        .list_tasks(mandate_engine::store::TaskFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
