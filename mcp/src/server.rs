@@ -200,7 +200,8 @@ impl SessionHandler {
                 Ok(h) => h,
                 Err(e) => return tool_error(format!("{tool}: cannot read the session: {e}")),
             };
-            match outcome(&history, &name, &call_id) {
+            // The approval request the call waits for, if it does.
+            let awaiting = match outcome(&history, &name, &call_id) {
                 Outcome::Completed(output) => return tool_ok(output),
                 Outcome::Failed(e) => {
                     return tool_error(format!("{tool} failed (step {name} of task {task}): {e}"));
@@ -249,9 +250,10 @@ impl SessionHandler {
                             )
                             .await;
                     }
+                    Some(request_seq)
                 }
-                Outcome::Running => {}
-            }
+                Outcome::Running => None,
+            };
             let wait = async {
                 loop {
                     match updates.recv().await {
@@ -269,7 +271,25 @@ impl SessionHandler {
                 // Other processes' appends (a shared database) are seen by polling.
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 _ = ctx.ct.cancelled() => {
-                    return tool_error(format!("{tool}: cancelled by the client; step {name} of task {task} stays recorded"));
+                    // Nobody needs to decide a request the client gave up on.
+                    let withdrawn = match awaiting {
+                        Some(seq) => match self
+                            .gw
+                            .engine
+                            .withdraw_approval(
+                                &task,
+                                seq,
+                                &caller.agent,
+                                Some("the MCP client cancelled the call".into()),
+                            )
+                            .await
+                        {
+                            Ok(_) => format!("; its approval request {task}:{seq} was withdrawn"),
+                            Err(e) => format!("; its approval request {task}:{seq} stays: {e}"),
+                        },
+                        None => String::new(),
+                    };
+                    return tool_error(format!("{tool}: cancelled by the client; step {name} of task {task} stays recorded{withdrawn}"));
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     return tool_error(format!(
