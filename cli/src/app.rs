@@ -142,6 +142,9 @@ pub async fn open_engine(db: &Database) -> anyhow::Result<(Engine, World)> {
     let mut tools = ToolRegistry::new();
     mandate_activities::register_demo_tools(&mut tools, world.clone());
     mandate_activities::register_governance_tools(&mut tools, governance.clone(), world.clone());
+    // The tools the catalog imports from upstream MCP servers (connected on
+    // their first call).
+    mandate_mcp::upstream::register(&mut tools, &governance);
     // Every step the gateway decides is also routed to its owners (recorded
     // in the history; deliveries follow from it, see `commands::serve`).
     let gateway: std::sync::Arc<dyn mandate_engine::core::gateway::Gateway> =

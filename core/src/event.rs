@@ -165,7 +165,9 @@ pub enum EventPayload {
         decision: Box<GatewayDecision>,
     },
     /// The request is closed: `approved`, `rejected`, `timed_out`,
-    /// `edit_denied` or `superseded`.
+    /// `edit_denied`, `superseded` or `withdrawn` (by a rollback, `by`
+    /// empty; or by the task's agent, `by` its actor, through
+    /// `Engine::withdraw_approval`).
     ApprovalResolved {
         request_seq: i64,
         outcome: String,

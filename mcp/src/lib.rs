@@ -19,6 +19,7 @@ pub mod http;
 pub mod outcome;
 mod server;
 pub mod tools;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -200,7 +200,8 @@ impl SessionHandler {
                 Ok(h) => h,
                 Err(e) => return tool_error(format!("{tool}: cannot read the session: {e}")),
             };
-            match outcome(&history, &name, &call_id) {
+            // The approval request the call waits for, if it does.
+            let awaiting = match outcome(&history, &name, &call_id) {
                 Outcome::Completed(output) => return tool_ok(output),
                 Outcome::Failed(e) => {
                     return tool_error(format!("{tool} failed (step {name} of task {task}): {e}"));
@@ -249,9 +250,10 @@ impl SessionHandler {
                             )
                             .await;
                     }
+                    Some(request_seq)
                 }
-                Outcome::Running => {}
-            }
+                Outcome::Running => None,
+            };
             let wait = async {
                 loop {
                     match updates.recv().await {
@@ -269,7 +271,25 @@ impl SessionHandler {
                 // Other processes' appends (a shared database) are seen by polling.
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 _ = ctx.ct.cancelled() => {
-                    return tool_error(format!("{tool}: cancelled by the client; step {name} of task {task} stays recorded"));
+                    // Nobody needs to decide a request the client gave up on.
+                    let withdrawn = match awaiting {
+                        Some(seq) => match self
+                            .gw
+                            .engine
+                            .withdraw_approval(
+                                &task,
+                                seq,
+                                &caller.agent,
+                                Some("the MCP client cancelled the call".into()),
+                            )
+                            .await
+                        {
+                            Ok(_) => format!("; its approval request {task}:{seq} was withdrawn"),
+                            Err(e) => format!("; its approval request {task}:{seq} stays: {e}"),
+                        },
+                        None => String::new(),
+                    };
+                    return tool_error(format!("{tool}: cancelled by the client; step {name} of task {task} stays recorded{withdrawn}"));
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     return tool_error(format!(
@@ -281,8 +301,25 @@ impl SessionHandler {
         }
     }
 
-    async fn status(&self) -> CallToolResponse {
-        let task = self.session.lock().await.task.clone();
+    /// This session's calls, or those of `asked`: another session task of
+    /// the same agent (a client reconnecting after its server restarted
+    /// learns there how the calls it was waiting for ended).
+    async fn status(&self, caller: &Caller, asked: Option<&str>) -> CallToolResponse {
+        let task = match asked {
+            Some(id) => {
+                let mine = self.gw.engine.task(id).await.ok().filter(|r| {
+                    r.workflow == WORKFLOW && r.agent.as_deref() == Some(caller.agent.as_str())
+                });
+                if mine.is_none() {
+                    return tool_error(format!(
+                        "argument task: {id} is not an MCP session task of agent {}",
+                        caller.agent
+                    ));
+                }
+                Some(id.to_string())
+            }
+            None => self.session.lock().await.task.clone(),
+        };
         let Some(task) = task else {
             return tool_ok(json!({"task": null, "calls": []}));
         };
@@ -481,7 +518,7 @@ impl ServerHandler for SessionHandler {
             .map(Value::Object)
             .unwrap_or_else(|| json!({}));
         Ok(match request.name.as_ref() {
-            tools::STATUS => self.status().await,
+            tools::STATUS => self.status(&caller, args["task"].as_str()).await,
             tools::ROLLBACK => {
                 let reason = args["reason"]
                     .as_str()

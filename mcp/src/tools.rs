@@ -100,8 +100,10 @@ pub fn own_tools() -> Vec<Tool> {
     vec![
         Tool::new(
             STATUS,
-            "This session's calls: each one's policy decision, state (completed, denied, awaiting approval, undone) and result.",
-            object(json!({"type": "object", "properties": {}})),
+            "This session's calls: each one's policy decision, state (completed, denied, awaiting approval, undone) and result. With task: those of another MCP session task of this agent (e.g. one a restart of the server interrupted).",
+            object(
+                json!({"type": "object", "properties": {"task": {"type": "string", "maxLength": 128}}}),
+            ),
         ),
         Tool::new(
             ROLLBACK,

@@ -377,4 +377,112 @@ async fn only_the_agent_adds_calls(b: Backend) {
     client.cancel().await.unwrap();
 }
 
-backend_tests!(over_http, over_byte_stream, only_the_agent_adds_calls);
+/// Waits (30 s at most) until the history of `task` has an event `want` accepts.
+async fn wait_for_event(s: &Setup, task: &str, want: impl Fn(&E) -> bool) {
+    let engine = &s.api.g.h.engine;
+    let mut updates = engine.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = engine.history(task).await.unwrap();
+        if h.iter().any(|e| want(&e.payload)) {
+            return;
+        }
+        let types: Vec<&str> = h.iter().map(|e| e.payload.type_name()).collect();
+        match tokio::time::timeout_at(deadline, updates.recv()).await {
+            Ok(_) => {}
+            Err(_) => panic!("task {task}: the awaited event never came; its events: {types:?}"),
+        }
+    }
+}
+
+/// A client that cancels a call waiting for approval withdraws the request:
+/// recorded (`ApprovalResolved` withdrawn by the agent, the step denied by
+/// `approval.withdrawn`), gone from the inbox, never run, and no longer
+/// decidable; only the task's agent may withdraw, and only an open request.
+async fn cancelling_withdraws_the_approval(b: Backend) {
+    let s = setup(b).await;
+    let token = s.api.token("agent", AGENT).await;
+    let (client, mut progress) = connect_http(&s, &token).await;
+    let mut p = params(
+        "ledger.charge",
+        json!({"account": "mcp-cancel", "amount_cents": 5000}),
+    );
+    let mut meta = RequestMetaObject::default();
+    meta.set_progress_token(ProgressToken(NumberOrString::Number(9)));
+    p.meta = Some(meta);
+    let peer = client.peer().clone();
+    let gated = tokio::spawn(async move { peer.call_tool(p).await });
+    tokio::time::timeout(Duration::from_secs(30), progress.recv())
+        .await
+        .expect("a progress notification while the call awaits approval")
+        .unwrap();
+    let task = session_tasks(&s).await.remove(0);
+    let inbox = s.api.g.inbox(&task).await;
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    let seq = inbox[0].request_seq;
+    let engine = &s.api.g.h.engine;
+    let e = engine
+        .withdraw_approval(&task, seq, "agent-other", None)
+        .await
+        .expect_err("another agent cannot withdraw it");
+    assert!(e.to_string().contains("only the task's agent"), "{e}");
+
+    // The client gives up: rmcp sends notifications/cancelled.
+    gated.abort();
+    let agent_actor = format!("agent:{AGENT}");
+    wait_for_event(
+        &s,
+        &task,
+        |e| matches!(e, E::StepDenied { rule, .. } if rule == "approval.withdrawn"),
+    )
+    .await;
+    let h = engine.history(&task).await.unwrap();
+    assert!(h.iter().any(|e| matches!(&e.payload,
+        E::ApprovalResolved { request_seq, outcome, by, .. }
+            if *request_seq == seq && outcome == "withdrawn" && *by == [agent_actor.clone()])));
+    assert!(
+        !h.iter()
+            .any(|e| matches!(&e.payload, E::StepScheduled { .. })),
+        "the withdrawn step never ran"
+    );
+    assert!(s.api.g.inbox(&task).await.is_empty(), "gone from the inbox");
+    assert_eq!(balance(&s, "mcp-cancel").await, 0);
+    let alice = s.api.token("approver", "alice").await;
+    let (status, body) = s
+        .api
+        .post(
+            &format!("/v1/approvals/{task}:{seq}"),
+            &alice,
+            json!({"decision": "approve"}),
+        )
+        .await;
+    assert!(
+        status.is_client_error(),
+        "a withdrawn request is not decidable: {status} {body}"
+    );
+    let e = engine
+        .withdraw_approval(&task, seq, AGENT, None)
+        .await
+        .expect_err("a closed request cannot be withdrawn again");
+    assert!(e.to_string().contains("closed already (withdrawn)"), "{e}");
+
+    // The session goes on: the call shows as denied, the next one runs.
+    let status = call(&client, "mandate_status", json!({})).await;
+    let calls = status.structured_content.unwrap()["calls"].clone();
+    assert_eq!(calls[0]["state"], "denied", "{calls}");
+    assert_eq!(
+        calls[0]["denied_by"]["rule"], "approval.withdrawn",
+        "{calls}"
+    );
+    let put = call(&client, "kv.put", json!({"key": "after", "value": 1})).await;
+    assert_ne!(put.is_error, Some(true), "{}", text(&put));
+    mandate_tests::assert_replays(engine, &task).await;
+    client.cancel().await.unwrap();
+}
+
+backend_tests!(
+    over_http,
+    over_byte_stream,
+    only_the_agent_adds_calls,
+    cancelling_withdraws_the_approval
+);

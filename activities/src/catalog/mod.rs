@@ -4,7 +4,10 @@
 //! Per tool: its kind, its CRUDLEX operation, its input schema, the input
 //! field that names the resource it touches (its scope), the data classes it
 //! handles, its owners, its compensation (a tool and an input mapping) and
-//! its recovery path, and for remote tools the HTTP endpoint. Per agent: its
+//! its recovery path, and for remote tools the HTTP endpoint. Upstream MCP
+//! servers (`mcp_servers`, a stdio command or an HTTP URL) have the tools
+//! they name imported under a prefix, each with the same fields; they become
+//! ordinary catalog tools (`prefix` + name) that know their upstream. Per agent: its
 //! team, autonomy level (L0–L4), CRUDLEX preset and the users it may act for.
 //! Per user: a CRUDLEX preset. The recovery catalog of the seeds ships as
 //! named recovery paths that tools refer to.
@@ -53,6 +56,41 @@ pub struct Catalog {
     pub users: Vec<UserEntry>,
     #[serde(default)]
     pub tools: Vec<ToolEntry>,
+    /// Upstream MCP servers whose tools are imported (into `tools`, at load).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<McpServerEntry>,
+}
+
+/// An upstream MCP server: how to reach it, and the tools of it the
+/// catalog imports (only those; anything else it offers stays hidden).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerEntry {
+    pub name: String,
+    /// Prepended to each tool's name (`files.` makes `write` `files.write`).
+    pub prefix: String,
+    /// A stdio server: the program and its arguments.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// A streamable HTTP server: its endpoint (`http://host:port/mcp`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How long one call may take (ms).
+    #[serde(default = "ten_seconds")]
+    pub timeout_ms: u64,
+    /// The tools imported, each named as on the server, with the fields of
+    /// any catalog tool (no `endpoint`); a compensation names a catalog
+    /// tool, e.g. another imported one by its prefixed name.
+    pub tools: Vec<ToolEntry>,
+}
+
+/// Where an imported tool's calls go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// The server's `name` in `mcp_servers`.
+    pub server: String,
+    /// The tool's name on that server (without the prefix).
+    pub tool: String,
 }
 
 /// What applies when the catalog says nothing more specific.
@@ -186,6 +224,9 @@ pub struct ToolEntry {
     pub recovery_path: Option<String>,
     #[serde(default)]
     pub endpoint: Option<Endpoint>,
+    /// Set for a tool imported from `mcp_servers` (never written by hand).
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Upstream>,
 }
 
 /// The recovery catalog of the seeds, shipped so tools can refer to it.
@@ -211,8 +252,76 @@ impl Catalog {
         for (k, v) in seed_recovery_catalog() {
             catalog.recovery_catalog.entry(k).or_insert(v);
         }
+        catalog.import_mcp_tools(origin)?;
         catalog.check(origin)?;
         Ok(catalog)
+    }
+
+    /// Checks `mcp_servers` and adds their tools to `tools` under their prefix.
+    fn import_mcp_tools(&mut self, origin: &str) -> Result<(), Error> {
+        let mut seen = BTreeSet::new();
+        for server in &self.mcp_servers {
+            let at = |field: &str| format!("{origin}: mcp_servers {:?}: {field}", server.name);
+            if server.name.is_empty() || !seen.insert(server.name.clone()) {
+                return Err(Error(format!(
+                    "{origin}: mcp_servers: the server name {:?} is empty or listed twice",
+                    server.name
+                )));
+            }
+            match (&server.command, &server.url) {
+                (Some(c), None) if !c.is_empty() && !c[0].is_empty() => {}
+                (None, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {}
+                (None, Some(u)) => {
+                    return Err(Error(format!(
+                        "{}: an http:// or https:// URL is needed, got {u:?}",
+                        at("field url")
+                    )));
+                }
+                _ => {
+                    return Err(Error(format!(
+                        "{}: give either command (a program and its arguments, for stdio) or url (streamable HTTP), not both or neither",
+                        at("fields command/url")
+                    )));
+                }
+            }
+            if server.tools.is_empty() {
+                return Err(Error(format!(
+                    "{}: name at least one tool to import",
+                    at("field tools")
+                )));
+            }
+            for t in &server.tools {
+                let recoverable =
+                    t.compensation.is_some() || t.recovery.is_some() || t.recovery_path.is_some();
+                if t.kind.is_write() && !recoverable {
+                    return Err(Error(format!(
+                        "{}: {} is {} and has neither a compensation nor a recovery path; add compensation: {{tool, input}}, recovery or recovery_path",
+                        at(&format!("tool {:?}", t.name)),
+                        t.name,
+                        t.kind.as_str()
+                    )));
+                }
+                if t.endpoint.is_some() {
+                    return Err(Error(format!(
+                        "{}: an imported tool is called through its MCP server; remove endpoint",
+                        at(&format!("tool {:?}", t.name))
+                    )));
+                }
+                let mut entry = t.clone();
+                entry.name = format!("{}{}", server.prefix, t.name);
+                entry.upstream = Some(Upstream {
+                    server: server.name.clone(),
+                    tool: t.name.clone(),
+                });
+                self.tools.push(entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// The upstream MCP server named `name`.
+    pub fn mcp_server(&self, name: &str) -> Option<&McpServerEntry> {
+        self.mcp_servers.iter().find(|s| s.name == name)
     }
 
     fn check(&self, origin: &str) -> Result<(), Error> {
@@ -339,6 +448,80 @@ pub fn autonomy_level(text: &str) -> Result<u8, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const UPSTREAM: &str = r#"
+tools:
+  - {name: local.get, kind: read, operation: read}
+mcp_servers:
+  - name: notes
+    prefix: notes.
+    command: [python3, notes.py]
+    tools:
+      - {name: put, kind: write_reversible, operation: update, owners: [team-notes],
+         compensation: {tool: notes.delete, input: {key: "${input.key}"}}}
+      - {name: delete, kind: write_reversible, operation: delete, recovery_path: restore from backup}
+      - {name: get, kind: read, operation: read}
+"#;
+
+    #[test]
+    fn upstream_mcp_tools_are_imported_under_their_prefix() {
+        let c = Catalog::from_yaml("c.yaml", UPSTREAM).unwrap();
+        let put = c.tool("notes.put").unwrap();
+        assert_eq!(put.kind, ToolKind::WriteReversible);
+        assert_eq!(put.owners, ["team-notes"]);
+        assert_eq!(put.compensation.as_ref().unwrap().tool, "notes.delete");
+        assert_eq!(
+            put.upstream,
+            Some(Upstream {
+                server: "notes".into(),
+                tool: "put".into()
+            })
+        );
+        assert_eq!(c.tool("local.get").unwrap().upstream, None);
+        assert_eq!(
+            c.mcp_server("notes").unwrap().command.as_ref().unwrap()[1],
+            "notes.py"
+        );
+        assert!(c.tool("put").is_none(), "only the prefixed name exists");
+    }
+
+    #[test]
+    fn an_upstream_write_without_compensation_or_recovery_is_refused() {
+        let bad = UPSTREAM.replace(", recovery_path: restore from backup", "");
+        let e = Catalog::from_yaml("c.yaml", &bad).unwrap_err().to_string();
+        assert!(
+            e.contains(r#"mcp_servers "notes": tool "delete""#)
+                && e.contains("neither a compensation nor a recovery path"),
+            "{e}"
+        );
+        // `upstream` is set by the import alone, never by hand.
+        let forged =
+            "tools:\n  - {name: x, kind: read, operation: read, upstream: {server: s, tool: t}}\n";
+        assert!(Catalog::from_yaml("c.yaml", forged).is_err());
+        for (text, want) in [
+            (
+                UPSTREAM.replace("    command: [python3, notes.py]\n", ""),
+                "either command",
+            ),
+            (
+                UPSTREAM.replace("command: [python3, notes.py]", "url: ftp://x"),
+                "http:// or https://",
+            ),
+            (
+                UPSTREAM.replace("notes.delete, input", "notes.gone, input"),
+                "not in the catalog",
+            ),
+            (
+                format!(
+                    "{UPSTREAM}  - {{name: notes, prefix: n2., url: http://h/mcp, tools: [{{name: a, kind: read, operation: read}}]}}\n"
+                ),
+                "listed twice",
+            ),
+        ] {
+            let e = Catalog::from_yaml("c.yaml", &text).unwrap_err().to_string();
+            assert!(e.contains(want), "{want:?} not in {e}");
+        }
+    }
 
     #[test]
     fn a_catalog_parses_and_names_bad_fields() {

@@ -203,6 +203,88 @@ impl Engine {
         Ok(recorded)
     }
 
+    /// Withdraws one open approval request of `task_id` on behalf of the
+    /// task's own agent (an MCP client that cancelled the call waiting for
+    /// it): nobody needs to decide it any more. Recorded as the request's
+    /// `ApprovalResolved` with outcome `withdrawn` (as a rollback withdraws
+    /// its open requests), `by` the agent's actor, `comment` the reason;
+    /// a step's request also denies the step (`StepDenied`, rule
+    /// `approval.withdrawn`), so it never runs. Refused, writing nothing,
+    /// when `agent` is not the task's agent or the request is not open.
+    /// Returns the seq of the last event appended.
+    pub async fn withdraw_approval(
+        &self,
+        task_id: &str,
+        request_seq: i64,
+        agent: &str,
+        reason: Option<String>,
+    ) -> Result<i64, Error> {
+        let invalid = |field: &str, message: String| Error::InvalidInput {
+            field: field.into(),
+            message,
+        };
+        if let Some(r) = &reason
+            && r.chars().count() > MAX_COMMENT_CHARS
+        {
+            return Err(invalid(
+                "reason",
+                format!("longer than {MAX_COMMENT_CHARS} characters; shorten it"),
+            ));
+        }
+        let actor = format!("agent:{agent}");
+        self.append_external(task_id, "withdraw an approval request of", |state| {
+                if state.agent.as_deref() != Some(agent) {
+                    return Err(Error::Rejected {
+                        task_id: task_id.to_string(),
+                        message: format!(
+                            "only the task's agent ({}) may withdraw its approval requests, not {agent}",
+                            state.agent.as_deref().unwrap_or("none")
+                        ),
+                    });
+                }
+                let request_seq = find_request(state, &ApprovalTarget::Seq(request_seq))?;
+                let a = &state.approvals[&request_seq];
+                if let Some(outcome) = &a.outcome {
+                    return Err(Error::Rejected {
+                        task_id: task_id.to_string(),
+                        message: format!(
+                            "approval request {request_seq} ({}) is closed already ({outcome}); there is nothing to withdraw",
+                            a.subject
+                        ),
+                    });
+                }
+                let mut events = vec![NewEvent {
+                    actor: actor.clone(),
+                    payload: EventPayload::ApprovalResolved {
+                        request_seq,
+                        outcome: "withdrawn".into(),
+                        by: vec![actor.clone()],
+                        comment: reason.clone(),
+                    },
+                }];
+                if let Some(g) = a.policy_seq.and_then(|p| state.gates.get(&p)) {
+                    events.push(NewEvent {
+                        actor: actor.clone(),
+                        payload: EventPayload::StepDenied {
+                            policy_seq: g.seq,
+                            rule: "approval.withdrawn".into(),
+                            reason: format!(
+                                "step {:?} ({}): its approval request was withdrawn by {actor}{}; the step was not run",
+                                g.name,
+                                g.tool,
+                                reason
+                                    .as_ref()
+                                    .map(|r| format!(": {r}"))
+                                    .unwrap_or_default()
+                            ),
+                        },
+                    });
+                }
+                Ok(events)
+            })
+            .await
+    }
+
     /// The open approval requests: of one task, or of every task waiting for
     /// approval (the newest [`INBOX_SCAN_LIMIT`]; `truncated` says when more
     /// wait). With `identity`, only those it may decide and has not.
