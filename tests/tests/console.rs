@@ -493,4 +493,258 @@ async fn the_console_in_a_browser(b: Backend) {
     c.close().await.unwrap();
 }
 
-backend_tests!(the_console_in_a_browser);
+/// Signs in over plain HTTP: the session cookie and the page's CSRF token.
+async fn http_session(api: &api_server::Api, token: &str) -> (String, String) {
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/signin", api.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (_, page) = get_page(api, "/", &cookie).await;
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token on the page")
+        .to_string();
+    (cookie, csrf)
+}
+
+async fn get_page(api: &api_server::Api, path: &str, cookie: &str) -> (StatusCode, String) {
+    let r = api
+        .http
+        .get(format!("{}{path}", api.base))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+/// The API over a governed engine with routing's outbox in the same database.
+async fn api_with_routing(b: Backend) -> api_server::Api {
+    use mandate_routing::wire::{LinkSettings, Responder};
+    let g = gov::harness(b).await;
+    let outbox = std::sync::Arc::new(
+        mandate_routing::outbox::Outbox::open(&g.h.db.url)
+            .await
+            .unwrap(),
+    );
+    let state = mandate_api::AppState::new(
+        g.h.engine.clone(),
+        g.governance.clone(),
+        mandate_api::ApiConfig {
+            rate_per_second: 100_000,
+            rate_burst: 100_000,
+            ..Default::default()
+        },
+    )
+    .with_routing(mandate_api::state::RoutingApi {
+        responder: Responder {
+            engine: g.h.engine.clone(),
+            outbox,
+            links: LinkSettings {
+                secret: b"console-link-secret-0123456789".to_vec(),
+                base_url: "http://mandate.test".into(),
+                ttl_ms: 3_600_000,
+            },
+            config: std::sync::Arc::new(mandate_routing::ConfigCell::shipped()),
+            clock: mandate_routing::worker::system_clock(),
+        },
+        slack_signing_secret: None,
+    });
+    api_server::start_state(g, state).await
+}
+
+/// The coordination page over routing's real tables: each notification's
+/// state (acknowledged, escalated, overdue, pending), the time to
+/// intervention charted against the seeds' targets, the open escalation
+/// chains oldest first, and coverage; what the agent wrote is escaped; an
+/// auditor reads it without any button and an agent is refused.
+async fn the_coordination_page(b: Backend) {
+    use mandate_routing::outbox::{Escalation, NewNotification};
+    use mandate_routing::sinks::Message;
+    let api = api_with_routing(b).await;
+    std::fs::write(api.g.dir.path().join("org/console.cedar"), CONSOLE_RULE).unwrap();
+    let auditor = api.token("auditor", "audra").await;
+    let agent = api.token("agent", AGENT).await;
+    let id = api.g.submit(plan("coordination")).await.unwrap();
+    api.g
+        .h
+        .wait_for(&id, |s| s == TaskStatus::NeedsApproval)
+        .await;
+    let r = api.state.routing.as_ref().unwrap().clone();
+    let outbox = &r.responder.outbox;
+    let now = api.g.h.engine.now_ms();
+    let mut ids = Vec::new();
+    for (i, (recipient, about)) in [
+        ("pat", "the ledger was charged"),
+        ("quinn", "a step failed"),
+        ("rui", "a compensation failed"),
+        ("sam", "pay <script>window.pwned=1</script>"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = format!("{id}:{}:{recipient}:hook", 10 + i);
+        let e = outbox
+            .enqueue(
+                &NewNotification {
+                    item_key: key.clone(),
+                    group_key: key,
+                    task_id: id.clone(),
+                    recipient: recipient.into(),
+                    sink: "hook".into(),
+                    address: None,
+                    message: Message {
+                        title: format!("{AGENT}: monitored"),
+                        what_happened: about.into(),
+                        task_id: id.clone(),
+                        agent: AGENT.into(),
+                        path: "monitored_execute".into(),
+                        rule: "r".into(),
+                        why: "owner".into(),
+                        ..Default::default()
+                    },
+                    // The last stays queued (not yet due).
+                    send_at_ms: if i == 3 { now + 3_600_000 } else { now },
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        ids.push(e.id);
+    }
+    let claimed = outbox.claim("w", now, 60_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    for c in &claimed {
+        assert!(
+            outbox
+                .finish(&c.id, "w", c.attempt, now, &Ok(()))
+                .await
+                .unwrap()
+        );
+    }
+    // Chains: pat's (answered below), quinn's past its first step, rui's
+    // next step overdue (the oldest).
+    for (i, started, fired, due) in [
+        (0, now - 60_000, 1, now + 240_000),
+        (1, now - 400_000, 2, now + 200_000),
+        (2, now - 900_000, 2, now - 300_000),
+    ] {
+        outbox
+            .start_escalation(&Escalation {
+                notification_id: ids[i].clone(),
+                task_id: id.clone(),
+                about_seq: 10 + i as i64,
+                chain: "platform-chain".into(),
+                started_at_ms: started,
+                fired_steps: fired,
+                next_due_at_ms: Some(due),
+            })
+            .await
+            .unwrap();
+    }
+    // pat answers (pausing the task): recorded with the identity, the chain stops.
+    let answered = r
+        .responder
+        .respond(
+            &ids[0],
+            "pat",
+            "token:test",
+            false,
+            mandate_routing::wire::Answer {
+                action: "pause_task".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(answered.escalations_stopped, 1);
+
+    let (cookie, _) = http_session(&api, &auditor).await;
+    let (status, page) = get_page(&api, "/coordination", &cookie).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    for (n, state) in [
+        (0, "acknowledged"),
+        (1, "escalated"),
+        (2, "overdue"),
+        (3, "pending"),
+    ] {
+        assert!(
+            page.contains(&format!(
+                "<tr class=\"note {state}\" data-id=\"{}\">",
+                ids[n]
+            )),
+            "notification {n} should be {state}: {page}"
+        );
+    }
+    assert!(page.contains("pause_task by pat after"), "{page}");
+    // The chart: pause_task answered within its target, the others not yet.
+    assert!(page.contains("<svg id=\"tti-chart\""), "{page}");
+    assert!(
+        page.contains("<g class=\"tti meets\" data-action=\"pause_task\">"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<g class=\"tti no-data\" data-action=\"assign\">"),
+        "{page}"
+    );
+    assert!(page.contains("target 2 min 00 s"), "{page}");
+    // Open chains, oldest first; the answered one is not open.
+    let esc = page.split("id=\"escalations\"").nth(1).unwrap();
+    let (rui, quinn) = (
+        esc.find(&format!("data-notification=\"{}\"", ids[2]))
+            .expect("rui's chain"),
+        esc.find(&format!("data-notification=\"{}\"", ids[1]))
+            .expect("quinn's chain"),
+    );
+    assert!(rui < quinn, "oldest first");
+    assert!(
+        !esc.split("id=\"notifications\"")
+            .next()
+            .unwrap()
+            .contains(&ids[0])
+    );
+    assert!(
+        page.contains("open <span class=\"count\">2</span>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("overdue <span class=\"count\">1</span>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("acknowledged <span class=\"count\">1</span>"),
+        "{page}"
+    );
+    assert!(page.contains("Recovery-path coverage"), "{page}");
+    // Escaped, and no buttons for an auditor.
+    assert!(
+        page.contains("pay &#60;script&#62;") || page.contains("pay &lt;script&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>window"), "{page}");
+    let main = page.split("<main>").nth(1).unwrap();
+    assert!(!main.contains("<form"), "an auditor sees no action");
+
+    // An agent may not read it.
+    let (agent_cookie, _) = http_session(&api, &agent).await;
+    let (status, page) = get_page(&api, "/coordination", &agent_cookie).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+}
+
+backend_tests!(the_console_in_a_browser, the_coordination_page);

@@ -1,13 +1,15 @@
 //! The web console (README "Web console", ARCHITECTURE "The web console"):
 //! server-rendered pages at `/` for the people who watch and steer agents —
 //! inbox, task pages with the verified timeline and the plan's DAG, the
-//! approval panel, governance and the kill switch. Templates are askama's
+//! approval panel, coordination (notifications, time to intervention,
+//! escalations, coverage), governance and the kill switch. Templates are askama's
 //! (compile-checked, HTML-escaped: nothing an agent wrote is ever marked
 //! safe); htmx (vendored, embedded) polls the live parts. Pages read without
 //! JavaScript; every action is a POST form with the session's CSRF token, and
 //! the role rules are the API's.
 
 mod actions;
+mod coordination;
 mod pages;
 pub mod session;
 mod view;
@@ -47,6 +49,7 @@ pub fn routes() -> Router<AppState> {
         .route("/approvals/{id}", post(actions::decide))
         .route("/preapprovals", post(actions::grant))
         .route("/preapprovals/{id}/revoke", post(actions::revoke))
+        .route("/coordination", get(coordination::coordination))
         .route("/governance", get(pages::governance))
         .route("/governance/dry-run", post(actions::dry_run))
         .route("/halt", post(actions::halt))
