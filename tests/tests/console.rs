@@ -380,6 +380,65 @@ async fn the_console_in_a_browser(b: Backend) {
         "{status} {text}"
     );
     assert!(last_seq(&api, &other).await > before);
+
+    // An edit is checked before it is submitted: the gateway's decision for
+    // the edited input is shown and nothing is recorded until the approver
+    // submits it.
+    let edited = api.g.submit(plan("an edited payment")).await.unwrap();
+    api.g
+        .h
+        .wait_for(&edited, |s| s == TaskStatus::NeedsApproval)
+        .await;
+    c.goto(&format!("{base}/tasks/{edited}")).await.unwrap();
+    css(
+        &c,
+        &format!("article[id^='approval-{edited}:'] form.edit input[name=edit]"),
+    )
+    .await
+    .send_keys(r#"{"amount_cents": 400}"#)
+    .await
+    .unwrap();
+    let before = last_seq(&api, &edited).await;
+    css(
+        &c,
+        &format!("article[id^='approval-{edited}:'] button.check-edit"),
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
+    text_when(&c, "#edit-verdict", |v| {
+        v.contains("runs with the edited input")
+    })
+    .await;
+    assert_eq!(
+        css(&c, "#edit-path").await.text().await.unwrap(),
+        "gated_execute"
+    );
+    assert!(
+        css(&c, "#edit-input")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains(r#""amount_cents": 400"#)
+    );
+    assert_eq!(
+        last_seq(&api, &edited).await,
+        before,
+        "a check records nothing"
+    );
+    shot(&c, "edit-check.png").await;
+    css(&c, "#submit-edit button").await.click().await.unwrap();
+    api.g
+        .h
+        .wait_for(&edited, |s| s == TaskStatus::Completed)
+        .await;
+    let charged = engine.history(&edited).await.unwrap().iter().any(|e| {
+        matches!(&e.payload, mandate_engine::EventPayload::StepScheduled { tool, input, .. }
+            if tool == "ledger.charge" && input["amount_cents"] == 400)
+    });
+    assert!(charged, "the edited amount was charged");
     sign_out(&c).await;
     // The signed-out session is gone on the server too.
     let (status, _) = post_form(
@@ -747,4 +806,130 @@ async fn the_coordination_page(b: Backend) {
     assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
 }
 
-backend_tests!(the_console_in_a_browser, the_coordination_page);
+/// The approval panel's edit check over HTTP: the preview shows the
+/// gateway's decision for the edited input (proceeds, superseded by a
+/// stricter request, denied) and records nothing; it is refused without the
+/// CSRF token, to an auditor and to an approver the request does not name;
+/// the submitted edit is recorded with the same decision the preview showed.
+async fn the_edit_is_checked_before_it_is_submitted(b: Backend) {
+    let api = api_server::start(b).await;
+    std::fs::write(api.g.dir.path().join("org/console.cedar"), CONSOLE_RULE).unwrap();
+    let alice = api.token("approver", "alice").await;
+    let auditor = api.token("auditor", "audra").await;
+    let bob = api.token("approver", "bob").await;
+    let engine = &api.g.h.engine;
+    let id = api.g.submit(plan("edit me")).await.unwrap();
+    api.g
+        .h
+        .wait_for(&id, |s| s == TaskStatus::NeedsApproval)
+        .await;
+    let (entries, _) = engine.approval_inbox(Some(&id), None).await.unwrap();
+    let preview = format!("/approvals/{}/preview", entries[0].id);
+    let before = last_seq(&api, &id).await;
+
+    let (cookie, csrf) = http_session(&api, &alice).await;
+    for (edit, verdict, says) in [
+        (
+            r#"{"amount_cents": 400}"#,
+            "proceeds",
+            "runs with the edited input",
+        ),
+        (
+            r#"{"amount_cents": 5000}"#,
+            "superseded",
+            "a new request goes to alice, bob, finance-controller (quorum 2)",
+        ),
+        (
+            r#"{"amount_cents": 2000000}"#,
+            "denied",
+            "org.payments.huge-forbidden",
+        ),
+    ] {
+        let (status, page) =
+            post_form(&api, &preview, &cookie, &[("csrf", &csrf), ("edit", edit)]).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(
+            page.contains(&format!("data-verdict=\"{verdict}\"")) && page.contains(says),
+            "{edit} should be {verdict}: {page}"
+        );
+    }
+    // Refused: no CSRF token, an auditor, an approver the request does not name.
+    let (status, _) = post_form(
+        &api,
+        &preview,
+        &cookie,
+        &[("edit", r#"{"amount_cents": 400}"#)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for token in [&auditor, &bob] {
+        let (cookie, csrf) = http_session(&api, token).await;
+        let (status, page) = post_form(
+            &api,
+            &preview,
+            &cookie,
+            &[("csrf", &csrf), ("edit", r#"{"amount_cents": 400}"#)],
+        )
+        .await;
+        assert!(status.is_client_error(), "{status} {page}");
+    }
+    assert_eq!(last_seq(&api, &id).await, before, "checks record nothing");
+
+    // Submitted: the recorded re-check is the one the preview showed.
+    let mut updates = engine.subscribe();
+    let (status, page) = post_form(
+        &api,
+        &format!("/approvals/{}", entries[0].id),
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("decision", "edit"),
+            ("edit", r#"{"amount_cents": 5000}"#),
+        ],
+    )
+    .await;
+    assert!(status.is_success(), "{status} {page}");
+    // The worker re-checks it when it decides the task next: wait for that.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let recorded = loop {
+        let found = engine
+            .history(&id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find_map(|e| match e.payload {
+                mandate_engine::EventPayload::ApprovalEditEvaluated { decision, .. } => {
+                    Some(decision)
+                }
+                _ => None,
+            });
+        if let Some(d) = found {
+            break d;
+        }
+        assert!(
+            tokio::time::timeout_at(deadline, updates.recv())
+                .await
+                .is_ok(),
+            "the edit was never re-checked"
+        );
+    };
+    let approval = recorded.approval.clone().unwrap();
+    assert_eq!(
+        (
+            recorded.path.to_string(),
+            approval.approvers.join(", "),
+            approval.quorum
+        ),
+        (
+            "gated_execute".into(),
+            "alice, bob, finance-controller".into(),
+            2
+        )
+    );
+}
+
+backend_tests!(
+    the_console_in_a_browser,
+    the_coordination_page,
+    the_edit_is_checked_before_it_is_submitted
+);

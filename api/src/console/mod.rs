@@ -47,6 +47,7 @@ pub fn routes() -> Router<AppState> {
         .route("/tasks/{id}/{action}", post(actions::task_action))
         .route("/approvals", get(pages::approvals))
         .route("/approvals/{id}", post(actions::decide))
+        .route("/approvals/{id}/preview", post(actions::preview_edit))
         .route("/preapprovals", post(actions::grant))
         .route("/preapprovals/{id}/revoke", post(actions::revoke))
         .route("/coordination", get(coordination::coordination))
