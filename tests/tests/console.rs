@@ -928,8 +928,117 @@ async fn the_edit_is_checked_before_it_is_submitted(b: Backend) {
     );
 }
 
+use mandate_api::console::format_time as console_time;
+
+/// The task ids an inbox page lists, in order.
+fn listed(page: &str) -> Vec<String> {
+    page.split("<td><a href=\"/tasks/")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_string())
+        .collect()
+}
+
+/// The inbox's time filter: tasks created in [since, until] only, newest
+/// first, paged by keyset with the filter kept on the next page's link (and
+/// on the live poll); a time it cannot read is refused, naming the field.
+async fn the_inbox_filters_by_time(b: Backend) {
+    let api = api_server::start(b).await;
+    let operator = api.token("operator", "opal").await;
+    let engine = &api.g.h.engine;
+    let kv = |n: usize| {
+        json!({"agent": AGENT, "reason": format!("task {n}"),
+            "steps": [{"id": "mark", "tool": "kv.put", "input": {"key": format!("k{n}"), "value": n}}]})
+    };
+    // Each group starts on a later millisecond than the one before, so the
+    // window's edges fall between groups.
+    let next_ms = |after: i64| async move {
+        while engine.now_ms() <= after {
+            tokio::task::yield_now().await;
+        }
+    };
+    let created = |id: String| async move { engine.task(&id).await.unwrap().created_at_ms };
+    let early = api.g.submit(kv(0)).await.unwrap();
+    next_ms(created(early.clone()).await).await;
+    let n_inside = mandate_api::console::PAGE_SIZE as usize + 3;
+    let mut inside = Vec::new();
+    for n in 1..=n_inside {
+        inside.push(api.g.submit(kv(n)).await.unwrap());
+    }
+    let (first, last) = (
+        created(inside[0].clone()).await,
+        created(inside[n_inside - 1].clone()).await,
+    );
+    next_ms(last).await;
+    let late = api.g.submit(kv(99)).await.unwrap();
+
+    let (cookie, _) = http_session(&api, &operator).await;
+    let enc = |ms: i64| console_time(ms).replace(' ', "+").replace(':', "%3A");
+    let q = format!("since={}&until={}", enc(first), enc(last));
+    let (status, page) = get_page(&api, &format!("/?{q}"), &cookie).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let page1 = listed(&page);
+    assert_eq!(page1.len(), mandate_api::console::PAGE_SIZE as usize);
+    assert!(
+        page.contains(&format!("hx-get=\"/inbox/rows?{}", q.replace('&', "&#38;")))
+            || page.contains(&format!("hx-get=\"/inbox/rows?{}", q.replace('&', "&amp;"))),
+        "the live poll keeps the filter: {page}"
+    );
+    let next = page
+        .split("id=\"next-page\"")
+        .next()
+        .and_then(|p| p.rsplit("<a href=\"").next())
+        .map(|h| {
+            h.split('"')
+                .next()
+                .unwrap()
+                .replace("&#38;", "&")
+                .replace("&amp;", "&")
+        })
+        .expect("a next page");
+    assert!(
+        next.contains("since=") && next.contains("until=") && next.contains("cursor="),
+        "{next}"
+    );
+    let (status, page) = get_page(&api, &next, &cookie).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let page2 = listed(&page);
+    let mut all: Vec<String> = page1.into_iter().chain(page2).collect();
+    assert!(
+        !all.contains(&early) && !all.contains(&late),
+        "outside the window"
+    );
+    all.sort();
+    let mut want = inside.clone();
+    want.sort();
+    assert_eq!(all, want, "every task of the window, once");
+    // The live rows honour it too.
+    let (_, rows) = get_page(&api, &format!("/inbox/rows?{q}"), &cookie).await;
+    assert!(!listed(&rows).contains(&late) && listed(&rows).contains(&inside[n_inside - 1]));
+    // As a browser's datetime field writes it, to the minute: nothing of
+    // ours was created before yesterday ended; all of it since the minute
+    // the first began.
+    let minute = |ms: i64| console_time(ms)[..16].replace(' ', "T").replace(':', "%3A");
+    let (_, page) = get_page(
+        &api,
+        &format!("/?until={}", minute(first - 86_400_000)),
+        &cookie,
+    )
+    .await;
+    assert!(listed(&page).is_empty(), "{page}");
+    let (_, page) = get_page(&api, &format!("/?since={}", minute(first)), &cookie).await;
+    assert!(listed(&page).contains(&late), "{page}");
+    let (status, page) = get_page(&api, "/?since=last%20tuesday", &cookie).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        page.contains("since: &#34;last tuesday&#34; is not a time")
+            || page.contains("since: &quot;last tuesday&quot; is not a time"),
+        "{page}"
+    );
+}
+
 backend_tests!(
     the_console_in_a_browser,
     the_coordination_page,
-    the_edit_is_checked_before_it_is_submitted
+    the_edit_is_checked_before_it_is_submitted,
+    the_inbox_filters_by_time
 );

@@ -27,7 +27,10 @@ use axum::routing::{get, post};
 
 use crate::error::ApiError;
 use crate::state::AppState;
+pub use pages::PAGE_SIZE;
 pub use session::Sessions;
+/// How the console writes a time (UTC, to the millisecond); its filters read it back.
+pub use view::time as format_time;
 
 /// The content security policy of every console page: only this origin's
 /// scripts and styles (no inline script or style), no framing.
