@@ -508,6 +508,7 @@ async fn the_console_in_a_browser(b: Backend) {
     sign_out(&c).await;
 
     // The operator halts the agent (after confirming) and lifts the halt.
+    engine.pause(&live, "operator:test", None).await.unwrap();
     sign_in(&c, &base, &operator).await;
     c.goto(&format!("{base}/governance")).await.unwrap();
     css(&c, "#halt-form input[name=agent]")
@@ -533,10 +534,31 @@ async fn the_console_in_a_browser(b: Backend) {
     })
     .await;
     assert_eq!(engine.refresh_halts().await.unwrap().len(), 1);
+    // The page shows what the halt paused: a task of the agent submitted now
+    // is paused by it before its first step, listed and linked.
+    let held = api
+        .g
+        .submit(json!({"agent": AGENT, "reason": "held by the halt",
+            "steps": [{"id": "mark", "tool": "kv.put", "input": {"key": "held", "value": 1}}]}))
+        .await
+        .unwrap();
+    api.g.h.wait_for(&held, |s| s == TaskStatus::Paused).await;
+    c.goto(&format!("{base}/governance")).await.unwrap();
+    css(&c, &format!("tr.halt a.paused-task[href='/tasks/{held}']")).await;
+    let listed = css(&c, "tr.halt td.paused").await.text().await.unwrap();
+    assert!(
+        !listed.contains(&live),
+        "a task an operator paused is not the halt's: {listed}"
+    );
     css(&c, "tr.halt button").await.click().await.unwrap();
+    css(&c, &format!("#confirm-tasks a[href='/tasks/{held}']")).await;
     css(&c, "#confirm button").await.click().await.unwrap();
     css(&c, "#no-halts").await;
     assert!(engine.refresh_halts().await.unwrap().is_empty());
+    api.g
+        .h
+        .wait_for(&held, |s| s == TaskStatus::Completed)
+        .await;
 
     // Every page carries the security headers.
     let r = api.http.get(format!("{base}/signin")).send().await.unwrap();

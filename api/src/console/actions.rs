@@ -371,6 +371,8 @@ pub struct ConfirmPage {
     text: String,
     action: &'static str,
     fields: Vec<(&'static str, String)>,
+    /// Tasks the action concerns (listed, linked).
+    tasks: Vec<String>,
 }
 
 /// The halt's scope as people read it.
@@ -401,6 +403,7 @@ pub async fn halt(State(state): State<AppState>, act: Act) -> Result<Response, C
                 .into_iter()
                 .filter_map(|(k, v)| v.map(|v| (k, v)))
                 .collect(),
+            tasks: Vec::new(),
         }
         .into_response());
     }
@@ -418,12 +421,26 @@ pub async fn lift(State(state): State<AppState>, act: Act) -> Result<Response, C
     who.require(&[Role::Operator], "lift halts")?;
     let agent = act.field("agent");
     if act.field("confirm").as_deref() != Some("yes") {
+        let (lines, _) = super::pages::halt_lines(&state).await?;
+        let mine: Vec<_> = lines
+            .into_iter()
+            .filter(|h| h.agent == agent.clone().unwrap_or_default())
+            .collect();
+        let held: usize = mine.iter().map(|h| h.paused.len() + h.paused_more).sum();
+        let tasks: Vec<String> = mine
+            .into_iter()
+            .flat_map(|h| h.paused.into_iter().map(|(id, _)| id))
+            .collect();
         return Ok(ConfirmPage {
             me: Me::from(&act.viewer),
             title: format!("Lift the halt of {}?", scope(&agent)),
-            text: "The tasks it paused resume where they were.".into(),
+            text: match held {
+                0 => "It holds no paused task now; new work may start again.".into(),
+                n => format!("The {n} tasks it paused resume where they were:"),
+            },
             action: "/halt/lift",
             fields: agent.into_iter().map(|a| ("agent", a)).collect(),
+            tasks,
         }
         .into_response());
     }

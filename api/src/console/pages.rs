@@ -670,6 +670,46 @@ pub struct HaltLine {
     pub by: String,
     pub at: String,
     pub reason: String,
+    /// The tasks it paused and still holds (the first [`PAUSED_SHOWN`]).
+    pub paused: Vec<(String, String)>,
+    /// How many more it holds than are listed.
+    pub paused_more: usize,
+}
+
+/// Paused tasks one kill-switch page reads to find those halts hold.
+pub const PAUSED_SCAN: u32 = 500;
+/// Tasks listed per halt.
+pub const PAUSED_SHOWN: usize = 20;
+
+/// The halts in force, each with the tasks it paused and still holds;
+/// `true` when more tasks are paused than were read.
+pub async fn halt_lines(state: &AppState) -> Result<(Vec<HaltLine>, bool), ConsoleError> {
+    let active = state.engine.refresh_halts().await?;
+    let (held, truncated) = state.engine.paused_by_halts(&active, PAUSED_SCAN).await?;
+    let lines = active
+        .into_iter()
+        .map(|h| {
+            let mine: Vec<(String, String)> = held
+                .iter()
+                .filter(|(id, _)| *id == h.id)
+                .map(|(_, t)| (t.id.clone(), t.workflow.clone()))
+                .collect();
+            HaltLine {
+                scope: h
+                    .agent
+                    .as_deref()
+                    .map(|a| format!("agent {a}"))
+                    .unwrap_or_else(|| "everything".into()),
+                agent: h.agent.unwrap_or_default(),
+                by: h.created_by,
+                at: view::time(h.created_at_ms),
+                reason: printable(&h.reason.unwrap_or_default()),
+                paused_more: mine.len().saturating_sub(PAUSED_SHOWN),
+                paused: mine.into_iter().take(PAUSED_SHOWN).collect(),
+            }
+        })
+        .collect();
+    Ok((lines, truncated))
 }
 
 #[derive(Template, WebTemplate)]
@@ -681,6 +721,7 @@ pub struct GovernancePage {
     pub tools: Vec<ToolLine>,
     pub rules: Vec<RuleLine>,
     pub halts: Vec<HaltLine>,
+    pub paused_truncated: bool,
 }
 
 /// `/governance`: agents, tools, rules, halts; the dry run and the kill switch.
@@ -731,26 +772,10 @@ pub async fn governance(
         })
         .collect();
     rules.sort_by(|a, b| (&a.level, &a.id).cmp(&(&b.level, &b.id)));
-    let halts = if viewer.has(&[Role::Operator, Role::Auditor]) {
-        state
-            .engine
-            .refresh_halts()
-            .await?
-            .into_iter()
-            .map(|h| HaltLine {
-                scope: h
-                    .agent
-                    .as_deref()
-                    .map(|a| format!("agent {a}"))
-                    .unwrap_or_else(|| "everything".into()),
-                agent: h.agent.unwrap_or_default(),
-                by: h.created_by,
-                at: view::time(h.created_at_ms),
-                reason: printable(&h.reason.unwrap_or_default()),
-            })
-            .collect()
+    let (halts, paused_truncated) = if viewer.has(&[Role::Operator, Role::Auditor]) {
+        halt_lines(&state).await?
     } else {
-        Vec::new()
+        (Vec::new(), false)
     };
     Ok(GovernancePage {
         me: Me::from(&viewer),
@@ -759,5 +784,6 @@ pub async fn governance(
         tools,
         rules,
         halts,
+        paused_truncated,
     })
 }
