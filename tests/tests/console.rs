@@ -5,12 +5,18 @@
 //! sees the pending approval with its rollback plan, approves, and watches
 //! the task complete live; an auditor sees the task without action buttons
 //! and a hand-made POST with the auditor's cookie is refused; a form without
-//! the CSRF token is refused and records nothing; an operator halts an agent
-//! and lifts the halt; a tool's owner grants and revokes a pre-approval; a
-//! plan reason with `<script>` and terminal escapes renders as text.
+//! the CSRF token is refused and records nothing; an approver checks an
+//! edit (the gateway's decision shown, nothing recorded) and submits it; the
+//! coordination page charts time to intervention; an operator halts an
+//! agent, sees the task the halt paused, and lifts the halt; a tool's owner
+//! grants and revokes a pre-approval; a plan reason with `<script>` and
+//! terminal escapes renders as text. Over plain HTTP: the coordination
+//! page's notification states, the edit check's verdicts and refusals, the
+//! inbox's time filter across keyset pages.
 //!
 //! With `MANDATE_CONSOLE_SCREENSHOTS=DIR` the test saves the inbox, the task
-//! page and the approval panel there (docs/console/ holds them).
+//! page, the approval panel, an edit check and the coordination page there
+//! (docs/console/ holds them).
 
 #[path = "support/api_server.rs"]
 mod api_server;
@@ -229,7 +235,7 @@ async fn the_console_in_a_browser(b: Backend) {
     let Some(driver) = chromedriver().await else {
         return;
     };
-    let api = api_server::start(b).await;
+    let api = api_with_routing(b).await;
     std::fs::write(api.g.dir.path().join("org/console.cedar"), CONSOLE_RULE).unwrap();
     let alice = api.token("approver", "alice").await;
     let auditor = api.token("auditor", "audra").await;
@@ -474,6 +480,30 @@ async fn the_console_in_a_browser(b: Backend) {
     }
     assert_eq!(last_seq(&api, &live).await, before, "nothing recorded");
     assert!(engine.active_halts().is_empty());
+
+    // The coordination page draws time to intervention against the targets.
+    let coord = api.g.submit(plan("coordination")).await.unwrap();
+    api.g
+        .h
+        .wait_for(&coord, |s| s == TaskStatus::NeedsApproval)
+        .await;
+    let notes = seed_notifications(&api, &coord).await;
+    c.goto(&format!("{base}/coordination")).await.unwrap();
+    css(
+        &c,
+        "#tti-chart g.tti.meets[data-action='pause_task'] rect.p95",
+    )
+    .await;
+    css(&c, &format!("tr.note.overdue[data-id='{}']", notes[2])).await;
+    let scripts = c
+        .execute(
+            "return [document.scripts.length, window.pwned === undefined]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(scripts, json!([1, true]), "the agent's text did not run");
+    shot(&c, "coordination.png").await;
     sign_out(&c).await;
 
     // The tool's owner grants a pre-approval, sees it listed, and revokes it.
@@ -650,23 +680,15 @@ async fn api_with_routing(b: Backend) -> api_server::Api {
     api_server::start_state(g, state).await
 }
 
-/// The coordination page over routing's real tables: each notification's
-/// state (acknowledged, escalated, overdue, pending), the time to
-/// intervention charted against the seeds' targets, the open escalation
-/// chains oldest first, and coverage; what the agent wrote is escaped; an
-/// auditor reads it without any button and an agent is refused.
-async fn the_coordination_page(b: Backend) {
+/// Four notifications about task `id` in routing's outbox, as the follower
+/// and the delivery worker leave them: pat's delivered, its chain stopped by
+/// pat's answer (pausing the task); quinn's delivered, its chain past the
+/// first step; rui's delivered, its next step overdue (the oldest chain);
+/// sam's (hostile text) still queued. Returns their ids in that order.
+async fn seed_notifications(api: &api_server::Api, id: &str) -> Vec<String> {
     use mandate_routing::outbox::{Escalation, NewNotification};
     use mandate_routing::sinks::Message;
-    let api = api_with_routing(b).await;
-    std::fs::write(api.g.dir.path().join("org/console.cedar"), CONSOLE_RULE).unwrap();
-    let auditor = api.token("auditor", "audra").await;
-    let agent = api.token("agent", AGENT).await;
-    let id = api.g.submit(plan("coordination")).await.unwrap();
-    api.g
-        .h
-        .wait_for(&id, |s| s == TaskStatus::NeedsApproval)
-        .await;
+    let id = id.to_string();
     let r = api.state.routing.as_ref().unwrap().clone();
     let outbox = &r.responder.outbox;
     let now = api.g.h.engine.now_ms();
@@ -755,6 +777,25 @@ async fn the_coordination_page(b: Backend) {
         .await
         .unwrap();
     assert_eq!(answered.escalations_stopped, 1);
+    ids
+}
+
+/// The coordination page over routing's real tables: each notification's
+/// state (acknowledged, escalated, overdue, pending), the time to
+/// intervention charted against the seeds' targets, the open escalation
+/// chains oldest first, and coverage; what the agent wrote is escaped; an
+/// auditor reads it without any button and an agent is refused.
+async fn the_coordination_page(b: Backend) {
+    let api = api_with_routing(b).await;
+    std::fs::write(api.g.dir.path().join("org/console.cedar"), CONSOLE_RULE).unwrap();
+    let auditor = api.token("auditor", "audra").await;
+    let agent = api.token("agent", AGENT).await;
+    let id = api.g.submit(plan("coordination")).await.unwrap();
+    api.g
+        .h
+        .wait_for(&id, |s| s == TaskStatus::NeedsApproval)
+        .await;
+    let ids = seed_notifications(&api, &id).await;
 
     let (cookie, _) = http_session(&api, &auditor).await;
     let (status, page) = get_page(&api, "/coordination", &cookie).await;
