@@ -186,6 +186,23 @@ async fn session_of(c: &Client) -> (String, String) {
     (format!("mandate_session={}", cookie.value()), csrf)
 }
 
+/// Only htmx (and its SSE extension) is on the page, and the agent's
+/// script never ran.
+async fn only_htmx_ran(c: &Client) {
+    let scripts = c
+        .execute(
+            "return [document.scripts.length, window.pwned === undefined]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        scripts,
+        json!([2, true]),
+        "only htmx and its SSE extension run; the agent's script never did"
+    );
+}
+
 async fn shot(c: &Client, name: &str) {
     if let Ok(dir) = std::env::var("MANDATE_CONSOLE_SCREENSHOTS") {
         std::fs::create_dir_all(&dir).unwrap();
@@ -292,18 +309,7 @@ async fn the_console_in_a_browser(b: Backend) {
         ) && text.contains(r#"mark: compensate with kv.delete {"key":"paying"}"#),
         "the rollback plan: {text}"
     );
-    let scripts = c
-        .execute(
-            "return [document.scripts.length, window.pwned === undefined]",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        scripts,
-        json!([1, true]),
-        "only htmx runs; the agent's script never did"
-    );
+    only_htmx_ran(&c).await;
     shot(&c, "approvals.png").await;
 
     // Nothing may start while the task is paused, so the task page is
@@ -495,14 +501,7 @@ async fn the_console_in_a_browser(b: Backend) {
     )
     .await;
     css(&c, &format!("tr.note.overdue[data-id='{}']", notes[2])).await;
-    let scripts = c
-        .execute(
-            "return [document.scripts.length, window.pwned === undefined]",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(scripts, json!([1, true]), "the agent's text did not run");
+    only_htmx_ran(&c).await;
     shot(&c, "coordination.png").await;
     sign_out(&c).await;
 
@@ -1099,8 +1098,93 @@ async fn the_inbox_filters_by_time(b: Backend) {
     );
 }
 
+/// Reads a server-sent stream until its text contains `want` (30 s).
+async fn read_until(r: &mut reqwest::Response, want: &str) -> String {
+    let mut seen = String::new();
+    tokio::time::timeout(WAIT, async {
+        while !seen.contains(want) {
+            match r.chunk().await.unwrap() {
+                Some(c) => seen.push_str(&String::from_utf8_lossy(&c)),
+                None => panic!("the stream ended before {want:?}; it sent {seen:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {want:?} within 30 s; the stream sent {seen:?}"));
+    seen
+}
+
+/// The task page's live stream: an `update` as soon as the task is past the
+/// seq the page showed, and on each append after; the token's stream quota
+/// holds (a stream over it is refused, and its place comes back when a
+/// page goes away); signing out ends the stream.
+async fn the_task_stream_tells_the_page_to_update(b: Backend) {
+    let api = api_server::start_with(
+        b,
+        mandate_api::ApiConfig {
+            rate_per_second: 100_000,
+            rate_burst: 100_000,
+            max_streams_per_token: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    std::fs::write(api.g.dir.path().join("org/console.cedar"), CONSOLE_RULE).unwrap();
+    let operator = api.token("operator", "opal").await;
+    let engine = &api.g.h.engine;
+    let id = api.g.submit(plan("streamed")).await.unwrap();
+    api.g
+        .h
+        .wait_for(&id, |s| s == TaskStatus::NeedsApproval)
+        .await;
+    let (cookie, csrf) = http_session(&api, &operator).await;
+    let open = |after: i64| {
+        api.http
+            .get(format!("{}/tasks/{id}/stream?after={after}", api.base))
+            .header("cookie", &cookie)
+            .send()
+    };
+    // Behind: told at once.
+    let seq = last_seq(&api, &id).await;
+    let mut behind = open(seq - 1).await.unwrap();
+    assert_eq!(behind.status(), StatusCode::OK);
+    assert_eq!(behind.headers()["content-type"], "text/event-stream");
+    read_until(&mut behind, &format!("event: update\ndata: {seq}\n")).await;
+    // Up to date: told on the next append.
+    let mut current = open(seq).await.unwrap();
+    assert_eq!(current.status(), StatusCode::OK);
+    engine.pause(&id, "operator:test", None).await.unwrap();
+    let paused = last_seq(&api, &id).await;
+    read_until(&mut current, &format!("event: update\ndata: {paused}\n")).await;
+    // The token's quota: a third stream is refused while two are open.
+    let third = open(paused).await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    drop(behind);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut again = loop {
+        let r = open(paused).await.unwrap();
+        if r.status() == StatusCode::OK {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed stream's place never came back"
+        );
+        tokio::task::yield_now().await;
+    };
+    // Signing out ends the open streams.
+    let (status, _) = post_form(&api, "/signout", &cookie, &[("csrf", &csrf)]).await;
+    assert!(status.is_success() || status.is_redirection());
+    for r in [&mut current, &mut again] {
+        let ended =
+            tokio::time::timeout(WAIT, async { while r.chunk().await.unwrap().is_some() {} }).await;
+        assert!(ended.is_ok(), "the stream outlived the session");
+    }
+}
+
 backend_tests!(
     the_console_in_a_browser,
+    the_task_stream_tells_the_page_to_update,
     the_coordination_page,
     the_edit_is_checked_before_it_is_submitted,
     the_inbox_filters_by_time

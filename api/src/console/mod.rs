@@ -2,14 +2,16 @@
 //! server-rendered pages at `/` for the people who watch and steer agents —
 //! inbox, task pages with the verified timeline and the plan's DAG, the
 //! approval panel, coordination (notifications, time to intervention,
-//! escalations, coverage), governance and the kill switch. Templates are askama's
-//! (compile-checked, HTML-escaped: nothing an agent wrote is ever marked
-//! safe); htmx (vendored, embedded) polls the live parts. Pages read without
-//! JavaScript; every action is a POST form with the session's CSRF token, and
-//! the role rules are the API's.
+//! escalations, coverage), governance and the kill switch. Templates are
+//! askama's (compile-checked, HTML-escaped: nothing an agent wrote is ever
+//! marked safe); htmx (vendored, embedded) keeps the live parts live: a task
+//! page over Server-Sent Events (`live`, htmx's SSE extension), the inbox by
+//! polling. Pages read without JavaScript; every action is a POST form with
+//! the session's CSRF token, and the role rules are the API's.
 
 mod actions;
 mod coordination;
+mod live;
 mod pages;
 pub mod session;
 mod view;
@@ -46,6 +48,7 @@ pub fn routes() -> Router<AppState> {
         .route("/signout", post(actions::signout))
         .route("/tasks/{id}", get(pages::task))
         .route("/tasks/{id}/live", get(pages::task_live))
+        .route("/tasks/{id}/stream", get(live::task_stream))
         .route("/tasks/{id}/replay", get(pages::replay))
         .route("/tasks/{id}/{action}", post(actions::task_action))
         .route("/approvals", get(pages::approvals))

@@ -440,6 +440,9 @@ impl From<InboxEntry> for Card {
 /// A task's page data (the page and its live part share it).
 pub struct TaskData {
     pub task: TaskLine,
+    /// The seq the task's row had when the page read it (the live part
+    /// asks to hear of anything after it).
+    pub last_seq: i64,
     pub is_final: bool,
     pub paused: bool,
     pub on_behalf_of: String,
@@ -504,6 +507,7 @@ async fn task_data(state: &AppState, viewer: &Viewer, id: &str) -> Result<TaskDa
         Vec::new()
     };
     Ok(TaskData {
+        last_seq: row.last_seq,
         is_final: row.status.is_final(),
         paused: tstate.paused,
         task: TaskLine::from(&row),
