@@ -513,13 +513,7 @@ impl Draft<'_> {
             input,
             now_ms: now,
         });
-        apply_preapproval(
-            &mut decision,
-            &self.input.preapprovals,
-            principal,
-            tool,
-            now,
-        );
+        apply_preapproval(&mut decision, self.input.preapprovals, principal, tool, now);
         decision
     }
 
