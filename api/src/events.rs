@@ -189,13 +189,13 @@ pub async fn events(
 }
 
 /// One token's place among its open streams; given back on drop.
-struct StreamQuota {
+pub(crate) struct StreamQuota {
     counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     token_id: String,
 }
 
 impl StreamQuota {
-    fn take(state: &AppState, identity: &Identity) -> Result<Self, ApiError> {
+    pub(crate) fn take(state: &AppState, identity: &Identity) -> Result<Self, ApiError> {
         let limit = state.config.max_streams_per_token;
         let mut counts = state.streams_per_token.lock().expect("stream quota");
         let n = counts.entry(identity.token_id.clone()).or_insert(0);

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 
 use crate::gateway::{
-    ApprovalRequirement, Gateway, GatewayDecision, GatewayRequest, InterventionPath, Preapproval,
-    PreapprovalUse, Principal, merge_edit,
+    ApprovalRequirement, EditVerdict, Gateway, GatewayDecision, GatewayRequest, InterventionPath,
+    Preapproval, Principal, apply_preapproval, edit_verdict,
 };
 use crate::tool::{ToolCatalog, ToolKind};
 use serde_json::Value;
@@ -513,20 +513,7 @@ impl Draft<'_> {
             input,
             now_ms: now,
         });
-        if decision.path == InterventionPath::GatedExecute
-            && let Some(agent) = &principal.agent
-            && let Some(p) = self
-                .input
-                .preapprovals
-                .iter()
-                .find(|p| p.covers(tool, agent, decision.scope.as_deref(), now))
-        {
-            decision.preapproval = Some(PreapprovalUse {
-                id: p.id.clone(),
-                granted_by: p.granted_by.clone(),
-                expires_at_ms: p.expires_at_ms,
-            });
-        }
+        apply_preapproval(&mut decision, self.input.preapprovals, principal, tool, now);
         decision
     }
 
@@ -674,11 +661,7 @@ impl Draft<'_> {
                     });
                     continue;
                 };
-                let base = a.input.clone().unwrap_or_else(|| g.input.clone());
-                let mut input = base.clone();
-                for e in a.decisions.iter().filter_map(|d| d.edit.as_ref()) {
-                    input = merge_edit(&input, e);
-                }
+                let (base, input) = a.edited_input(&g.input, None);
                 if input != base {
                     if let Err(e) = self.input.limits.check_payload(&input) {
                         self.engine(EventPayload::ApprovalResolved {
@@ -707,8 +690,8 @@ impl Draft<'_> {
                         timeout_ms: a.timeout_ms,
                         escalation: a.escalation.clone(),
                     };
-                    match (&d.path, &d.approval) {
-                        (InterventionPath::Deny, _) => {
+                    match edit_verdict(&d, &current) {
+                        EditVerdict::Denied => {
                             self.engine(EventPayload::ApprovalResolved {
                                 request_seq: seq,
                                 outcome: "edit_denied".into(),
@@ -725,9 +708,7 @@ impl Draft<'_> {
                             });
                             continue;
                         }
-                        (InterventionPath::GatedExecute, Some(req))
-                            if d.preapproval.is_none() && req.stricter_than(&current) =>
-                        {
+                        EditVerdict::Superseded(req) => {
                             self.engine(EventPayload::ApprovalResolved {
                                 request_seq: seq,
                                 outcome: "superseded".into(),
@@ -735,10 +716,10 @@ impl Draft<'_> {
                                 comment,
                             });
                             let decided_by = d.decided_by.clone();
-                            self.request_approval(&g, req.clone(), input, decided_by, Some(seq));
+                            self.request_approval(&g, req, input, decided_by, Some(seq));
                             continue;
                         }
-                        _ => {}
+                        EditVerdict::Proceeds => {}
                     }
                 }
                 self.engine(EventPayload::ApprovalResolved {

@@ -378,6 +378,56 @@ pub fn check_approval_decision(
     Ok(())
 }
 
+/// What an approver's edit leads to once the gateway re-checked the edited
+/// input (`decide` acts on it; the console previews it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EditVerdict {
+    /// Policy denies the edited step: the request closes `edit_denied`.
+    Denied,
+    /// The edited step needs approvers the request did not ask: a new
+    /// request with this requirement replaces it (`superseded`).
+    Superseded(ApprovalRequirement),
+    /// The step runs with the edited input.
+    Proceeds,
+}
+
+/// The verdict on an edit whose re-check decided `d`, for a request that
+/// asked `current`.
+pub fn edit_verdict(d: &GatewayDecision, current: &ApprovalRequirement) -> EditVerdict {
+    match (&d.path, &d.approval) {
+        (InterventionPath::Deny, _) => EditVerdict::Denied,
+        (InterventionPath::GatedExecute, Some(req))
+            if d.preapproval.is_none() && req.stricter_than(current) =>
+        {
+            EditVerdict::Superseded(req.clone())
+        }
+        _ => EditVerdict::Proceeds,
+    }
+}
+
+/// Records in a gated decision the first live pre-approval that covers
+/// `tool` for the principal's agent.
+pub fn apply_preapproval(
+    decision: &mut GatewayDecision,
+    preapprovals: &[Preapproval],
+    principal: &Principal,
+    tool: &str,
+    now_ms: i64,
+) {
+    if decision.path == InterventionPath::GatedExecute
+        && let Some(agent) = &principal.agent
+        && let Some(p) = preapprovals
+            .iter()
+            .find(|p| p.covers(tool, agent, decision.scope.as_deref(), now_ms))
+    {
+        decision.preapproval = Some(PreapprovalUse {
+            id: p.id.clone(),
+            granted_by: p.granted_by.clone(),
+            expires_at_ms: p.expires_at_ms,
+        });
+    }
+}
+
 /// Shallow merge: an approver's edit replaces the fields it names.
 pub fn merge_edit(input: &Value, edit: &Value) -> Value {
     let mut out = input.clone();

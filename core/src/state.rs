@@ -259,6 +259,23 @@ impl ApprovalState {
     pub fn is_open(&self) -> bool {
         self.outcome.is_none()
     }
+
+    /// The input the approvers decide on (`base`: the request's, else the
+    /// gate's `gate_input`) and that input with every recorded edit merged in
+    /// order, then `extra` (an edit not recorded yet, to preview).
+    pub fn edited_input(&self, gate_input: &Value, extra: Option<&Value>) -> (Value, Value) {
+        let base = self.input.clone().unwrap_or_else(|| gate_input.clone());
+        let mut input = base.clone();
+        for e in self
+            .decisions
+            .iter()
+            .filter_map(|d| d.edit.as_ref())
+            .chain(extra)
+        {
+            input = super::gateway::merge_edit(&input, e);
+        }
+        (base, input)
+    }
 }
 
 /// Why the saga is rolling back.

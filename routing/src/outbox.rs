@@ -557,3 +557,183 @@ impl Outbox {
         dispatch!(self, o => o.consume_link(token, claim, now_ms).await)
     }
 }
+
+/// A notification as the console's coordination page lists it: its delivery
+/// state and, when an escalation chain follows it, where the chain stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationState {
+    pub id: String,
+    pub task_id: String,
+    pub recipient: String,
+    pub sink: String,
+    /// `pending`, `pending_full`, `sending`, `sent` or `failed`.
+    pub status: String,
+    pub attempt: i64,
+    pub created_at_ms: i64,
+    pub sent_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// The stored message (title, what happened, review due).
+    pub message: Message,
+    pub chain: Option<EscalationState>,
+}
+
+/// An escalation chain's standing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EscalationState {
+    pub notification_id: String,
+    pub task_id: String,
+    pub chain: String,
+    pub started_at_ms: i64,
+    pub fired_steps: i64,
+    pub next_due_at_ms: Option<i64>,
+    pub acked_at_ms: Option<i64>,
+    pub acked_by: Option<String>,
+}
+
+impl EscalationState {
+    /// Nobody answered and its next step is due (or every step fired).
+    pub fn overdue(&self, now_ms: i64) -> bool {
+        self.acked_at_ms.is_none() && self.next_due_at_ms.is_none_or(|t| t <= now_ms)
+    }
+}
+
+/// How many notifications are in each delivery status, and how the
+/// escalation chains stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CoordinationCounts {
+    /// `(status, count)`, by status.
+    pub by_status: Vec<(String, i64)>,
+    pub chains_open: i64,
+    pub chains_escalated: i64,
+    pub chains_overdue: i64,
+    pub chains_acknowledged: i64,
+}
+
+/// The most rows one coordination read returns.
+pub const MAX_OVERVIEW_ROWS: i64 = 500;
+
+fn corrupt(e: sqlx::Error) -> Error {
+    Error::Corrupt(e.to_string())
+}
+
+macro_rules! escalation_columns {
+    () => {
+        "e.notification_id AS e_notification_id, e.task_id AS e_task_id, e.chain AS e_chain,
+    e.started_at_ms AS e_started_at_ms, e.fired_steps AS e_fired_steps, e.next_due_at_ms AS e_next_due_at_ms,
+    e.acked_at_ms AS e_acked_at_ms, e.acked_by AS e_acked_by"
+    };
+}
+
+// The coordination page's reads (the console): the newest notifications
+// with their chains, the open chains oldest first, and the counts.
+macro_rules! overview_methods {
+    ($ty:ty) => {
+        impl $ty {
+            fn escalation_state(r: &<<$ty as HasDb>::Db as sqlx::Database>::Row) -> Result<Option<EscalationState>, Error> {
+                let c = |e: sqlx::Error| Error::Corrupt(e.to_string());
+                let chain: Option<String> = r.try_get("e_chain").map_err(c)?;
+                let Some(chain) = chain else { return Ok(None) };
+                Ok(Some(EscalationState {
+                    notification_id: r.try_get("e_notification_id").map_err(c)?,
+                    task_id: r.try_get("e_task_id").map_err(c)?,
+                    chain,
+                    started_at_ms: r.try_get("e_started_at_ms").map_err(c)?,
+                    fired_steps: r.try_get("e_fired_steps").map_err(c)?,
+                    next_due_at_ms: r.try_get("e_next_due_at_ms").map_err(c)?,
+                    acked_at_ms: r.try_get("e_acked_at_ms").map_err(c)?,
+                    acked_by: r.try_get("e_acked_by").map_err(c)?,
+                }))
+            }
+
+            pub async fn recent_notifications(&self, limit: i64) -> Result<Vec<NotificationState>, Error> {
+                let rows = sqlx::query(concat!(
+                    "SELECT n.id, n.task_id, n.recipient, n.sink, n.status, n.attempt, n.created_at_ms, n.sent_at_ms,
+                        n.last_error, n.body, ", escalation_columns!(), "
+                     FROM notifications n LEFT JOIN routing_escalations e ON e.notification_id = n.id
+                     ORDER BY n.created_at_ms DESC, n.id DESC LIMIT $1"))
+                    .bind(limit.clamp(1, MAX_OVERVIEW_ROWS))
+                    .fetch_all(&self.pool).await.map_err(db("list notifications"))?;
+                rows.iter()
+                    .map(|r| {
+                        let c = |e: sqlx::Error| Error::Corrupt(e.to_string());
+                        let body: String = r.try_get("body").map_err(c)?;
+                        let id: String = r.try_get("id").map_err(c)?;
+                        Ok(NotificationState {
+                            message: serde_json::from_str(&body)
+                                .map_err(|e| Error::Corrupt(format!("notification {id}: {e}")))?,
+                            id,
+                            task_id: r.try_get("task_id").map_err(c)?,
+                            recipient: r.try_get("recipient").map_err(c)?,
+                            sink: r.try_get("sink").map_err(c)?,
+                            status: r.try_get("status").map_err(c)?,
+                            attempt: r.try_get("attempt").map_err(c)?,
+                            created_at_ms: r.try_get("created_at_ms").map_err(c)?,
+                            sent_at_ms: r.try_get("sent_at_ms").map_err(c)?,
+                            last_error: r.try_get("last_error").map_err(c)?,
+                            chain: Self::escalation_state(r)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            pub async fn open_escalations(&self, limit: i64) -> Result<Vec<EscalationState>, Error> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ", escalation_columns!(), " FROM routing_escalations e
+                     WHERE e.acked_at_ms IS NULL ORDER BY e.started_at_ms, e.notification_id LIMIT $1"))
+                    .bind(limit.clamp(1, MAX_OVERVIEW_ROWS))
+                    .fetch_all(&self.pool).await.map_err(db("list open escalations"))?;
+                rows.iter()
+                    .map(|r| Self::escalation_state(r)?.ok_or_else(|| Error::Corrupt("escalation without a chain".into())))
+                    .collect()
+            }
+
+            pub async fn coordination_counts(&self, now_ms: i64) -> Result<CoordinationCounts, Error> {
+                let by_status = sqlx::query(
+                    "SELECT status, COUNT(*) AS n FROM notifications GROUP BY status ORDER BY status",
+                )
+                .fetch_all(&self.pool).await.map_err(db("count notifications"))?
+                .iter()
+                .map(|r| Ok((r.try_get::<String, _>("status").map_err(corrupt)?, r.try_get::<i64, _>("n").map_err(corrupt)?)))
+                .collect::<Result<Vec<_>, Error>>()?;
+                let r = sqlx::query(
+                    "SELECT
+                        CAST(COALESCE(SUM(CASE WHEN acked_at_ms IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS open,
+                        CAST(COALESCE(SUM(CASE WHEN acked_at_ms IS NULL AND fired_steps > 1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS escalated,
+                        CAST(COALESCE(SUM(CASE WHEN acked_at_ms IS NULL AND (next_due_at_ms IS NULL OR next_due_at_ms <= $1) THEN 1 ELSE 0 END), 0) AS BIGINT) AS overdue,
+                        CAST(COALESCE(SUM(CASE WHEN acked_at_ms IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS acked
+                     FROM routing_escalations",
+                )
+                .bind(now_ms)
+                .fetch_one(&self.pool).await.map_err(db("count escalations"))?;
+                Ok(CoordinationCounts {
+                    by_status,
+                    chains_open: r.try_get("open").map_err(corrupt)?,
+                    chains_escalated: r.try_get("escalated").map_err(corrupt)?,
+                    chains_overdue: r.try_get("overdue").map_err(corrupt)?,
+                    chains_acknowledged: r.try_get("acked").map_err(corrupt)?,
+                })
+            }
+        }
+    };
+}
+
+overview_methods!(SqliteOutbox);
+overview_methods!(PgOutbox);
+
+impl Outbox {
+    /// The newest notifications (at most [`MAX_OVERVIEW_ROWS`]), newest
+    /// first, each with its escalation chain if one follows it.
+    pub async fn recent_notifications(&self, limit: i64) -> Result<Vec<NotificationState>, Error> {
+        dispatch!(self, o => o.recent_notifications(limit).await)
+    }
+    /// The escalation chains nobody acknowledged yet, oldest first.
+    pub async fn open_escalations(&self, limit: i64) -> Result<Vec<EscalationState>, Error> {
+        dispatch!(self, o => o.open_escalations(limit).await)
+    }
+    /// Notifications per delivery status; chains open, escalated past their
+    /// first step, overdue (due and unanswered, or every step fired) and
+    /// acknowledged.
+    pub async fn coordination_counts(&self, now_ms: i64) -> Result<CoordinationCounts, Error> {
+        dispatch!(self, o => o.coordination_counts(now_ms).await)
+    }
+}

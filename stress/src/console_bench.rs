@@ -5,7 +5,8 @@
 //! 1. a task page (`GET /tasks/{id}`) whose history has `--events` events
 //!    (pause/resume pairs after the submission): the history read and
 //!    verified, folded, the timeline rendered;
-//! 2. the inbox (`GET /`, counts per status and the first page) with
+//! 2. the inbox (`GET /`, counts per status and the first page; rows in a
+//!    creation-time window, as the since/until filter asks) with
 //!    `--tasks` tasks, and keyset paging: `--pages` pages followed through
 //!    their `next` links, and a status filter.
 //!
@@ -168,6 +169,33 @@ pub async fn run(args: ConsoleBenchArgs) -> anyhow::Result<()> {
         &vec![format!("{base}/inbox/rows?status=queued&workflow=deploy_with_rollback"); n],
     )
     .await?;
+    // A time window in the middle of the submissions (what the inbox's
+    // since/until filter asks: a range of the created index).
+    let (a, b) = (
+        engine.task(&submitted[args.tasks / 4]).await?.created_at_ms,
+        engine
+            .task(&submitted[args.tasks * 3 / 4])
+            .await?
+            .created_at_ms,
+    );
+    let enc = |ms: i64| {
+        mandate_api::console::format_time(ms)
+            .replace(' ', "+")
+            .replace(':', "%3A")
+    };
+    let window = time_gets(
+        &http,
+        &cookie,
+        &vec![
+            format!(
+                "{base}/inbox/rows?since={}&until={}",
+                enc(a.min(b)),
+                enc(a.max(b))
+            );
+            n
+        ],
+    )
+    .await?;
     // Follow the next links: each page is one keyset query past the last.
     let mut url = format!("{base}/");
     let mut page_lat = Vec::new();
@@ -200,6 +228,7 @@ pub async fn run(args: ConsoleBenchArgs) -> anyhow::Result<()> {
         "task_page_p50_ms": task_page.0, "task_page_p99_ms": task_page.1, "task_page_bytes": task_page.2,
         "inbox_p50_ms": inbox.0, "inbox_p99_ms": inbox.1,
         "inbox_filtered_rows_p50_ms": filtered.0, "inbox_filtered_rows_p99_ms": filtered.1, "inbox_filtered_rows_bytes": filtered.2,
+        "inbox_time_window_rows_p50_ms": window.0, "inbox_time_window_rows_p99_ms": window.1,
         "inbox_pages_followed": pages_followed,
         "inbox_next_page_p50_ms": percentile(&page_lat, 50.0),
         "inbox_next_page_p99_ms": percentile(&page_lat, 99.0),

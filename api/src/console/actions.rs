@@ -13,12 +13,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use mandate_engine::core::approvals::parse_approval_id;
+use mandate_engine::core::gateway::EditVerdict;
 use mandate_engine::runtime::{ApprovalDecision, ApprovalTarget, PreapprovalGrant};
 use serde_json::Value;
 
 use super::ConsoleError;
 use super::pages::{Me, SigninPage};
 use super::session::{self, Act, Sessions};
+use super::view::printable;
 use crate::auth::{Role, hash_secret, identify};
 use crate::state::AppState;
 
@@ -122,6 +124,126 @@ pub async fn task_action(
     Ok(Redirect::to(&format!("/tasks/{id}")))
 }
 
+/// The form's `edit`: a JSON object of the input fields to change.
+fn parse_edit(act: &Act) -> Result<Option<Value>, ConsoleError> {
+    let Some(e) = act.field("edit") else {
+        return Ok(None);
+    };
+    let v: Value = serde_json::from_str(&e).map_err(|err| {
+        bad(format!(
+            "the edit must be a JSON object of input fields: {err}"
+        ))
+    })?;
+    if !v.is_object() {
+        return Err(bad(
+            "the edit must be a JSON object of input fields, e.g. {\"amount_cents\": 4000}",
+        ));
+    }
+    Ok(Some(v))
+}
+
+/// An approval id's task and request, or why it is not one.
+fn approval_id(id: &str) -> Result<(&str, &str), ConsoleError> {
+    parse_approval_id(id).ok_or_else(|| {
+        bad(format!(
+            "{id:?} is not an approval id (<task id>:<request seq>)"
+        ))
+    })
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "console/edit_preview.html")]
+pub struct EditPreviewPage {
+    me: Me,
+    id: String,
+    task_id: String,
+    subject: String,
+    tool: String,
+    /// The edit as typed (sent again with the decision).
+    edit: String,
+    base: String,
+    input: String,
+    changed: bool,
+    path: String,
+    rules: Vec<(String, String)>,
+    approvers: Option<(String, u32)>,
+    preapproval: Option<String>,
+    /// `proceeds`, `superseded` or `denied`.
+    verdict: &'static str,
+    consequence: String,
+    back: String,
+}
+
+/// Re-checks an approver's edit and shows what it would do — the gateway's
+/// decision for the edited input and its consequence — before it is
+/// submitted. Records nothing.
+pub async fn preview_edit(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    act: Act,
+) -> Result<EditPreviewPage, ConsoleError> {
+    let who = &act.viewer.identity;
+    who.require(&[Role::Approver], "decide approvals")?;
+    let (task_id, which) = approval_id(&id)?;
+    let edit = parse_edit(&act)?.ok_or_else(|| bad("an edit needs the input fields to change"))?;
+    crate::tasks::visible_task(&state, who, task_id).await?;
+    let p = state
+        .engine
+        .preview_approval_edit(task_id, ApprovalTarget::parse(which), &who.name, &edit)
+        .await?;
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let d = &p.decision;
+    let (verdict, consequence) = match &p.verdict {
+        EditVerdict::Denied => (
+            "denied",
+            format!(
+                "Policy denies the edited step: approving with this edit closes the request and the step does not run ({}).",
+                d.explain()
+            ),
+        ),
+        EditVerdict::Superseded(req) => (
+            "superseded",
+            format!(
+                "The edited step needs more approval: once this request has its quorum, a new request goes to {} (quorum {}) and the step waits for it.",
+                req.approvers.join(", "),
+                req.quorum
+            ),
+        ),
+        EditVerdict::Proceeds => (
+            "proceeds",
+            "The step runs with the edited input once this request has its quorum.".to_string(),
+        ),
+    };
+    Ok(EditPreviewPage {
+        me: Me::from(&act.viewer),
+        id: id.clone(),
+        task_id: task_id.to_string(),
+        subject: printable(&p.subject),
+        tool: p.tool.clone(),
+        edit: serde_json::to_string(&edit).unwrap_or_default(),
+        base: pretty(&p.base),
+        input: pretty(&p.input),
+        changed: p.changed,
+        path: d.path.to_string(),
+        rules: d
+            .decided_by
+            .iter()
+            .map(|r| (r.id.clone(), printable(&r.message)))
+            .collect(),
+        approvers: d
+            .approval
+            .as_ref()
+            .map(|a| (a.approvers.join(", "), a.quorum)),
+        preapproval: d
+            .preapproval
+            .as_ref()
+            .map(|u| format!("{} (granted by {})", u.id, u.granted_by)),
+        verdict,
+        consequence,
+        back: act.field("back").unwrap_or_default(),
+    })
+}
+
 /// Approve, reject (with feedback) or edit (approve with changed input) as
 /// the signed-in approver.
 pub async fn decide(
@@ -131,27 +253,8 @@ pub async fn decide(
 ) -> Result<Redirect, ConsoleError> {
     let who = &act.viewer.identity;
     who.require(&[Role::Approver], "decide approvals")?;
-    let (task_id, which) = parse_approval_id(&id).ok_or_else(|| {
-        bad(format!(
-            "{id:?} is not an approval id (<task id>:<request seq>)"
-        ))
-    })?;
-    let edit = match act.field("edit") {
-        Some(e) => {
-            let v: Value = serde_json::from_str(&e).map_err(|err| {
-                bad(format!(
-                    "the edit must be a JSON object of input fields: {err}"
-                ))
-            })?;
-            if !v.is_object() {
-                return Err(bad(
-                    "the edit must be a JSON object of input fields, e.g. {\"amount_cents\": 4000}",
-                ));
-            }
-            Some(v)
-        }
-        None => None,
-    };
+    let (task_id, which) = approval_id(&id)?;
+    let edit = parse_edit(&act)?;
     let approved = match (act.field("decision").as_deref(), &edit) {
         (Some("approve"), None) => true,
         (Some("reject"), None) => false,
@@ -268,6 +371,8 @@ pub struct ConfirmPage {
     text: String,
     action: &'static str,
     fields: Vec<(&'static str, String)>,
+    /// Tasks the action concerns (listed, linked).
+    tasks: Vec<String>,
 }
 
 /// The halt's scope as people read it.
@@ -298,6 +403,7 @@ pub async fn halt(State(state): State<AppState>, act: Act) -> Result<Response, C
                 .into_iter()
                 .filter_map(|(k, v)| v.map(|v| (k, v)))
                 .collect(),
+            tasks: Vec::new(),
         }
         .into_response());
     }
@@ -315,12 +421,26 @@ pub async fn lift(State(state): State<AppState>, act: Act) -> Result<Response, C
     who.require(&[Role::Operator], "lift halts")?;
     let agent = act.field("agent");
     if act.field("confirm").as_deref() != Some("yes") {
+        let (lines, _) = super::pages::halt_lines(&state).await?;
+        let mine: Vec<_> = lines
+            .into_iter()
+            .filter(|h| h.agent == agent.clone().unwrap_or_default())
+            .collect();
+        let held: usize = mine.iter().map(|h| h.paused.len() + h.paused_more).sum();
+        let tasks: Vec<String> = mine
+            .into_iter()
+            .flat_map(|h| h.paused.into_iter().map(|(id, _)| id))
+            .collect();
         return Ok(ConfirmPage {
             me: Me::from(&act.viewer),
             title: format!("Lift the halt of {}?", scope(&agent)),
-            text: "The tasks it paused resume where they were.".into(),
+            text: match held {
+                0 => "It holds no paused task now; new work may start again.".into(),
+                n => format!("The {n} tasks it paused resume where they were:"),
+            },
             action: "/halt/lift",
             fields: agent.into_iter().map(|a| ("agent", a)).collect(),
+            tasks,
         }
         .into_response());
     }

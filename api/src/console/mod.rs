@@ -1,13 +1,17 @@
 //! The web console (README "Web console", ARCHITECTURE "The web console"):
 //! server-rendered pages at `/` for the people who watch and steer agents —
 //! inbox, task pages with the verified timeline and the plan's DAG, the
-//! approval panel, governance and the kill switch. Templates are askama's
-//! (compile-checked, HTML-escaped: nothing an agent wrote is ever marked
-//! safe); htmx (vendored, embedded) polls the live parts. Pages read without
-//! JavaScript; every action is a POST form with the session's CSRF token, and
-//! the role rules are the API's.
+//! approval panel, coordination (notifications, time to intervention,
+//! escalations, coverage), governance and the kill switch. Templates are
+//! askama's (compile-checked, HTML-escaped: nothing an agent wrote is ever
+//! marked safe); htmx (vendored, embedded) keeps the live parts live: a task
+//! page over Server-Sent Events (`live`, htmx's SSE extension), the inbox by
+//! polling. Pages read without JavaScript; every action is a POST form with
+//! the session's CSRF token, and the role rules are the API's.
 
 mod actions;
+mod coordination;
+mod live;
 mod pages;
 pub mod session;
 mod view;
@@ -25,7 +29,10 @@ use axum::routing::{get, post};
 
 use crate::error::ApiError;
 use crate::state::AppState;
+pub use pages::PAGE_SIZE;
 pub use session::Sessions;
+/// How the console writes a time (UTC, to the millisecond); its filters read it back.
+pub use view::time as format_time;
 
 /// The content security policy of every console page: only this origin's
 /// scripts and styles (no inline script or style), no framing.
@@ -41,12 +48,15 @@ pub fn routes() -> Router<AppState> {
         .route("/signout", post(actions::signout))
         .route("/tasks/{id}", get(pages::task))
         .route("/tasks/{id}/live", get(pages::task_live))
+        .route("/tasks/{id}/stream", get(live::task_stream))
         .route("/tasks/{id}/replay", get(pages::replay))
         .route("/tasks/{id}/{action}", post(actions::task_action))
         .route("/approvals", get(pages::approvals))
         .route("/approvals/{id}", post(actions::decide))
+        .route("/approvals/{id}/preview", post(actions::preview_edit))
         .route("/preapprovals", post(actions::grant))
         .route("/preapprovals/{id}/revoke", post(actions::revoke))
+        .route("/coordination", get(coordination::coordination))
         .route("/governance", get(pages::governance))
         .route("/governance/dry-run", post(actions::dry_run))
         .route("/halt", post(actions::halt))

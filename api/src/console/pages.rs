@@ -55,6 +55,28 @@ impl From<&Viewer> for Me {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn inbox_times_read_as_typed_and_until_is_inclusive() {
+        let t = |s: &str, until: bool| parse_time("since", s, until).unwrap();
+        let minute = t("2026-11-30T12:05", false);
+        assert_eq!(minute, t("2026-11-30T12:05:00Z", false));
+        assert_eq!(t("2026-11-30T12:05", true), minute + 59_999);
+        assert_eq!(t("2026-11-30 12:05:07", true), minute + 7_999);
+        assert_eq!(t("2026-11-30 12:05:07.123", true), minute + 7_123);
+        assert_eq!(t("2026-11-30 12:05:07.123", false), minute + 7_123);
+        assert_eq!(t("2026-11-30", true) - t("2026-11-30", false), 86_399_999);
+        let e = parse_time("until", "yesterday", false).unwrap_err();
+        assert!(
+            e.message.contains("until: \"yesterday\" is not a time"),
+            "{e:?}"
+        );
+    }
+}
+
 #[derive(Template, WebTemplate)]
 #[template(path = "console/signin.html")]
 pub struct SigninPage {
@@ -106,6 +128,8 @@ pub struct InboxPage {
     pub agent: String,
     pub workflow: String,
     pub status: String,
+    pub since: String,
+    pub until: String,
     pub rows: InboxRows,
 }
 
@@ -133,15 +157,95 @@ fn query_string(pairs: &[(&str, &str)]) -> String {
     s.finish()
 }
 
+/// A time typed into the inbox's filter, as UTC milliseconds: a
+/// `datetime-local` value (`2026-11-30T12:05`, seconds optional), the
+/// console's own format (`2026-11-30 12:05:07.123`), a date alone, or RFC
+/// 3339. `until` is inclusive: a time given to the minute (or a date) reaches
+/// the end of that minute (day).
+pub fn parse_time(field: &str, s: &str, until: bool) -> Result<i64, ConsoleError> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    let s = s.trim();
+    let bad = || {
+        ConsoleError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{field}: {s:?} is not a time; use 2026-11-30T12:05 or 2026-11-30 12:05:07.123 (UTC), or a date"
+            ),
+        )
+    };
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    // (format, what an inclusive end adds to its start: the rest of the
+    // minute, or of the second, it names)
+    let formats: [(&str, i64); 6] = [
+        ("%Y-%m-%dT%H:%M", 59_999),
+        ("%Y-%m-%dT%H:%M:%S", 999),
+        ("%Y-%m-%dT%H:%M:%S%.f", 0),
+        ("%Y-%m-%d %H:%M", 59_999),
+        ("%Y-%m-%d %H:%M:%S", 999),
+        ("%Y-%m-%d %H:%M:%S%.f", 0),
+    ];
+    for (f, end) in formats {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+            let ms = t.and_utc().timestamp_millis();
+            return Ok(if until { ms + end } else { ms });
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        let ms = d
+            .and_hms_opt(0, 0, 0)
+            .ok_or_else(bad)?
+            .and_utc()
+            .timestamp_millis();
+        return Ok(if until { ms + 86_399_999 } else { ms });
+    }
+    Err(bad())
+}
+
+/// The inbox's filters as the query string gives them.
+struct InboxQuery {
+    status: String,
+    agent: String,
+    workflow: String,
+    since: String,
+    until: String,
+    cursor: String,
+}
+
+impl InboxQuery {
+    fn from(q: &HashMap<String, String>) -> Self {
+        let get = |k: &str| q.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
+        InboxQuery {
+            status: get("status"),
+            agent: get("agent"),
+            workflow: get("workflow"),
+            since: get("since"),
+            until: get("until"),
+            cursor: get("cursor"),
+        }
+    }
+
+    /// The query string of these filters with `status` (and a cursor).
+    fn href(&self, status: &str, cursor: &str) -> String {
+        query_string(&[
+            ("status", status),
+            ("agent", &self.agent),
+            ("workflow", &self.workflow),
+            ("since", &self.since),
+            ("until", &self.until),
+            ("cursor", cursor),
+        ])
+    }
+}
+
 async fn inbox_rows_for(
     state: &AppState,
     viewer: &Viewer,
     q: &HashMap<String, String>,
 ) -> Result<InboxRows, ConsoleError> {
-    let get = |k: &str| q.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
-    let (status, agent, workflow, cursor) =
-        (get("status"), get("agent"), get("workflow"), get("cursor"));
-    let status_filter = match status.as_str() {
+    let q = InboxQuery::from(q);
+    let status_filter = match q.status.as_str() {
         "" => None,
         s => Some(TaskStatus::parse(s).ok_or_else(|| {
             ConsoleError::new(StatusCode::BAD_REQUEST, format!("unknown status {s:?}"))
@@ -149,16 +253,29 @@ async fn inbox_rows_for(
     };
     let agent_filter = match viewer.identity.own_agent() {
         Some(me) => Some(me.to_string()),
-        None => (!agent.is_empty()).then(|| agent.clone()),
+        None => (!q.agent.is_empty()).then(|| q.agent.clone()),
     };
-    let before = match cursor.split_once('.') {
+    let since_ms = match q.since.as_str() {
+        "" => None,
+        s => Some(parse_time("since", s, false)?),
+    };
+    // `until` is the first page's keyset bound: tasks created at or before
+    // it are those before (until + 1 ms, ""), in the same index range.
+    let until = match q.until.as_str() {
+        "" => None,
+        s => Some((
+            parse_time("until", s, true)?.saturating_add(1),
+            String::new(),
+        )),
+    };
+    let cursor = match q.cursor.split_once('.') {
         Some((ms, id)) if !id.is_empty() => Some((
             ms.parse::<i64>().map_err(|_| {
                 ConsoleError::new(StatusCode::BAD_REQUEST, "not a cursor this page made")
             })?,
             id.to_string(),
         )),
-        _ if cursor.is_empty() => None,
+        _ if q.cursor.is_empty() => None,
         _ => {
             return Err(ConsoleError::new(
                 StatusCode::BAD_REQUEST,
@@ -166,15 +283,19 @@ async fn inbox_rows_for(
             ));
         }
     };
-    let first_page = before.is_none();
+    let first_page = cursor.is_none();
+    let before = match (cursor, until) {
+        (Some(c), Some(u)) => Some(c.min(u)),
+        (c, u) => c.or(u),
+    };
     let mut rows = state
         .engine
         .store()
         .list_tasks(TaskFilter {
             status: status_filter,
-            workflow: (!workflow.is_empty()).then(|| workflow.clone()),
+            workflow: (!q.workflow.is_empty()).then(|| q.workflow.clone()),
             agent: agent_filter,
-            since_ms: None,
+            since_ms,
             before,
             limit: PAGE_SIZE + 1,
         })
@@ -184,40 +305,26 @@ async fn inbox_rows_for(
         rows.truncate(PAGE_SIZE as usize);
         rows.last().map(|r| {
             let c = format!("{}.{}", r.created_at_ms, r.id);
-            format!(
-                "/?{}",
-                query_string(&[
-                    ("status", &status),
-                    ("agent", &agent),
-                    ("workflow", &workflow),
-                    ("cursor", &c)
-                ])
-            )
+            format!("/?{}", q.href(&q.status, &c))
         })
     } else {
         None
     };
-    let base = query_string(&[
-        ("status", &status),
-        ("agent", &agent),
-        ("workflow", &workflow),
-    ]);
     Ok(InboxRows {
         tasks: rows.iter().map(TaskLine::from).collect(),
         next,
-        live: first_page.then(|| format!("/inbox/rows?{base}")),
+        live: first_page.then(|| format!("/inbox/rows?{}", q.href(&q.status, ""))),
     })
 }
 
-/// `/`: tasks by status, agent and workflow, newest first.
+/// `/`: tasks by status, agent, workflow and creation time, newest first.
 pub async fn inbox(
     State(state): State<AppState>,
     viewer: Viewer,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<InboxPage, ConsoleError> {
     let rows = inbox_rows_for(&state, &viewer, &q).await?;
-    let get = |k: &str| q.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
-    let (status, agent, workflow) = (get("status"), get("agent"), get("workflow"));
+    let q = InboxQuery::from(&q);
     let counts: Option<HashMap<TaskStatus, i64>> = match viewer.identity.own_agent() {
         Some(_) => None,
         None => Some(
@@ -233,12 +340,9 @@ pub async fn inbox(
     };
     let tab = |label: &str, s: &str, count: Option<i64>| Tab {
         label: label.to_string(),
-        href: format!(
-            "/?{}",
-            query_string(&[("status", s), ("agent", &agent), ("workflow", &workflow)])
-        ),
+        href: format!("/?{}", q.href(s, "")),
         count,
-        active: status == s,
+        active: q.status == s,
     };
     let mut tabs = vec![tab("all", "", counts.as_ref().map(|c| c.values().sum()))];
     for s in FILTERS {
@@ -251,9 +355,11 @@ pub async fn inbox(
     Ok(InboxPage {
         me: Me::from(&viewer),
         tabs,
-        agent,
-        workflow,
-        status,
+        agent: q.agent,
+        workflow: q.workflow,
+        status: q.status,
+        since: q.since,
+        until: q.until,
         rows,
     })
 }
@@ -334,6 +440,9 @@ impl From<InboxEntry> for Card {
 /// A task's page data (the page and its live part share it).
 pub struct TaskData {
     pub task: TaskLine,
+    /// The seq the task's row had when the page read it (the live part
+    /// asks to hear of anything after it).
+    pub last_seq: i64,
     pub is_final: bool,
     pub paused: bool,
     pub on_behalf_of: String,
@@ -398,6 +507,7 @@ async fn task_data(state: &AppState, viewer: &Viewer, id: &str) -> Result<TaskDa
         Vec::new()
     };
     Ok(TaskData {
+        last_seq: row.last_seq,
         is_final: row.status.is_final(),
         paused: tstate.paused,
         task: TaskLine::from(&row),
@@ -564,6 +674,46 @@ pub struct HaltLine {
     pub by: String,
     pub at: String,
     pub reason: String,
+    /// The tasks it paused and still holds (the first [`PAUSED_SHOWN`]).
+    pub paused: Vec<(String, String)>,
+    /// How many more it holds than are listed.
+    pub paused_more: usize,
+}
+
+/// Paused tasks one kill-switch page reads to find those halts hold.
+pub const PAUSED_SCAN: u32 = 500;
+/// Tasks listed per halt.
+pub const PAUSED_SHOWN: usize = 20;
+
+/// The halts in force, each with the tasks it paused and still holds;
+/// `true` when more tasks are paused than were read.
+pub async fn halt_lines(state: &AppState) -> Result<(Vec<HaltLine>, bool), ConsoleError> {
+    let active = state.engine.refresh_halts().await?;
+    let (held, truncated) = state.engine.paused_by_halts(&active, PAUSED_SCAN).await?;
+    let lines = active
+        .into_iter()
+        .map(|h| {
+            let mine: Vec<(String, String)> = held
+                .iter()
+                .filter(|(id, _)| *id == h.id)
+                .map(|(_, t)| (t.id.clone(), t.workflow.clone()))
+                .collect();
+            HaltLine {
+                scope: h
+                    .agent
+                    .as_deref()
+                    .map(|a| format!("agent {a}"))
+                    .unwrap_or_else(|| "everything".into()),
+                agent: h.agent.unwrap_or_default(),
+                by: h.created_by,
+                at: view::time(h.created_at_ms),
+                reason: printable(&h.reason.unwrap_or_default()),
+                paused_more: mine.len().saturating_sub(PAUSED_SHOWN),
+                paused: mine.into_iter().take(PAUSED_SHOWN).collect(),
+            }
+        })
+        .collect();
+    Ok((lines, truncated))
 }
 
 #[derive(Template, WebTemplate)]
@@ -575,6 +725,7 @@ pub struct GovernancePage {
     pub tools: Vec<ToolLine>,
     pub rules: Vec<RuleLine>,
     pub halts: Vec<HaltLine>,
+    pub paused_truncated: bool,
 }
 
 /// `/governance`: agents, tools, rules, halts; the dry run and the kill switch.
@@ -625,26 +776,10 @@ pub async fn governance(
         })
         .collect();
     rules.sort_by(|a, b| (&a.level, &a.id).cmp(&(&b.level, &b.id)));
-    let halts = if viewer.has(&[Role::Operator, Role::Auditor]) {
-        state
-            .engine
-            .refresh_halts()
-            .await?
-            .into_iter()
-            .map(|h| HaltLine {
-                scope: h
-                    .agent
-                    .as_deref()
-                    .map(|a| format!("agent {a}"))
-                    .unwrap_or_else(|| "everything".into()),
-                agent: h.agent.unwrap_or_default(),
-                by: h.created_by,
-                at: view::time(h.created_at_ms),
-                reason: printable(&h.reason.unwrap_or_default()),
-            })
-            .collect()
+    let (halts, paused_truncated) = if viewer.has(&[Role::Operator, Role::Auditor]) {
+        halt_lines(&state).await?
     } else {
-        Vec::new()
+        (Vec::new(), false)
     };
     Ok(GovernancePage {
         me: Me::from(&viewer),
@@ -653,5 +788,6 @@ pub async fn governance(
         tools,
         rules,
         halts,
+        paused_truncated,
     })
 }

@@ -96,6 +96,11 @@ impl Sessions {
         }
     }
 
+    /// The API token hash of a live session (`None` once it ended).
+    pub fn token_of(&self, id: &str) -> Option<String> {
+        self.get(id).map(|(token, _)| token)
+    }
+
     pub fn close(&self, id: &str) {
         self.map.lock().expect("sessions").remove(&key(id));
     }

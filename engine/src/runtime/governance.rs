@@ -16,7 +16,10 @@ use serde_json::Value;
 use super::{Engine, Error, Shared};
 use crate::core::approvals::{InboxEntry, inbox_entries};
 use crate::core::event::{EventPayload, NewEvent};
-use crate::core::gateway::{Preapproval, approver_actor, check_approval_decision};
+use crate::core::gateway::{
+    ApprovalRequirement, EditVerdict, GatewayDecision, GatewayRequest, Preapproval, Principal,
+    apply_preapproval, approver_actor, check_approval_decision, edit_verdict,
+};
 use crate::core::state::{TaskState, TaskStatus};
 use crate::store::TaskFilter;
 use crate::store::governance::MAX_PREAPPROVALS;
@@ -70,6 +73,26 @@ pub struct ApprovalRecorded {
     /// When the request was made (for time to intervention).
     pub requested_at_ms: i64,
     pub tool: Option<String>,
+}
+
+/// What an approver's edit would do, re-checked by the gateway now and
+/// recorded nowhere (the console shows it before the edit is submitted).
+/// The decision applies when the request reaches its quorum, as `decide`
+/// re-checks it then.
+#[derive(Debug, Clone)]
+pub struct EditPreview {
+    pub request_seq: i64,
+    pub subject: String,
+    pub tool: String,
+    /// The input the approvers were asked about.
+    pub base: Value,
+    /// That input with every recorded edit and then this one merged in.
+    pub input: Value,
+    /// Whether the edit changes the input at all.
+    pub changed: bool,
+    /// The gateway's decision for `input` (path, rules, approvers).
+    pub decision: GatewayDecision,
+    pub verdict: EditVerdict,
 }
 
 /// A pre-approval to grant.
@@ -283,6 +306,88 @@ impl Engine {
                 Ok(events)
             })
             .await
+    }
+
+    /// Re-checks an approver's edit as `decide` will when the request is
+    /// approved, and records nothing: the same merge of edits, the same
+    /// gateway and pre-approvals, the same verdict (denied, superseded by a
+    /// stricter request, or proceeds). Refused as a decision would be when
+    /// `identity` may not decide the request.
+    pub async fn preview_approval_edit(
+        &self,
+        task_id: &str,
+        target: ApprovalTarget,
+        identity: &str,
+        edit: &Value,
+    ) -> Result<EditPreview, Error> {
+        let s = &self.shared;
+        let invalid = |message: String| Error::InvalidInput {
+            field: "edit".into(),
+            message,
+        };
+        if edit.as_object().is_none_or(|o| o.is_empty()) {
+            return Err(invalid(
+                "must be a non-empty JSON object of the input fields to change".into(),
+            ));
+        }
+        s.limits.check_payload(edit).map_err(invalid)?;
+        let now = s.clock.now_ms();
+        let history = self.history(task_id).await?;
+        let state = TaskState::fold(&history);
+        let request_seq = find_request(&state, &target)?;
+        check_approval_decision(&state, request_seq, identity, now)
+            .map_err(Error::ApprovalRefused)?;
+        let a = &state.approvals[&request_seq];
+        let Some(g) = a.policy_seq.and_then(|p| state.gates.get(&p)) else {
+            return Err(invalid(format!(
+                "approval {:?} is the workflow's own, not a step's: there is no input to edit",
+                a.subject
+            )));
+        };
+        let (base, input) = a.edited_input(&g.input, Some(edit));
+        s.limits
+            .check_payload(&input)
+            .map_err(|m| invalid(format!("the edited input: {m}")))?;
+        let principal = Principal {
+            agent: state.agent.clone(),
+            on_behalf_of: state.on_behalf_of.clone(),
+        };
+        let mut decision = s.gateway.evaluate(&GatewayRequest {
+            task_id,
+            workflow: &state.workflow,
+            principal: &principal,
+            step: &g.name,
+            tool: &g.tool,
+            kind: Some(g.kind),
+            input: &input,
+            now_ms: now,
+        });
+        apply_preapproval(
+            &mut decision,
+            &s.live_preapprovals(),
+            &principal,
+            &g.tool,
+            now,
+        );
+        let verdict = edit_verdict(
+            &decision,
+            &ApprovalRequirement {
+                approvers: a.approvers.clone(),
+                quorum: a.quorum,
+                timeout_ms: a.timeout_ms,
+                escalation: a.escalation.clone(),
+            },
+        );
+        Ok(EditPreview {
+            request_seq,
+            subject: a.subject.clone(),
+            tool: g.tool.clone(),
+            changed: input != base,
+            base,
+            input,
+            decision,
+            verdict,
+        })
     }
 
     /// The open approval requests: of one task, or of every task waiting for

@@ -15,7 +15,7 @@ use super::{Engine, Error, Shared};
 use crate::core::decide::{HaltNotice, halt_actor};
 use crate::core::event::EventPayload;
 use crate::core::state::TaskStatus;
-use crate::store::{HaltRow, TaskFilter};
+use crate::store::{HaltRow, TaskFilter, TaskRow};
 
 /// How often a worker rereads the active halts.
 pub const HALT_REFRESH: Duration = Duration::from_secs(1);
@@ -130,20 +130,7 @@ impl Engine {
                     continue;
                 }
                 let history = self.history(&row.id).await?;
-                let held_by_lifted = history
-                    .iter()
-                    .rev()
-                    .find(|e| {
-                        matches!(
-                            e.payload,
-                            EventPayload::TaskPaused { .. } | EventPayload::TaskResumed { .. }
-                        )
-                    })
-                    .is_some_and(|e| {
-                        matches!(e.payload, EventPayload::TaskPaused { .. })
-                            && actors.contains(&e.actor)
-                    });
-                if !held_by_lifted {
+                if !held_by(&history).is_some_and(|a| actors.iter().any(|x| x == a)) {
                     continue;
                 }
                 match self.resume(&row.id, by).await {
@@ -157,6 +144,48 @@ impl Engine {
         Ok(Lifted { halts, resumed })
     }
 
+    /// What halts paused and still hold: for each paused task (newest
+    /// first, at most `scan` read; `truncated` when more are paused) whose
+    /// latest pause was recorded by one of `halts`, that halt's id and the
+    /// task. Reads only; the kill-switch page lists them.
+    pub async fn paused_by_halts(
+        &self,
+        halts: &[HaltRow],
+        scan: u32,
+    ) -> Result<(Vec<(String, TaskRow)>, bool), Error> {
+        if halts.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        // Only one agent's halts: only that agent's tasks can be held.
+        let agent = match halts.iter().map(|h| h.agent.as_deref()).collect::<Vec<_>>()[..] {
+            [Some(a), ref rest @ ..] if rest.iter().all(|r| *r == Some(a)) => Some(a.to_string()),
+            _ => None,
+        };
+        let mut rows = self
+            .shared
+            .store
+            .list_tasks(TaskFilter {
+                status: Some(TaskStatus::Paused),
+                agent,
+                limit: scan.saturating_add(1),
+                ..Default::default()
+            })
+            .await?;
+        let truncated = rows.len() > scan as usize;
+        rows.truncate(scan as usize);
+        let mut out = Vec::new();
+        for row in rows {
+            let history = self.history(&row.id).await?;
+            let Some(actor) = held_by(&history) else {
+                continue;
+            };
+            if let Some(h) = halts.iter().find(|h| halt_actor(&h.id) == actor) {
+                out.push((h.id.clone(), row));
+            }
+        }
+        Ok((out, truncated))
+    }
+
     /// The halts in force (as this process last read them from the store).
     pub fn active_halts(&self) -> Vec<HaltRow> {
         self.shared.halts.read().expect("halts lock").clone()
@@ -167,6 +196,22 @@ impl Engine {
         self.shared.refresh_halts().await?;
         Ok(self.active_halts())
     }
+}
+
+/// Who holds a task paused: the actor of its latest pause, unless a resume
+/// came after it.
+fn held_by(history: &[crate::core::event::Event]) -> Option<&str> {
+    history
+        .iter()
+        .rev()
+        .find(|e| {
+            matches!(
+                e.payload,
+                EventPayload::TaskPaused { .. } | EventPayload::TaskResumed { .. }
+            )
+        })
+        .filter(|e| matches!(e.payload, EventPayload::TaskPaused { .. }))
+        .map(|e| e.actor.as_str())
 }
 
 /// A worker's loop that keeps the halts fresh.

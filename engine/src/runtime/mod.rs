@@ -28,8 +28,8 @@ use crate::store::Store;
 
 pub use client::{Error, SubmitOptions, Submitted};
 pub use governance::{
-    ApprovalDecision, ApprovalRecorded, ApprovalTarget, INBOX_SCAN_LIMIT, MAX_COMMENT_CHARS,
-    MAX_PREAPPROVAL_MS, PreapprovalGrant,
+    ApprovalDecision, ApprovalRecorded, ApprovalTarget, EditPreview, INBOX_SCAN_LIMIT,
+    MAX_COMMENT_CHARS, MAX_PREAPPROVAL_MS, PreapprovalGrant,
 };
 pub use halt::{HALT_REFRESH, Lifted};
 pub use history::{HistoryPage, MAX_HISTORY_PAGE, MAX_HISTORY_PAGE_BYTES};
