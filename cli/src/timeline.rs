@@ -602,6 +602,26 @@ fn describe(state: &TaskState, event: &Event) -> String {
                 ""
             }
         )),
+        E::ActionReported {
+            agent,
+            tool,
+            resource,
+            input_digest,
+            outcome,
+            error,
+            occurred_at_ms,
+            ..
+        } => {
+            let mut s = format!(
+                "REPORTED AFTER THE FACT (not gated): {agent} ran {tool} on {} at {} ({input_digest}): {outcome}",
+                resource.as_deref().unwrap_or("*"),
+                summary::clock(*occurred_at_ms)
+            );
+            if let Some(e) = error {
+                s.push_str(&format!(": {e}"));
+            }
+            text(&s)
+        }
     }
 }
 
@@ -840,6 +860,21 @@ mod tests {
         ));
         events.push(ev(
             last + 2,
+            T0 + 8_000,
+            "agent:deployer",
+            EventPayload::ActionReported {
+                agent: "deployer".into(),
+                tool: "shell.exec".into(),
+                resource: Some("service:checkout".into()),
+                input_digest: format!("sha256:{}", "0".repeat(64)),
+                outcome: "failed".into(),
+                error: Some("exit 1".into()),
+                occurred_at_ms: T0 + 7_000,
+                recovery_path: None,
+            },
+        ));
+        events.push(ev(
+            last + 3,
             T0 + 9_000,
             "user:pat",
             EventPayload::NotificationResponded {
@@ -860,6 +895,10 @@ mod tests {
         );
         assert!(
             text.contains("pat answered notification n-1: acknowledge (via link)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("REPORTED AFTER THE FACT (not gated): deployer ran shell.exec on service:checkout at "),
             "{text}"
         );
     }

@@ -229,6 +229,7 @@ impl Draft<'_> {
                 step_seq,
                 principal: &principal,
                 tool: &tool,
+                resource: None,
                 decision,
                 outcome,
                 summary: &summary,

@@ -73,11 +73,13 @@ impl Router for EngineRouter {
             operation: d
                 .and_then(|d| d.operation.clone())
                 .unwrap_or_else(|| "execute".into()),
-            resource: resource_of(
-                r.tool,
-                d.and_then(|d| d.scope.as_deref()),
-                self.scope_field.as_ref(),
-            ),
+            resource: r.resource.map(str::to_string).or_else(|| {
+                resource_of(
+                    r.tool,
+                    d.and_then(|d| d.scope.as_deref()),
+                    self.scope_field.as_ref(),
+                )
+            }),
             path: path.clone(),
             outcome: r.outcome.map(|o| match o {
                 RoutedOutcome::StepFailed => Outcome::StepFailed,
@@ -146,7 +148,14 @@ fn offered(record: &RoutingRecord, is_approver: bool) -> Vec<&'static str> {
     }
     match record.outcome {
         Some(_) => a.extend(["trigger_recovery", "assign"]),
-        None => a.extend(["pause_task", "pause_agent", "cancel_rollback", "assign"]),
+        None => {
+            a.extend(["pause_task", "pause_agent", "cancel_rollback"]);
+            // A step (or a reported action) with a known way back offers it.
+            if record.recovery_path.is_some() {
+                a.push("trigger_recovery");
+            }
+            a.push("assign");
+        }
     }
     if record.review_due_at_ms.is_some() {
         a.push("mark_reviewed");

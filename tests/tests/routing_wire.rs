@@ -573,6 +573,14 @@ async fn serve_api(w: &World2) -> (String, tokio::sync::oneshot::Sender<()>) {
     (base, stop)
 }
 
+/// A new API token's secret.
+async fn token(w: &World2, role: &str, name: &str) -> String {
+    mandate_api::create_token(w.h.engine.store().as_ref(), role, name, 0)
+        .await
+        .unwrap()
+        .1
+}
+
 async fn call(
     http: &reqwest::Client,
     method: reqwest::Method,
@@ -596,13 +604,7 @@ async fn answers_through_the_api_are_recorded_with_identity_and_measured(b: Back
     let w = setup(b).await;
     let (base, _stop) = serve_api(&w).await;
     let http = reqwest::Client::new();
-    let store = w.h.engine.store();
-    let token = |role: &'static str, name: &'static str| async move {
-        mandate_api::create_token(store.as_ref(), role, name, 0)
-            .await
-            .unwrap()
-            .1
-    };
+    let token = |role: &'static str, name: &'static str| token(&w, role, name);
     let (pat, quinn, operator) = (
         token("approver", "pat").await,
         token("approver", "quinn").await,
@@ -868,7 +870,212 @@ async fn an_escalated_task_notifies_its_owners_and_is_resolved_by_a_person(b: Ba
     w.shutdown().await;
 }
 
+/// `POST /v1/actions`: an agent reports a tool call it ran itself. It lands
+/// in the agent's session task as an observed step that says it was
+/// reported after the fact, is routed to the owners the map names like a
+/// monitored step (deliveries verified by the receiver), and its
+/// notification offers the same interventions; bad input, other roles,
+/// other agents' tasks and final tasks are refused, recording nothing.
+async fn an_agent_reports_an_action_it_ran_itself(b: Backend) {
+    let w = setup(b).await;
+    let (base, _stop) = serve_api(&w).await;
+    let http = reqwest::Client::new();
+    let token = |role: &'static str, name: &'static str| token(&w, role, name);
+    let (agent, other, operator) = (
+        token("agent", AGENT).await,
+        token("agent", "agent-other").await,
+        token("operator", "ops").await,
+    );
+    let url = format!("{base}/v1/actions");
+    let post = reqwest::Method::POST;
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let report = json!({"tool": "kv.put", "resource": "service:checkout", "input_digest": digest,
+        "outcome": "failed", "error": "exit 1", "occurred_at_ms": wall_ms() - 1_000,
+        "recovery_path": "kv.delete paying"});
+    let (status, ok) = call(
+        &http,
+        post.clone(),
+        url.clone(),
+        Some(&agent),
+        Some(report.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{ok}");
+    assert_eq!(ok["reported_after_the_fact"], true);
+    let task = ok["task_id"].as_str().unwrap().to_string();
+    let seq = ok["seq"].as_i64().unwrap();
+    let notified: Vec<&str> = ok["notified"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["recipient"].as_str().unwrap())
+        .collect();
+    assert_eq!(notified, ["team-platform", "pat"], "{ok}");
+    let row = w.h.engine.task(&task).await.unwrap();
+    assert_eq!(
+        (row.workflow.as_str(), row.agent.as_deref()),
+        ("mcp_session", Some(AGENT))
+    );
+    // Recorded as an observed step by the agent, with the routing about it.
+    let history = w.h.engine.history(&task).await.unwrap();
+    let reported = history.iter().find(|e| e.seq == seq).unwrap();
+    assert_eq!(reported.actor, format!("agent:{AGENT}"));
+    match &reported.payload {
+        E::ActionReported {
+            agent,
+            tool,
+            resource,
+            outcome,
+            ..
+        } => assert_eq!(
+            (
+                agent.as_str(),
+                tool.as_str(),
+                resource.as_deref(),
+                outcome.as_str()
+            ),
+            (AGENT, "kv.put", Some("service:checkout"), "failed")
+        ),
+        p => panic!("expected ActionReported, got {p:?}"),
+    }
+    let routing = history
+        .iter()
+        .find_map(|e| match &e.payload {
+            E::OwnersNotified { about_seq, routing } if *about_seq == seq => Some(routing),
+            _ => None,
+        })
+        .expect("routed like a monitored step");
+    assert_eq!(routing.path.as_deref(), Some("monitored_execute"));
+    assert!(
+        routing
+            .summary
+            .contains("reported after the fact (not gated)"),
+        "{}",
+        routing.summary
+    );
+    // The owners' receivers get it, with the interventions of a monitored step.
+    w.follow().await;
+    let got = w.receiver.wait_for(2).await;
+    let (_, pat_msg) = got
+        .iter()
+        .find(|(_, r)| r.body["recipient"] == "pat")
+        .unwrap();
+    assert!(
+        pat_msg.body["message"]["what_happened"]
+            .as_str()
+            .unwrap()
+            .contains("reported after the fact"),
+        "{}",
+        pat_msg.body
+    );
+    for action in ["pause_task", "pause_agent", "trigger_recovery"] {
+        link_token(pat_msg, action);
+    }
+    // A second report finds the same session task.
+    let (status, again) = call(
+        &http,
+        post.clone(),
+        url.clone(),
+        Some(&agent),
+        Some(report.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, again["task_id"].as_str()),
+        (201, Some(task.as_str())),
+        "{again}"
+    );
+    // Pausing the agent through the one-click link works as for any step.
+    let link = format!("{base}/v1/links/{}", link_token(pat_msg, "pause_task"));
+    let (status, ok) = call(&http, reqwest::Method::GET, link, None, None).await;
+    assert_eq!(
+        (status, ok["action"].as_str()),
+        (200, Some("pause_task")),
+        "{ok}"
+    );
+    assert_eq!(
+        w.h.engine.task(&task).await.unwrap().status,
+        TaskStatus::Paused
+    );
+
+    // Refusals record nothing.
+    let before = w.h.engine.task(&task).await.unwrap().last_seq;
+    let with = |k: &str, v: Value| {
+        let mut r = report.clone();
+        r[k] = v;
+        r
+    };
+    for (body, field) in [
+        (with("input_digest", json!("md5:abc")), "input_digest"),
+        (with("outcome", json!("maybe")), "outcome"),
+        (with("tool", json!("kv put")), "tool"),
+        (
+            with("occurred_at_ms", json!(wall_ms() + 3_600_000)),
+            "occurred_at_ms",
+        ),
+        (with("error", json!("x".repeat(2_001))), "error"),
+        (with("agent", json!("agent-other")), "agent"),
+        (
+            {
+                let mut r = report.clone();
+                r.as_object_mut().unwrap().remove("tool");
+                r
+            },
+            "tool",
+        ),
+    ] {
+        let (status, e) = call(&http, post.clone(), url.clone(), Some(&agent), Some(body)).await;
+        assert_eq!(
+            (status, e["details"]["field"].as_str()),
+            (400, Some(field)),
+            "{e}"
+        );
+    }
+    let (status, e) = call(
+        &http,
+        post.clone(),
+        url.clone(),
+        Some(&operator),
+        Some(report.clone()),
+    )
+    .await;
+    assert_eq!(status, 403, "{e}");
+    let (status, e) = call(
+        &http,
+        post.clone(),
+        url.clone(),
+        Some(&other),
+        Some(with("task_id", json!(task))),
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "another agent's task does not exist for it: {e}"
+    );
+    assert_eq!(w.h.engine.task(&task).await.unwrap().last_seq, before);
+    // A final task takes no more reports.
+    let done = w
+        .submit(json!({"agent": AGENT, "reason": "read", "steps": [
+            {"id": "put", "tool": "kv.put", "input": {"key": "k2", "value": 1}}]}))
+        .await;
+    w.h.engine
+        .wait_until_final(&done, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (status, e) = call(
+        &http,
+        post,
+        url,
+        Some(&agent),
+        Some(with("task_id", json!(done))),
+    )
+    .await;
+    assert_eq!(status, 409, "{e}");
+    w.shutdown().await;
+}
+
 backend_tests!(
+    an_agent_reports_an_action_it_ran_itself,
     an_escalated_task_notifies_its_owners_and_is_resolved_by_a_person,
     monitored_step_notifies_its_owners_and_a_link_stops_the_chain,
     gated_step_approver_gets_slack_and_a_signed_callback_approves,
