@@ -308,6 +308,12 @@ macro_rules! outbox_methods {
                 .transpose()
             }
 
+            /// The notification an item was enqueued into (its own, or its group's).
+            pub async fn item_notification(&self, item_key: &str) -> Result<Option<String>, Error> {
+                sqlx::query_scalar("SELECT notification_id FROM notification_items WHERE item_key = $1")
+                    .bind(item_key).fetch_optional(&self.pool).await.map_err(db("read the notification item"))
+            }
+
             pub async fn start_escalation(&self, e: &Escalation) -> Result<(), Error> {
                 sqlx::query(
                     "INSERT INTO routing_escalations (notification_id, task_id, about_seq, chain, started_at_ms, fired_steps, next_due_at_ms)
@@ -453,6 +459,10 @@ impl Outbox {
     /// The notification's task, recipient and item key.
     pub async fn locate(&self, id: &str) -> Result<Option<Located>, Error> {
         dispatch!(self, o => o.locate(id).await)
+    }
+    /// The notification an item was enqueued into (its own, or its group's).
+    pub async fn item_notification(&self, item_key: &str) -> Result<Option<String>, Error> {
+        dispatch!(self, o => o.item_notification(item_key).await)
     }
     pub async fn start_escalation(&self, e: &Escalation) -> Result<(), Error> {
         dispatch!(self, o => o.start_escalation(e).await)

@@ -286,6 +286,10 @@ pub fn slack_payload(d: &Delivery) -> Value {
         json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&m.what_happened, 3000)}}),
         json!({"type": "section", "fields": fields}),
     ];
+    if !m.grouped.is_empty() {
+        let more: Vec<String> = m.grouped.iter().map(|g| format!("• {g}")).collect();
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*And {} more in this group*\n{}", m.grouped.len(), more.join("\n")), 3000)}}));
+    }
     if !m.evidence.is_empty() {
         let ev: Vec<String> = m.evidence.iter().map(|e| format!("• {e}")).collect();
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*Evidence*\n{}", ev.join("\n")), 3000)}}));
@@ -320,7 +324,7 @@ pub fn pagerduty_payload(routing_key: &str, d: &Delivery) -> Value {
             "source": format!("mandate agent {}", m.agent),
             "severity": if m.path == "gated_execute" || m.path == "deny" { "error" } else { "warning" },
             "component": m.task_id,
-            "custom_details": {"what_happened": m.what_happened, "on_behalf_of": m.on_behalf_of, "blast_radius": m.blast_radius,
+            "custom_details": {"what_happened": m.what_happened, "grouped": m.grouped, "on_behalf_of": m.on_behalf_of, "blast_radius": m.blast_radius,
                                "evidence": m.evidence, "rollback_plan": m.rollback_plan, "rule": m.rule, "why": m.why},
         });
         event["links"] = Value::Array(
@@ -475,6 +479,12 @@ async fn send_email(
         m.why,
         m.rule
     );
+    if !m.grouped.is_empty() {
+        text.push_str(&format!("\nAnd {} more in this group:\n", m.grouped.len()));
+        for g in &m.grouped {
+            text.push_str(&format!("- {g}\n"));
+        }
+    }
     for r in &m.responses {
         text.push_str(&format!("{}: {}\n", r.label, r.url));
     }

@@ -359,20 +359,31 @@ impl FollowerParts {
                 event_action: None,
                 grouped: vec![],
             };
-            // One notification per item: the id is derived from the item
-            // key, so links can name it before it is enqueued.
+            // The id is derived from the item key, so links can name it
+            // before it is enqueued. With a group wait, items of one group
+            // for one recipient and sink fold into the first one's
+            // notification (its id and links) until the wait ends: a burst
+            // becomes one notification. Without one (and for escalation
+            // steps) each item is its own, sent at once.
+            let (group_key, send_at_ms) = match (step, routing.group_wait_ms) {
+                (None, wait) if wait > 0 => (
+                    format!("{}|to={}|sink={}", routing.group_key, r.recipient, c.sink),
+                    at_ms.saturating_add(wait),
+                ),
+                _ => (key.clone(), at_ms),
+            };
             let done = self
                 .outbox
                 .enqueue(
                     &NewNotification {
                         item_key: key.clone(),
-                        group_key: key.clone(),
+                        group_key,
                         task_id: task_id.to_string(),
                         recipient: r.recipient.clone(),
                         sink: c.sink.clone(),
                         address: c.to.clone(),
                         message,
-                        send_at_ms: at_ms,
+                        send_at_ms,
                     },
                     (self.clock)(),
                 )

@@ -76,6 +76,7 @@ routes:
   rules:
     - {{id: quiet-reads, match: {{path: [auto_execute]}}, notify: []}}
     - {{id: gated-approvers, match: {{path: [gated_execute]}}, notify: [approvers]}}
+    - {{id: bursts, match: {{agent: 'agent-operator'}}, group_by: [agent], group_wait_seconds: 60}}
 "
     )
 }
@@ -1074,7 +1075,70 @@ async fn an_agent_reports_an_action_it_ran_itself(b: Backend) {
     w.shutdown().await;
 }
 
+/// Grouping: a burst of one agent's actions within the rule's group wait
+/// becomes one notification per recipient (and sink), listing the rest;
+/// nothing is sent before the wait ends (on the injected clock).
+async fn a_burst_of_an_agents_actions_is_one_notification_per_recipient(b: Backend) {
+    let w = setup(b).await;
+    let (base, _stop) = serve_api(&w).await;
+    let http = reqwest::Client::new();
+    let agent = token(&w, "agent", "agent-operator").await;
+    let (mut about, mut task) = (Vec::new(), String::new());
+    for i in 0..5 {
+        let (status, ok) = call(
+            &http,
+            reqwest::Method::POST,
+            format!("{base}/v1/actions"),
+            Some(&agent),
+            Some(json!({"tool": "kv.put", "resource": format!("db:shard{i}"),
+                "input_digest": format!("sha256:{}", "0".repeat(64)), "outcome": "succeeded",
+                "occurred_at_ms": wall_ms()})),
+        )
+        .await;
+        assert_eq!(status, 201, "{ok}");
+        about.push(ok["seq"].as_i64().unwrap());
+        task = ok["task_id"].as_str().unwrap().to_string();
+    }
+    w.follow().await;
+    // Ten items (five actions, two owners each) wait in two notifications.
+    let outbox = &w.parts.outbox;
+    let mut ids = std::collections::BTreeSet::new();
+    for seq in &about {
+        for recipient in ["team-platform", "pat"] {
+            let key = mandate_engine::core::routing::item_key(&task, *seq, recipient, "hook");
+            let id = outbox
+                .item_notification(&key)
+                .await
+                .unwrap()
+                .expect("enqueued");
+            ids.insert(id);
+        }
+    }
+    assert_eq!(ids.len(), 2, "one notification per recipient: {ids:?}");
+    for id in &ids {
+        let row = outbox.get(id).await.unwrap().unwrap();
+        assert_eq!((row.status.as_str(), row.sent_at_ms), ("pending", None));
+    }
+    assert!(w.receiver.by_id().is_empty());
+    // The wait ends: each recipient gets one notification naming the rest.
+    w.advance_minutes(1);
+    let got = w.receiver.wait_for(2).await;
+    assert_eq!(
+        got.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        ids
+    );
+    for r in got.values() {
+        let grouped = r.body["message"]["grouped"].as_array().unwrap();
+        assert_eq!(grouped.len(), 4, "{}", r.body);
+    }
+    assert_eq!(w.receiver.got.lock().unwrap().len(), 2);
+    w.shutdown().await;
+}
+
 backend_tests!(
+    a_burst_of_an_agents_actions_is_one_notification_per_recipient,
     an_agent_reports_an_action_it_ran_itself,
     an_escalated_task_notifies_its_owners_and_is_resolved_by_a_person,
     monitored_step_notifies_its_owners_and_a_link_stops_the_chain,
