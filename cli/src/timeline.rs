@@ -622,6 +622,21 @@ fn describe(state: &TaskState, event: &Event) -> String {
             }
             text(&s)
         }
+        E::PlaybookStarted {
+            about_seq,
+            playbook,
+            workflow,
+            playbook_task_id,
+            error,
+        } => text(&match (playbook_task_id, error) {
+            (Some(t), _) => {
+                format!("playbook {playbook} ({workflow}) started about #{about_seq}: task {t}")
+            }
+            (None, e) => format!(
+                "playbook {playbook} about #{about_seq} could not start: {}",
+                e.as_deref().unwrap_or("unknown")
+            ),
+        }),
     }
 }
 
@@ -846,6 +861,7 @@ mod tests {
             summary: "step".into(),
             recovery_path: None,
             escalation_step: None,
+            playbooks: vec!["health-check".into()],
         };
         let mut events = rolled_back_deploy();
         let last = events.last().unwrap().seq;
@@ -875,6 +891,18 @@ mod tests {
         ));
         events.push(ev(
             last + 3,
+            T0 + 8_500,
+            "engine",
+            EventPayload::PlaybookStarted {
+                about_seq: 2,
+                playbook: "health-check".into(),
+                workflow: "health_check".into(),
+                playbook_task_id: Some("task-9".into()),
+                error: None,
+            },
+        ));
+        events.push(ev(
+            last + 4,
             T0 + 9_000,
             "user:pat",
             EventPayload::NotificationResponded {
@@ -895,6 +923,10 @@ mod tests {
         );
         assert!(
             text.contains("pat answered notification n-1: acknowledge (via link)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("playbook health-check (health_check) started about #2: task task-9"),
             "{text}"
         );
         assert!(

@@ -394,6 +394,20 @@ pub enum EventPayload {
         #[serde(default)]
         recovery_path: Option<String>,
     },
+    /// Routing started a playbook (a registered workflow or plan) as the
+    /// automated first response to the event at `about_seq`, as a rule of
+    /// the `OwnersNotified` about it said; or could not, and why.
+    PlaybookStarted {
+        about_seq: i64,
+        /// The playbook's id in the routing configuration.
+        playbook: String,
+        workflow: String,
+        /// The task that runs it; none when it could not be started.
+        #[serde(default)]
+        playbook_task_id: Option<String>,
+        #[serde(default)]
+        error: Option<String>,
+    },
 }
 
 impl EventPayload {
@@ -439,6 +453,7 @@ impl EventPayload {
             Self::NotificationResponded { .. } => "NotificationResponded",
             Self::EscalationResolved { .. } => "EscalationResolved",
             Self::ActionReported { .. } => "ActionReported",
+            Self::PlaybookStarted { .. } => "PlaybookStarted",
         }
     }
 

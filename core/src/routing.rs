@@ -96,6 +96,18 @@ pub struct RoutingRecord {
     /// with nobody answering: these recipients are that step's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation_step: Option<i64>,
+    /// Playbooks the matched rules start as the automated first response
+    /// (ids in the routing configuration); each start is recorded as a
+    /// `PlaybookStarted` about the same event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub playbooks: Vec<String>,
+}
+
+impl RoutingRecord {
+    /// Whether there is anything to record: someone to tell or a playbook to start.
+    pub fn acts(&self) -> bool {
+        !self.recipients.is_empty() || !self.playbooks.is_empty()
+    }
 }
 
 /// The item key of one delivery of a recorded routing: one recipient, one

@@ -731,9 +731,11 @@ impl TaskState {
             // Routing and people's answers are records; a response that
             // acts (pause, cancel, approve) appends its own event too.
             // A reported action happened outside the engine: nothing to run.
+            // A playbook runs as a task of its own.
             E::OwnersNotified { .. }
             | E::NotificationResponded { .. }
-            | E::ActionReported { .. } => {}
+            | E::ActionReported { .. }
+            | E::PlaybookStarted { .. } => {}
             E::EscalationResolved { .. } => self.escalation_resolved = true,
         }
     }

@@ -29,7 +29,7 @@ use crate::config::ConfigCell;
 use crate::links::{self, LinkClaim, LinkError};
 use crate::outbox::{self, Escalation, NewNotification, Outbox};
 use crate::router::{Outcome, RoutingInput};
-use crate::sinks::{Message, ResponseOption};
+use crate::sinks::{Message, PlaybookLink, ResponseOption};
 use crate::worker::Clock;
 
 /// A tool's scope field (`service` for `deploy.set_version`), from the
@@ -108,6 +108,7 @@ impl Router for EngineRouter {
             summary: r.summary.to_string(),
             recovery_path: r.recovery_path.map(str::to_string),
             escalation_step: None,
+            playbooks: decision.playbooks,
         })
     }
 }
@@ -267,6 +268,9 @@ impl FollowerParts {
                 continue;
             };
             let agent = g.agent.clone().unwrap_or_else(|| "operator".into());
+            let playbooks = self
+                .start_playbooks(&raw.task_id, about_seq, &routing)
+                .await?;
             for r in &routing.recipients {
                 enqueued |= self
                     .notify(
@@ -276,6 +280,7 @@ impl FollowerParts {
                         &routing,
                         r,
                         raw.recorded_at_ms,
+                        &playbooks,
                     )
                     .await?;
             }
@@ -294,8 +299,105 @@ impl FollowerParts {
         Ok(page.len() as u32 == PAGE || recorded)
     }
 
+    /// Starts the playbooks a routing names (each once per routed event: the
+    /// submission's idempotency key is derived from task, event and
+    /// playbook, so a re-read after a crash finds the same task) and
+    /// records each start, or why it failed, as `PlaybookStarted` in the
+    /// routed task's history. Returns links to put in the notifications.
+    async fn start_playbooks(
+        &self,
+        task_id: &str,
+        about_seq: i64,
+        routing: &RoutingRecord,
+    ) -> Result<Vec<PlaybookLink>, String> {
+        if routing.escalation_step.is_some() || routing.playbooks.is_empty() {
+            return Ok(vec![]);
+        }
+        let config = self.config.get();
+        let mut links = Vec::new();
+        for id in &routing.playbooks {
+            let Some(p) = config.playbooks.get(id) else {
+                // Removed by a reload since the decision: say so.
+                let e = format!("playbook {id:?} is no longer in the routing configuration");
+                self.engine
+                    .record_playbook_started(task_id, about_seq, id, "", Err(e.clone()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                links.push(PlaybookLink {
+                    playbook: id.clone(),
+                    task_id: None,
+                    url: None,
+                    error: Some(e),
+                });
+                continue;
+            };
+            let key = format!(
+                "playbook:{}",
+                &crate::sign::hmac_hex(
+                    b"mandate-playbook",
+                    &[task_id.as_bytes(), &about_seq.to_be_bytes(), id.as_bytes()]
+                )[..40]
+            );
+            let agent = (p.workflow == "plan")
+                .then(|| p.input.get("agent").and_then(|a| a.as_str()))
+                .flatten()
+                .map(str::to_string);
+            let on_behalf_of = (p.workflow == "plan")
+                .then(|| p.input.get("on_behalf_of").and_then(|a| a.as_str()))
+                .flatten()
+                .map(str::to_string);
+            let started = match self
+                .engine
+                .submit(
+                    &p.workflow,
+                    p.input.clone(),
+                    mandate_engine::SubmitOptions {
+                        agent,
+                        on_behalf_of,
+                        idempotency_key: Some(key),
+                        actor: Some(format!("routing:playbook:{id}")),
+                    },
+                )
+                .await
+            {
+                Ok(s) => Ok(s.task_id),
+                // A refusal is the configuration's fault: recorded, not retried.
+                Err(
+                    e @ (mandate_engine::runtime::Error::UnknownWorkflow { .. }
+                    | mandate_engine::runtime::Error::InvalidInput { .. }
+                    | mandate_engine::runtime::Error::Forbidden { .. }
+                    | mandate_engine::runtime::Error::Rejected { .. }),
+                ) => Err(e.to_string()),
+                Err(e) => return Err(format!("start playbook {id}: {e}")),
+            };
+            self.engine
+                .record_playbook_started(task_id, about_seq, id, &p.workflow, started.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            links.push(match started {
+                Ok(t) => PlaybookLink {
+                    playbook: id.clone(),
+                    url: Some(format!(
+                        "{}/v1/tasks/{t}",
+                        self.links.base_url.trim_end_matches('/')
+                    )),
+                    task_id: Some(t),
+                    error: None,
+                },
+                Err(e) => PlaybookLink {
+                    playbook: id.clone(),
+                    task_id: None,
+                    url: None,
+                    error: Some(e),
+                },
+            });
+        }
+        Ok(links)
+    }
+
     /// Enqueues one recipient's deliveries (one per contact). An escalation
     /// step's item keys end in `:esc<N>`, so they differ from the first's.
+    #[allow(clippy::too_many_arguments)]
     async fn notify(
         &self,
         task_id: &str,
@@ -304,6 +406,7 @@ impl FollowerParts {
         routing: &RoutingRecord,
         r: &NotifiedRecipient,
         at_ms: i64,
+        playbooks: &[PlaybookLink],
     ) -> Result<bool, String> {
         let step = routing.escalation_step;
         let mut any = false;
@@ -358,6 +461,7 @@ impl FollowerParts {
                 responses,
                 event_action: None,
                 grouped: vec![],
+                playbooks: playbooks.to_vec(),
             };
             // The id is derived from the item key, so links can name it
             // before it is enqueued. With a group wait, items of one group
@@ -496,6 +600,8 @@ impl FollowerParts {
                         review_due_at_ms: None,
                         group_wait_ms: 0,
                         escalation_step: Some(fired),
+                        // Started once, with the first notification.
+                        playbooks: vec![],
                         ..*first
                     };
                     self.engine

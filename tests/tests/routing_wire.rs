@@ -77,6 +77,11 @@ routes:
     - {{id: quiet-reads, match: {{path: [auto_execute]}}, notify: []}}
     - {{id: gated-approvers, match: {{path: [gated_execute]}}, notify: [approvers]}}
     - {{id: bursts, match: {{agent: 'agent-operator'}}, group_by: [agent], group_wait_seconds: 60}}
+    - {{id: probe-restarts, match: {{tool: 'probe.restart'}}, notify: [team-platform], playbook: health-check}}
+    - {{id: probe-broken, match: {{tool: 'probe.broken'}}, notify: [], playbook: broken}}
+playbooks:
+  - {{id: health-check, workflow: health_check, input: {{service: checkout}}}}
+  - {{id: broken, workflow: no_such_workflow}}
 "
     )
 }
@@ -1137,7 +1142,142 @@ async fn a_burst_of_an_agents_actions_is_one_notification_per_recipient(b: Backe
     w.shutdown().await;
 }
 
+/// The playbook a route starts: a registered workflow that reports health.
+struct HealthCheck;
+
+impl Workflow for HealthCheck {
+    fn name(&self) -> &str {
+        "health_check"
+    }
+    fn run(
+        &self,
+        _ctx: WorkflowContext,
+        input: Value,
+    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+        Box::pin(async move { Ok(json!({"healthy": true, "checked": input})) })
+    }
+}
+
+/// A route's playbook starts once per routed event as the automated first
+/// response: recorded in the routed task's history (`PlaybookStarted`, with
+/// its task), linked from the notification, not started again when the
+/// follower re-reads the feed (a crash), and a playbook that cannot start
+/// is recorded with why.
+async fn a_route_starts_its_playbook_and_the_notification_links_it(b: Backend) {
+    let w = setup_with(b, |wf, _| {
+        wf.register(HealthCheck);
+    })
+    .await;
+    let (base, _stop) = serve_api(&w).await;
+    let http = reqwest::Client::new();
+    let agent = token(&w, "agent", AGENT).await;
+    let report = |tool: &str| {
+        json!({"tool": tool, "resource": "service:checkout", "input_digest": format!("sha256:{}", "2".repeat(64)),
+            "outcome": "failed", "error": "crash loop", "occurred_at_ms": wall_ms()})
+    };
+    let url = format!("{base}/v1/actions");
+    let (status, ok) = call(
+        &http,
+        reqwest::Method::POST,
+        url.clone(),
+        Some(&agent),
+        Some(report("probe.restart")),
+    )
+    .await;
+    assert_eq!(status, 201, "{ok}");
+    let (task, seq) = (
+        ok["task_id"].as_str().unwrap().to_string(),
+        ok["seq"].as_i64().unwrap(),
+    );
+    let (status, broken) = call(
+        &http,
+        reqwest::Method::POST,
+        url,
+        Some(&agent),
+        Some(report("probe.broken")),
+    )
+    .await;
+    assert_eq!(status, 201, "{broken}");
+    w.follow().await;
+    let started =
+        |history: &[mandate_engine::Event]| -> Vec<(i64, String, Option<String>, Option<String>)> {
+            history
+                .iter()
+                .filter_map(|e| match &e.payload {
+                    E::PlaybookStarted {
+                        about_seq,
+                        playbook,
+                        playbook_task_id,
+                        error,
+                        ..
+                    } => Some((
+                        *about_seq,
+                        playbook.clone(),
+                        playbook_task_id.clone(),
+                        error.clone(),
+                    )),
+                    _ => None,
+                })
+                .collect()
+        };
+    let history = w.h.engine.history(&task).await.unwrap();
+    let s = started(&history);
+    assert_eq!(s.len(), 2, "{s:?}");
+    assert_eq!((s[0].0, s[0].1.as_str()), (seq, "health-check"));
+    let playbook_task = s[0].2.clone().expect("started");
+    assert_eq!(s[1].1, "broken");
+    assert!(
+        s[1].2.is_none() && s[1].3.as_deref().unwrap().contains("no_such_workflow"),
+        "{s:?}"
+    );
+    let row =
+        w.h.engine
+            .wait_until_final(&playbook_task, Duration::from_secs(30))
+            .await
+            .unwrap();
+    assert_eq!(
+        (row.workflow.as_str(), row.status),
+        ("health_check", TaskStatus::Completed)
+    );
+    // The owner's notification links the playbook's task.
+    let got = w.receiver.wait_for(1).await;
+    let msg = &got.values().next().unwrap().body["message"];
+    assert_eq!(
+        msg["playbooks"][0]["task_id"],
+        json!(playbook_task),
+        "{msg}"
+    );
+    assert!(
+        msg["playbooks"][0]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/v1/tasks/{playbook_task}")),
+        "{msg}"
+    );
+    // A re-read of the whole feed (as after a crash) starts nothing again.
+    w.parts
+        .outbox
+        .set_cursor("routing-follower", 0)
+        .await
+        .unwrap();
+    w.follow().await;
+    assert_eq!(started(&w.h.engine.history(&task).await.unwrap()), s);
+    let runs =
+        w.h.engine
+            .store()
+            .list_tasks(mandate_engine::store::TaskFilter {
+                workflow: Some("health_check".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    assert_eq!(runs.len(), 1);
+    w.shutdown().await;
+}
+
 backend_tests!(
+    a_route_starts_its_playbook_and_the_notification_links_it,
     a_burst_of_an_agents_actions_is_one_notification_per_recipient,
     an_agent_reports_an_action_it_ran_itself,
     an_escalated_task_notifies_its_owners_and_is_resolved_by_a_person,

@@ -417,7 +417,7 @@ impl Engine {
                 let record = s
                     .gateway
                     .route(&request)
-                    .filter(|r| !r.recipients.is_empty());
+                    .filter(RoutingRecord::acts);
                 if let Some(r) = &record {
                     events.push(NewEvent::engine(EventPayload::OwnersNotified {
                         about_seq,
@@ -431,5 +431,53 @@ impl Engine {
         let routing = routed.into_inner().expect("not poisoned");
         let seq = if routing.is_some() { last - 1 } else { last };
         Ok(ActionRecorded { seq, routing })
+    }
+}
+
+impl Engine {
+    /// Records that routing started a playbook (or could not) as the first
+    /// response to the event at `about_seq`. Once per event and playbook:
+    /// a second call (a follower re-reading after a crash) records nothing
+    /// and returns `None`.
+    pub async fn record_playbook_started(
+        &self,
+        task_id: &str,
+        about_seq: i64,
+        playbook: &str,
+        workflow: &str,
+        started: Result<String, String>,
+    ) -> Result<Option<i64>, Error> {
+        let seen = std::sync::atomic::AtomicBool::new(false);
+        let r = self
+            .append_events(task_id, "record a playbook start in", true, |history, _| {
+                let known = history.iter().any(|e| {
+                    matches!(&e.payload, EventPayload::PlaybookStarted { about_seq: a, playbook: p, .. }
+                        if *a == about_seq && p == playbook)
+                });
+                if known {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(Error::Rejected {
+                        task_id: task_id.to_string(),
+                        message: "the playbook start is recorded already".into(),
+                    });
+                }
+                let (playbook_task_id, error) = match &started {
+                    Ok(t) => (Some(t.clone()), None),
+                    Err(e) => (None, Some(e.chars().take(MAX_REPORT_TEXT_CHARS).collect())),
+                };
+                Ok(vec![NewEvent::engine(EventPayload::PlaybookStarted {
+                    about_seq,
+                    playbook: playbook.to_string(),
+                    workflow: workflow.to_string(),
+                    playbook_task_id,
+                    error,
+                })])
+            })
+            .await;
+        match r {
+            Ok(seq) => Ok(Some(seq)),
+            Err(_) if seen.load(std::sync::atomic::Ordering::Relaxed) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
