@@ -6,8 +6,9 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// Mandate runs AI-agent tasks as durable, event-sourced sagas on SQLite or PostgreSQL.
 ///
-/// Start here: `mandate demo` runs a deploy that completes and one that is
-/// rolled back, in a throw-away database, and prints what happened.
+/// Start here: `mandate demo` routes an agent's plan to its owner and approver,
+/// runs a deploy that completes and one that is rolled back, in a throw-away
+/// database, and prints what happened.
 #[derive(Debug, Parser)]
 #[command(name = "mandate", version, propagate_version = true)]
 pub struct Cli {
@@ -55,7 +56,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a worker that claims and advances tasks until Ctrl-C or SIGTERM
     Serve(ServeArgs),
-    /// Run two deploys (one completes, one is rolled back) in a temporary database
+    /// The story in a temporary database: an agent's plan notifies its owner and waits
+    /// for a named approver's one-click link, two deploys (one rolled back), replay
     Demo,
     /// Create a task; prints its id alone on stdout
     Submit(SubmitArgs),

@@ -504,9 +504,11 @@ fn approver_recipients(map: &OwnershipMap, input: &RoutingInput, rule: &str) -> 
             owner: "approver".into(),
             rule: rule.to_string(),
             why: format!("approver of the gated step (tool {})", input.tool),
+            // An approver may be a person or a team channel.
             contacts: map
                 .people
                 .get(a)
+                .or_else(|| map.channels.get(a))
                 .map(|p| p.contacts.clone())
                 .unwrap_or_default(),
             escalation_chain: None,

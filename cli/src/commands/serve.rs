@@ -171,8 +171,45 @@ async fn start_routing(
     mandate_routing::worker::DeliveryWorker,
     mandate_routing::wire::Responder,
 )> {
-    use std::sync::Arc;
     let config = app::routing_config()?;
+    let secret = match std::env::var("MANDATE_LINK_SECRET") {
+        Ok(s) if s.len() >= 16 => s.into_bytes(),
+        Ok(_) => return Err(refused("MANDATE_LINK_SECRET must be at least 16 bytes")),
+        Err(_) => random_secret(),
+    };
+    let base_url =
+        std::env::var("MANDATE_PUBLIC_URL").unwrap_or_else(|_| format!("http://{listen}"));
+    let links = mandate_routing::wire::LinkSettings {
+        secret,
+        base_url,
+        ttl_ms: 24 * 3_600_000,
+    };
+    start_routing_with(db, engine, config, links).await
+}
+
+/// A secret drawn at start (links signed with it stop working at restart).
+pub(crate) fn random_secret() -> Vec<u8> {
+    format!(
+        "{}{}",
+        uuid::Uuid::now_v7().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+    .into_bytes()
+}
+
+/// Routing's follower, delivery worker and responder over `config`, with
+/// response links made as `links` says.
+pub(crate) async fn start_routing_with(
+    db: &Database,
+    engine: &mandate_engine::Engine,
+    config: std::sync::Arc<mandate_routing::ConfigCell>,
+    links: mandate_routing::wire::LinkSettings,
+) -> anyhow::Result<(
+    mandate_routing::wire::Follower,
+    mandate_routing::worker::DeliveryWorker,
+    mandate_routing::wire::Responder,
+)> {
+    use std::sync::Arc;
     let outbox = Arc::new(
         mandate_routing::outbox::Outbox::open(&db.url)
             .await
@@ -185,23 +222,6 @@ async fn start_routing(
         mandate_routing::worker::WorkerConfig::default(),
         clock.clone(),
     );
-    let secret = match std::env::var("MANDATE_LINK_SECRET") {
-        Ok(s) if s.len() >= 16 => s.into_bytes(),
-        Ok(_) => return Err(refused("MANDATE_LINK_SECRET must be at least 16 bytes")),
-        Err(_) => format!(
-            "{}{}",
-            uuid::Uuid::now_v7().simple(),
-            uuid::Uuid::now_v7().simple()
-        )
-        .into_bytes(),
-    };
-    let base_url =
-        std::env::var("MANDATE_PUBLIC_URL").unwrap_or_else(|_| format!("http://{listen}"));
-    let links = mandate_routing::wire::LinkSettings {
-        secret,
-        base_url,
-        ttl_ms: 24 * 3_600_000,
-    };
     let responder = mandate_routing::wire::Responder {
         engine: engine.clone(),
         outbox: outbox.clone(),
