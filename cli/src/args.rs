@@ -132,6 +132,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(i64).range(1_000..=3_600_000))]
     pub lease_ms: i64,
+    /// How long a notification delivery claim holds it; after a crash mid-delivery it is
+    /// sent again (same id, the receiver's idempotency key) once this has passed. Keep it
+    /// above the sinks' timeouts
+    #[arg(long, value_name = "N", default_value_t = 30_000,
+          value_parser = clap::value_parser!(i64).range(1_000..=3_600_000))]
+    pub delivery_lease_ms: i64,
     /// Most tasks driven at once by this process
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_active: Option<u64>,

@@ -127,7 +127,7 @@ pub async fn run(db: &Database) -> anyhow::Result<ExitCode> {
         ttl_ms: 3_600_000,
     };
     let (follower, delivery, responder) =
-        crate::commands::serve::start_routing_with(&db, &engine, routing, links).await?;
+        crate::commands::serve::start_routing_with(&db, &engine, routing, links, 30_000).await?;
     let outbox = responder.outbox.clone();
     let state = mandate_api::AppState::new(
         engine.clone(),

@@ -83,7 +83,8 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let worker = engine.start_worker(config);
     let follower = mandate_engine::evidence::Follower::spawn(&engine, evidence);
     let worker_id = worker.id().to_string();
-    let (routing_follower, delivery, responder) = start_routing(db, &engine, &args.listen).await?;
+    let (routing_follower, delivery, responder) =
+        start_routing(db, &engine, &args.listen, args.delivery_lease_ms).await?;
 
     // The HTTP API shares `engine`; it stops before the worker so no request
     // lands on a stopping engine.
@@ -166,6 +167,7 @@ async fn start_routing(
     db: &Database,
     engine: &mandate_engine::Engine,
     listen: &str,
+    delivery_lease_ms: i64,
 ) -> anyhow::Result<(
     mandate_routing::wire::Follower,
     mandate_routing::worker::DeliveryWorker,
@@ -184,7 +186,7 @@ async fn start_routing(
         base_url,
         ttl_ms: 24 * 3_600_000,
     };
-    start_routing_with(db, engine, config, links).await
+    start_routing_with(db, engine, config, links, delivery_lease_ms).await
 }
 
 /// A secret drawn at start (links signed with it stop working at restart).
@@ -204,6 +206,7 @@ pub(crate) async fn start_routing_with(
     engine: &mandate_engine::Engine,
     config: std::sync::Arc<mandate_routing::ConfigCell>,
     links: mandate_routing::wire::LinkSettings,
+    delivery_lease_ms: i64,
 ) -> anyhow::Result<(
     mandate_routing::wire::Follower,
     mandate_routing::worker::DeliveryWorker,
@@ -219,7 +222,10 @@ pub(crate) async fn start_routing_with(
     let delivery = mandate_routing::worker::DeliveryWorker::spawn(
         outbox.clone(),
         config.clone(),
-        mandate_routing::worker::WorkerConfig::default(),
+        mandate_routing::worker::WorkerConfig {
+            lease_ms: delivery_lease_ms,
+            ..Default::default()
+        },
         clock.clone(),
     );
     let responder = mandate_routing::wire::Responder {
