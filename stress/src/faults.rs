@@ -501,6 +501,13 @@ impl Store for FaultyStore {
     fn evidence_log(&self) -> mandate_engine::evidence::Log {
         self.inner.evidence_log()
     }
+
+    fn write_extra(
+        &self,
+        write: Arc<dyn mandate_engine::store::ExtraWrite>,
+    ) -> BoxFuture<'_, Result<bool, Error>> {
+        self.inner.write_extra(write)
+    }
 }
 
 /// The role a wrapped tool plays in the stress saga.

@@ -510,7 +510,105 @@ impl mandate_activities::Tool for BigOutput {
     }
 }
 
+/// A write of the test's own, run inside the writer's transactions: it
+/// inserts `key` into a table of its own (false if the key is there already,
+/// which is its fence), or fails when `fail` is set.
+#[derive(Debug)]
+struct Probe {
+    key: String,
+    fail: bool,
+}
+
+macro_rules! probe_body {
+    ($probe:ident, $conn:ident) => {{
+        if $probe.fail {
+            sqlx::query("INSERT INTO no_such_table VALUES (1)")
+                .execute(&mut *$conn)
+                .await
+                .map_err(mandate_engine::store::Error::db("the failing probe"))?;
+        }
+        sqlx::query("CREATE TABLE IF NOT EXISTS extra_probe (k TEXT PRIMARY KEY)")
+            .execute(&mut *$conn)
+            .await
+            .map_err(mandate_engine::store::Error::db("probe table"))?;
+        let done = sqlx::query("INSERT INTO extra_probe (k) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(&$probe.key)
+            .execute(&mut *$conn)
+            .await
+            .map_err(mandate_engine::store::Error::db("probe insert"))?;
+        Ok(done.rows_affected() == 1)
+    }};
+}
+
+impl mandate_engine::store::ExtraWrite for Probe {
+    fn on_sqlite<'a>(
+        &'a self,
+        conn: &'a mut sqlx::SqliteConnection,
+    ) -> futures::future::BoxFuture<'a, Result<bool, mandate_engine::store::Error>> {
+        Box::pin(async move { probe_body!(self, conn) })
+    }
+    fn on_postgres<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+    ) -> futures::future::BoxFuture<'a, Result<bool, mandate_engine::store::Error>> {
+        Box::pin(async move { probe_body!(self, conn) })
+    }
+}
+
+/// Extra writes (the evidence log's, say) run in the writer's batches among
+/// the tasks' appends: each one's fence answers for it alone, and one that
+/// fails fails neither the appends nor the other writes batched with it.
+async fn extra_writes_share_the_writers_transactions(b: Backend) {
+    use std::sync::Arc;
+    let h = Harness::new(b).await;
+    let store = h.engine.store();
+    let id = h
+        .engine
+        .submit("saga", json!({"stages": []}), Default::default())
+        .await
+        .unwrap()
+        .task_id;
+    let before = store.writer_stats().snapshot();
+    let extras = (0..40).map(|i| {
+        let probe = Probe {
+            // Keys 0..20 twice: exactly one of each pair writes.
+            key: format!("k{}", i % 20),
+            fail: i == 7,
+        };
+        store.write_extra(Arc::new(probe))
+    });
+    let appends = join_all((0..20).map(|_| signal_request(&h, &id, 1))).await;
+    let (extras, appends) = tokio::join!(
+        join_all(extras),
+        join_all(appends.into_iter().map(|r| store.append(r)))
+    );
+    assert!(extras[7].is_err(), "the failing write reports its error");
+    // k7's first write failed, so its second one wins; every other key's first.
+    let wrote = extras.iter().filter(|r| matches!(r, Ok(true))).count();
+    assert_eq!(wrote, 20, "{extras:?}");
+    assert!(matches!(extras[27], Ok(true)), "{extras:?}");
+    assert_eq!(
+        extras.iter().filter(|r| matches!(r, Ok(false))).count(),
+        19,
+        "a fence that did not hold wrote nothing: {extras:?}"
+    );
+    let won = appends
+        .iter()
+        .filter(|o| matches!(o, Ok(AppendOutcome::Appended)))
+        .count();
+    assert_eq!(
+        won, 1,
+        "the appends batched with them are unaffected: {appends:?}"
+    );
+    let after = store.writer_stats().snapshot();
+    assert!(
+        after.1 - before.1 >= 60,
+        "every write went through the writer ({before:?} → {after:?})"
+    );
+}
+
 backend_tests!(
+    extra_writes_share_the_writers_transactions,
     appends_are_fenced_by_expected_seq,
     concurrent_appends_share_commits,
     leases_exclude_until_they_expire,

@@ -6,11 +6,14 @@
 
 use std::collections::HashMap;
 
-use sqlx::{PgPool, Row, SqlitePool};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use sqlx::{PgConnection, PgPool, Row, SqliteConnection, SqlitePool};
 
 use super::merkle::{self, Frontier, Hash, NodeId};
 use crate::core::chain::RawEvent;
-use crate::store::Error;
+use crate::store::{Error, ExtraWrite};
 
 /// Rows per multi-row insert (4 parameters each; far under both backends' bounds).
 const ROWS_PER_STATEMENT: usize = 500;
@@ -75,6 +78,10 @@ pub enum AppendError {
 #[derive(Clone)]
 pub struct Log {
     db: Db,
+    /// The store's group-commit writer, when the log belongs to a store:
+    /// appends then share the engine's transactions instead of competing
+    /// with them for the write lock.
+    writer: Option<crate::store::writer::Writer>,
 }
 
 fn corrupt(what: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
@@ -91,11 +98,112 @@ fn stored_hash(text: &str, what: &str) -> Result<Hash, Error> {
         .ok_or_else(|| Error::Corrupt(format!("{what}: {text:?} is not a 32-byte hex hash")))
 }
 
+/// One append of leaves and the complete nodes they finish, fenced on the
+/// stored size.
+#[derive(Debug)]
+struct LeafAppend {
+    old: u64,
+    new: u64,
+    leaves: Vec<LeafRow>,
+    nodes: Vec<(NodeId, Hash)>,
+}
+
+/// The append's statements on either backend's connection (`$N`
+/// parameters work on both).
+macro_rules! leaf_append_body {
+    ($self:ident, $conn:ident) => {{
+        let moved = sqlx::query("UPDATE evidence_log SET size = $1 WHERE id = 1 AND size = $2")
+            .bind($self.new as i64)
+            .bind($self.old as i64)
+            .execute(&mut *$conn)
+            .await
+            .map_err(Error::db("move the evidence log size"))?;
+        if moved.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for chunk in $self.leaves.chunks(ROWS_PER_STATEMENT) {
+            let sql = values_sql(
+                "INSERT INTO evidence_leaves (idx, task_id, seq, hash) VALUES ",
+                chunk.len(),
+                4,
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for e in chunk {
+                q = q
+                    .bind(e.index as i64)
+                    .bind(&e.task_id)
+                    .bind(e.seq)
+                    .bind(&e.event_hash);
+            }
+            q.execute(&mut *$conn)
+                .await
+                .map_err(Error::db("insert evidence leaves"))?;
+        }
+        for chunk in $self.nodes.chunks(ROWS_PER_STATEMENT) {
+            let sql = values_sql(
+                "INSERT INTO evidence_nodes (level, idx, hash) VALUES ",
+                chunk.len(),
+                3,
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for ((level, idx), h) in chunk {
+                q = q.bind(*level as i32).bind(*idx as i64).bind(hex::encode(h));
+            }
+            q.execute(&mut *$conn)
+                .await
+                .map_err(Error::db("insert evidence nodes"))?;
+        }
+        Ok(true)
+    }};
+}
+
+impl LeafAppend {
+    async fn run<C: LeafConn>(&self, conn: &mut C) -> Result<bool, Error> {
+        conn.leaf_append(self).await
+    }
+}
+
+/// A connection of either backend the append's statements can run on.
+trait LeafConn {
+    fn leaf_append<'a>(&'a mut self, w: &'a LeafAppend) -> BoxFuture<'a, Result<bool, Error>>;
+}
+
+impl LeafConn for SqliteConnection {
+    fn leaf_append<'a>(&'a mut self, w: &'a LeafAppend) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let conn = self;
+            leaf_append_body!(w, conn)
+        })
+    }
+}
+
+impl LeafConn for PgConnection {
+    fn leaf_append<'a>(&'a mut self, w: &'a LeafAppend) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let conn = self;
+            leaf_append_body!(w, conn)
+        })
+    }
+}
+
+impl ExtraWrite for LeafAppend {
+    fn on_sqlite<'a>(
+        &'a self,
+        conn: &'a mut SqliteConnection,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        conn.leaf_append(self)
+    }
+    fn on_postgres<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<bool, Error>> {
+        conn.leaf_append(self)
+    }
+}
+
 impl Log {
     /// The log on the SQLite database a store reads through `pool`.
     pub fn from_sqlite(pool: SqlitePool) -> Log {
         Log {
             db: Db::Sqlite(pool),
+            writer: None,
         }
     }
 
@@ -103,7 +211,15 @@ impl Log {
     pub fn from_postgres(pool: PgPool) -> Log {
         Log {
             db: Db::Postgres(pool),
+            writer: None,
         }
+    }
+
+    /// Appends through `writer` (the store's) rather than a transaction of
+    /// the log's own.
+    pub(crate) fn with_writer(mut self, writer: crate::store::writer::Writer) -> Log {
+        self.writer = Some(writer);
+        self
     }
 
     /// The number of leaves.
@@ -249,36 +365,27 @@ impl Log {
                     .filter(|((l, _), _)| *l > 0),
             );
         }
-        let new = next.size();
-        on_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await.map_err(Error::db("begin an evidence append"))?;
-            let moved = sqlx::query("UPDATE evidence_log SET size = $1 WHERE id = 1 AND size = $2")
-                .bind(new as i64)
-                .bind(old as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db("move the evidence log size"))?;
-            if moved.rows_affected() != 1 {
-                return Err(AppendError::Moved(old));
-            }
-            for chunk in events.chunks(ROWS_PER_STATEMENT) {
-                let sql = values_sql("INSERT INTO evidence_leaves (idx, task_id, seq, hash) VALUES ", chunk.len(), 4);
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for e in chunk {
-                    q = q.bind(e.index as i64).bind(&e.task_id).bind(e.seq).bind(&e.event_hash);
-                }
-                q.execute(&mut *tx).await.map_err(Error::db("insert evidence leaves"))?;
-            }
-            for chunk in nodes.chunks(ROWS_PER_STATEMENT) {
-                let sql = values_sql("INSERT INTO evidence_nodes (level, idx, hash) VALUES ", chunk.len(), 3);
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for ((level, idx), h) in chunk {
-                    q = q.bind(*level as i32).bind(*idx as i64).bind(hex::encode(h));
-                }
-                q.execute(&mut *tx).await.map_err(Error::db("insert evidence nodes"))?;
-            }
-            tx.commit().await.map_err(Error::db("commit an evidence append"))?;
+        let write = Arc::new(LeafAppend {
+            old,
+            new: next.size(),
+            leaves: events.to_vec(),
+            nodes,
         });
+        let done = match &self.writer {
+            Some(writer) => writer.extra(write).await?,
+            None => on_pool!(&self.db, pool => {
+                let mut tx = pool.begin().await.map_err(Error::db("begin an evidence append"))?;
+                if !write.run(&mut *tx).await? {
+                    false
+                } else {
+                    tx.commit().await.map_err(Error::db("commit an evidence append"))?;
+                    true
+                }
+            }),
+        };
+        if !done {
+            return Err(AppendError::Moved(old));
+        }
         *frontier = next;
         Ok(())
     }

@@ -16,7 +16,7 @@ pub mod governance;
 mod plan;
 pub mod postgres;
 pub mod sqlite;
-mod writer;
+pub(crate) mod writer;
 
 use std::sync::Arc;
 
@@ -28,7 +28,7 @@ use crate::core::decide::Projection;
 use crate::core::state::{PendingTimer, TaskStatus};
 
 pub use admin::{GlobalEvent, HaltRow, TokenRow};
-pub use writer::{WriterConfig, WriterStats};
+pub use writer::{ExtraWrite, WriterConfig, WriterStats};
 
 /// Storage failures (not rejections: a conflict is an [`AppendOutcome`]).
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn db(during: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    /// Wraps a database error with what was being done (for [`ExtraWrite`]s too).
+    pub fn db(during: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
         move |source| Error::Database { during, source }
     }
 }
@@ -310,6 +311,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<crate::core::gateway::Preapproval>, Error>>;
     /// The evidence log's tables on this database (`engine::evidence`).
     fn evidence_log(&self) -> crate::evidence::Log;
+    /// Runs another module's write inside the group-commit writer's next
+    /// transaction (see [`ExtraWrite`]); true if its fence held.
+    fn write_extra(&self, write: Arc<dyn ExtraWrite>) -> BoxFuture<'_, Result<bool, Error>>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created on first use) or `postgres://…`.

@@ -313,6 +313,7 @@ async fn run_batch(
                 .map_err(Error::db("quarantine"))?;
                 WriteResult::Quarantine
             }
+            WriteOp::Extra(write) => WriteResult::Extra(write.on_sqlite(&mut *conn).await?),
         };
         results.push(r);
     }
@@ -660,7 +661,11 @@ impl Store for SqliteStore {
     super::governance::governance_methods!();
 
     fn evidence_log(&self) -> crate::evidence::Log {
-        crate::evidence::Log::from_sqlite(self.pool.clone())
+        crate::evidence::Log::from_sqlite(self.pool.clone()).with_writer(self.writer.clone())
+    }
+
+    fn write_extra(&self, write: Arc<dyn super::ExtraWrite>) -> BoxFuture<'_, Result<bool, Error>> {
+        Box::pin(async move { self.writer.extra(write).await })
     }
 }
 

@@ -80,6 +80,26 @@ pub(crate) enum WriteOp {
         task_id: String,
         reason: String,
     },
+    /// Another module's write, run inside the batch's transaction.
+    Extra(Arc<dyn ExtraWrite>),
+}
+
+/// A write of another module (the evidence log, say) that runs inside the
+/// writer's transaction, in queue order with the tasks' appends: it shares
+/// their commit (and fsync), and on SQLite it never contends with the writer
+/// for the database's one write lock (a second writer waits out SQLite's
+/// busy handler, which sleeps). It must be fenced on its own state: `Ok(false)`
+/// means its fence did not hold and it wrote nothing; an `Err` fails the
+/// batch, whose writes are then retried one by one.
+pub trait ExtraWrite: Send + Sync + std::fmt::Debug + 'static {
+    fn on_sqlite<'a>(
+        &'a self,
+        conn: &'a mut sqlx::SqliteConnection,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
+    fn on_postgres<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
 }
 
 /// One write's result.
@@ -90,6 +110,8 @@ pub(crate) enum WriteResult {
     Renew(Vec<(String, i64)>),
     Release(bool),
     Quarantine,
+    /// Whether the extra write's fence held (and it wrote).
+    Extra(bool),
 }
 
 impl WriteResult {
@@ -265,6 +287,15 @@ impl Writer {
 }
 
 impl Writer {
+    pub(crate) async fn extra(&self, write: Arc<dyn ExtraWrite>) -> Result<bool, Error> {
+        match self.submit(WriteOp::Extra(write)).await? {
+            WriteResult::Extra(done) => Ok(done),
+            other => Err(Error::Corrupt(format!(
+                "writer answered an extra write with {other:?}"
+            ))),
+        }
+    }
+
     pub(crate) async fn quarantine(&self, task_id: &str, reason: &str) -> Result<(), Error> {
         match self
             .submit(WriteOp::Quarantine {
