@@ -371,7 +371,25 @@ async fn a_sigkill_mid_delivery_loses_nothing_and_each_id_is_accepted_once(b: Ba
             assert_eq!(body["recipient"], "team-platform", "{body}");
         }
     }
-    // Nothing is left to send: the outbox holds them as sent.
+    // Stopped gracefully, the server records the batch in flight; then
+    // nothing is left to send: the outbox holds them all as sent.
+    let pid = second.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(second.wait());
+    });
+    let status = done
+        .recv_timeout(STARTUP)
+        .expect("mandate serve stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "serve exited with {status}");
     let store = mandate_routing::outbox::Outbox::open(&db.url)
         .await
         .unwrap();
@@ -379,8 +397,6 @@ async fn a_sigkill_mid_delivery_loses_nothing_and_each_id_is_accepted_once(b: Ba
         let row = store.get(id).await.unwrap().expect("in the outbox");
         assert_eq!(row.status, "sent", "{row:?}");
     }
-    let _ = second.kill();
-    let _ = second.wait();
 }
 
 backend_tests!(

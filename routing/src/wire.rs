@@ -255,7 +255,7 @@ impl FollowerParts {
             .events_after(cursor, None, None, PAGE)
             .await
             .map_err(|e| e.to_string())?;
-        let mut enqueued = false;
+        let mut items = Vec::new();
         for g in &page {
             let raw = &g.event;
             if raw.event_type != "OwnersNotified" {
@@ -272,24 +272,28 @@ impl FollowerParts {
                 .start_playbooks(&raw.task_id, about_seq, &routing)
                 .await?;
             for r in &routing.recipients {
-                enqueued |= self
-                    .notify(
-                        &raw.task_id,
-                        about_seq,
-                        &agent,
-                        &routing,
-                        r,
-                        raw.recorded_at_ms,
-                        &playbooks,
-                    )
-                    .await?;
+                self.notify(
+                    &raw.task_id,
+                    about_seq,
+                    &agent,
+                    &routing,
+                    r,
+                    raw.recorded_at_ms,
+                    &playbooks,
+                    &mut items,
+                );
             }
         }
+        // The page's notifications, the chains they start and the cursor
+        // move in one transaction: a crash keeps all of it or none.
+        let mut enqueued = false;
         if let Some(last) = page.last() {
-            self.outbox
-                .set_cursor(CURSOR, last.gseq)
+            let done = self
+                .outbox
+                .enqueue_many(&items, (self.clock)(), Some((CURSOR, last.gseq)))
                 .await
                 .map_err(|e| e.to_string())?;
+            enqueued = done.iter().any(|d| !d.duplicate);
         }
         if enqueued {
             self.wake.notify_one();
@@ -398,7 +402,7 @@ impl FollowerParts {
     /// Enqueues one recipient's deliveries (one per contact). An escalation
     /// step's item keys end in `:esc<N>`, so they differ from the first's.
     #[allow(clippy::too_many_arguments)]
-    async fn notify(
+    fn notify(
         &self,
         task_id: &str,
         about_seq: i64,
@@ -407,9 +411,9 @@ impl FollowerParts {
         r: &NotifiedRecipient,
         at_ms: i64,
         playbooks: &[PlaybookLink],
-    ) -> Result<bool, String> {
+        items: &mut Vec<(NewNotification, Option<Escalation>)>,
+    ) {
         let step = routing.escalation_step;
-        let mut any = false;
         for c in &r.contacts {
             let mut key = item_key(task_id, about_seq, &r.recipient, &c.sink);
             if let Some(n) = step {
@@ -476,44 +480,36 @@ impl FollowerParts {
                 ),
                 _ => (key.clone(), at_ms),
             };
-            let done = self
-                .outbox
-                .enqueue(
-                    &NewNotification {
-                        item_key: key.clone(),
-                        group_key,
-                        task_id: task_id.to_string(),
-                        recipient: r.recipient.clone(),
-                        sink: c.sink.clone(),
-                        address: c.to.clone(),
-                        message,
-                        send_at_ms,
-                    },
-                    (self.clock)(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            any |= !done.duplicate;
-            if step.is_none()
-                && let Some(chain) = &r.escalation_chain
-                && let Some(spec) = self.config.get().map.chains.get(chain)
-            {
-                let first_wait = spec.steps[0].wait_minutes as i64 * 60_000;
-                self.outbox
-                    .start_escalation(&Escalation {
-                        notification_id: done.id.clone(),
+            let escalation = match (step, &r.escalation_chain) {
+                (None, Some(chain)) => self.config.get().map.chains.get(chain).map(|spec| {
+                    let first_wait = spec.steps[0].wait_minutes as i64 * 60_000;
+                    Escalation {
+                        // Filled in with the id the notification gets.
+                        notification_id: String::new(),
                         task_id: task_id.to_string(),
                         about_seq,
                         chain: chain.clone(),
                         started_at_ms: at_ms,
                         fired_steps: 1,
                         next_due_at_ms: Some(at_ms + first_wait),
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
+                    }
+                }),
+                _ => None,
+            };
+            items.push((
+                NewNotification {
+                    item_key: key.clone(),
+                    group_key,
+                    task_id: task_id.to_string(),
+                    recipient: r.recipient.clone(),
+                    sink: c.sink.clone(),
+                    address: c.to.clone(),
+                    message,
+                    send_at_ms,
+                },
+                escalation,
+            ));
         }
-        Ok(any)
     }
 
     /// Fires the chain steps that came due with nobody answering.

@@ -237,7 +237,12 @@ async fn setup_with(
     })
     .await;
     h.start_worker();
-    let outbox = Arc::new(Outbox::open(&h.db.url).await.unwrap());
+    let outbox = Arc::new(
+        Outbox::open(&h.db.url)
+            .await
+            .unwrap()
+            .with_writer(h.engine.store().clone()),
+    );
     let delivery = DeliveryWorker::spawn(
         outbox.clone(),
         config.clone(),

@@ -216,7 +216,9 @@ pub(crate) async fn start_routing_with(
     let outbox = Arc::new(
         mandate_routing::outbox::Outbox::open(&db.url)
             .await
-            .context("cannot open the notifications outbox")?,
+            .context("cannot open the notifications outbox")?
+            // Its writes share the engine's group-commit transactions.
+            .with_writer(engine.store().clone()),
     );
     let clock = mandate_routing::worker::system_clock();
     let delivery = mandate_routing::worker::DeliveryWorker::spawn(
