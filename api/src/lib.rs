@@ -7,6 +7,7 @@
 //! cannot exist without being in the OpenAPI document. Handlers only
 //! translate: authorisation and shapes here, decisions in the engine.
 
+pub mod actions;
 pub mod approvals;
 pub mod auth;
 pub mod checkpoints;
@@ -96,6 +97,7 @@ fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(checkpoints::receipts))
         .routes(routes!(notifications::respond))
         .routes(routes!(notifications::resolve))
+        .routes(routes!(actions::report))
         .route_layer(auth())
         .layer(middleware::from_fn_with_state(state.clone(), time_limit));
     // The stream has no request timeout.

@@ -122,6 +122,16 @@ pub fn routing_config() -> anyhow::Result<Arc<mandate_routing::ConfigCell>> {
 /// The engine with the built-in workflows, the demo and governance tools,
 /// and the world those tools act on (the same database).
 pub async fn open_engine(db: &Database) -> anyhow::Result<(Engine, World)> {
+    open_engine_with(db, governance()?, routing_config()?).await
+}
+
+/// [`open_engine`] with the given policies and routing configuration (the
+/// demo brings its own).
+pub async fn open_engine_with(
+    db: &Database,
+    governance: Arc<Governance>,
+    routing: Arc<mandate_routing::ConfigCell>,
+) -> anyhow::Result<(Engine, World)> {
     let url = db.url.as_str();
     if let Some(path) = sqlite_path(url)
         && let Some(dir) = path.parent()
@@ -136,7 +146,6 @@ pub async fn open_engine(db: &Database) -> anyhow::Result<(Engine, World)> {
         )));
     }
     // The store first: it refuses unknown schemes before anything is created.
-    let governance = governance()?;
     let store = store::open(url).await?;
     let world = World::connect(url).await?;
     let mut tools = ToolRegistry::new();
@@ -151,7 +160,7 @@ pub async fn open_engine(db: &Database) -> anyhow::Result<(Engine, World)> {
         Arc::new(mandate_engine::core::routing::Routed {
             gateway: governance.clone(),
             router: Arc::new(mandate_routing::wire::EngineRouter {
-                config: routing_config()?,
+                config: routing,
                 scope_field: Some(mandate_api::notifications::scope_field(&governance)),
             }),
         });

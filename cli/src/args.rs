@@ -6,8 +6,9 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// Mandate runs AI-agent tasks as durable, event-sourced sagas on SQLite or PostgreSQL.
 ///
-/// Start here: `mandate demo` runs a deploy that completes and one that is
-/// rolled back, in a throw-away database, and prints what happened.
+/// Start here: `mandate demo` routes an agent's plan to its owner and approver,
+/// runs a deploy that completes and one that is rolled back, in a throw-away
+/// database, and prints what happened.
 #[derive(Debug, Parser)]
 #[command(name = "mandate", version, propagate_version = true)]
 pub struct Cli {
@@ -55,7 +56,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a worker that claims and advances tasks until Ctrl-C or SIGTERM
     Serve(ServeArgs),
-    /// Run two deploys (one completes, one is rolled back) in a temporary database
+    /// The story in a temporary database: an agent's plan notifies its owner and waits
+    /// for a named approver's one-click link, two deploys (one rolled back), replay
     Demo,
     /// Create a task; prints its id alone on stdout
     Submit(SubmitArgs),
@@ -130,6 +132,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(i64).range(1_000..=3_600_000))]
     pub lease_ms: i64,
+    /// How long a notification delivery claim holds it; after a crash mid-delivery it is
+    /// sent again (same id, the receiver's idempotency key) once this has passed. Keep it
+    /// above the sinks' timeouts
+    #[arg(long, value_name = "N", default_value_t = 30_000,
+          value_parser = clap::value_parser!(i64).range(1_000..=3_600_000))]
+    pub delivery_lease_ms: i64,
     /// Most tasks driven at once by this process
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_active: Option<u64>,

@@ -602,6 +602,41 @@ fn describe(state: &TaskState, event: &Event) -> String {
                 ""
             }
         )),
+        E::ActionReported {
+            agent,
+            tool,
+            resource,
+            input_digest,
+            outcome,
+            error,
+            occurred_at_ms,
+            ..
+        } => {
+            let mut s = format!(
+                "REPORTED AFTER THE FACT (not gated): {agent} ran {tool} on {} at {} ({input_digest}): {outcome}",
+                resource.as_deref().unwrap_or("*"),
+                summary::clock(*occurred_at_ms)
+            );
+            if let Some(e) = error {
+                s.push_str(&format!(": {e}"));
+            }
+            text(&s)
+        }
+        E::PlaybookStarted {
+            about_seq,
+            playbook,
+            workflow,
+            playbook_task_id,
+            error,
+        } => text(&match (playbook_task_id, error) {
+            (Some(t), _) => {
+                format!("playbook {playbook} ({workflow}) started about #{about_seq}: task {t}")
+            }
+            (None, e) => format!(
+                "playbook {playbook} about #{about_seq} could not start: {}",
+                e.as_deref().unwrap_or("unknown")
+            ),
+        }),
     }
 }
 
@@ -826,6 +861,7 @@ mod tests {
             summary: "step".into(),
             recovery_path: None,
             escalation_step: None,
+            playbooks: vec!["health-check".into()],
         };
         let mut events = rolled_back_deploy();
         let last = events.last().unwrap().seq;
@@ -840,6 +876,33 @@ mod tests {
         ));
         events.push(ev(
             last + 2,
+            T0 + 8_000,
+            "agent:deployer",
+            EventPayload::ActionReported {
+                agent: "deployer".into(),
+                tool: "shell.exec".into(),
+                resource: Some("service:checkout".into()),
+                input_digest: format!("sha256:{}", "0".repeat(64)),
+                outcome: "failed".into(),
+                error: Some("exit 1".into()),
+                occurred_at_ms: T0 + 7_000,
+                recovery_path: None,
+            },
+        ));
+        events.push(ev(
+            last + 3,
+            T0 + 8_500,
+            "engine",
+            EventPayload::PlaybookStarted {
+                about_seq: 2,
+                playbook: "health-check".into(),
+                workflow: "health_check".into(),
+                playbook_task_id: Some("task-9".into()),
+                error: None,
+            },
+        ));
+        events.push(ev(
+            last + 4,
             T0 + 9_000,
             "user:pat",
             EventPayload::NotificationResponded {
@@ -860,6 +923,14 @@ mod tests {
         );
         assert!(
             text.contains("pat answered notification n-1: acknowledge (via link)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("playbook health-check (health_check) started about #2: task task-9"),
+            "{text}"
+        );
+        assert!(
+            text.contains("REPORTED AFTER THE FACT (not gated): deployer ran shell.exec on service:checkout at "),
             "{text}"
         );
     }

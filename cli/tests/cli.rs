@@ -383,7 +383,7 @@ fn a_submitted_task_runs_and_reads_back() {
 }
 
 #[test]
-fn demo_runs_a_completed_and_a_rolled_back_deploy_without_leaving_files() {
+fn demo_tells_the_story_routes_approves_rolls_back_and_replays_without_leaving_files() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .arg("demo")
@@ -397,7 +397,7 @@ fn demo_runs_a_completed_and_a_rolled_back_deploy_without_leaving_files() {
     let run = Run::from(out);
     run.expect_code(0);
     for expected in [
-        "checkout before: v0 (never deployed)",
+        "checkout before the deploys: v0 (never deployed)",
         "→ completed in",
         "→ failed_terminal in",
         "checkout is now at v2",
@@ -406,6 +406,19 @@ fn demo_runs_a_completed_and_a_rolled_back_deploy_without_leaving_files() {
         "compensation of step 'deploy' done",
         "status → failed_terminal",
         "rolled back to v2",
+        // The routing story: the owner hears of the monitored step, the
+        // named approver approves through his one-click link, once.
+        "for team-platform (signature ok): agent-deployer-7: monitored_execute: step \"flag\" (flag.set)",
+        "for finance-controller (signature ok): agent-deployer-7: gated_execute: step \"bill\"",
+        "for user-bob (signature ok): agent-deployer-7: gated_execute: step \"bill\"",
+        "user-bob clicks \"Approve\" in his notification (GET /v1/links/…, signed for him, single use): approve as user-bob",
+        "a second click on the same link is refused: 409 Conflict",
+        "approved by user-bob (authenticated as link)",
+        "user-bob answered notification",
+        "notified about #4: team-platform (rule root: owns tool flag.set",
+        "plan: owner notified of the monitored step; the gated step approved by user-bob through a one-click link",
+        "replay (what `mandate replay <task>` checks), from the database:",
+        "the web console on ./mandate.db: open http://127.0.0.1:7700/",
     ] {
         assert!(
             run.stdout.contains(expected),
@@ -422,6 +435,12 @@ fn demo_runs_a_completed_and_a_rolled_back_deploy_without_leaving_files() {
         .collect();
     assert!(summary[0].contains("  completed  "), "{summary:?}");
     assert!(summary[1].contains("  failed_terminal  "), "{summary:?}");
+    let intact = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains("  intact: ") && l.contains("hash chain verified"))
+        .count();
+    assert_eq!(intact, 3, "every history replays intact:\n{}", run.stdout);
     assert_eq!(
         files_in(dir.path()),
         Vec::<String>::new(),

@@ -229,6 +229,7 @@ impl Draft<'_> {
                 step_seq,
                 principal: &principal,
                 tool: &tool,
+                resource: None,
                 decision,
                 outcome,
                 summary: &summary,
@@ -236,7 +237,7 @@ impl Draft<'_> {
                 now_ms: self.input.now_ms,
             };
             if let Some(record) = self.input.gateway.route(&request)
-                && !record.recipients.is_empty()
+                && record.acts()
             {
                 records.push((about_seq, Box::new(record)));
             }

@@ -334,9 +334,9 @@ pub enum EventPayload {
         reason: String,
     },
     /// Routing: who was told about the event at `about_seq` (a
-    /// `PolicyEvaluated`, `StepFailed`, `CompensationFailed` or
-    /// `TaskEscalated`), by which rule and why. Recorded in the decision
-    /// that recorded that event; deliveries are enqueued from it.
+    /// `PolicyEvaluated`, `StepFailed`, `CompensationFailed`,
+    /// `TaskEscalated` or `ActionReported`), by which rule and why. Recorded
+    /// with that event; deliveries are enqueued from it.
     OwnersNotified {
         about_seq: i64,
         routing: Box<RoutingRecord>,
@@ -370,6 +370,45 @@ pub enum EventPayload {
         note: String,
         #[serde(default)]
         recovery_done: bool,
+    },
+    /// An agent reports a tool call it ran itself, outside Mandate (`POST
+    /// /v1/actions`): an observed step, recorded after the fact and never
+    /// gated. The event's actor is `agent:<agent>`, the reporting token's
+    /// identity. Routed to owners like a monitored step (an
+    /// `OwnersNotified` about it follows in the same append).
+    ActionReported {
+        /// The reporting agent (its token's identity, never a body field).
+        agent: String,
+        tool: String,
+        /// The resource acted on, as the ownership map names it (`service:checkout`).
+        #[serde(default)]
+        resource: Option<String>,
+        /// `sha256:<hex>` of the input the agent sent the tool.
+        input_digest: String,
+        /// `succeeded` or `failed`.
+        outcome: String,
+        /// What went wrong, for a failed action.
+        #[serde(default)]
+        error: Option<String>,
+        /// When the agent ran the tool (its clock, epoch ms).
+        occurred_at_ms: i64,
+        /// How to undo it, if the agent knows.
+        #[serde(default)]
+        recovery_path: Option<String>,
+    },
+    /// Routing started a playbook (a registered workflow or plan) as the
+    /// automated first response to the event at `about_seq`, as a rule of
+    /// the `OwnersNotified` about it said; or could not, and why.
+    PlaybookStarted {
+        about_seq: i64,
+        /// The playbook's id in the routing configuration.
+        playbook: String,
+        workflow: String,
+        /// The task that runs it; none when it could not be started.
+        #[serde(default)]
+        playbook_task_id: Option<String>,
+        #[serde(default)]
+        error: Option<String>,
     },
 }
 
@@ -415,6 +454,8 @@ impl EventPayload {
             Self::OwnersNotified { .. } => "OwnersNotified",
             Self::NotificationResponded { .. } => "NotificationResponded",
             Self::EscalationResolved { .. } => "EscalationResolved",
+            Self::ActionReported { .. } => "ActionReported",
+            Self::PlaybookStarted { .. } => "PlaybookStarted",
         }
     }
 

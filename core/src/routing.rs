@@ -4,7 +4,8 @@
 //! `decide` asks the [`Router`] (through [`crate::gateway::Gateway::route`])
 //! about every `PolicyEvaluated`, `StepFailed`, `CompensationFailed` and
 //! `TaskEscalated` it records, and records a non-empty answer as an
-//! `OwnersNotified` event in the same decision. Replay never routes again:
+//! `OwnersNotified` event in the same decision (the engine does the same
+//! for an `ActionReported`, in the append that records it). Replay never routes again:
 //! the recorded event is the decision. Routing never delays a step: the
 //! step is scheduled in the same decision, and deliveries are enqueued from
 //! the recorded event by a follower outside the engine (crate
@@ -35,6 +36,9 @@ pub struct RoutingRequest<'a> {
     pub step_seq: Option<i64>,
     pub principal: &'a Principal,
     pub tool: &'a str,
+    /// The resource as the ownership map names it, when known without a
+    /// gateway decision (an action an agent reported after the fact).
+    pub resource: Option<&'a str>,
     /// The gateway's decision for the step, when there is one.
     pub decision: Option<&'a GatewayDecision>,
     pub outcome: Option<RoutedOutcome>,
@@ -92,6 +96,18 @@ pub struct RoutingRecord {
     /// with nobody answering: these recipients are that step's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation_step: Option<i64>,
+    /// Playbooks the matched rules start as the automated first response
+    /// (ids in the routing configuration); each start is recorded as a
+    /// `PlaybookStarted` about the same event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub playbooks: Vec<String>,
+}
+
+impl RoutingRecord {
+    /// Whether there is anything to record: someone to tell or a playbook to start.
+    pub fn acts(&self) -> bool {
+        !self.recipients.is_empty() || !self.playbooks.is_empty()
+    }
 }
 
 /// The item key of one delivery of a recorded routing: one recipient, one

@@ -747,7 +747,12 @@ impl TaskState {
             E::TaskBlocked { reason, .. } => self.blocked = Some(reason.clone()),
             // Routing and people's answers are records; a response that
             // acts (pause, cancel, approve) appends its own event too.
-            E::OwnersNotified { .. } | E::NotificationResponded { .. } => {}
+            // A reported action happened outside the engine: nothing to run.
+            // A playbook runs as a task of its own.
+            E::OwnersNotified { .. }
+            | E::NotificationResponded { .. }
+            | E::ActionReported { .. }
+            | E::PlaybookStarted { .. } => {}
             E::EscalationResolved { .. } => self.escalation_resolved = true,
         }
     }

@@ -65,6 +65,67 @@ struct RawFile {
     routes: Option<RouteSpec>,
     #[serde(default)]
     sinks: Vec<SinkSpec>,
+    #[serde(default)]
+    playbooks: Vec<Playbook>,
+}
+
+/// A playbook: a registered workflow (or `plan`, with a plan as its input)
+/// that a route starts as the automated first response.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Playbook {
+    pub id: String,
+    /// The workflow's registered name (`plan` for a plan).
+    pub workflow: String,
+    /// Its input (for `plan`, the plan; an `agent` there is the task's agent).
+    #[serde(default)]
+    pub input: serde_json::Value,
+}
+
+fn build_playbooks(
+    file: &str,
+    specs: Vec<Playbook>,
+) -> Result<std::collections::BTreeMap<String, Playbook>, ConfigError> {
+    if specs.len() > limits::MAX_PLAYBOOKS {
+        return Err(ConfigError::invalid(
+            file,
+            "playbooks".into(),
+            "playbooks",
+            format!(
+                "{} playbooks exceed the limit of {}",
+                specs.len(),
+                limits::MAX_PLAYBOOKS
+            ),
+        ));
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for (i, p) in specs.into_iter().enumerate() {
+        let entry = format!("playbooks[{i}]");
+        crate::owners::check_id(file, &entry, "id", &p.id)?;
+        crate::owners::check_id(file, &entry, "workflow", &p.workflow)?;
+        let bytes = serde_json::to_vec(&p.input).map(|v| v.len()).unwrap_or(0);
+        if bytes > limits::MAX_PLAYBOOK_INPUT_BYTES {
+            return Err(ConfigError::invalid(
+                file,
+                entry,
+                "input",
+                format!(
+                    "{bytes} bytes exceed the limit of {}",
+                    limits::MAX_PLAYBOOK_INPUT_BYTES
+                ),
+            ));
+        }
+        if out.contains_key(&p.id) {
+            return Err(ConfigError::invalid(
+                file,
+                entry,
+                "id",
+                format!("the playbook id {:?} is used twice", p.id),
+            ));
+        }
+        out.insert(p.id.clone(), p);
+    }
+    Ok(out)
 }
 
 /// Everything routing is configured with.
@@ -73,6 +134,8 @@ pub struct RoutingConfig {
     pub map: OwnershipMap,
     pub router: RouterConfig,
     pub sinks: SinkSet,
+    /// Playbooks by id.
+    pub playbooks: std::collections::BTreeMap<String, Playbook>,
 }
 
 impl RoutingConfig {
@@ -114,8 +177,15 @@ impl RoutingConfig {
             raw.ownership,
             &sink_ids,
         )?;
-        let router = RouterConfig::build(file, raw.routes.unwrap_or_default(), &map)?;
-        Ok(RoutingConfig { map, router, sinks })
+        let playbooks = build_playbooks(file, raw.playbooks)?;
+        let ids: Vec<String> = playbooks.keys().cloned().collect();
+        let router = RouterConfig::build(file, raw.routes.unwrap_or_default(), &map, &ids)?;
+        Ok(RoutingConfig {
+            map,
+            router,
+            sinks,
+            playbooks,
+        })
     }
 
     /// Reads `owners.yaml` from a policy directory.

@@ -42,3 +42,6 @@ pub const MAX_GROUP_WAIT_SECONDS: u64 = 3_600;
 pub const MAX_REVIEW_HOURS: u64 = 24 * 14;
 /// Bytes of one text field of an input (summary, recovery path, …).
 pub const MAX_TEXT_BYTES: usize = 4 * 1024;
+/// Playbooks in one configuration, and the bytes of one playbook's input.
+pub const MAX_PLAYBOOKS: usize = 100;
+pub const MAX_PLAYBOOK_INPUT_BYTES: usize = 64 * 1024;

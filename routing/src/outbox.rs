@@ -10,6 +10,10 @@
 //! None of this is history: it never writes the `events` table.
 
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use mandate_engine::store::{ExtraWrite, Store};
 
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -42,6 +46,8 @@ pub enum Error {
     Corrupt(String),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error("the engine's writer: {0}")]
+    Writer(String),
 }
 
 fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
@@ -86,6 +92,16 @@ pub struct Claimed {
     pub message: Message,
 }
 
+/// One attempt's outcome, to record (see `finish_many`).
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub id: String,
+    pub worker: String,
+    pub attempt: i64,
+    pub now_ms: i64,
+    pub outcome: Result<(), DeliveryError>,
+}
+
 /// A notification row (for inspection and tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotificationRow {
@@ -117,9 +133,11 @@ pub fn notification_id(item_key: &str) -> String {
 
 pub struct SqliteOutbox {
     pool: SqlitePool,
+    writer: Option<Arc<dyn Store>>,
 }
 pub struct PgOutbox {
     pool: PgPool,
+    writer: Option<Arc<dyn Store>>,
 }
 
 /// The outbox on either backend.
@@ -136,11 +154,66 @@ macro_rules! outbox_methods {
             }
 
             pub async fn enqueue(&self, n: &NewNotification, now_ms: i64) -> Result<Enqueued, Error> {
+                let mut tx = self.begin().await?;
+                check_page(std::slice::from_ref(&(n.clone(), None)))?;
+                let done = Self::enqueue_in(&mut tx, n, now_ms).await?;
+                tx.commit().await.map_err(db("commit"))?;
+                Ok(done)
+            }
+
+            /// Enqueues a follower's page in one transaction: each item (and
+            /// the escalation chain it starts, with the id it got), then the
+            /// feed cursor, so a crash keeps all of it or none. With the
+            /// engine's writer attached, that transaction is the writer's
+            /// next group commit (no write transaction of its own).
+            pub async fn enqueue_many(&self, items: &[(NewNotification, Option<Escalation>)], now_ms: i64, cursor: Option<(&str, i64)>) -> Result<Vec<Enqueued>, Error> {
+                check_page(items)?;
+                let open_count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE next_attempt_at_ms IS NOT NULL")
+                    .fetch_one(&self.pool).await.map_err(db("count open notifications"))?;
+                if open_count + items.len() as i64 > limits::MAX_OUTBOX_OPEN {
+                    return Err(Error::Full { open: open_count, limit: limits::MAX_OUTBOX_OPEN });
+                }
+                if let Some(w) = &self.writer {
+                    let op = Op::Page { items: items.to_vec(), now_ms, cursor: cursor.map(|(n, g)| (n.to_string(), g)) };
+                    return match through_writer(w, op).await? {
+                        Done::Page(v) => Ok(v),
+                        other => Err(Error::Writer(format!("answered a page with {other:?}"))),
+                    };
+                }
+                let mut tx = self.begin().await?;
+                let out = Self::page_on(&mut tx, items, now_ms, cursor).await?;
+                tx.commit().await.map_err(db("commit"))?;
+                Ok(out)
+            }
+
+            async fn page_on(conn: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, items: &[(NewNotification, Option<Escalation>)], now_ms: i64, cursor: Option<(&str, i64)>) -> Result<Vec<Enqueued>, Error> {
+                let mut out = Vec::with_capacity(items.len());
+                for (n, esc) in items {
+                    let done = Self::enqueue_in(&mut *conn, n, now_ms).await?;
+                    if let Some(e) = esc {
+                        sqlx::query(
+                            "INSERT INTO routing_escalations (notification_id, task_id, about_seq, chain, started_at_ms, fired_steps, next_due_at_ms)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (notification_id) DO NOTHING",
+                        )
+                        .bind(&done.id).bind(&e.task_id).bind(e.about_seq).bind(&e.chain)
+                        .bind(e.started_at_ms).bind(e.fired_steps).bind(e.next_due_at_ms)
+                        .execute(&mut *conn).await.map_err(db("start an escalation"))?;
+                    }
+                    out.push(done);
+                }
+                if let Some((name, gseq)) = cursor {
+                    sqlx::query("INSERT INTO routing_cursor (name, gseq) VALUES ($1, $2)
+                                 ON CONFLICT (name) DO UPDATE SET gseq = excluded.gseq")
+                        .bind(name).bind(gseq).execute(&mut *conn).await.map_err(db("move the routing cursor"))?;
+                }
+                Ok(out)
+            }
+
+            async fn enqueue_in(tx: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, n: &NewNotification, now_ms: i64) -> Result<Enqueued, Error> {
                 let body = serde_json::to_string(&n.message).expect("JSON");
                 if body.len() > limits::MAX_PAYLOAD_BYTES {
                     return Err(Error::TooLarge { bytes: body.len(), limit: limits::MAX_PAYLOAD_BYTES });
                 }
-                let mut tx = self.begin().await?;
                 let fresh_id = notification_id(&n.item_key);
                 let inserted = sqlx::query(
                     "INSERT INTO notification_items (item_key, notification_id, added_at_ms) VALUES ($1, $2, $3)
@@ -152,7 +225,6 @@ macro_rules! outbox_methods {
                 if inserted == 0 {
                     let id: String = sqlx::query_scalar("SELECT notification_id FROM notification_items WHERE item_key = $1")
                         .bind(&n.item_key).fetch_one(&mut *tx).await.map_err(db("read the notification item"))?;
-                    tx.commit().await.map_err(db("commit"))?;
                     return Ok(Enqueued { id, grouped: false, duplicate: true });
                 }
                 let open = sqlx::query(concat!(
@@ -171,7 +243,6 @@ macro_rules! outbox_methods {
                             .bind(&id).bind(&merged).execute(&mut *tx).await.map_err(db("group the notification"))?;
                         sqlx::query("UPDATE notification_items SET notification_id = $2 WHERE item_key = $1")
                             .bind(&n.item_key).bind(&id).execute(&mut *tx).await.map_err(db("record the grouped item"))?;
-                        tx.commit().await.map_err(db("commit"))?;
                         return Ok(Enqueued { id, grouped: true, duplicate: false });
                     }
                     // The group is full: close it to new items (it keeps its
@@ -192,11 +263,22 @@ macro_rules! outbox_methods {
                 .bind(&fresh_id).bind(&n.group_key).bind(&n.task_id).bind(&n.recipient).bind(&n.sink)
                 .bind(&n.address).bind(&body).bind(limits::MAX_ATTEMPTS as i64).bind(now_ms).bind(n.send_at_ms)
                 .execute(&mut *tx).await.map_err(db("insert the notification"))?;
-                tx.commit().await.map_err(db("commit"))?;
                 Ok(Enqueued { id: fresh_id, grouped: false, duplicate: false })
             }
 
             pub async fn claim(&self, worker: &str, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<Claimed>, Error> {
+                if let Some(w) = &self.writer {
+                    let op = Op::Claim { worker: worker.to_string(), now_ms, lease_ms, limit };
+                    return match through_writer(w, op).await? {
+                        Done::Claim(v) => Ok(v),
+                        other => Err(Error::Writer(format!("answered a claim with {other:?}"))),
+                    };
+                }
+                let mut conn = self.pool.acquire().await.map_err(db("claim due notifications"))?;
+                Self::claim_on(&mut conn, worker, now_ms, lease_ms, limit).await
+            }
+
+            async fn claim_on(conn: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, worker: &str, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<Claimed>, Error> {
                 let rows = sqlx::query(concat!(
                     "UPDATE notifications SET status = 'sending', attempt = attempt + 1, lease_owner = $1, lease_expires_at_ms = $2
                      WHERE id IN (SELECT id FROM notifications
@@ -204,7 +286,7 @@ macro_rules! outbox_methods {
                                   ORDER BY next_attempt_at_ms LIMIT $4 ", $lock, ")
                      RETURNING id, attempt, recipient, sink, address, body"))
                     .bind(worker).bind(now_ms + lease_ms).bind(now_ms).bind(limit.clamp(1, 1000))
-                    .fetch_all(&self.pool).await.map_err(db("claim due notifications"))?;
+                    .fetch_all(&mut *conn).await.map_err(db("claim due notifications"))?;
                 rows.iter()
                     .map(|r| {
                         let c = |e: sqlx::Error| Error::Corrupt(e.to_string());
@@ -224,32 +306,54 @@ macro_rules! outbox_methods {
             /// Records an attempt's outcome, fenced on the lease: returns false
             /// (and writes nothing) if another worker holds the row now.
             pub async fn finish(&self, id: &str, worker: &str, attempt: i64, now_ms: i64, outcome: &Result<(), DeliveryError>) -> Result<bool, Error> {
-                let mut tx = self.begin().await?;
-                let (status, next, error) = match outcome {
-                    Ok(()) => ("sent", None, None),
-                    Err(e) if e.retryable && attempt < limits::MAX_ATTEMPTS as i64 => ("pending", Some(now_ms + backoff_ms(attempt)), Some(e.message.clone())),
-                    Err(e) => ("failed", None, Some(e.message.clone())),
-                };
-                let n = sqlx::query(
-                    "UPDATE notifications SET status = $4, next_attempt_at_ms = $5, last_error = $6,
-                        sent_at_ms = CASE WHEN $4 = 'sent' THEN $7 ELSE sent_at_ms END,
-                        lease_owner = NULL, lease_expires_at_ms = NULL
-                     WHERE id = $1 AND lease_owner = $2 AND attempt = $3",
-                )
-                .bind(id).bind(worker).bind(attempt).bind(status).bind(next).bind(&error).bind(now_ms)
-                .execute(&mut *tx).await.map_err(db("record the delivery"))?
-                .rows_affected();
-                if n == 0 {
-                    return Ok(false);
+                Ok(self.finish_many(&[Finished { id: id.to_string(), worker: worker.to_string(), attempt, now_ms, outcome: outcome.clone() }]).await?[0])
+            }
+
+            /// Records a batch of attempts' outcomes in one transaction.
+            pub async fn finish_many(&self, done: &[Finished]) -> Result<Vec<bool>, Error> {
+                if let Some(w) = &self.writer {
+                    return match through_writer(w, Op::Finish(done.to_vec())).await? {
+                        Done::Finish(v) => Ok(v),
+                        other => Err(Error::Writer(format!("answered outcomes with {other:?}"))),
+                    };
                 }
-                sqlx::query(
-                    "INSERT INTO notification_attempts (notification_id, attempt, worker, finished_at_ms, outcome, error)
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (notification_id, attempt) DO NOTHING",
-                )
-                .bind(id).bind(attempt).bind(worker).bind(now_ms).bind(if outcome.is_ok() { "sent" } else { "failed" }).bind(&error)
-                .execute(&mut *tx).await.map_err(db("record the attempt"))?;
+                let mut tx = self.begin().await?;
+                let out = Self::finish_on(&mut tx, done).await?;
                 tx.commit().await.map_err(db("commit"))?;
-                Ok(true)
+                Ok(out)
+            }
+
+            async fn finish_on(tx: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, done: &[Finished]) -> Result<Vec<bool>, Error> {
+                let mut out = Vec::with_capacity(done.len());
+                for f in done {
+                    let (id, worker, attempt, now_ms, outcome) = (&f.id, &f.worker, f.attempt, f.now_ms, &f.outcome);
+                    let (status, next, error) = match outcome {
+                        Ok(()) => ("sent", None, None),
+                        Err(e) if e.retryable && attempt < limits::MAX_ATTEMPTS as i64 => ("pending", Some(now_ms + backoff_ms(attempt)), Some(e.message.clone())),
+                        Err(e) => ("failed", None, Some(e.message.clone())),
+                    };
+                    let n = sqlx::query(
+                        "UPDATE notifications SET status = $4, next_attempt_at_ms = $5, last_error = $6,
+                            sent_at_ms = CASE WHEN $4 = 'sent' THEN $7 ELSE sent_at_ms END,
+                            lease_owner = NULL, lease_expires_at_ms = NULL
+                         WHERE id = $1 AND lease_owner = $2 AND attempt = $3",
+                    )
+                    .bind(id).bind(worker).bind(attempt).bind(status).bind(next).bind(&error).bind(now_ms)
+                    .execute(&mut *tx).await.map_err(db("record the delivery"))?
+                    .rows_affected();
+                    if n == 0 {
+                        out.push(false);
+                        continue;
+                    }
+                    sqlx::query(
+                        "INSERT INTO notification_attempts (notification_id, attempt, worker, finished_at_ms, outcome, error)
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (notification_id, attempt) DO NOTHING",
+                    )
+                    .bind(id).bind(attempt).bind(worker).bind(now_ms).bind(if outcome.is_ok() { "sent" } else { "failed" }).bind(&error)
+                    .execute(&mut *tx).await.map_err(db("record the attempt"))?;
+                    out.push(true);
+                }
+                Ok(out)
             }
 
             pub async fn get(&self, id: &str) -> Result<Option<NotificationRow>, Error> {
@@ -306,6 +410,12 @@ macro_rules! outbox_methods {
                     })
                 })
                 .transpose()
+            }
+
+            /// The notification an item was enqueued into (its own, or its group's).
+            pub async fn item_notification(&self, item_key: &str) -> Result<Option<String>, Error> {
+                sqlx::query_scalar("SELECT notification_id FROM notification_items WHERE item_key = $1")
+                    .bind(item_key).fetch_optional(&self.pool).await.map_err(db("read the notification item"))
             }
 
             pub async fn start_escalation(&self, e: &Escalation) -> Result<(), Error> {
@@ -375,6 +485,122 @@ macro_rules! outbox_methods {
             }
         }
     };
+}
+
+/// Refuses a page with a body over the limit before anything is written.
+fn check_page(items: &[(NewNotification, Option<Escalation>)]) -> Result<(), Error> {
+    for (n, _) in items {
+        let bytes = serde_json::to_string(&n.message).expect("JSON").len();
+        if bytes > limits::MAX_PAYLOAD_BYTES {
+            return Err(Error::TooLarge {
+                bytes,
+                limit: limits::MAX_PAYLOAD_BYTES,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn to_store(e: Error) -> mandate_engine::store::Error {
+    match e {
+        Error::Db { what, source } => mandate_engine::store::Error::db(what)(source),
+        other => mandate_engine::store::Error::Corrupt(other.to_string()),
+    }
+}
+
+/// An outbox write the engine's writer runs inside its group-commit
+/// transaction (see [`Outbox::with_writer`]).
+#[derive(Debug)]
+enum Op {
+    /// A follower's page: its items (and chains), then the cursor.
+    Page {
+        items: Vec<(NewNotification, Option<Escalation>)>,
+        now_ms: i64,
+        cursor: Option<(String, i64)>,
+    },
+    /// A delivery worker's claim.
+    Claim {
+        worker: String,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    },
+    /// A delivery worker's batch of outcomes.
+    Finish(Vec<Finished>),
+}
+
+#[derive(Debug)]
+enum Done {
+    Page(Vec<Enqueued>),
+    Claim(Vec<Claimed>),
+    Finish(Vec<bool>),
+}
+
+#[derive(Debug)]
+struct OutboxWrite {
+    op: Op,
+    done: Mutex<Option<Done>>,
+}
+
+macro_rules! run_op {
+    ($ty:ty, $self:ident, $conn:ident) => {{
+        let done = match &$self.op {
+            Op::Page {
+                items,
+                now_ms,
+                cursor,
+            } => {
+                let cursor = cursor.as_ref().map(|(n, g)| (n.as_str(), *g));
+                Done::Page(
+                    <$ty>::page_on($conn, items, *now_ms, cursor)
+                        .await
+                        .map_err(to_store)?,
+                )
+            }
+            Op::Claim {
+                worker,
+                now_ms,
+                lease_ms,
+                limit,
+            } => Done::Claim(
+                <$ty>::claim_on($conn, worker, *now_ms, *lease_ms, *limit)
+                    .await
+                    .map_err(to_store)?,
+            ),
+            Op::Finish(f) => Done::Finish(<$ty>::finish_on($conn, f).await.map_err(to_store)?),
+        };
+        *$self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(done);
+        Ok(true)
+    }};
+}
+
+impl ExtraWrite for OutboxWrite {
+    fn on_sqlite<'a>(
+        &'a self,
+        conn: &'a mut sqlx::SqliteConnection,
+    ) -> BoxFuture<'a, Result<bool, mandate_engine::store::Error>> {
+        Box::pin(async move { run_op!(SqliteOutbox, self, conn) })
+    }
+    fn on_postgres<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+    ) -> BoxFuture<'a, Result<bool, mandate_engine::store::Error>> {
+        Box::pin(async move { run_op!(PgOutbox, self, conn) })
+    }
+}
+
+/// Runs `op` inside the engine writer's next transaction; what it did.
+async fn through_writer(writer: &Arc<dyn Store>, op: Op) -> Result<Done, Error> {
+    let write = Arc::new(OutboxWrite {
+        op,
+        done: Mutex::new(None),
+    });
+    writer
+        .write_extra(write.clone())
+        .await
+        .map_err(|e| Error::Writer(e.to_string()))?;
+    let done = write.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+    done.ok_or_else(|| Error::Writer("the writer did not run the outbox's write".into()))
 }
 
 trait HasDb {
@@ -454,6 +680,10 @@ impl Outbox {
     pub async fn locate(&self, id: &str) -> Result<Option<Located>, Error> {
         dispatch!(self, o => o.locate(id).await)
     }
+    /// The notification an item was enqueued into (its own, or its group's).
+    pub async fn item_notification(&self, item_key: &str) -> Result<Option<String>, Error> {
+        dispatch!(self, o => o.item_notification(item_key).await)
+    }
     pub async fn start_escalation(&self, e: &Escalation) -> Result<(), Error> {
         dispatch!(self, o => o.start_escalation(e).await)
     }
@@ -501,7 +731,7 @@ impl Outbox {
                 .run(&pool)
                 .await
                 .map_err(|e| bad(e.to_string()))?;
-            Ok(Outbox::Sqlite(SqliteOutbox { pool }))
+            Ok(Outbox::Sqlite(SqliteOutbox { pool, writer: None }))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(4)
@@ -512,7 +742,7 @@ impl Outbox {
                 .run(&pool)
                 .await
                 .map_err(|e| bad(e.to_string()))?;
-            Ok(Outbox::Postgres(PgOutbox { pool }))
+            Ok(Outbox::Postgres(PgOutbox { pool, writer: None }))
         } else {
             Err(bad("unknown scheme; use sqlite:// or postgres://".into()))
         }
@@ -542,6 +772,37 @@ impl Outbox {
         outcome: &Result<(), DeliveryError>,
     ) -> Result<bool, Error> {
         dispatch!(self, o => o.finish(id, worker, attempt, now_ms, outcome).await)
+    }
+    /// Writes pages and delivery outcomes inside the engine's group-commit
+    /// transactions (`Store::write_extra`) instead of transactions of their
+    /// own: on SQLite they no longer contend with the engine for the one
+    /// write lock, and on both stores they share its commit. `store` must be
+    /// the engine's store on this same database.
+    pub fn with_writer(self, store: Arc<dyn Store>) -> Outbox {
+        match self {
+            Outbox::Sqlite(o) => Outbox::Sqlite(SqliteOutbox {
+                writer: Some(store),
+                ..o
+            }),
+            Outbox::Postgres(o) => Outbox::Postgres(PgOutbox {
+                writer: Some(store),
+                ..o
+            }),
+        }
+    }
+    /// Enqueues many (with the chains they start) and moves the feed
+    /// cursor, in one transaction.
+    pub async fn enqueue_many(
+        &self,
+        items: &[(NewNotification, Option<Escalation>)],
+        now_ms: i64,
+        cursor: Option<(&str, i64)>,
+    ) -> Result<Vec<Enqueued>, Error> {
+        dispatch!(self, o => o.enqueue_many(items, now_ms, cursor).await)
+    }
+    /// Records many attempts' outcomes in one transaction (each fenced).
+    pub async fn finish_many(&self, done: &[Finished]) -> Result<Vec<bool>, Error> {
+        dispatch!(self, o => o.finish_many(done).await)
     }
     pub async fn get(&self, id: &str) -> Result<Option<NotificationRow>, Error> {
         dispatch!(self, o => o.get(id).await)

@@ -141,6 +141,10 @@ pub struct RouteSpec {
     pub group_wait_seconds: Option<u64>,
     #[serde(default)]
     pub review_within_hours: Option<u64>,
+    /// A playbook (an id under `playbooks:`) this rule starts as the
+    /// automated first response. Not inherited.
+    #[serde(default)]
+    pub playbook: Option<String>,
     #[serde(default)]
     pub rules: Vec<RouteSpec>,
 }
@@ -155,6 +159,7 @@ pub struct Rule {
     pub group_by: Vec<String>,
     pub group_wait_ms: i64,
     pub review_within_ms: i64,
+    pub playbook: Option<String>,
     pub rules: Vec<Rule>,
 }
 
@@ -170,6 +175,7 @@ impl RouterConfig {
         file: &str,
         spec: RouteSpec,
         map: &OwnershipMap,
+        playbooks: &[String],
     ) -> Result<RouterConfig, ConfigError> {
         let mut count = 0usize;
         let inherited = Rule {
@@ -180,6 +186,7 @@ impl RouterConfig {
             group_by: vec!["task".into()],
             group_wait_ms: 30_000,
             review_within_ms: 24 * 3_600_000,
+            playbook: None,
             rules: vec![],
         };
         let mut spec = spec;
@@ -193,16 +200,31 @@ impl RouterConfig {
                     .into(),
             ));
         }
-        let root = build_rule(file, spec, &inherited, map, 0, &mut count, &mut Vec::new())?;
+        let known = Known { map, playbooks };
+        let root = build_rule(
+            file,
+            spec,
+            &inherited,
+            &known,
+            0,
+            &mut count,
+            &mut Vec::new(),
+        )?;
         Ok(RouterConfig { root })
     }
+}
+
+/// What rules may name: owners and playbooks.
+struct Known<'a> {
+    map: &'a OwnershipMap,
+    playbooks: &'a [String],
 }
 
 fn build_rule(
     file: &str,
     spec: RouteSpec,
     parent: &Rule,
-    map: &OwnershipMap,
+    known: &Known<'_>,
     depth: usize,
     count: &mut usize,
     ids: &mut Vec<String>,
@@ -224,6 +246,7 @@ fn build_rule(
             format!("rules nested deeper than {} levels", limits::MAX_RULE_DEPTH),
         ));
     }
+    let map = known.map;
     crate::owners::check_id(file, &entry, "id", &id)?;
     if ids.contains(&id) {
         return Err(err(
@@ -302,8 +325,17 @@ fn build_rule(
         Some(h) => h as i64 * 3_600_000,
         None => parent.review_within_ms,
     };
+    if let Some(p) = &spec.playbook
+        && !known.playbooks.contains(p)
+    {
+        return Err(err(
+            "playbook",
+            format!("{p:?} is not a playbook defined under `playbooks:` in this file"),
+        ));
+    }
     let mut rule = Rule {
         id,
+        playbook: spec.playbook,
         matcher: spec.matcher,
         notify,
         continue_matching: spec.continue_matching,
@@ -313,7 +345,7 @@ fn build_rule(
         rules: vec![],
     };
     for child in spec.rules {
-        let child = build_rule(file, child, &rule, map, depth + 1, count, ids)?;
+        let child = build_rule(file, child, &rule, known, depth + 1, count, ids)?;
         rule.rules.push(child);
     }
     Ok(rule)
@@ -353,6 +385,9 @@ pub struct RoutingDecision {
     /// Notifications with the same group key (per recipient) are sent as one.
     pub group_key: String,
     pub group_wait_ms: i64,
+    /// Playbooks the matched rules start (in match order, each once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub playbooks: Vec<String>,
 }
 
 /// Decides who hears about an input. Pure: same arguments, same answer.
@@ -428,6 +463,15 @@ pub fn route(
         review_due_at_ms,
         group_key: group_key(&deepest.group_by, input),
         group_wait_ms: deepest.group_wait_ms,
+        playbooks: matched.iter().filter_map(|r| r.playbook.clone()).fold(
+            Vec::new(),
+            |mut v, p| {
+                if !v.contains(&p) {
+                    v.push(p);
+                }
+                v
+            },
+        ),
     }
 }
 
@@ -460,9 +504,11 @@ fn approver_recipients(map: &OwnershipMap, input: &RoutingInput, rule: &str) -> 
             owner: "approver".into(),
             rule: rule.to_string(),
             why: format!("approver of the gated step (tool {})", input.tool),
+            // An approver may be a person or a team channel.
             contacts: map
                 .people
                 .get(a)
+                .or_else(|| map.channels.get(a))
                 .map(|p| p.contacts.clone())
                 .unwrap_or_default(),
             escalation_chain: None,

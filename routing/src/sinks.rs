@@ -240,6 +240,37 @@ pub struct Message {
     /// Further items grouped into this notification (a burst becomes one).
     #[serde(default)]
     pub grouped: Vec<String>,
+    /// Playbooks routing started as the first response, with their tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub playbooks: Vec<PlaybookLink>,
+}
+
+/// A playbook started about what a notification says: its task and where
+/// to follow it, or why it could not start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaybookLink {
+    pub playbook: String,
+    #[serde(default)]
+    pub task_id: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl PlaybookLink {
+    /// One line: `health-check: task … (url)` or `health-check: not started: …`.
+    pub fn line(&self) -> String {
+        match (&self.task_id, &self.url, &self.error) {
+            (Some(t), Some(u), _) => format!("{}: task {t} ({u})", self.playbook),
+            (Some(t), None, _) => format!("{}: task {t}", self.playbook),
+            (None, _, e) => format!(
+                "{}: not started: {}",
+                self.playbook,
+                e.as_deref().unwrap_or("unknown")
+            ),
+        }
+    }
 }
 
 /// One delivery to make.
@@ -286,6 +317,18 @@ pub fn slack_payload(d: &Delivery) -> Value {
         json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&m.what_happened, 3000)}}),
         json!({"type": "section", "fields": fields}),
     ];
+    if !m.grouped.is_empty() {
+        let more: Vec<String> = m.grouped.iter().map(|g| format!("• {g}")).collect();
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*And {} more in this group*\n{}", m.grouped.len(), more.join("\n")), 3000)}}));
+    }
+    if !m.playbooks.is_empty() {
+        let lines: Vec<String> = m
+            .playbooks
+            .iter()
+            .map(|p| format!("• {}", p.line()))
+            .collect();
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*Playbooks started*\n{}", lines.join("\n")), 3000)}}));
+    }
     if !m.evidence.is_empty() {
         let ev: Vec<String> = m.evidence.iter().map(|e| format!("• {e}")).collect();
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&format!("*Evidence*\n{}", ev.join("\n")), 3000)}}));
@@ -320,7 +363,7 @@ pub fn pagerduty_payload(routing_key: &str, d: &Delivery) -> Value {
             "source": format!("mandate agent {}", m.agent),
             "severity": if m.path == "gated_execute" || m.path == "deny" { "error" } else { "warning" },
             "component": m.task_id,
-            "custom_details": {"what_happened": m.what_happened, "on_behalf_of": m.on_behalf_of, "blast_radius": m.blast_radius,
+            "custom_details": {"what_happened": m.what_happened, "grouped": m.grouped, "playbooks": m.playbooks, "on_behalf_of": m.on_behalf_of, "blast_radius": m.blast_radius,
                                "evidence": m.evidence, "rollback_plan": m.rollback_plan, "rule": m.rule, "why": m.why},
         });
         event["links"] = Value::Array(
@@ -475,6 +518,15 @@ async fn send_email(
         m.why,
         m.rule
     );
+    if !m.grouped.is_empty() {
+        text.push_str(&format!("\nAnd {} more in this group:\n", m.grouped.len()));
+        for g in &m.grouped {
+            text.push_str(&format!("- {g}\n"));
+        }
+    }
+    for p in &m.playbooks {
+        text.push_str(&format!("Playbook {}\n", p.line()));
+    }
     for r in &m.responses {
         text.push_str(&format!("{}: {}\n", r.label, r.url));
     }

@@ -29,7 +29,7 @@ use crate::config::ConfigCell;
 use crate::links::{self, LinkClaim, LinkError};
 use crate::outbox::{self, Escalation, NewNotification, Outbox};
 use crate::router::{Outcome, RoutingInput};
-use crate::sinks::{Message, ResponseOption};
+use crate::sinks::{Message, PlaybookLink, ResponseOption};
 use crate::worker::Clock;
 
 /// A tool's scope field (`service` for `deploy.set_version`), from the
@@ -73,11 +73,13 @@ impl Router for EngineRouter {
             operation: d
                 .and_then(|d| d.operation.clone())
                 .unwrap_or_else(|| "execute".into()),
-            resource: resource_of(
-                r.tool,
-                d.and_then(|d| d.scope.as_deref()),
-                self.scope_field.as_ref(),
-            ),
+            resource: r.resource.map(str::to_string).or_else(|| {
+                resource_of(
+                    r.tool,
+                    d.and_then(|d| d.scope.as_deref()),
+                    self.scope_field.as_ref(),
+                )
+            }),
             path: path.clone(),
             outcome: r.outcome.map(|o| match o {
                 RoutedOutcome::StepFailed => Outcome::StepFailed,
@@ -106,6 +108,7 @@ impl Router for EngineRouter {
             summary: r.summary.to_string(),
             recovery_path: r.recovery_path.map(str::to_string),
             escalation_step: None,
+            playbooks: decision.playbooks,
         })
     }
 }
@@ -146,7 +149,14 @@ fn offered(record: &RoutingRecord, is_approver: bool) -> Vec<&'static str> {
     }
     match record.outcome {
         Some(_) => a.extend(["trigger_recovery", "assign"]),
-        None => a.extend(["pause_task", "pause_agent", "cancel_rollback", "assign"]),
+        None => {
+            a.extend(["pause_task", "pause_agent", "cancel_rollback"]);
+            // A step (or a reported action) with a known way back offers it.
+            if record.recovery_path.is_some() {
+                a.push("trigger_recovery");
+            }
+            a.push("assign");
+        }
     }
     if record.review_due_at_ms.is_some() {
         a.push("mark_reviewed");
@@ -245,7 +255,7 @@ impl FollowerParts {
             .events_after(cursor, None, None, PAGE)
             .await
             .map_err(|e| e.to_string())?;
-        let mut enqueued = false;
+        let mut items = Vec::new();
         for g in &page {
             let raw = &g.event;
             if raw.event_type != "OwnersNotified" {
@@ -258,24 +268,32 @@ impl FollowerParts {
                 continue;
             };
             let agent = g.agent.clone().unwrap_or_else(|| "operator".into());
+            let playbooks = self
+                .start_playbooks(&raw.task_id, about_seq, &routing)
+                .await?;
             for r in &routing.recipients {
-                enqueued |= self
-                    .notify(
-                        &raw.task_id,
-                        about_seq,
-                        &agent,
-                        &routing,
-                        r,
-                        raw.recorded_at_ms,
-                    )
-                    .await?;
+                self.notify(
+                    &raw.task_id,
+                    about_seq,
+                    &agent,
+                    &routing,
+                    r,
+                    raw.recorded_at_ms,
+                    &playbooks,
+                    &mut items,
+                );
             }
         }
+        // The page's notifications, the chains they start and the cursor
+        // move in one transaction: a crash keeps all of it or none.
+        let mut enqueued = false;
         if let Some(last) = page.last() {
-            self.outbox
-                .set_cursor(CURSOR, last.gseq)
+            let done = self
+                .outbox
+                .enqueue_many(&items, (self.clock)(), Some((CURSOR, last.gseq)))
                 .await
                 .map_err(|e| e.to_string())?;
+            enqueued = done.iter().any(|d| !d.duplicate);
         }
         if enqueued {
             self.wake.notify_one();
@@ -285,9 +303,106 @@ impl FollowerParts {
         Ok(page.len() as u32 == PAGE || recorded)
     }
 
+    /// Starts the playbooks a routing names (each once per routed event: the
+    /// submission's idempotency key is derived from task, event and
+    /// playbook, so a re-read after a crash finds the same task) and
+    /// records each start, or why it failed, as `PlaybookStarted` in the
+    /// routed task's history. Returns links to put in the notifications.
+    async fn start_playbooks(
+        &self,
+        task_id: &str,
+        about_seq: i64,
+        routing: &RoutingRecord,
+    ) -> Result<Vec<PlaybookLink>, String> {
+        if routing.escalation_step.is_some() || routing.playbooks.is_empty() {
+            return Ok(vec![]);
+        }
+        let config = self.config.get();
+        let mut links = Vec::new();
+        for id in &routing.playbooks {
+            let Some(p) = config.playbooks.get(id) else {
+                // Removed by a reload since the decision: say so.
+                let e = format!("playbook {id:?} is no longer in the routing configuration");
+                self.engine
+                    .record_playbook_started(task_id, about_seq, id, "", Err(e.clone()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                links.push(PlaybookLink {
+                    playbook: id.clone(),
+                    task_id: None,
+                    url: None,
+                    error: Some(e),
+                });
+                continue;
+            };
+            let key = format!(
+                "playbook:{}",
+                &crate::sign::hmac_hex(
+                    b"mandate-playbook",
+                    &[task_id.as_bytes(), &about_seq.to_be_bytes(), id.as_bytes()]
+                )[..40]
+            );
+            let agent = (p.workflow == "plan")
+                .then(|| p.input.get("agent").and_then(|a| a.as_str()))
+                .flatten()
+                .map(str::to_string);
+            let on_behalf_of = (p.workflow == "plan")
+                .then(|| p.input.get("on_behalf_of").and_then(|a| a.as_str()))
+                .flatten()
+                .map(str::to_string);
+            let started = match self
+                .engine
+                .submit(
+                    &p.workflow,
+                    p.input.clone(),
+                    mandate_engine::SubmitOptions {
+                        agent,
+                        on_behalf_of,
+                        idempotency_key: Some(key),
+                        actor: Some(format!("routing:playbook:{id}")),
+                    },
+                )
+                .await
+            {
+                Ok(s) => Ok(s.task_id),
+                // A refusal is the configuration's fault: recorded, not retried.
+                Err(
+                    e @ (mandate_engine::runtime::Error::UnknownWorkflow { .. }
+                    | mandate_engine::runtime::Error::InvalidInput { .. }
+                    | mandate_engine::runtime::Error::Forbidden { .. }
+                    | mandate_engine::runtime::Error::Rejected { .. }),
+                ) => Err(e.to_string()),
+                Err(e) => return Err(format!("start playbook {id}: {e}")),
+            };
+            self.engine
+                .record_playbook_started(task_id, about_seq, id, &p.workflow, started.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            links.push(match started {
+                Ok(t) => PlaybookLink {
+                    playbook: id.clone(),
+                    url: Some(format!(
+                        "{}/v1/tasks/{t}",
+                        self.links.base_url.trim_end_matches('/')
+                    )),
+                    task_id: Some(t),
+                    error: None,
+                },
+                Err(e) => PlaybookLink {
+                    playbook: id.clone(),
+                    task_id: None,
+                    url: None,
+                    error: Some(e),
+                },
+            });
+        }
+        Ok(links)
+    }
+
     /// Enqueues one recipient's deliveries (one per contact). An escalation
     /// step's item keys end in `:esc<N>`, so they differ from the first's.
-    async fn notify(
+    #[allow(clippy::too_many_arguments)]
+    fn notify(
         &self,
         task_id: &str,
         about_seq: i64,
@@ -295,9 +410,10 @@ impl FollowerParts {
         routing: &RoutingRecord,
         r: &NotifiedRecipient,
         at_ms: i64,
-    ) -> Result<bool, String> {
+        playbooks: &[PlaybookLink],
+        items: &mut Vec<(NewNotification, Option<Escalation>)>,
+    ) {
         let step = routing.escalation_step;
-        let mut any = false;
         for c in &r.contacts {
             let mut key = item_key(task_id, about_seq, &r.recipient, &c.sink);
             if let Some(n) = step {
@@ -349,47 +465,51 @@ impl FollowerParts {
                 responses,
                 event_action: None,
                 grouped: vec![],
+                playbooks: playbooks.to_vec(),
             };
-            // One notification per item: the id is derived from the item
-            // key, so links can name it before it is enqueued.
-            let done = self
-                .outbox
-                .enqueue(
-                    &NewNotification {
-                        item_key: key.clone(),
-                        group_key: key.clone(),
-                        task_id: task_id.to_string(),
-                        recipient: r.recipient.clone(),
-                        sink: c.sink.clone(),
-                        address: c.to.clone(),
-                        message,
-                        send_at_ms: at_ms,
-                    },
-                    (self.clock)(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            any |= !done.duplicate;
-            if step.is_none()
-                && let Some(chain) = &r.escalation_chain
-                && let Some(spec) = self.config.get().map.chains.get(chain)
-            {
-                let first_wait = spec.steps[0].wait_minutes as i64 * 60_000;
-                self.outbox
-                    .start_escalation(&Escalation {
-                        notification_id: done.id.clone(),
+            // The id is derived from the item key, so links can name it
+            // before it is enqueued. With a group wait, items of one group
+            // for one recipient and sink fold into the first one's
+            // notification (its id and links) until the wait ends: a burst
+            // becomes one notification. Without one (and for escalation
+            // steps) each item is its own, sent at once.
+            let (group_key, send_at_ms) = match (step, routing.group_wait_ms) {
+                (None, wait) if wait > 0 => (
+                    format!("{}|to={}|sink={}", routing.group_key, r.recipient, c.sink),
+                    at_ms.saturating_add(wait),
+                ),
+                _ => (key.clone(), at_ms),
+            };
+            let escalation = match (step, &r.escalation_chain) {
+                (None, Some(chain)) => self.config.get().map.chains.get(chain).map(|spec| {
+                    let first_wait = spec.steps[0].wait_minutes as i64 * 60_000;
+                    Escalation {
+                        // Filled in with the id the notification gets.
+                        notification_id: String::new(),
                         task_id: task_id.to_string(),
                         about_seq,
                         chain: chain.clone(),
                         started_at_ms: at_ms,
                         fired_steps: 1,
                         next_due_at_ms: Some(at_ms + first_wait),
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
+                    }
+                }),
+                _ => None,
+            };
+            items.push((
+                NewNotification {
+                    item_key: key.clone(),
+                    group_key,
+                    task_id: task_id.to_string(),
+                    recipient: r.recipient.clone(),
+                    sink: c.sink.clone(),
+                    address: c.to.clone(),
+                    message,
+                    send_at_ms,
+                },
+                escalation,
+            ));
         }
-        Ok(any)
     }
 
     /// Fires the chain steps that came due with nobody answering.
@@ -476,6 +596,8 @@ impl FollowerParts {
                         review_due_at_ms: None,
                         group_wait_ms: 0,
                         escalation_step: Some(fired),
+                        // Started once, with the first notification.
+                        playbooks: vec![],
                         ..*first
                     };
                     self.engine

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::config::ConfigCell;
-use crate::outbox::Outbox;
+use crate::outbox::{Finished, Outbox};
 use crate::sinks::{Delivery, Sender};
 
 /// The time source, in Unix milliseconds (injected so tests can move it).
@@ -87,10 +87,9 @@ impl DeliveryWorker {
                 let sinks = config.get();
                 let mut attempts = tokio::task::JoinSet::new();
                 for c in claimed {
-                    let (sender, sinks, outbox, clock, id) = (
+                    let (sender, sinks, clock, id) = (
                         sender.clone(),
                         sinks.clone(),
-                        outbox.clone(),
                         clock.clone(),
                         worker.id.clone(),
                     );
@@ -100,12 +99,21 @@ impl DeliveryWorker {
                         if let Err(e) = &outcome {
                             tracing::warn!(notification = %c.id, attempt = c.attempt, error = %e, "delivery failed");
                         }
-                        if let Err(e) = outbox.finish(&c.id, &id, c.attempt, clock(), &outcome).await {
-                            tracing::warn!(notification = %c.id, error = %e, "delivery worker: cannot record the outcome; the lease will expire and it is sent again");
-                        }
+                        Finished { id: c.id, worker: id, attempt: c.attempt, now_ms: clock(), outcome }
                     });
                 }
-                while attempts.join_next().await.is_some() {}
+                // The batch's outcomes are recorded together, in one transaction.
+                let mut done = Vec::new();
+                while let Some(r) = attempts.join_next().await {
+                    if let Ok(f) = r {
+                        done.push(f);
+                    }
+                }
+                if !done.is_empty()
+                    && let Err(e) = outbox.finish_many(&done).await
+                {
+                    tracing::warn!(error = %e, count = done.len(), "delivery worker: cannot record the outcomes; the leases will expire and they are sent again");
+                }
                 if busy {
                     continue;
                 }

@@ -336,7 +336,68 @@ async fn a_link_works_once(b: Backend) {
         .unwrap();
 }
 
+/// A follower's page is enqueued in one transaction with its cursor (and
+/// the chains it starts): an item refused refuses the page, writing
+/// nothing, so the page is read again; a good page writes it all.
+async fn a_page_enqueues_with_its_cursor_or_not_at_all(b: Backend) {
+    let db = TestDb::new(b).await;
+    let outbox = Outbox::open(&db.url).await.unwrap();
+    let t0 = 1_700_000_000_000;
+    let mut huge = new("task-2:9:alice:hook", "huge", t0);
+    huge.message.what_happened = "x".repeat(mandate_routing::limits::MAX_PAYLOAD_BYTES + 1);
+    huge.group_key = "g-huge".into();
+    let mut ok = new("task-2:8:alice:hook", "ok", t0);
+    ok.group_key = "g-ok".into();
+    let chain = outbox::Escalation {
+        notification_id: String::new(),
+        task_id: "task-2".into(),
+        about_seq: 8,
+        chain: "c".into(),
+        started_at_ms: t0,
+        fired_steps: 1,
+        next_due_at_ms: Some(t0 + 60_000),
+    };
+    let refused = outbox
+        .enqueue_many(
+            &[(ok.clone(), Some(chain.clone())), (huge, None)],
+            t0,
+            Some(("test-cursor", 42)),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(outbox::Error::TooLarge { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(outbox.cursor("test-cursor").await.unwrap(), 0);
+    assert_eq!(
+        outbox
+            .item_notification("task-2:8:alice:hook")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        outbox
+            .due_escalations(t0 + 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let done = outbox
+        .enqueue_many(&[(ok, Some(chain))], t0, Some(("test-cursor", 42)))
+        .await
+        .unwrap();
+    assert_eq!(outbox.cursor("test-cursor").await.unwrap(), 42);
+    let due = outbox.due_escalations(t0 + 60_000, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        due[0].notification_id, done[0].id,
+        "the chain names the id the item got"
+    );
+}
+
 backend_tests!(
+    a_page_enqueues_with_its_cursor_or_not_at_all,
     one_id_delivered_once_per_key_across_a_crash,
     failed_deliveries_back_off_then_give_up,
     a_link_works_once

@@ -105,6 +105,33 @@ fn bad_files_are_refused_naming_file_entry_and_field() {
         (entry.as_str(), field.as_str()),
         ("routes rule \"x\"", "match.path")
     );
+    // A rule may start only a playbook the file defines; playbooks are checked.
+    let (_, entry, field) = invalid(&format!(
+        "{base}routes: {{rules: [{{id: x, match: {{tool: 'kv.*'}}, playbook: nope}}]}}\n"
+    ));
+    assert_eq!(
+        (entry.as_str(), field.as_str()),
+        ("routes rule \"x\"", "playbook")
+    );
+    let (_, entry, field) = invalid(&format!(
+        "{base}playbooks: [{{id: hc, workflow: w}}, {{id: hc, workflow: v}}]\n"
+    ));
+    assert_eq!((entry.as_str(), field.as_str()), ("playbooks[1]", "id"));
+    let (_, entry, field) = invalid(&format!(
+        "{base}playbooks: [{{id: hc, workflow: 'not a name'}}]\n"
+    ));
+    assert_eq!(
+        (entry.as_str(), field.as_str()),
+        ("playbooks[0]", "workflow")
+    );
+    let ok = RoutingConfig::from_yaml(
+        "policy/owners.yaml",
+        &format!(
+            "{base}playbooks: [{{id: hc, workflow: health_check, input: {{service: checkout}}}}]\nroutes: {{rules: [{{id: x, match: {{tool: 'kv.*'}}, playbook: hc}}]}}\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(ok.playbooks["hc"].workflow, "health_check");
     // Syntax errors name the file too.
     let e = RoutingConfig::from_yaml("policy/owners.yaml", "version: 1\npeople: {").unwrap_err();
     assert!(e.to_string().starts_with("policy/owners.yaml: "), "{e}");

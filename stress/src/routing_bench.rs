@@ -149,7 +149,11 @@ routes: {{notify: [owners], group_wait_seconds: 0}}
     let worker = engine.start_worker(WorkerConfig::default());
     let mut side = None;
     if routing {
-        let outbox = Arc::new(Outbox::open(&url).await?);
+        let outbox = Arc::new(
+            Outbox::open(&url)
+                .await?
+                .with_writer(engine.store().clone()),
+        );
         let delivery = DeliveryWorker::spawn(
             outbox.clone(),
             config.clone(),

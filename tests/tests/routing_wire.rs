@@ -76,6 +76,12 @@ routes:
   rules:
     - {{id: quiet-reads, match: {{path: [auto_execute]}}, notify: []}}
     - {{id: gated-approvers, match: {{path: [gated_execute]}}, notify: [approvers]}}
+    - {{id: bursts, match: {{agent: 'agent-operator'}}, group_by: [agent], group_wait_seconds: 60}}
+    - {{id: probe-restarts, match: {{tool: 'probe.restart'}}, notify: [team-platform], playbook: health-check}}
+    - {{id: probe-broken, match: {{tool: 'probe.broken'}}, notify: [], playbook: broken}}
+playbooks:
+  - {{id: health-check, workflow: health_check, input: {{service: checkout}}}}
+  - {{id: broken, workflow: no_such_workflow}}
 "
     )
 }
@@ -231,7 +237,12 @@ async fn setup_with(
     })
     .await;
     h.start_worker();
-    let outbox = Arc::new(Outbox::open(&h.db.url).await.unwrap());
+    let outbox = Arc::new(
+        Outbox::open(&h.db.url)
+            .await
+            .unwrap()
+            .with_writer(h.engine.store().clone()),
+    );
     let delivery = DeliveryWorker::spawn(
         outbox.clone(),
         config.clone(),
@@ -573,6 +584,14 @@ async fn serve_api(w: &World2) -> (String, tokio::sync::oneshot::Sender<()>) {
     (base, stop)
 }
 
+/// A new API token's secret.
+async fn token(w: &World2, role: &str, name: &str) -> String {
+    mandate_api::create_token(w.h.engine.store().as_ref(), role, name, 0)
+        .await
+        .unwrap()
+        .1
+}
+
 async fn call(
     http: &reqwest::Client,
     method: reqwest::Method,
@@ -596,13 +615,7 @@ async fn answers_through_the_api_are_recorded_with_identity_and_measured(b: Back
     let w = setup(b).await;
     let (base, _stop) = serve_api(&w).await;
     let http = reqwest::Client::new();
-    let store = w.h.engine.store();
-    let token = |role: &'static str, name: &'static str| async move {
-        mandate_api::create_token(store.as_ref(), role, name, 0)
-            .await
-            .unwrap()
-            .1
-    };
+    let token = |role: &'static str, name: &'static str| token(&w, role, name);
     let (pat, quinn, operator) = (
         token("approver", "pat").await,
         token("approver", "quinn").await,
@@ -868,7 +881,410 @@ async fn an_escalated_task_notifies_its_owners_and_is_resolved_by_a_person(b: Ba
     w.shutdown().await;
 }
 
+/// `POST /v1/actions`: an agent reports a tool call it ran itself. It lands
+/// in the agent's session task as an observed step that says it was
+/// reported after the fact, is routed to the owners the map names like a
+/// monitored step (deliveries verified by the receiver), and its
+/// notification offers the same interventions; bad input, other roles,
+/// other agents' tasks and final tasks are refused, recording nothing.
+async fn an_agent_reports_an_action_it_ran_itself(b: Backend) {
+    let w = setup(b).await;
+    let (base, _stop) = serve_api(&w).await;
+    let http = reqwest::Client::new();
+    let token = |role: &'static str, name: &'static str| token(&w, role, name);
+    let (agent, other, operator) = (
+        token("agent", AGENT).await,
+        token("agent", "agent-other").await,
+        token("operator", "ops").await,
+    );
+    let url = format!("{base}/v1/actions");
+    let post = reqwest::Method::POST;
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let report = json!({"tool": "kv.put", "resource": "service:checkout", "input_digest": digest,
+        "outcome": "failed", "error": "exit 1", "occurred_at_ms": wall_ms() - 1_000,
+        "recovery_path": "kv.delete paying"});
+    let (status, ok) = call(
+        &http,
+        post.clone(),
+        url.clone(),
+        Some(&agent),
+        Some(report.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{ok}");
+    assert_eq!(ok["reported_after_the_fact"], true);
+    let task = ok["task_id"].as_str().unwrap().to_string();
+    let seq = ok["seq"].as_i64().unwrap();
+    let notified: Vec<&str> = ok["notified"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["recipient"].as_str().unwrap())
+        .collect();
+    assert_eq!(notified, ["team-platform", "pat"], "{ok}");
+    let row = w.h.engine.task(&task).await.unwrap();
+    assert_eq!(
+        (row.workflow.as_str(), row.agent.as_deref()),
+        ("mcp_session", Some(AGENT))
+    );
+    // Recorded as an observed step by the agent, with the routing about it.
+    let history = w.h.engine.history(&task).await.unwrap();
+    let reported = history.iter().find(|e| e.seq == seq).unwrap();
+    assert_eq!(reported.actor, format!("agent:{AGENT}"));
+    match &reported.payload {
+        E::ActionReported {
+            agent,
+            tool,
+            resource,
+            outcome,
+            ..
+        } => assert_eq!(
+            (
+                agent.as_str(),
+                tool.as_str(),
+                resource.as_deref(),
+                outcome.as_str()
+            ),
+            (AGENT, "kv.put", Some("service:checkout"), "failed")
+        ),
+        p => panic!("expected ActionReported, got {p:?}"),
+    }
+    let routing = history
+        .iter()
+        .find_map(|e| match &e.payload {
+            E::OwnersNotified { about_seq, routing } if *about_seq == seq => Some(routing),
+            _ => None,
+        })
+        .expect("routed like a monitored step");
+    assert_eq!(routing.path.as_deref(), Some("monitored_execute"));
+    assert!(
+        routing
+            .summary
+            .contains("reported after the fact (not gated)"),
+        "{}",
+        routing.summary
+    );
+    // The owners' receivers get it, with the interventions of a monitored step.
+    w.follow().await;
+    let got = w.receiver.wait_for(2).await;
+    let (_, pat_msg) = got
+        .iter()
+        .find(|(_, r)| r.body["recipient"] == "pat")
+        .unwrap();
+    assert!(
+        pat_msg.body["message"]["what_happened"]
+            .as_str()
+            .unwrap()
+            .contains("reported after the fact"),
+        "{}",
+        pat_msg.body
+    );
+    for action in ["pause_task", "pause_agent", "trigger_recovery"] {
+        link_token(pat_msg, action);
+    }
+    // A second report finds the same session task.
+    let (status, again) = call(
+        &http,
+        post.clone(),
+        url.clone(),
+        Some(&agent),
+        Some(report.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, again["task_id"].as_str()),
+        (201, Some(task.as_str())),
+        "{again}"
+    );
+    // Pausing the agent through the one-click link works as for any step.
+    let link = format!("{base}/v1/links/{}", link_token(pat_msg, "pause_task"));
+    let (status, ok) = call(&http, reqwest::Method::GET, link, None, None).await;
+    assert_eq!(
+        (status, ok["action"].as_str()),
+        (200, Some("pause_task")),
+        "{ok}"
+    );
+    assert_eq!(
+        w.h.engine.task(&task).await.unwrap().status,
+        TaskStatus::Paused
+    );
+
+    // Refusals record nothing.
+    let before = w.h.engine.task(&task).await.unwrap().last_seq;
+    let with = |k: &str, v: Value| {
+        let mut r = report.clone();
+        r[k] = v;
+        r
+    };
+    for (body, field) in [
+        (with("input_digest", json!("md5:abc")), "input_digest"),
+        (with("outcome", json!("maybe")), "outcome"),
+        (with("tool", json!("kv put")), "tool"),
+        (
+            with("occurred_at_ms", json!(wall_ms() + 3_600_000)),
+            "occurred_at_ms",
+        ),
+        (with("error", json!("x".repeat(2_001))), "error"),
+        (with("agent", json!("agent-other")), "agent"),
+        (
+            {
+                let mut r = report.clone();
+                r.as_object_mut().unwrap().remove("tool");
+                r
+            },
+            "tool",
+        ),
+    ] {
+        let (status, e) = call(&http, post.clone(), url.clone(), Some(&agent), Some(body)).await;
+        assert_eq!(
+            (status, e["details"]["field"].as_str()),
+            (400, Some(field)),
+            "{e}"
+        );
+    }
+    let (status, e) = call(
+        &http,
+        post.clone(),
+        url.clone(),
+        Some(&operator),
+        Some(report.clone()),
+    )
+    .await;
+    assert_eq!(status, 403, "{e}");
+    let (status, e) = call(
+        &http,
+        post.clone(),
+        url.clone(),
+        Some(&other),
+        Some(with("task_id", json!(task))),
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "another agent's task does not exist for it: {e}"
+    );
+    assert_eq!(w.h.engine.task(&task).await.unwrap().last_seq, before);
+    // A final task takes no more reports.
+    let done = w
+        .submit(json!({"agent": AGENT, "reason": "read", "steps": [
+            {"id": "put", "tool": "kv.put", "input": {"key": "k2", "value": 1}}]}))
+        .await;
+    w.h.engine
+        .wait_until_final(&done, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (status, e) = call(
+        &http,
+        post,
+        url,
+        Some(&agent),
+        Some(with("task_id", json!(done))),
+    )
+    .await;
+    assert_eq!(status, 409, "{e}");
+    w.shutdown().await;
+}
+
+/// Grouping: a burst of one agent's actions within the rule's group wait
+/// becomes one notification per recipient (and sink), listing the rest;
+/// nothing is sent before the wait ends (on the injected clock).
+async fn a_burst_of_an_agents_actions_is_one_notification_per_recipient(b: Backend) {
+    let w = setup(b).await;
+    let (base, _stop) = serve_api(&w).await;
+    let http = reqwest::Client::new();
+    let agent = token(&w, "agent", "agent-operator").await;
+    let (mut about, mut task) = (Vec::new(), String::new());
+    for i in 0..5 {
+        let (status, ok) = call(
+            &http,
+            reqwest::Method::POST,
+            format!("{base}/v1/actions"),
+            Some(&agent),
+            Some(json!({"tool": "kv.put", "resource": format!("db:shard{i}"),
+                "input_digest": format!("sha256:{}", "0".repeat(64)), "outcome": "succeeded",
+                "occurred_at_ms": wall_ms()})),
+        )
+        .await;
+        assert_eq!(status, 201, "{ok}");
+        about.push(ok["seq"].as_i64().unwrap());
+        task = ok["task_id"].as_str().unwrap().to_string();
+    }
+    w.follow().await;
+    // Ten items (five actions, two owners each) wait in two notifications.
+    let outbox = &w.parts.outbox;
+    let mut ids = std::collections::BTreeSet::new();
+    for seq in &about {
+        for recipient in ["team-platform", "pat"] {
+            let key = mandate_engine::core::routing::item_key(&task, *seq, recipient, "hook");
+            let id = outbox
+                .item_notification(&key)
+                .await
+                .unwrap()
+                .expect("enqueued");
+            ids.insert(id);
+        }
+    }
+    assert_eq!(ids.len(), 2, "one notification per recipient: {ids:?}");
+    for id in &ids {
+        let row = outbox.get(id).await.unwrap().unwrap();
+        assert_eq!((row.status.as_str(), row.sent_at_ms), ("pending", None));
+    }
+    assert!(w.receiver.by_id().is_empty());
+    // The wait ends: each recipient gets one notification naming the rest.
+    w.advance_minutes(1);
+    let got = w.receiver.wait_for(2).await;
+    assert_eq!(
+        got.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        ids
+    );
+    for r in got.values() {
+        let grouped = r.body["message"]["grouped"].as_array().unwrap();
+        assert_eq!(grouped.len(), 4, "{}", r.body);
+    }
+    assert_eq!(w.receiver.got.lock().unwrap().len(), 2);
+    w.shutdown().await;
+}
+
+/// The playbook a route starts: a registered workflow that reports health.
+struct HealthCheck;
+
+impl Workflow for HealthCheck {
+    fn name(&self) -> &str {
+        "health_check"
+    }
+    fn run(
+        &self,
+        _ctx: WorkflowContext,
+        input: Value,
+    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+        Box::pin(async move { Ok(json!({"healthy": true, "checked": input})) })
+    }
+}
+
+/// A route's playbook starts once per routed event as the automated first
+/// response: recorded in the routed task's history (`PlaybookStarted`, with
+/// its task), linked from the notification, not started again when the
+/// follower re-reads the feed (a crash), and a playbook that cannot start
+/// is recorded with why.
+async fn a_route_starts_its_playbook_and_the_notification_links_it(b: Backend) {
+    let w = setup_with(b, |wf, _| {
+        wf.register(HealthCheck);
+    })
+    .await;
+    let (base, _stop) = serve_api(&w).await;
+    let http = reqwest::Client::new();
+    let agent = token(&w, "agent", AGENT).await;
+    let report = |tool: &str| {
+        json!({"tool": tool, "resource": "service:checkout", "input_digest": format!("sha256:{}", "2".repeat(64)),
+            "outcome": "failed", "error": "crash loop", "occurred_at_ms": wall_ms()})
+    };
+    let url = format!("{base}/v1/actions");
+    let (status, ok) = call(
+        &http,
+        reqwest::Method::POST,
+        url.clone(),
+        Some(&agent),
+        Some(report("probe.restart")),
+    )
+    .await;
+    assert_eq!(status, 201, "{ok}");
+    let (task, seq) = (
+        ok["task_id"].as_str().unwrap().to_string(),
+        ok["seq"].as_i64().unwrap(),
+    );
+    let (status, broken) = call(
+        &http,
+        reqwest::Method::POST,
+        url,
+        Some(&agent),
+        Some(report("probe.broken")),
+    )
+    .await;
+    assert_eq!(status, 201, "{broken}");
+    w.follow().await;
+    let started =
+        |history: &[mandate_engine::Event]| -> Vec<(i64, String, Option<String>, Option<String>)> {
+            history
+                .iter()
+                .filter_map(|e| match &e.payload {
+                    E::PlaybookStarted {
+                        about_seq,
+                        playbook,
+                        playbook_task_id,
+                        error,
+                        ..
+                    } => Some((
+                        *about_seq,
+                        playbook.clone(),
+                        playbook_task_id.clone(),
+                        error.clone(),
+                    )),
+                    _ => None,
+                })
+                .collect()
+        };
+    let history = w.h.engine.history(&task).await.unwrap();
+    let s = started(&history);
+    assert_eq!(s.len(), 2, "{s:?}");
+    assert_eq!((s[0].0, s[0].1.as_str()), (seq, "health-check"));
+    let playbook_task = s[0].2.clone().expect("started");
+    assert_eq!(s[1].1, "broken");
+    assert!(
+        s[1].2.is_none() && s[1].3.as_deref().unwrap().contains("no_such_workflow"),
+        "{s:?}"
+    );
+    let row =
+        w.h.engine
+            .wait_until_final(&playbook_task, Duration::from_secs(30))
+            .await
+            .unwrap();
+    assert_eq!(
+        (row.workflow.as_str(), row.status),
+        ("health_check", TaskStatus::Completed)
+    );
+    // The owner's notification links the playbook's task.
+    let got = w.receiver.wait_for(1).await;
+    let msg = &got.values().next().unwrap().body["message"];
+    assert_eq!(
+        msg["playbooks"][0]["task_id"],
+        json!(playbook_task),
+        "{msg}"
+    );
+    assert!(
+        msg["playbooks"][0]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/v1/tasks/{playbook_task}")),
+        "{msg}"
+    );
+    // A re-read of the whole feed (as after a crash) starts nothing again.
+    w.parts
+        .outbox
+        .set_cursor("routing-follower", 0)
+        .await
+        .unwrap();
+    w.follow().await;
+    assert_eq!(started(&w.h.engine.history(&task).await.unwrap()), s);
+    let runs =
+        w.h.engine
+            .store()
+            .list_tasks(mandate_engine::store::TaskFilter {
+                workflow: Some("health_check".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    assert_eq!(runs.len(), 1);
+    w.shutdown().await;
+}
+
 backend_tests!(
+    a_route_starts_its_playbook_and_the_notification_links_it,
+    a_burst_of_an_agents_actions_is_one_notification_per_recipient,
+    an_agent_reports_an_action_it_ran_itself,
     an_escalated_task_notifies_its_owners_and_is_resolved_by_a_person,
     monitored_step_notifies_its_owners_and_a_link_stops_the_chain,
     gated_step_approver_gets_slack_and_a_signed_callback_approves,

@@ -83,7 +83,8 @@ pub async fn run(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let worker = engine.start_worker(config);
     let follower = mandate_engine::evidence::Follower::spawn(&engine, evidence);
     let worker_id = worker.id().to_string();
-    let (routing_follower, delivery, responder) = start_routing(db, &engine, &args.listen).await?;
+    let (routing_follower, delivery, responder) =
+        start_routing(db, &engine, &args.listen, args.delivery_lease_ms).await?;
 
     // The HTTP API shares `engine`; it stops before the worker so no request
     // lands on a stopping engine.
@@ -166,34 +167,17 @@ async fn start_routing(
     db: &Database,
     engine: &mandate_engine::Engine,
     listen: &str,
+    delivery_lease_ms: i64,
 ) -> anyhow::Result<(
     mandate_routing::wire::Follower,
     mandate_routing::worker::DeliveryWorker,
     mandate_routing::wire::Responder,
 )> {
-    use std::sync::Arc;
     let config = app::routing_config()?;
-    let outbox = Arc::new(
-        mandate_routing::outbox::Outbox::open(&db.url)
-            .await
-            .context("cannot open the notifications outbox")?,
-    );
-    let clock = mandate_routing::worker::system_clock();
-    let delivery = mandate_routing::worker::DeliveryWorker::spawn(
-        outbox.clone(),
-        config.clone(),
-        mandate_routing::worker::WorkerConfig::default(),
-        clock.clone(),
-    );
     let secret = match std::env::var("MANDATE_LINK_SECRET") {
         Ok(s) if s.len() >= 16 => s.into_bytes(),
         Ok(_) => return Err(refused("MANDATE_LINK_SECRET must be at least 16 bytes")),
-        Err(_) => format!(
-            "{}{}",
-            uuid::Uuid::now_v7().simple(),
-            uuid::Uuid::now_v7().simple()
-        )
-        .into_bytes(),
+        Err(_) => random_secret(),
     };
     let base_url =
         std::env::var("MANDATE_PUBLIC_URL").unwrap_or_else(|_| format!("http://{listen}"));
@@ -202,6 +186,50 @@ async fn start_routing(
         base_url,
         ttl_ms: 24 * 3_600_000,
     };
+    start_routing_with(db, engine, config, links, delivery_lease_ms).await
+}
+
+/// A secret drawn at start (links signed with it stop working at restart).
+pub(crate) fn random_secret() -> Vec<u8> {
+    format!(
+        "{}{}",
+        uuid::Uuid::now_v7().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+    .into_bytes()
+}
+
+/// Routing's follower, delivery worker and responder over `config`, with
+/// response links made as `links` says.
+pub(crate) async fn start_routing_with(
+    db: &Database,
+    engine: &mandate_engine::Engine,
+    config: std::sync::Arc<mandate_routing::ConfigCell>,
+    links: mandate_routing::wire::LinkSettings,
+    delivery_lease_ms: i64,
+) -> anyhow::Result<(
+    mandate_routing::wire::Follower,
+    mandate_routing::worker::DeliveryWorker,
+    mandate_routing::wire::Responder,
+)> {
+    use std::sync::Arc;
+    let outbox = Arc::new(
+        mandate_routing::outbox::Outbox::open(&db.url)
+            .await
+            .context("cannot open the notifications outbox")?
+            // Its writes share the engine's group-commit transactions.
+            .with_writer(engine.store().clone()),
+    );
+    let clock = mandate_routing::worker::system_clock();
+    let delivery = mandate_routing::worker::DeliveryWorker::spawn(
+        outbox.clone(),
+        config.clone(),
+        mandate_routing::worker::WorkerConfig {
+            lease_ms: delivery_lease_ms,
+            ..Default::default()
+        },
+        clock.clone(),
+    );
     let responder = mandate_routing::wire::Responder {
         engine: engine.clone(),
         outbox: outbox.clone(),

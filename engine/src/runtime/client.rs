@@ -410,7 +410,7 @@ impl Engine {
         self.append_events(task_id, action, false, make).await
     }
 
-    async fn append_events(
+    pub(crate) async fn append_events(
         &self,
         task_id: &str,
         action: &'static str,

@@ -33,7 +33,10 @@ pub use governance::{
 };
 pub use halt::{HALT_REFRESH, Lifted};
 pub use history::{HistoryPage, MAX_HISTORY_PAGE, MAX_HISTORY_PAGE_BYTES};
-pub use routing::{MAX_NOTE_CHARS, NotificationResponse, RESPONSE_ACTIONS};
+pub use routing::{
+    ActionRecorded, MAX_NOTE_CHARS, MAX_REPORT_CLOCK_SKEW_MS, MAX_REPORT_TEXT_CHARS,
+    NotificationResponse, RESPONSE_ACTIONS, ReportedAction,
+};
 pub use worker::{WorkerConfig, WorkerHandle};
 
 /// Where time comes from (injected, so tests and replays control it).

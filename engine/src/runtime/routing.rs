@@ -248,3 +248,236 @@ impl Engine {
         .await
     }
 }
+
+/// What `ActionReported` says may come after the fact: the longest error
+/// and recovery-path texts.
+pub const MAX_REPORT_TEXT_CHARS: usize = 2_000;
+/// How far ahead of the engine's clock a reported time may be (clock skew).
+pub const MAX_REPORT_CLOCK_SKEW_MS: i64 = 5 * 60_000;
+
+/// An action an agent ran itself and reports after the fact. `agent` must
+/// be authenticated by the caller (the token's identity).
+#[derive(Debug, Clone, Default)]
+pub struct ReportedAction {
+    pub agent: String,
+    pub tool: String,
+    pub resource: Option<String>,
+    pub input_digest: String,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub occurred_at_ms: i64,
+    pub recovery_path: Option<String>,
+}
+
+/// Where a reported action was recorded, and who was told.
+#[derive(Debug, Clone)]
+pub struct ActionRecorded {
+    /// The seq of the `ActionReported`.
+    pub seq: i64,
+    /// The routing recorded about it (none: nobody to tell).
+    pub routing: Option<RoutingRecord>,
+}
+
+/// Checks a reported action; `Err((field, message))` names what is wrong.
+fn check_report(
+    limits: &crate::core::limits::Limits,
+    a: &ReportedAction,
+    now_ms: i64,
+) -> Result<(), (&'static str, String)> {
+    limits
+        .check_name("tool", &a.tool)
+        .map_err(|m| ("tool", m))?;
+    if let Some(r) = &a.resource {
+        limits
+            .check_name("resource", r)
+            .map_err(|m| ("resource", m))?;
+    }
+    let digest_ok = a.input_digest.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if !digest_ok {
+        return Err((
+            "input_digest",
+            "must be `sha256:` and 64 lowercase hex digits (the SHA-256 of the tool's input)"
+                .into(),
+        ));
+    }
+    match (a.outcome.as_str(), &a.error) {
+        ("succeeded", None) | ("failed", _) => {}
+        ("succeeded", Some(_)) => {
+            return Err(("error", "an action that succeeded has no error".into()));
+        }
+        (o, _) => {
+            return Err(("outcome", format!("{o:?} is not one of succeeded, failed")));
+        }
+    }
+    for (field, text) in [("error", &a.error), ("recovery_path", &a.recovery_path)] {
+        if let Some(t) = text
+            && (t.trim().is_empty() || t.chars().count() > MAX_REPORT_TEXT_CHARS)
+        {
+            return Err((
+                field,
+                format!("must be 1 to {MAX_REPORT_TEXT_CHARS} characters"),
+            ));
+        }
+    }
+    if a.occurred_at_ms <= 0 || a.occurred_at_ms > now_ms + MAX_REPORT_CLOCK_SKEW_MS {
+        return Err((
+            "occurred_at_ms",
+            format!(
+                "{} is not a time this action can have happened (epoch milliseconds, not after now + {} s)",
+                a.occurred_at_ms,
+                MAX_REPORT_CLOCK_SKEW_MS / 1000
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Records an action the task's agent ran itself (`ActionReported`,
+    /// actor `agent:<agent>`), and routes it to owners like a monitored
+    /// step: the router's answer is recorded as `OwnersNotified` about it in
+    /// the same append. Refused, writing nothing, when the input is bad,
+    /// the task is not this agent's, or the task is final.
+    pub async fn report_action(
+        &self,
+        task_id: &str,
+        a: ReportedAction,
+    ) -> Result<ActionRecorded, Error> {
+        let s = &self.shared;
+        s.limits
+            .check_name("agent", &a.agent)
+            .map_err(|message| Error::InvalidInput {
+                field: "agent".into(),
+                message,
+            })?;
+        check_report(&s.limits, &a, s.clock.now_ms()).map_err(|(field, message)| {
+            Error::InvalidInput {
+                field: field.into(),
+                message,
+            }
+        })?;
+        let routed: std::sync::Mutex<Option<RoutingRecord>> = Default::default();
+        let last = self
+            .append_external(task_id, "record a reported action in", |state| {
+                if state.agent.as_deref() != Some(a.agent.as_str()) {
+                    return Err(Error::Forbidden {
+                        message: format!(
+                            "task {task_id} was not submitted by agent {}; report into your own task (or leave task_id out for your session task)",
+                            a.agent
+                        ),
+                    });
+                }
+                let about_seq = state.last_seq + 1;
+                let at = crate::core::gateway::Principal {
+                    agent: state.agent.clone(),
+                    on_behalf_of: state.on_behalf_of.clone(),
+                };
+                let summary: String = format!(
+                    "reported after the fact (not gated): agent {} ran {} on {} at {} ms: {}{}",
+                    a.agent,
+                    a.tool,
+                    a.resource.as_deref().unwrap_or("*"),
+                    a.occurred_at_ms,
+                    a.outcome,
+                    a.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+                )
+                .chars()
+                .take(crate::core::decide::MAX_ROUTING_SUMMARY_CHARS)
+                .collect();
+                let request = crate::core::routing::RoutingRequest {
+                    task_id,
+                    about_seq,
+                    step_seq: None,
+                    principal: &at,
+                    tool: &a.tool,
+                    resource: a.resource.as_deref(),
+                    decision: None,
+                    outcome: None,
+                    summary: &summary,
+                    recovery_path: a.recovery_path.as_deref(),
+                    now_ms: s.clock.now_ms(),
+                };
+                let mut events = vec![NewEvent {
+                    actor: format!("agent:{}", a.agent),
+                    payload: EventPayload::ActionReported {
+                        agent: a.agent.clone(),
+                        tool: a.tool.clone(),
+                        resource: a.resource.clone(),
+                        input_digest: a.input_digest.clone(),
+                        outcome: a.outcome.clone(),
+                        error: a.error.clone(),
+                        occurred_at_ms: a.occurred_at_ms,
+                        recovery_path: a.recovery_path.clone(),
+                    },
+                }];
+                let record = s
+                    .gateway
+                    .route(&request)
+                    .filter(RoutingRecord::acts);
+                if let Some(r) = &record {
+                    events.push(NewEvent::engine(EventPayload::OwnersNotified {
+                        about_seq,
+                        routing: Box::new(r.clone()),
+                    }));
+                }
+                *routed.lock().expect("not poisoned") = record;
+                Ok(events)
+            })
+            .await?;
+        let routing = routed.into_inner().expect("not poisoned");
+        let seq = if routing.is_some() { last - 1 } else { last };
+        Ok(ActionRecorded { seq, routing })
+    }
+}
+
+impl Engine {
+    /// Records that routing started a playbook (or could not) as the first
+    /// response to the event at `about_seq`. Once per event and playbook:
+    /// a second call (a follower re-reading after a crash) records nothing
+    /// and returns `None`.
+    pub async fn record_playbook_started(
+        &self,
+        task_id: &str,
+        about_seq: i64,
+        playbook: &str,
+        workflow: &str,
+        started: Result<String, String>,
+    ) -> Result<Option<i64>, Error> {
+        let seen = std::sync::atomic::AtomicBool::new(false);
+        let r = self
+            .append_events(task_id, "record a playbook start in", true, |history, _| {
+                let known = history.iter().any(|e| {
+                    matches!(&e.payload, EventPayload::PlaybookStarted { about_seq: a, playbook: p, .. }
+                        if *a == about_seq && p == playbook)
+                });
+                if known {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(Error::Rejected {
+                        task_id: task_id.to_string(),
+                        message: "the playbook start is recorded already".into(),
+                    });
+                }
+                let (playbook_task_id, error) = match &started {
+                    Ok(t) => (Some(t.clone()), None),
+                    Err(e) => (None, Some(e.chars().take(MAX_REPORT_TEXT_CHARS).collect())),
+                };
+                Ok(vec![NewEvent::engine(EventPayload::PlaybookStarted {
+                    about_seq,
+                    playbook: playbook.to_string(),
+                    workflow: workflow.to_string(),
+                    playbook_task_id,
+                    error,
+                })])
+            })
+            .await;
+        match r {
+            Ok(seq) => Ok(Some(seq)),
+            Err(_) if seen.load(std::sync::atomic::Ordering::Relaxed) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
