@@ -230,11 +230,13 @@ async fn receiver() -> Receiver {
                     let mut s = s.lock().unwrap();
                     if !ok || id.is_empty() {
                         s.refused += 1;
-                    } else if s.accepted.contains_key(&id) {
-                        s.duplicates += 1;
                     } else {
-                        s.accepted
-                            .insert(id, serde_json::from_slice(&body).unwrap_or(Value::Null));
+                        match s.accepted.entry(id) {
+                            std::collections::btree_map::Entry::Occupied(_) => s.duplicates += 1,
+                            std::collections::btree_map::Entry::Vacant(v) => {
+                                v.insert(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                            }
+                        }
                     }
                 }
                 a.notify_waiters();

@@ -1116,6 +1116,7 @@ async fn openapi_lists_every_route_and_metrics_health_answer(b: Backend) {
         ("get", "/v1/links/{token}"),
         ("post", "/v1/slack/interactions"),
         ("post", "/v1/tasks/{id}/resolve"),
+        ("post", "/v1/actions"),
     ];
     for (m, p) in expected {
         assert!(
