@@ -342,7 +342,10 @@ fn now_ms() -> i64 {
 
 /// Builds and stores a history of exactly `events` events; returns its task id
 /// and a description of its shape.
-async fn store_long_history(store: &dyn Store, events: usize) -> anyhow::Result<(String, String)> {
+pub(crate) async fn store_long_history(
+    store: &dyn Store,
+    events: usize,
+) -> anyhow::Result<(String, String)> {
     let workflows = mandate_workflows::registry();
     let saga = workflows
         .get("saga")
