@@ -3,7 +3,8 @@
 //! grows with the length (the slope). Pure: no store, no tools run; `decide`
 //! drives the built-in `saga` over N one-step stages, every attempt
 //! succeeding at once, the way a worker's driver calls it (one decision per
-//! outcome, the history kept in memory between decisions).
+//! outcome, the history and the workflow instance kept between decisions:
+//! `decide_with`, the instance confirmed after each append).
 //!
 //! Measures only; asserts nothing but that each task completes.
 
@@ -80,10 +81,11 @@ pub fn decide_cost(commands: usize, budget_s: f64) -> DecideCost {
     let mut cpu = 0.0;
     let mut decisions = 0;
     let inherited = Default::default();
+    let mut instance = None;
     while !state.is_final() && cpu < budget_s {
         now += 1;
         let t0 = thread_cpu_s();
-        let decision = decide::decide(
+        let mut decision = decide::decide_with(
             &DecideInput {
                 history: &history,
                 now_ms: now,
@@ -98,6 +100,7 @@ pub fn decide_cost(commands: usize, budget_s: f64) -> DecideCost {
                 inherited: &inherited,
             },
             std::mem::take(&mut state),
+            instance.take(),
         );
         cpu += thread_cpu_s() - t0;
         decisions += 1;
@@ -114,6 +117,12 @@ pub fn decide_cost(commands: usize, budget_s: f64) -> DecideCost {
         let last = history.last().expect("submitted");
         let sealed = seal(&task_id, last.seq, &last.hash, now, &decision.events);
         history.extend(sealed.into_iter().map(|(e, _)| e));
+        let t0 = thread_cpu_s();
+        instance = decision.instance.take().map(|mut i| {
+            i.confirm(&history);
+            i
+        });
+        cpu += thread_cpu_s() - t0;
         state = decision.state;
         state.last_hash = history.last().map(|e| e.hash.clone()).unwrap_or_default();
         outcomes = decide::actions(&state, now)
