@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures::future::LocalBoxFuture;
+use futures::future::BoxFuture;
 use mandate_engine::{
     EventPayload, StepOptions, TaskStatus, Workflow, WorkflowContext, WorkflowError,
 };
@@ -216,7 +216,7 @@ impl Workflow for NotTheSaga {
         &self,
         ctx: WorkflowContext,
         _input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         Box::pin(async move {
             ctx.step(StepOptions::new("test.echo", json!({"n": 1})).name("first"))
                 .await?;

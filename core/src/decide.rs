@@ -17,7 +17,9 @@ use serde_json::Value;
 use super::event::{Event, EventPayload, NewEvent, RecordedError};
 use super::limits::Limits;
 use super::state::{Outcome, PendingTimer, RollbackCause, TaskState, TaskStatus};
-use super::workflow::{self, DEFAULT_STEP_TIMEOUT_MS, MAX_STEP_TIMEOUT_MS, NewCommand, Workflow};
+use super::workflow::{
+    DEFAULT_STEP_TIMEOUT_MS, MAX_STEP_TIMEOUT_MS, NewCommand, Workflow, WorkflowInstance,
+};
 
 /// A routed event's one-line summary is cut to this many characters.
 pub const MAX_ROUTING_SUMMARY_CHARS: usize = 500;
@@ -108,6 +110,11 @@ pub fn halt_actor(halt_id: &str) -> String {
 pub struct Decision {
     pub events: Vec<NewEvent>,
     pub state: TaskState,
+    /// The workflow's code as it ran for this decision, fed its events
+    /// (see [`decide_with`]): keep it for the next decision only once
+    /// exactly these events are appended, and then
+    /// [`confirm`](WorkflowInstance::confirm) it against the history.
+    pub instance: Option<WorkflowInstance>,
 }
 
 struct Draft<'a> {
@@ -116,6 +123,9 @@ struct Draft<'a> {
     base_seq: i64,
     state: TaskState,
     new: Vec<NewEvent>,
+    /// The workflow's code, fed every event up to its `fed_seq` (persisted
+    /// ones, then `new`'s).
+    instance: Option<WorkflowInstance>,
 }
 
 impl Draft<'_> {
@@ -420,26 +430,44 @@ impl Draft<'_> {
             });
             return true;
         };
-        let events: Vec<(i64, &EventPayload)> = self
-            .input
-            .history
-            .iter()
-            .map(|e| (e.seq, &e.payload))
-            .chain(
-                self.new
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| (self.base_seq + 1 + i as i64, &e.payload)),
-            )
-            .collect();
-        let r = workflow::replay(
-            wf,
-            &self.state.task_id,
-            &self.state.input,
-            &events,
-            self.input.now_ms,
-        );
-        drop(events);
+        // Feed the kept instance what it has not seen; a new one (or one
+        // that cannot go on) replays from the first event.
+        let history = self.input.history;
+        let events_after = |fed: i64| -> Vec<(i64, &EventPayload)> {
+            let from = history.partition_point(|e| e.seq <= fed);
+            history[from..]
+                .iter()
+                .map(|e| (e.seq, &e.payload))
+                .chain(
+                    self.new
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| (self.base_seq + 1 + i as i64, &e.payload))
+                        .filter(|(seq, _)| *seq > fed),
+                )
+                .collect()
+        };
+        let kept = self.instance.take().and_then(|mut i| {
+            let events = events_after(i.fed_seq());
+            i.feed(&events, self.base_seq, self.input.now_ms)
+                .ok()
+                .map(|r| (i, r))
+        });
+        let (instance, r) = kept.unwrap_or_else(|| {
+            let mut i = WorkflowInstance::new(
+                wf,
+                &self.state.task_id,
+                &self.state.input,
+                history.first().map(|e| &e.payload),
+            );
+            let r = i
+                .feed(&events_after(0), self.base_seq, self.input.now_ms)
+                .expect("a new instance fed one batch is always usable");
+            (i, r)
+        });
+        if r.nondeterminism.is_none() && r.finished.is_none() {
+            self.instance = Some(instance);
+        }
         if let Some(nd) = r.nondeterminism {
             self.engine(EventPayload::TaskBlocked {
                 reason: "non_determinism".to_string(),
@@ -1188,18 +1216,36 @@ fn rollback_order(state: &TaskState) -> Vec<&super::state::StepState> {
 /// Decides the events that follow `input.history` given the outcomes and the
 /// time. `state` is the fold of `input.history`; it is taken by value (and
 /// returned in the [`Decision`], advanced) so the hot path never copies it.
+/// Runs the workflow's code from the first event.
 pub fn decide(input: &DecideInput<'_>, state: TaskState) -> Decision {
+    decide_with(input, state, None)
+}
+
+/// [`decide`], going on with the workflow instance of an earlier decision
+/// of the same task (its [`Decision::instance`], confirmed once appended)
+/// so that only the events since are fed to the code: the cost of a
+/// decision no longer grows with the history. An instance that is not
+/// [`usable_with`](WorkflowInstance::usable_with) `input.history`, or that
+/// cannot go on, is dropped and the code replayed from the first event:
+/// the events decided are the same either way.
+pub fn decide_with(
+    input: &DecideInput<'_>,
+    state: TaskState,
+    instance: Option<WorkflowInstance>,
+) -> Decision {
     let base_seq = state.last_seq;
     let mut d = Draft {
         input,
         base_seq,
         state,
         new: Vec::new(),
+        instance: instance.filter(|i| i.usable_with(input.history)),
     };
     if d.state.is_final() || d.state.blocked.is_some() {
         return Decision {
             events: d.new,
             state: d.state,
+            instance: None,
         };
     }
     if !d.state.started {
@@ -1264,6 +1310,8 @@ pub fn decide(input: &DecideInput<'_>, state: TaskState) -> Decision {
         // rebuilding the state by a fold is fine).
         d.state = TaskState::fold(input.history);
         d.new.clear();
+        // It was fed events that will not be appended.
+        d.instance = None;
         d.engine(EventPayload::TaskBlocked {
             reason: format!(
                 "history would exceed {} events; the task needs a person",
@@ -1274,9 +1322,16 @@ pub fn decide(input: &DecideInput<'_>, state: TaskState) -> Decision {
             found: None,
         });
     }
+    let mut instance = d.instance;
+    if let Some(i) = instance.as_mut() {
+        // Confirmed here when it was fed persisted events only; else once
+        // the caller appended this decision.
+        i.confirm(input.history);
+    }
     Decision {
         events: d.new,
         state: d.state,
+        instance,
     }
 }
 

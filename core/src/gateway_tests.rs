@@ -2,7 +2,7 @@
 //! scheduled; denials, approvals (identity, quorum, absolute deadline,
 //! edits), pre-approvals. Given events / when input / then events.
 
-use futures::future::LocalBoxFuture;
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::decide::{AttemptOutcome, DecideInput, Target, actions, decide};
@@ -25,7 +25,7 @@ impl Workflow for OneCall {
         &self,
         ctx: WorkflowContext,
         input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         let tool = self.0;
         Box::pin(async move {
             let out = ctx.step(StepOptions::new(tool, input).name("pay")).await?;

@@ -24,3 +24,6 @@ mod tests;
 
 #[cfg(test)]
 mod gateway_tests;
+
+#[cfg(test)]
+mod instance_tests;

@@ -1,7 +1,7 @@
 //! Core tests: given events / when input / then events, as plain data. No
 //! store, no runtime: `decide` and `replay` are pure.
 
-use futures::future::LocalBoxFuture;
+use futures::future::BoxFuture;
 use std::collections::HashMap;
 
 use crate::gateway::{
@@ -113,7 +113,7 @@ impl Workflow for TwoSteps {
         &self,
         ctx: WorkflowContext,
         _: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         Box::pin(async move {
             let a = ctx
                 .step(
@@ -563,7 +563,7 @@ fn replay_reports_a_changed_command_with_its_seq() {
             &self,
             ctx: WorkflowContext,
             _: Value,
-        ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+        ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
             Box::pin(async move {
                 ctx.step(StepOptions::new("send", json!({})).name("a"))
                     .await?;

@@ -10,23 +10,28 @@
 //! it did when it first ran. A command that does not match is a
 //! [`NonDeterminism`] naming the seq, the expected and the found command.
 //!
+//! A worker's driver need not run the code from the start for every
+//! decision: a [`WorkflowInstance`] keeps the code's future and the
+//! replayer between decisions and is fed only the events appended since,
+//! polled at exactly the points a replay from the start would poll it
+//! (see [`WorkflowInstance::feed`]); where it cannot be sure of that, it
+//! says so and the caller replays from the start.
+//!
 //! Rules for workflow authors (documented in ARCHITECTURE.md): no clocks, no
 //! randomness, no I/O, no threads, no `select!`/racing between commands (use
 //! `join`/`join_all`; a signal wait's timeout is decided by the engine).
 //!
 //! Pure: polling uses no runtime, replay performs no side effect.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use futures::future::LocalBoxFuture;
+use futures::future::BoxFuture;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -47,11 +52,8 @@ pub trait Workflow: Send + Sync + 'static {
         1
     }
     /// Runs the workflow. The future must be driven only by the context.
-    fn run(
-        &self,
-        ctx: WorkflowContext,
-        input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>>;
+    /// It is `Send` so that a worker's driver can keep it between decisions.
+    fn run(&self, ctx: WorkflowContext, input: Value) -> BoxFuture<'static, WorkflowResult>;
 
     /// Checks an input at submission, before anything is written. The message
     /// must name what is wrong and where (e.g. the step and field).
@@ -72,6 +74,9 @@ pub trait Workflow: Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// What a workflow returns.
+pub type WorkflowResult = Result<Value, WorkflowError>;
 
 /// Why a workflow gave up: the saga rolls back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -273,12 +278,17 @@ struct Replayer {
     task_id: String,
     workflow_version: u32,
     now_ms: i64,
+    /// The recorded commands known so far, in order.
     history: Vec<HistoryCommand>,
     index_of_seq: HashMap<i64, u32>,
     resolutions: HashMap<u32, Resolution>,
     wakers: HashMap<u32, Waker>,
+    /// Wakers woken by results so far (an instance's poll is "woken" when
+    /// this moved since the poll before).
+    wakes: u64,
     next_command: u32,
-    new_commands: Vec<NewCommand>,
+    /// Commands issued past the recorded ones (indices `history.len()..`), oldest first.
+    new_commands: VecDeque<NewCommand>,
     nondeterminism: Option<NonDeterminism>,
     ids_issued: u64,
     signals: HashMap<i64, Signal>,
@@ -393,7 +403,7 @@ impl Replayer {
                     NewCommand::Marker { value, .. } => Some(value.clone()),
                     _ => None,
                 };
-                self.new_commands.push(command);
+                self.new_commands.push_back(command);
                 (index, value)
             }
         }
@@ -403,9 +413,47 @@ impl Replayer {
         if let Some(&index) = self.index_of_seq.get(&command_seq) {
             self.resolutions.insert(index, resolution);
             if let Some(w) = self.wakers.remove(&index) {
+                self.wakes += 1;
                 w.wake();
             }
         }
+    }
+
+    /// Adds a recorded command. One the code issued already (a new command
+    /// of an earlier poll, now recorded) is checked against the record as
+    /// `issue` would have checked it; `Err` when a marker's recorded value
+    /// differs from the one the code was given (only a replay from the
+    /// start gives the code the recorded value).
+    fn record_command(&mut self, seq: i64, payload: &EventPayload) -> Result<(), Unusable> {
+        let index = self.history.len() as u32;
+        if index < self.next_command
+            && self.nondeterminism.is_none()
+            && let Some(issued) = self.new_commands.pop_front()
+        {
+            if !issued.matches(payload) {
+                self.nondeterminism = Some(NonDeterminism {
+                    task_id: self.task_id.clone(),
+                    seq,
+                    expected: describe_recorded(payload),
+                    found: issued.describe(),
+                });
+            } else if let (
+                NewCommand::Marker { value, .. },
+                EventPayload::MarkerRecorded {
+                    value: recorded, ..
+                },
+            ) = (&issued, payload)
+                && value != recorded
+            {
+                return Err(Unusable);
+            }
+        }
+        self.index_of_seq.insert(seq, index);
+        self.history.push(HistoryCommand {
+            seq,
+            payload: payload.clone(),
+        });
+        Ok(())
     }
 
     fn step_name(&self, step_seq: i64) -> (String, String) {
@@ -519,19 +567,26 @@ impl Replayer {
 /// The handle workflow code uses for everything outside itself. Cheap to clone.
 #[derive(Clone)]
 pub struct WorkflowContext {
-    inner: Rc<RefCell<Replayer>>,
+    inner: Arc<Mutex<Replayer>>,
+}
+
+/// The replayer, locked for a moment. Nothing panics while holding it, and
+/// a replayer is never shared between threads at once (the code runs inside
+/// one poll), so a poisoned lock only means an earlier poll panicked.
+fn lock(inner: &Mutex<Replayer>) -> MutexGuard<'_, Replayer> {
+    inner.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A command's result, resolved by the history.
 struct CommandFuture {
-    inner: Rc<RefCell<Replayer>>,
+    inner: Arc<Mutex<Replayer>>,
     index: u32,
 }
 
 impl Future for CommandFuture {
     type Output = Resolution;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Resolution> {
-        let mut r = self.inner.borrow_mut();
+        let mut r = lock(&self.inner);
         match r.resolutions.get(&self.index) {
             Some(res) => Poll::Ready(res.clone()),
             None => {
@@ -545,11 +600,11 @@ impl Future for CommandFuture {
 impl WorkflowContext {
     /// The task this code runs for.
     pub fn task_id(&self) -> String {
-        self.inner.borrow().task_id.clone()
+        lock(&self.inner).task_id.clone()
     }
 
     fn command(&self, command: NewCommand) -> (CommandFuture, Option<Value>) {
-        let (index, value) = self.inner.borrow_mut().issue(command);
+        let (index, value) = lock(&self.inner).issue(command);
         (
             CommandFuture {
                 inner: self.inner.clone(),
@@ -565,7 +620,7 @@ impl WorkflowContext {
         &self,
         options: StepOptions,
     ) -> impl Future<Output = Result<Value, StepError>> + use<> {
-        let command = self.inner.borrow().next_command;
+        let command = lock(&self.inner).next_command;
         let (fut, _) = self.command(NewCommand::Step { command, options });
         async move {
             match fut.await {
@@ -577,7 +632,7 @@ impl WorkflowContext {
 
     /// Sleeps durably: survives restarts; fires once.
     pub fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + use<> {
-        let command = self.inner.borrow().next_command;
+        let command = lock(&self.inner).next_command;
         let (fut, _) = self.command(NewCommand::Timer {
             command,
             duration_ms: duration.as_millis() as u64,
@@ -606,7 +661,7 @@ impl WorkflowContext {
         subject: &str,
         timeout: Option<Duration>,
     ) -> impl Future<Output = ApprovalResult> + use<> {
-        let command = self.inner.borrow().next_command;
+        let command = lock(&self.inner).next_command;
         let (fut, _) = self.command(NewCommand::Approval {
             command,
             subject: subject.to_string(),
@@ -635,7 +690,7 @@ impl WorkflowContext {
     /// The version of the workflow recorded when the task was submitted, so
     /// that code can keep the path older histories were written by.
     pub fn workflow_version(&self) -> u32 {
-        self.inner.borrow().workflow_version
+        lock(&self.inner).workflow_version
     }
 
     fn wait(
@@ -644,7 +699,7 @@ impl WorkflowContext {
         approval: bool,
         timeout: Option<Duration>,
     ) -> impl Future<Output = Option<Signal>> + use<> {
-        let command = self.inner.borrow().next_command;
+        let command = lock(&self.inner).next_command;
         let (fut, _) = self.command(NewCommand::SignalWait {
             command,
             name: name.to_string(),
@@ -662,7 +717,7 @@ impl WorkflowContext {
     /// The time, in ms since the Unix epoch, recorded on first run and replayed after.
     pub fn now(&self) -> i64 {
         let (command, now_ms) = {
-            let r = self.inner.borrow();
+            let r = lock(&self.inner);
             (r.next_command, r.now_ms)
         };
         let (_, value) = self.command(NewCommand::Marker {
@@ -677,7 +732,7 @@ impl WorkflowContext {
     /// force when the task first ran): the first run records `value`; every
     /// replay returns the recorded value, whatever `value` is by then.
     pub fn record(&self, kind: &str, value: Value) -> Value {
-        let command = self.inner.borrow().next_command;
+        let command = lock(&self.inner).next_command;
         let (_, recorded) = self.command(NewCommand::Marker {
             command,
             kind: kind.to_string(),
@@ -688,7 +743,7 @@ impl WorkflowContext {
 
     /// A UUID derived from the task id and a counter: the same on every replay.
     pub fn new_id(&self) -> uuid::Uuid {
-        let mut r = self.inner.borrow_mut();
+        let mut r = lock(&self.inner);
         r.ids_issued += 1;
         let digest = Sha256::new()
             .chain_update(r.task_id.as_bytes())
@@ -713,10 +768,10 @@ impl Wake for FlagWaker {
 
 /// Polls until the future stops making progress.
 fn poll_until_stalled(
-    fut: &mut LocalBoxFuture<'static, Result<Value, WorkflowError>>,
+    fut: &mut BoxFuture<'static, WorkflowResult>,
     flag: &Arc<FlagWaker>,
     waker: &Waker,
-) -> Option<Result<Value, WorkflowError>> {
+) -> Option<WorkflowResult> {
     let mut cx = Context::from_waker(waker);
     // Combinators such as FuturesUnordered yield after a budget and wake
     // themselves; keep polling while someone woke us, within a bound.
@@ -732,6 +787,317 @@ fn poll_until_stalled(
     None
 }
 
+/// An instance kept between decisions can no longer be fed: replay from
+/// the start instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unusable;
+
+/// The version a history was written by: its `TaskSubmitted`'s, else the code's.
+fn recorded_version(workflow: &dyn Workflow, first: Option<&EventPayload>) -> u32 {
+    match first {
+        Some(EventPayload::TaskSubmitted {
+            workflow_version, ..
+        }) => *workflow_version,
+        _ => workflow.version(),
+    }
+}
+
+/// A workflow's code running against a history that grows: created
+/// once, then fed the events in order, a batch at a time, each batch only
+/// once. After every batch it answers what a replay from the start over
+/// all the events fed so far would answer ([`replay`] is one batch fed to a
+/// new instance), at the cost of the new events only.
+///
+/// A replay from the start polls the code after each run of non-command
+/// events (results made visible together), before the commands recorded
+/// next. An instance polls at those points too, and also at the end of
+/// every batch (to learn the next commands), where the history may later
+/// go on with more non-command events, merging into the same run. That
+/// extra poll cannot be told apart when nothing had woken the code since
+/// its previous poll and the poll issued nothing: the code's futures then
+/// only look again at unresolved commands. Otherwise, if the next batch
+/// starts with a non-command event, the instance is [`Unusable`] (e.g. one
+/// step of two running in parallel completed: the code was woken and now
+/// waits for the other). So is one whose new marker (a `now`, a `record`)
+/// was recorded with a value other than the one the code was given.
+///
+/// `Send`, so that a worker's driver can hold it across awaits. It keeps
+/// the code's future and the recorded commands: memory in proportion to the
+/// commands, like the history the driver holds.
+pub struct WorkflowInstance {
+    inner: Arc<Mutex<Replayer>>,
+    fut: Option<BoxFuture<'static, WorkflowResult>>,
+    flag: Arc<FlagWaker>,
+    waker: Waker,
+    finished: Option<WorkflowResult>,
+    /// The seq of the last event fed (0 before any).
+    fed_seq: i64,
+    /// An unpolled run of non-command events is open (the start counts as one).
+    need_poll: bool,
+    /// The last batch ended with a poll that the history may not make again.
+    ended_with_sensitive_poll: bool,
+    /// The last poll was woken by a result (or was the first) or issued commands.
+    last_poll_sensitive: bool,
+    polled: bool,
+    wakes_at_last_poll: u64,
+    /// The seq and hash of the last event fed, once every event fed is
+    /// known to be persisted ([`Self::confirm`]).
+    confirmed: Option<(i64, String)>,
+    /// Events fed that were not persisted when fed (a decision's own), to
+    /// be found in the history, the same, before the instance is used again.
+    unconfirmed: Vec<(i64, EventPayload)>,
+    /// Nondeterminism found or the workflow returned: nothing further to feed.
+    done: bool,
+}
+
+impl std::fmt::Debug for WorkflowInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkflowInstance")
+            .field("fed_seq", &self.fed_seq)
+            .field("confirmed", &self.confirmed)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkflowInstance {
+    /// Starts `workflow` for a task. `first` is the history's first event
+    /// (its `TaskSubmitted` names the version the code must follow).
+    pub fn new(
+        workflow: &dyn Workflow,
+        task_id: &str,
+        input: &Value,
+        first: Option<&EventPayload>,
+    ) -> Self {
+        let inner = Arc::new(Mutex::new(Replayer {
+            task_id: task_id.to_string(),
+            workflow_version: recorded_version(workflow, first),
+            now_ms: 0,
+            history: Vec::new(),
+            index_of_seq: HashMap::new(),
+            resolutions: HashMap::new(),
+            wakers: HashMap::new(),
+            wakes: 0,
+            next_command: 0,
+            new_commands: VecDeque::new(),
+            nondeterminism: None,
+            ids_issued: 0,
+            signals: HashMap::new(),
+            step_attempts: HashMap::new(),
+        }));
+        let ctx = WorkflowContext {
+            inner: inner.clone(),
+        };
+        let fut = workflow.run(ctx, input.clone());
+        let flag = Arc::new(FlagWaker(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        Self {
+            inner,
+            fut: Some(fut),
+            flag,
+            waker,
+            finished: None,
+            fed_seq: 0,
+            need_poll: true,
+            ended_with_sensitive_poll: false,
+            last_poll_sensitive: false,
+            polled: false,
+            wakes_at_last_poll: 0,
+            confirmed: None,
+            unconfirmed: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The seq of the last event fed.
+    pub fn fed_seq(&self) -> i64 {
+        self.fed_seq
+    }
+
+    /// Checks the events fed against `history` (the persisted history, e.g.
+    /// just after an append): once every event fed that was not persisted
+    /// when fed is in it, the same, the instance is confirmed at the last
+    /// event fed (whose hash covers every event before it). One that is
+    /// missing leaves the instance unconfirmed (not appended yet); one that
+    /// differs (someone else's event took its seq) makes it unusable for good.
+    pub fn confirm(&mut self, history: &[super::event::Event]) {
+        for (seq, payload) in &self.unconfirmed {
+            match event_at(history, *seq) {
+                Some(e) if &e.payload == payload => {}
+                Some(_) => {
+                    self.done = true;
+                    return;
+                }
+                None => return,
+            }
+        }
+        self.unconfirmed.clear();
+        self.confirmed = event_at(history, self.fed_seq).map(|e| (e.seq, e.hash.clone()));
+    }
+
+    /// Whether the events fed are exactly the first events of `history`:
+    /// confirmed after the last one was fed, and `history` holds the same
+    /// event there (so, by the hash chain, the same events before it).
+    pub fn usable_with(&self, history: &[super::event::Event]) -> bool {
+        !self.done
+            && self.unconfirmed.is_empty()
+            && self.confirmed.as_ref().is_some_and(|(seq, hash)| {
+                *seq == self.fed_seq && event_at(history, *seq).is_some_and(|e| &e.hash == hash)
+            })
+    }
+
+    fn poll(&mut self) {
+        let Some(fut) = self.fut.as_mut() else {
+            return;
+        };
+        let (wakes, issued_before) = {
+            let r = lock(&self.inner);
+            (r.wakes, r.next_command)
+        };
+        let woken = !self.polled || wakes != self.wakes_at_last_poll;
+        let finished = poll_until_stalled(fut, &self.flag, &self.waker);
+        self.polled = true;
+        let r = lock(&self.inner);
+        self.wakes_at_last_poll = r.wakes;
+        self.last_poll_sensitive = woken || r.next_command != issued_before;
+        if r.nondeterminism.is_some() {
+            self.done = true;
+        }
+        drop(r);
+        if finished.is_some() {
+            self.finished = finished;
+            self.fut = None;
+            self.done = true;
+        }
+    }
+
+    /// Feeds the events that follow the last one fed (seq and payload, in
+    /// order; the seqs must go on from [`Self::fed_seq`]); those after
+    /// `persisted_through` are not persisted yet, and [`Self::confirm`]
+    /// looks for them later. `now_ms` is what new markers record. Answers
+    /// as a replay from the start over every event fed so far would, or
+    /// [`Unusable`] (then drop the instance and replay from the start).
+    pub fn feed(
+        &mut self,
+        events: &[(i64, &EventPayload)],
+        persisted_through: i64,
+        now_ms: i64,
+    ) -> Result<ReplayResult, Unusable> {
+        if let Some((seq, _)) = events.first()
+            && *seq != self.fed_seq + 1
+            && self.fed_seq != 0
+        {
+            return Err(Unusable);
+        }
+        if self.done && self.fed_seq != 0 {
+            return Err(Unusable);
+        }
+        if !events.is_empty() {
+            self.confirmed = None;
+        }
+        self.unconfirmed.extend(
+            events
+                .iter()
+                .filter(|(seq, _)| *seq > persisted_through)
+                .map(|(seq, p)| (*seq, (*p).clone())),
+        );
+        // A batch that goes on with the run the last batch ended with:
+        // the end-of-batch poll may have been one the history never makes.
+        if self.ended_with_sensitive_poll
+            && !self.done
+            && events.first().is_some_and(|(_, p)| !p.is_command())
+        {
+            return Err(Unusable);
+        }
+        {
+            let mut r = lock(&self.inner);
+            r.now_ms = now_ms;
+            // The batch's commands are known before the code runs, so that
+            // it is matched against them (and given their recorded marker
+            // values) as it issues them.
+            for (seq, p) in events {
+                if p.is_command() {
+                    r.record_command(*seq, p)?;
+                }
+            }
+            if r.nondeterminism.is_some() {
+                self.done = true;
+            }
+        }
+        for (seq, payload) in events {
+            self.fed_seq = *seq;
+            if self.done {
+                continue;
+            }
+            if payload.is_command() {
+                if self.need_poll {
+                    self.need_poll = false;
+                    self.poll();
+                }
+            } else {
+                lock(&self.inner).apply(*seq, payload);
+                self.need_poll = true;
+            }
+        }
+        if self.need_poll && !self.done {
+            // The end of the batch, inside a run of non-command events (or
+            // a new instance fed nothing): poll to learn the next commands.
+            self.need_poll = false;
+            self.poll();
+            self.ended_with_sensitive_poll = self.last_poll_sensitive;
+        } else if !events.is_empty() {
+            self.ended_with_sensitive_poll = false;
+        }
+        Ok(self.result())
+    }
+
+    /// What a replay from the start would answer now.
+    fn result(&mut self) -> ReplayResult {
+        let mut r = lock(&self.inner);
+        if r.nondeterminism.is_none() && (r.next_command as usize) < r.history.len() {
+            let recorded = &r.history[r.next_command as usize];
+            let nd = NonDeterminism {
+                task_id: r.task_id.clone(),
+                seq: recorded.seq,
+                expected: describe_recorded(&recorded.payload),
+                found: if self.finished.is_some() {
+                    "no further command (the workflow returned)".to_string()
+                } else {
+                    "no further command (the workflow is waiting)".to_string()
+                },
+            };
+            r.nondeterminism = Some(nd);
+            self.done = true;
+        }
+        let nd = r.nondeterminism.clone();
+        ReplayResult {
+            finished: if nd.is_some() {
+                None
+            } else {
+                self.finished.clone()
+            },
+            new_commands: if nd.is_some() {
+                Vec::new()
+            } else {
+                r.new_commands.iter().cloned().collect()
+            },
+            nondeterminism: nd,
+            commands_issued: r.next_command,
+        }
+    }
+}
+
+/// The event of `history` with this seq (histories number from 1 without gaps).
+fn event_at(history: &[super::event::Event], seq: i64) -> Option<&super::event::Event> {
+    let i = usize::try_from(seq).ok()?.checked_sub(1)?;
+    history.get(i).filter(|e| e.seq == seq).or_else(|| {
+        history
+            .binary_search_by_key(&seq, |e| e.seq)
+            .ok()
+            .map(|i| &history[i])
+    })
+}
+
 /// Runs `workflow` against a history (`events`: seq and payload, in order, which
 /// may end with events decided but not yet appended). `now_ms` is what new
 /// markers record. Never performs a side effect.
@@ -742,104 +1108,10 @@ pub fn replay(
     events: &[(i64, &EventPayload)],
     now_ms: i64,
 ) -> ReplayResult {
-    let history: Vec<HistoryCommand> = events
-        .iter()
-        .filter(|(_, p)| p.is_command())
-        .map(|(seq, p)| HistoryCommand {
-            seq: *seq,
-            payload: (*p).clone(),
-        })
-        .collect();
-    let index_of_seq = history
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h.seq, i as u32))
-        .collect();
-    let workflow_version = events
-        .first()
-        .and_then(|(_, p)| match p {
-            EventPayload::TaskSubmitted {
-                workflow_version, ..
-            } => Some(*workflow_version),
-            _ => None,
-        })
-        .unwrap_or_else(|| workflow.version());
-    let inner = Rc::new(RefCell::new(Replayer {
-        task_id: task_id.to_string(),
-        workflow_version,
-        now_ms,
-        history,
-        index_of_seq,
-        resolutions: HashMap::new(),
-        wakers: HashMap::new(),
-        next_command: 0,
-        new_commands: Vec::new(),
-        nondeterminism: None,
-        ids_issued: 0,
-        signals: HashMap::new(),
-        step_attempts: HashMap::new(),
-    }));
-    let ctx = WorkflowContext {
-        inner: inner.clone(),
-    };
-    let mut fut = workflow.run(ctx, input.clone());
-    let flag = Arc::new(FlagWaker(AtomicBool::new(false)));
-    let waker = Waker::from(flag.clone());
-
-    let mut finished = None;
-    let mut i = 0;
-    while i <= events.len() {
-        // Make the next run of results visible, exactly as they were appended...
-        while i < events.len() && !events[i].1.is_command() {
-            inner.borrow_mut().apply(events[i].0, events[i].1);
-            i += 1;
-        }
-        // ...and let the code react to them.
-        finished = poll_until_stalled(&mut fut, &flag, &waker);
-        if finished.is_some() || inner.borrow().nondeterminism.is_some() {
-            break;
-        }
-        // The commands recorded next were issued by that poll (or will be, by a
-        // later one: they are matched by order when issued).
-        while i < events.len() && events[i].1.is_command() {
-            i += 1;
-        }
-        if i == events.len() {
-            break;
-        }
-    }
-    drop(fut);
-    let mut r = Rc::try_unwrap(inner)
-        .ok()
-        .expect("the workflow future was dropped, so no context clone remains")
-        .into_inner();
-    if r.nondeterminism.is_none() && (r.next_command as usize) < r.history.len() {
-        let recorded = &r.history[r.next_command as usize];
-        r.nondeterminism = Some(NonDeterminism {
-            task_id: task_id.to_string(),
-            seq: recorded.seq,
-            expected: describe_recorded(&recorded.payload),
-            found: if finished.is_some() {
-                "no further command (the workflow returned)".to_string()
-            } else {
-                "no further command (the workflow is waiting)".to_string()
-            },
-        });
-    }
-    ReplayResult {
-        finished: if r.nondeterminism.is_some() {
-            None
-        } else {
-            finished
-        },
-        new_commands: if r.nondeterminism.is_some() {
-            Vec::new()
-        } else {
-            r.new_commands
-        },
-        nondeterminism: r.nondeterminism,
-        commands_issued: r.next_command,
-    }
+    let mut instance = WorkflowInstance::new(workflow, task_id, input, events.first().map(|e| e.1));
+    instance
+        .feed(events, i64::MAX, now_ms)
+        .expect("a new instance fed one batch is always usable")
 }
 
 /// Workflows by name.

@@ -10,7 +10,14 @@
 //! - recovery: `--recovery-tasks` tasks mid-step in an engine child process,
 //!   SIGKILL, a new process started at once: time until all are final;
 //! - memory: peak RSS of this process (engine + worker in process) with
-//!   `--memory-tasks` tasks waiting on a signal.
+//!   `--memory-tasks` tasks waiting on a signal;
+//! - CPU per task: this process's CPU time (user + system, from the OS)
+//!   over each throughput run, divided by its tasks; on PostgreSQL also the
+//!   server's processes' CPU time over the same run;
+//! - replay: `audit_task` (read, verify, fold, re-run the code) of one
+//!   `--replay-events`-event history (as `replay-bench`), median of 5;
+//! - decide cost: the total CPU `decide` spends over a task of 100 / 1,000 /
+//!   10,000 commands and its growth with the length (`decide_bench`).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -63,6 +70,16 @@ pub struct BenchArgs {
     /// Most tasks the in-process worker drives at once (`WorkerConfig::max_active_tasks`).
     #[arg(long, default_value_t = WorkerConfig::default().max_active_tasks)]
     pub max_active_tasks: usize,
+    /// Events in the history whose replay is timed (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    pub replay_events: usize,
+    /// Task lengths (commands) of the decide-cost benchmark (empty skips it).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    pub decide_commands: Vec<usize>,
+    /// Most decide CPU seconds one length of the decide-cost benchmark may
+    /// take; a length that needs more is reported as stopped there.
+    #[arg(long, default_value_t = 60.0)]
+    pub decide_budget_s: f64,
     /// Write the figures as JSON to this file too.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -194,6 +211,17 @@ pub struct Figures {
     pub memory_peak_mb: Option<f64>,
     pub memory_baseline_mb: Option<f64>,
     pub memory_submit_s: Option<f64>,
+    /// This process's CPU per task (ms), median over the throughput runs,
+    /// with its user and system parts.
+    pub cpu_ms_per_task: f64,
+    pub cpu_user_ms_per_task: f64,
+    pub cpu_sys_ms_per_task: f64,
+    pub cpu_ms_per_task_runs: Vec<f64>,
+    /// The PostgreSQL server's CPU per task (ms), median over the runs.
+    pub server_cpu_ms_per_task: Option<f64>,
+    /// Replay of a `replay_events`-event history, median (ms).
+    pub replay_ms: Option<f64>,
+    pub decide: Vec<crate::decide_bench::DecideCost>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -228,6 +256,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         f.recovery_in_flight = args.recovery_tasks;
     }
 
+    if args.replay_events > 0 {
+        let fresh = FreshDb::create(&args.db).await?;
+        let r = replay_ms(&fresh.url, args.replay_events).await;
+        fresh.drop_now().await;
+        f.replay_ms = Some(r?);
+    }
+
+    if !args.decide_commands.is_empty() {
+        let lengths = args.decide_commands.clone();
+        let budget = args.decide_budget_s;
+        println!("decide cost (saga of N one-step stages, CPU of this thread inside `decide`):\n");
+        f.decide =
+            tokio::task::spawn_blocking(move || crate::decide_bench::run(&lengths, budget)).await?;
+        println!();
+    }
+
     let ratio = f.tasks_per_s / f.raw_appends_per_s;
     let opt = |v: Option<f64>, unit: &str| {
         v.map_or("not measured".to_string(), |v| format!("{v:.2} {unit}"))
@@ -252,6 +296,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     );
     println!(
+        "| CPU per 5-step task, this process (user + system; median of the runs: {}) | {:.2} ms ({:.2} + {:.2}) | ≤ 0.5 ms |",
+        f.cpu_ms_per_task_runs
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        f.cpu_ms_per_task,
+        f.cpu_user_ms_per_task,
+        f.cpu_sys_ms_per_task,
+    );
+    if let Some(s) = f.server_cpu_ms_per_task {
+        println!(
+            "| CPU per 5-step task, PostgreSQL server processes (median) | {s:.2} ms (total {:.2} ms) | ≤ 0.5 ms with the engine's |",
+            s + f.cpu_ms_per_task
+        );
+    }
+    println!(
         "| raw durable appends/s (one event per commit, each awaited) | {:.0} | — |",
         f.raw_appends_per_s
     );
@@ -261,7 +322,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.latency_tasks,
         f.p50_ms,
         f.p99_ms,
-        if f.store == "sqlite" { "1.5" } else { "4" }
+        if f.store == "sqlite" { "2" } else { "4" }
     );
     println!(
         "| approval signal → next step started, p50 / p99 ({} signals) | {} / {} | p99 ≤ 10 ms |",
@@ -270,18 +331,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         opt(f.signal_p99_ms, "ms")
     );
     println!(
-        "| SIGKILL with {} tasks in flight → all final (lease {} ms) | {} | ≤ lease + 2 s = {:.1} s |",
+        "| SIGKILL with {} tasks in flight → all final (lease {} ms) | {} | ≤ lease + 1 s = {:.1} s |",
         f.recovery_in_flight,
         args.recovery_lease_ms,
         opt(f.recovery_s, "s"),
-        args.recovery_lease_ms as f64 / 1e3 + 2.0
+        args.recovery_lease_ms as f64 / 1e3 + 1.0
     );
     println!(
-        "| peak RSS with {} tasks waiting on a signal (baseline {}) | {} | ≤ 150 MB |",
+        "| peak RSS with {} tasks waiting on a signal (baseline {}) | {} | ≤ 120 MB |",
         args.memory_tasks,
         opt(f.memory_baseline_mb, "MB"),
         opt(f.memory_peak_mb, "MB")
     );
+    println!(
+        "| replay of a {}-event history (audit_task, median of 5) | {} | ≤ 50 ms |",
+        args.replay_events,
+        opt(f.replay_ms, "ms")
+    );
+    let decide_slope = slope(&f.decide);
+    if !f.decide.is_empty() {
+        println!(
+            "| total decide CPU vs length ({}) | {} | linear |",
+            f.decide
+                .iter()
+                .map(|c| format!(
+                    "{}: {:.3} s{}",
+                    c.commands,
+                    c.decide_cpu_s,
+                    if c.complete { "" } else { " (stopped)" }
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            decide_slope.map_or(
+                "not measured at two complete lengths".to_string(),
+                |k| format!("exponent {k:.2} (1 = linear, 2 = quadratic)")
+            ),
+        );
+    }
     println!("\ndurability: {}", f.durability);
     let doc = json!({
         "store": f.store, "durability": f.durability, "machine": machine(),
@@ -293,6 +379,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "recovery_tasks": f.recovery_in_flight, "recovery_lease_ms": args.recovery_lease_ms, "recovery_s": f.recovery_s,
         "memory_tasks": args.memory_tasks, "memory_peak_rss_mb": f.memory_peak_mb,
         "memory_baseline_rss_mb": f.memory_baseline_mb, "memory_submit_s": f.memory_submit_s,
+        "cpu_ms_per_task": f.cpu_ms_per_task, "cpu_user_ms_per_task": f.cpu_user_ms_per_task,
+        "cpu_sys_ms_per_task": f.cpu_sys_ms_per_task, "cpu_ms_per_task_runs": f.cpu_ms_per_task_runs,
+        "server_cpu_ms_per_task": f.server_cpu_ms_per_task,
+        "replay_events": args.replay_events, "replay_ms": f.replay_ms,
+        "decide": f.decide.iter().map(|c| json!({
+            "commands": c.commands, "commands_done": c.commands_done, "decisions": c.decisions,
+            "events": c.events, "decide_cpu_s": c.decide_cpu_s, "complete": c.complete,
+            "us_per_command": c.us_per_command(),
+        })).collect::<Vec<_>>(),
+        "decide_exponent": decide_slope,
     });
     let path = args.json.clone().unwrap_or_else(|| {
         std::path::PathBuf::from(format!("stress/results/bench-{}.json", f.store))
@@ -306,6 +402,37 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     eprintln!("figures written to {}", path.display());
     Ok(())
+}
+
+/// The exponent k of `total ∝ length^k` between the shortest and the
+/// longest complete lengths of the decide benchmark.
+fn slope(costs: &[crate::decide_bench::DecideCost]) -> Option<f64> {
+    let done: Vec<_> = costs.iter().filter(|c| c.complete).collect();
+    let (a, b) = (done.first()?, done.last()?);
+    (b.commands > a.commands).then(|| {
+        (b.decide_cpu_s / a.decide_cpu_s).ln() / (b.commands as f64 / a.commands as f64).ln()
+    })
+}
+
+/// Stores one `events`-event history and times `audit_task` on it (median of 5, ms).
+async fn replay_ms(url: &str, events: usize) -> anyhow::Result<f64> {
+    let store = mandate_engine::store::open(url).await?;
+    let workflows = mandate_workflows::registry();
+    let (task_id, _) = crate::replay_bench::store_long_history(store.as_ref(), events).await?;
+    let options = mandate_engine::audit::AuditOptions::default();
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let a = mandate_engine::audit::audit_task(store.as_ref(), &workflows, &task_id, &options)
+            .await?;
+        runs.push(t0.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(
+            a.verdict == mandate_engine::audit::Verdict::Ok,
+            "the replay history does not hold: {:?}",
+            a.problem()
+        );
+    }
+    Ok(median(&runs))
 }
 
 /// The machine, for the results file.
@@ -404,13 +531,30 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
     }
     lat.sort_by(|a, b| a.total_cmp(b));
 
-    // Throughput: all at once, a few times.
+    // Throughput: all at once, a few times; the CPU the OS counted for this
+    // process (and the PostgreSQL server) over each run, per task.
     let mut runs = Vec::new();
+    let (mut cpu_runs, mut user_runs, mut sys_runs, mut server_runs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let postgres = engine.store().backend() == mandate_engine::store::Backend::Postgres;
     for _ in 0..args.runs.max(1) {
+        let (u0, s0) = crate::stats::process_cpu_s();
+        let server0 = postgres.then(crate::stats::postgres_server_cpu_s).flatten();
         let t0 = Instant::now();
         let ids = submit_five_step(&engine, args.tasks).await?;
         wait_all_final(&engine, &ids, Duration::from_secs(600)).await?;
         runs.push(args.tasks as f64 / t0.elapsed().as_secs_f64());
+        let (u1, s1) = crate::stats::process_cpu_s();
+        let per = |d: f64| d * 1e3 / args.tasks as f64;
+        user_runs.push(per(u1 - u0));
+        sys_runs.push(per(s1 - s0));
+        cpu_runs.push(per(u1 - u0 + s1 - s0));
+        if let (Some(a), Some(b)) = (
+            server0,
+            postgres.then(crate::stats::postgres_server_cpu_s).flatten(),
+        ) {
+            server_runs.push(per(b - a));
+        }
         for id in ids.iter().step_by((ids.len() / 20).max(1)) {
             anyhow::ensure!(
                 engine.task(id).await?.status == TaskStatus::Completed,
@@ -438,6 +582,11 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
         raw_appends_per_s,
         signal_p50_ms,
         signal_p99_ms,
+        cpu_ms_per_task: median(&cpu_runs),
+        cpu_user_ms_per_task: median(&user_runs),
+        cpu_sys_ms_per_task: median(&sys_runs),
+        cpu_ms_per_task_runs: cpu_runs,
+        server_cpu_ms_per_task: (!server_runs.is_empty()).then(|| median(&server_runs)),
         ..Default::default()
     })
 }

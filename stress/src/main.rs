@@ -16,6 +16,7 @@ mod bench;
 mod check;
 mod child;
 mod console_bench;
+mod decide_bench;
 mod evidence_bench;
 mod faults;
 mod freshdb;

@@ -342,15 +342,19 @@ fn now_ms() -> i64 {
 
 /// Builds and stores a history of exactly `events` events; returns its task id
 /// and a description of its shape.
-async fn store_long_history(store: &dyn Store, events: usize) -> anyhow::Result<(String, String)> {
+pub(crate) async fn store_long_history(
+    store: &dyn Store,
+    events: usize,
+) -> anyhow::Result<(String, String)> {
     let workflows = mandate_workflows::registry();
     let saga = workflows
         .get("saga")
         .context("the saga workflow is built in")?;
-    // submitted + started + completed, then per step: scheduled, the failures, completed.
+    // submitted + started + completed, then per step: the gateway's
+    // decision, scheduled, the failures, completed.
     let steps = (events / 10).clamp(1, Limits::default().max_commands_per_task);
-    let failures = ((events.saturating_sub(3) / steps).saturating_sub(2)).min(50) as u32;
-    let signals = events.saturating_sub(3 + steps * (2 + failures as usize));
+    let failures = ((events.saturating_sub(3) / steps).saturating_sub(3)).min(50) as u32;
+    let signals = events.saturating_sub(3 + steps * (3 + failures as usize));
     let task_id = uuid::Uuid::now_v7().to_string();
     let history = build_history(&task_id, saga.as_ref(), steps, failures, signals, now_ms());
     anyhow::ensure!(

@@ -55,6 +55,75 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// CPU time this process has used so far, from the OS (`getrusage`):
+/// (user, system) in seconds, all threads.
+pub fn process_cpu_s() -> (f64, f64) {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `u` is a valid, writable rusage; RUSAGE_SELF is a valid target.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) };
+    if rc != 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    // SAFETY: getrusage returned 0, so it filled the struct.
+    let u = unsafe { u.assume_init() };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (tv(u.ru_utime), tv(u.ru_stime))
+}
+
+/// CPU time the calling thread has used so far, in seconds
+/// (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// CPU time (user + system, seconds) of every process on this machine named
+/// `postgres` (the server and its backends), from `/proc/PID/stat`. A
+/// backend that exits between two readings takes its share with it, so a
+/// difference is a floor; other clients of the same server add to it.
+pub fn postgres_server_cpu_s() -> Option<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks <= 0 {
+        return None;
+    }
+    let mut total = 0u64;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces; split after the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if &stat[open + 1..close] != "postgres" {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the comm: state is field 0, utime field 11, stime field 12.
+        if let (Some(u), Some(s)) = (fields.get(11), fields.get(12))
+            && let (Ok(u), Ok(s)) = (u.parse::<u64>(), s.parse::<u64>())
+        {
+            total += u + s;
+            found = true;
+        }
+    }
+    found.then(|| total as f64 / ticks as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::future::LocalBoxFuture;
+use futures::future::BoxFuture;
 use mandate_engine::runtime::Error as EngineError;
 use mandate_engine::{
     EventPayload as E, StepOptions, SubmitOptions, TaskStatus, Workflow, WorkflowContext,
@@ -32,7 +32,7 @@ impl Workflow for Purger {
         &self,
         ctx: WorkflowContext,
         _input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         Box::pin(async move {
             Ok(ctx
                 .step(StepOptions::new("archive.purge", json!({"bucket": "logs"})).name("purge"))

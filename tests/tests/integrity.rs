@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use futures::future::LocalBoxFuture;
+use futures::future::BoxFuture;
 use mandate_engine::core::workflow::check_history;
 use mandate_engine::runtime::Error as EngineError;
 use mandate_engine::{
@@ -123,7 +123,7 @@ impl Workflow for Flip {
         &self,
         ctx: WorkflowContext,
         _input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         let changed = self.changed;
         Box::pin(async move {
             ctx.step(StepOptions::new("test.echo", json!({"n": 1})).name("first"))

@@ -3,7 +3,7 @@
 //! moved event, a tampered derived row, changed workflow code, an unknown task,
 //! and a sweep over many tasks.
 
-use futures::future::LocalBoxFuture;
+use futures::future::BoxFuture;
 use mandate_engine::audit::{
     self, AuditOptions, BreakKind, ChainVerdict, DeterminismVerdict, NotCheckedReason,
     ProjectionVerdict, Selection, SweepOptions, TaskAudit, Verdict,
@@ -26,7 +26,7 @@ impl Workflow for TwoSteps {
         &self,
         ctx: WorkflowContext,
         _input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         let changed = self.changed;
         Box::pin(async move {
             ctx.step(StepOptions::new("test.echo", json!({"n": 1})).name("first"))

@@ -19,7 +19,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use futures::FutureExt;
-use futures::future::{BoxFuture, LocalBoxFuture};
+use futures::future::BoxFuture;
 use mandate_activities::{Governance, World};
 use mandate_engine::core::gateway::Gateway;
 use mandate_engine::core::routing::Routed;
@@ -803,7 +803,7 @@ impl Workflow for PurgeThenFail {
         &self,
         ctx: WorkflowContext,
         _input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         Box::pin(async move {
             ctx.step(StepOptions::new("archive.purge", json!({"bucket": "logs"})).name("purge"))
                 .await?;

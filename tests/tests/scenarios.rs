@@ -654,7 +654,7 @@ async fn pause_lets_running_attempts_finish(b: Backend) {
 }
 
 async fn workflows_can_refuse_signals(b: Backend) {
-    use futures::future::LocalBoxFuture;
+    use futures::future::BoxFuture;
     use mandate_engine::{Workflow, WorkflowContext, WorkflowError};
     /// Waits for a signal "approve" (a workflow's own rule about its signals;
     /// real approvals are engine requests): only approvers may send it, never
@@ -668,7 +668,7 @@ async fn workflows_can_refuse_signals(b: Backend) {
             &self,
             ctx: WorkflowContext,
             _input: Value,
-        ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+        ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
             Box::pin(async move {
                 let s = ctx.wait_signal("approve", None).await.expect("no timeout");
                 Ok(json!({"by": s.sender}))
@@ -793,7 +793,7 @@ async fn timed_out_write_is_compensated_too(b: Backend) {
 }
 
 async fn deterministic_now_and_ids_replay(b: Backend) {
-    use futures::future::LocalBoxFuture;
+    use futures::future::BoxFuture;
     use mandate_engine::{StepOptions, Workflow, WorkflowContext, WorkflowError};
     struct Stamps;
     impl Workflow for Stamps {
@@ -804,7 +804,7 @@ async fn deterministic_now_and_ids_replay(b: Backend) {
             &self,
             ctx: WorkflowContext,
             _input: Value,
-        ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+        ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
             Box::pin(async move {
                 let t = ctx.now();
                 let id = ctx.new_id();

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use futures::future::LocalBoxFuture;
+use futures::future::BoxFuture;
 use mandate_engine::{RetryPolicy, StepOptions, Workflow, WorkflowContext, WorkflowError};
 use serde_json::{Value, json};
 
@@ -74,7 +74,7 @@ impl Workflow for DeployWithRollback {
         &self,
         ctx: WorkflowContext,
         input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         Box::pin(async move { deploy(&ctx, &input, "deploy_with_rollback").await })
     }
 }
@@ -102,7 +102,7 @@ impl Workflow for GatedDeploy {
         &self,
         ctx: WorkflowContext,
         input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         Box::pin(async move {
             let timeout_ms = input
                 .get("approval_timeout_ms")

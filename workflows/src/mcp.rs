@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::LocalBoxFuture;
+use futures::future::BoxFuture;
 use mandate_activities::Governance;
 use mandate_engine::{
     Compensation, Event, EventPayload, RetryPolicy, StepOptions, Workflow, WorkflowContext,
@@ -209,7 +209,7 @@ impl Workflow for McpSession {
         &self,
         ctx: WorkflowContext,
         input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         Box::pin(run_session(ctx, input, self.governance.clone()))
     }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use futures::future::{LocalBoxFuture, join_all};
+use futures::future::{BoxFuture, join_all};
 use mandate_engine::{
     Compensation, RetryPolicy, StepOptions, Workflow, WorkflowContext, WorkflowError,
 };
@@ -233,14 +233,14 @@ impl Workflow for Saga {
         &self,
         ctx: WorkflowContext,
         input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         Box::pin(async move {
             let input: SagaInput = serde_json::from_value(input)
                 .map_err(|e| WorkflowError::new(format!("saga: invalid input: {e}")))?;
             let mut outputs = Vec::new();
             let mut index = 0usize;
             for (stage_no, stage) in input.stages.iter().enumerate() {
-                let mut futures: Vec<LocalBoxFuture<'static, Result<Value, String>>> = Vec::new();
+                let mut futures: Vec<BoxFuture<'static, Result<Value, String>>> = Vec::new();
                 for item in stage {
                     index += 1;
                     match item {

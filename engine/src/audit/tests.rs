@@ -1,7 +1,7 @@
 //! `audit_stored` on canned histories, as plain data: no store, no runtime.
 
 use crate::core::tool::ToolKind;
-use futures::future::LocalBoxFuture;
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::*;
@@ -23,7 +23,7 @@ impl Workflow for Echo {
         &self,
         ctx: WorkflowContext,
         input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         let tool = self.tool;
         Box::pin(async move {
             let out = ctx.step(StepOptions::new(tool, input).name("echo")).await?;

@@ -23,6 +23,7 @@ use super::{ActiveTask, Shared};
 use crate::core::decide::{self, Action, AttemptOutcome, DecideInput, Target};
 use crate::core::event::{self, Event, EventPayload, NewEvent, RecordedError};
 use crate::core::state::TaskState;
+use crate::core::workflow::WorkflowInstance;
 use crate::store::{AppendOutcome, AppendRequest, LeaseUpdate};
 
 /// How a worker behaves.
@@ -340,6 +341,10 @@ impl Driver {
         let mut outcomes: Vec<AttemptOutcome> = Vec::new();
         let mut store_backoff = Duration::from_millis(20);
         let owner = self.config.id.clone();
+        // The workflow's code between decisions, fed only the new events:
+        // kept while every event it was fed is appended (`decide_with`
+        // checks it against the history and replays from the start when not).
+        let mut instance: Option<WorkflowInstance> = None;
         loop {
             let now = self.shared.clock.now_ms();
             let before_seq = state.last_seq;
@@ -347,7 +352,7 @@ impl Driver {
             let before_timers = state.pending_timers();
             let halt = self.shared.halt_for(state.agent.as_deref());
             let preapprovals = self.shared.live_preapprovals();
-            let mut decision = decide::decide(
+            let mut decision = decide::decide_with(
                 &DecideInput {
                     history: &history,
                     now_ms: now,
@@ -362,11 +367,14 @@ impl Driver {
                     inherited: &inherited,
                 },
                 std::mem::take(&mut state),
+                instance.take(),
             );
             if let Some(blocked) = self.over_budget(&history, &decision, now) {
                 decision = blocked;
             }
             if !decision.events.is_empty() {
+                // Fed this decision's events: good only once they are appended.
+                let fed = decision.instance.take();
                 let after = decision.state;
                 let acts_after = decide::actions(&after, now);
                 // An attempt still current keeps the task held even when no
@@ -414,6 +422,10 @@ impl Driver {
                         let added = sealed.iter().map(|(_, raw)| json_len(&raw.payload)).sum();
                         self.history_bytes.fetch_add(added, Ordering::SeqCst);
                         history.extend(sealed.into_iter().map(|(e, _)| e));
+                        instance = fed.map(|mut i| {
+                            i.confirm(&history);
+                            i
+                        });
                         let mut after = after;
                         after.last_hash =
                             history.last().map(|e| e.hash.clone()).unwrap_or_default();
@@ -465,6 +477,7 @@ impl Driver {
                 }
             } else {
                 state = decision.state;
+                instance = decision.instance;
                 outcomes.clear();
             }
             if state.is_final() || state.blocked.is_some() {
@@ -593,6 +606,7 @@ impl Driver {
                 payload,
             }],
             state,
+            instance: None,
         })
     }
 

@@ -18,17 +18,16 @@ pub mod refs;
 mod v1;
 pub mod validate;
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::future::{FutureExt, LocalBoxFuture, Shared};
+use futures::future::{BoxFuture, FutureExt, Shared};
 use mandate_activities::Governance;
 use mandate_engine::{
     Compensation, Event, RetryPolicy, StepOptions, Workflow, WorkflowContext, WorkflowError,
@@ -100,7 +99,7 @@ impl Future for Settle {
 /// ordered stream past 30 futures, which would hold an error back until the
 /// futures before it finish.)
 pub(crate) async fn all_or_first_error(
-    mut futures: Vec<Option<LocalBoxFuture<'static, StepResult>>>,
+    mut futures: Vec<Option<BoxFuture<'static, StepResult>>>,
 ) -> StepResult {
     futures::future::poll_fn(move |cx| {
         let mut pending = false;
@@ -125,9 +124,16 @@ pub(crate) async fn all_or_first_error(
 pub(crate) struct RunState {
     ctx: WorkflowContext,
     doc: PlanDoc,
-    outputs: RefCell<BTreeMap<String, Value>>,
+    outputs: Mutex<BTreeMap<String, Value>>,
     /// Version 2: the recorded catalog compensations (`catalog_compensations`).
     catalog: Value,
+}
+
+impl RunState {
+    /// The outputs of the steps completed so far (never held across an await).
+    pub(crate) fn outputs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Value>> {
+        self.outputs.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub(crate) fn steps_context(outputs: &BTreeMap<String, Value>) -> Value {
@@ -193,7 +199,7 @@ impl RunState {
     /// error.
     async fn run_step(&self, index: usize) -> StepResult {
         let step = &self.doc.steps[index];
-        let steps = steps_context(&self.outputs.borrow());
+        let steps = steps_context(&self.outputs());
         let input = refs::resolve(&step.input, &json!({"steps": steps}), "input")
             .map_err(|e| format!("step {:?}: {e}", step.id))?;
         let mut options = StepOptions::new(step.tool.clone(), input.clone()).name(step.id.clone());
@@ -206,7 +212,7 @@ impl RunState {
         options.compensation = resolve_compensation(
             step,
             self.catalog_compensation(step),
-            &self.outputs.borrow(),
+            &self.outputs(),
             &input,
         )?;
         if let Some(r) = step.recovery_path.clone() {
@@ -214,7 +220,7 @@ impl RunState {
         }
         Settle(false).await;
         let output = self.ctx.step(options).await.map_err(|e| e.message)?;
-        self.outputs.borrow_mut().insert(step.id.clone(), output);
+        self.outputs().insert(step.id.clone(), output);
         Ok(())
     }
 }
@@ -254,14 +260,14 @@ async fn run_plan(
         "catalog.compensations",
         catalog_compensations(&doc, &governance),
     );
-    let state = Rc::new(RunState {
+    let state = Arc::new(RunState {
         ctx,
         doc,
-        outputs: RefCell::new(BTreeMap::new()),
+        outputs: Mutex::new(BTreeMap::new()),
         catalog,
     });
     run_dag(state, &structure, |state, i| {
-        async move { state.run_step(i).await }.boxed_local()
+        async move { state.run_step(i).await }.boxed()
     })
     .await
 }
@@ -269,14 +275,14 @@ async fn run_plan(
 /// Runs every step once its dependencies completed, in plan order; the first
 /// failure fails the plan.
 pub(crate) async fn run_dag(
-    state: Rc<RunState>,
+    state: Arc<RunState>,
     structure: &Structure,
-    run: impl Fn(Rc<RunState>, usize) -> LocalBoxFuture<'static, StepResult>,
+    run: impl Fn(Arc<RunState>, usize) -> BoxFuture<'static, StepResult>,
 ) -> Result<Value, WorkflowError> {
-    let mut done: Vec<Option<Shared<LocalBoxFuture<'static, StepResult>>>> =
+    let mut done: Vec<Option<Shared<BoxFuture<'static, StepResult>>>> =
         vec![None; state.doc.steps.len()];
     for &i in &structure.order {
-        let deps: Vec<Shared<LocalBoxFuture<'static, StepResult>>> = structure.deps[i]
+        let deps: Vec<Shared<BoxFuture<'static, StepResult>>> = structure.deps[i]
             .iter()
             .map(|d| {
                 done[*d]
@@ -285,22 +291,22 @@ pub(crate) async fn run_dag(
             })
             .collect();
         let step = run(state.clone(), i);
-        let fut: LocalBoxFuture<'static, StepResult> = async move {
+        let fut: BoxFuture<'static, StepResult> = async move {
             for d in deps {
                 d.await?;
             }
             step.await
         }
-        .boxed_local();
+        .boxed();
         done[i] = Some(fut.shared());
     }
     // In plan order, so polling (and so the order of issued commands) is fixed.
     let all: Vec<_> = done
         .into_iter()
-        .map(|f| Some(f.expect("every step has a future").boxed_local()))
+        .map(|f| Some(f.expect("every step has a future").boxed()))
         .collect();
     all_or_first_error(all).await.map_err(WorkflowError::new)?;
-    let outputs = state.outputs.borrow().clone();
+    let outputs = state.outputs().clone();
     Ok(json!({"steps": outputs}))
 }
 
@@ -319,7 +325,7 @@ impl Workflow for Plan {
         &self,
         ctx: WorkflowContext,
         input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         if ctx.workflow_version() < 2 {
             return Box::pin(v1::run_plan(ctx, input));
         }
@@ -368,7 +374,7 @@ impl Workflow for Preapproval {
         &self,
         ctx: WorkflowContext,
         input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         Box::pin(async move {
             let now = ctx.now();
             let id = ctx.task_id();

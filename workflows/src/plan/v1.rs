@@ -11,9 +11,8 @@ use mandate_activities::policy::tools::{APPROVAL_ESCALATE, POLICY_CHECK};
 use mandate_activities::policy::{InterventionPath, PolicyDecision};
 use mandate_engine::{StepOptions, WorkflowContext, WorkflowError};
 use serde_json::{Value, json};
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use super::{
     PlanLimits, PlanStep, RunState, Settle, StepResult, approvals, merge, refs,
@@ -153,7 +152,7 @@ impl RunState {
 
     async fn run_step_v1(&self, index: usize) -> StepResult {
         let step = &self.doc.steps[index];
-        let steps = steps_context(&self.outputs.borrow());
+        let steps = steps_context(&self.outputs());
         let input = refs::resolve(&step.input, &json!({"steps": steps}), "input")
             .map_err(|e| format!("step {:?}: {e}", step.id))?;
         let decision = self
@@ -176,7 +175,7 @@ impl RunState {
         options.compensation = resolve_compensation(
             step,
             decision.compensation.as_ref(),
-            &self.outputs.borrow(),
+            &self.outputs(),
             &input,
         )?;
         if let Some(r) = step
@@ -188,7 +187,7 @@ impl RunState {
         }
         Settle(false).await;
         let output = self.ctx.step(options).await.map_err(|e| e.to_string())?;
-        self.outputs.borrow_mut().insert(step.id.clone(), output);
+        self.outputs().insert(step.id.clone(), output);
         Ok(())
     }
 }
@@ -197,14 +196,14 @@ pub(super) async fn run_plan(ctx: WorkflowContext, input: Value) -> Result<Value
     let doc = validate::parse(&input).map_err(WorkflowError::new)?;
     let structure =
         validate::structure(&doc, &PlanLimits::default()).map_err(WorkflowError::new)?;
-    let state = Rc::new(RunState {
+    let state = Arc::new(RunState {
         ctx,
         doc,
-        outputs: RefCell::new(BTreeMap::new()),
+        outputs: Mutex::new(BTreeMap::new()),
         catalog: Value::Null,
     });
     super::run_dag(state, &structure, |state, i| {
-        async move { state.run_step_v1(i).await }.boxed_local()
+        async move { state.run_step_v1(i).await }.boxed()
     })
     .await
 }
