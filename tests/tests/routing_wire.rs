@@ -1158,7 +1158,7 @@ impl Workflow for HealthCheck {
         &self,
         _ctx: WorkflowContext,
         input: Value,
-    ) -> LocalBoxFuture<'static, Result<Value, WorkflowError>> {
+    ) -> BoxFuture<'static, Result<Value, WorkflowError>> {
         Box::pin(async move { Ok(json!({"healthy": true, "checked": input})) })
     }
 }
