@@ -10,6 +10,8 @@
 //!   ceiling, signal → next step, recovery after SIGKILL, memory. Measures
 //!   only; asserts nothing. See `bench`.
 //! - `mandate-stress replay-bench`: replay and verify costs. See `replay_bench`.
+//! - `mandate-stress mcp-bench`: the MCP gateway's cost per allowed call
+//!   against calling the upstream MCP server directly. See `mcp_bench`.
 //! - `mandate-stress worker` (hidden): the engine child process of a run.
 
 mod bench;
@@ -21,6 +23,7 @@ mod evidence_bench;
 mod faults;
 mod freshdb;
 mod http_bench;
+mod mcp_bench;
 mod policy_bench;
 mod replay_bench;
 mod routing_bench;
@@ -69,6 +72,12 @@ enum Command {
     RoutingBench(routing_bench::RoutingBenchArgs),
     /// The web console's task page (long history) and inbox (many tasks).
     ConsoleBench(console_bench::ConsoleBenchArgs),
+    /// The MCP gateway: one allowed call through it vs calling the upstream
+    /// MCP server directly, p50/p99.
+    McpBench(mcp_bench::McpBenchArgs),
+    /// The upstream MCP server of `mcp-bench` (on stdio).
+    #[command(hide = true)]
+    McpUpstream,
     /// The engine child process of a stress run (started by the run itself).
     #[command(hide = true)]
     Worker(child::WorkerArgs),
@@ -92,6 +101,8 @@ fn main() -> anyhow::Result<()> {
             Some(Command::EvidenceBench(args)) => evidence_bench::run(args).await,
             Some(Command::RoutingBench(args)) => routing_bench::run(args).await,
             Some(Command::ConsoleBench(args)) => console_bench::run(args).await,
+            Some(Command::McpBench(args)) => mcp_bench::run(args).await,
+            Some(Command::McpUpstream) => mcp_bench::serve_upstream().await,
             Some(Command::Worker(args)) => child::run(args).await,
             Some(Command::BenchWorker(args)) => bench::run_worker(args).await,
         }
