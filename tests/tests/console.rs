@@ -318,18 +318,19 @@ async fn the_console_in_a_browser(b: Backend) {
     c.goto(&format!("{base}/tasks/{id}")).await.unwrap();
     let approve = format!("article[id^='approval-{id}:'] button.approve");
     css(&c, &approve).await.click().await.unwrap();
-    // The click's POST may still be on its way: wait for its event.
+    // The click's POST may still be on its way: wait for its event, woken
+    // by the engine's updates.
+    let mut updates = engine.subscribe();
     let deadline = tokio::time::Instant::now() + WAIT;
     while !engine.history(&id).await.unwrap().iter().any(|e| {
         matches!(&e.payload,
         mandate_engine::EventPayload::ApprovalDecided { identity, approved: true, via: Some(v), .. }
             if identity == "alice" && v.starts_with("console:"))
     }) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "alice's approval was never recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::select! {
+            _ = updates.recv() => {}
+            _ = tokio::time::sleep_until(deadline) => panic!("alice's approval was never recorded"),
+        }
     }
     text_when(&c, "#task-status", |s| s != "completed").await;
     c.execute("window.stillThisPage = true", vec![])
