@@ -655,13 +655,7 @@ impl Draft<'_> {
                 None => format!("approval {:?}", a.subject),
             };
             if let Some(r) = a.decisions.iter().find(|d| !d.approved) {
-                self.engine(EventPayload::ApprovalResolved {
-                    request_seq: seq,
-                    outcome: "rejected".into(),
-                    by: vec![r.identity.clone()],
-                    comment: r.comment.clone(),
-                });
-                if let Some(g) = &gate {
+                let denied = gate.as_ref().map(|g| {
                     let reason = format!(
                         "{subject} rejected by {}{}",
                         r.identity,
@@ -670,12 +664,15 @@ impl Draft<'_> {
                             .map(|c| format!(": {c}"))
                             .unwrap_or_default()
                     );
-                    self.engine(EventPayload::StepDenied {
-                        policy_seq: g.seq,
-                        rule: "approval.rejected".into(),
-                        reason,
-                    });
-                }
+                    (g.seq, "approval.rejected".to_string(), reason)
+                });
+                self.close_request(
+                    seq,
+                    "rejected",
+                    vec![r.identity.clone()],
+                    r.comment.clone(),
+                    denied,
+                );
                 continue;
             }
             let by = a.approved_by();
@@ -693,17 +690,9 @@ impl Draft<'_> {
                 let (base, input) = a.edited_input(&g.input, None);
                 if input != base {
                     if let Err(e) = self.input.limits.check_payload(&input) {
-                        self.engine(EventPayload::ApprovalResolved {
-                            request_seq: seq,
-                            outcome: "edit_denied".into(),
-                            by,
-                            comment,
-                        });
-                        self.engine(EventPayload::StepDenied {
-                            policy_seq: g.seq,
-                            rule: "limits.payload".into(),
-                            reason: format!("the approver's edit of {subject}: {e}"),
-                        });
+                        let reason = format!("the approver's edit of {subject}: {e}");
+                        let denied = Some((g.seq, "limits.payload".to_string(), reason));
+                        self.close_request(seq, "edit_denied", by, comment, denied);
                         continue;
                     }
                     let principal = self.principal();
@@ -721,20 +710,12 @@ impl Draft<'_> {
                     };
                     match edit_verdict(&d, &current) {
                         EditVerdict::Denied => {
-                            self.engine(EventPayload::ApprovalResolved {
-                                request_seq: seq,
-                                outcome: "edit_denied".into(),
-                                by,
-                                comment,
-                            });
-                            self.engine(EventPayload::StepDenied {
-                                policy_seq: g.seq,
-                                rule: d.rule().to_string(),
-                                reason: format!(
-                                    "the approver's edit of {subject} was denied by policy: {}",
-                                    d.explain()
-                                ),
-                            });
+                            let reason = format!(
+                                "the approver's edit of {subject} was denied by policy: {}",
+                                d.explain()
+                            );
+                            let denied = Some((g.seq, d.rule().to_string(), reason));
+                            self.close_request(seq, "edit_denied", by, comment, denied);
                             continue;
                         }
                         EditVerdict::Superseded(req) => {
@@ -769,13 +750,7 @@ impl Draft<'_> {
                     });
                     continue;
                 }
-                self.engine(EventPayload::ApprovalResolved {
-                    request_seq: seq,
-                    outcome: "timed_out".into(),
-                    by,
-                    comment: None,
-                });
-                if let Some(g) = &gate {
+                let denied = gate.as_ref().map(|g| {
                     let reason = format!(
                         "{subject}: no approval within {} ms of the request{}; the step was not run",
                         a.timeout_ms,
@@ -784,15 +759,38 @@ impl Draft<'_> {
                             None => String::new(),
                         }
                     );
-                    self.engine(EventPayload::StepDenied {
-                        policy_seq: g.seq,
-                        rule: "approval.timeout".into(),
-                        reason,
-                    });
-                }
+                    (g.seq, "approval.timeout".to_string(), reason)
+                });
+                self.close_request(seq, "timed_out", by, None, denied);
             }
         }
         self.new.len() > before
+    }
+
+    /// Closes approval request `seq` with `outcome`; `denied` (the gate's
+    /// policy seq, the rule, the reason), when given, also denies the step
+    /// the request gated, so it never runs.
+    fn close_request(
+        &mut self,
+        seq: i64,
+        outcome: &str,
+        by: Vec<String>,
+        comment: Option<String>,
+        denied: Option<(i64, String, String)>,
+    ) {
+        self.engine(EventPayload::ApprovalResolved {
+            request_seq: seq,
+            outcome: outcome.into(),
+            by,
+            comment,
+        });
+        if let Some((policy_seq, rule, reason)) = denied {
+            self.engine(EventPayload::StepDenied {
+                policy_seq,
+                rule,
+                reason,
+            });
+        }
     }
 
     /// A rollback withdraws the approval requests still open: nobody needs
