@@ -5,8 +5,9 @@
 //! - throughput: `--tasks` five-step tasks submitted at once, time until all
 //!   are final (median of `--runs`), and its ratio to the raw append rate;
 //! - latency: one five-step task at a time, submit → final, p50/p99;
-//! - signal → next step: a task waits for an approval (its driver has let
-//!   go); from the `signal` call to the next step's tool starting, in process;
+//! - approval → next step: a task waits for an approval (its driver has let
+//!   go); from the `decide_approval` call (an approver the request names) to
+//!   the next step's tool starting, in process;
 //! - recovery: `--recovery-tasks` tasks mid-step in an engine child process,
 //!   SIGKILL, a new process started at once: time until all are final;
 //! - memory: peak RSS of this process (engine + worker in process) with
@@ -31,6 +32,7 @@ use futures::future::join_all;
 use mandate_activities::{Tool, ToolContext, ToolKind, ToolRegistry, ToolResult, World};
 use mandate_engine::core::decide::projection;
 use mandate_engine::core::event::{NewEvent, seal};
+use mandate_engine::runtime::{ApprovalDecision, ApprovalTarget};
 use mandate_engine::store::{AppendOutcome, AppendRequest, LeaseUpdate};
 use mandate_engine::{Engine, EventPayload, TaskState, TaskStatus, WorkerConfig};
 use serde_json::{Value, json};
@@ -55,9 +57,9 @@ pub struct BenchArgs {
     /// Appends in the raw durable-append measurement.
     #[arg(long, default_value_t = 2_000)]
     pub appends: usize,
-    /// Approval signals timed, one at a time (0 skips the measurement).
-    #[arg(long, default_value_t = 200)]
-    pub signals: usize,
+    /// Approval decisions timed, one at a time (0 skips the measurement).
+    #[arg(long, alias = "signals", default_value_t = 200)]
+    pub approvals: usize,
     /// Tasks in flight when the engine process is SIGKILLed (0 skips recovery).
     #[arg(long, default_value_t = 1_000)]
     pub recovery_tasks: usize,
@@ -204,8 +206,8 @@ pub struct Figures {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub raw_appends_per_s: f64,
-    pub signal_p50_ms: Option<f64>,
-    pub signal_p99_ms: Option<f64>,
+    pub approval_p50_ms: Option<f64>,
+    pub approval_p99_ms: Option<f64>,
     pub recovery_s: Option<f64>,
     pub recovery_in_flight: usize,
     pub memory_peak_mb: Option<f64>,
@@ -325,10 +327,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if f.store == "sqlite" { "2" } else { "4" }
     );
     println!(
-        "| approval signal → next step started, p50 / p99 ({} signals) | {} / {} | p99 ≤ 10 ms |",
-        args.signals,
-        opt(f.signal_p50_ms, "ms"),
-        opt(f.signal_p99_ms, "ms")
+        "| approval decided → next step started, p50 / p99 ({} approvals) | {} / {} | p99 ≤ 10 ms |",
+        args.approvals,
+        opt(f.approval_p50_ms, "ms"),
+        opt(f.approval_p99_ms, "ms")
     );
     println!(
         "| SIGKILL with {} tasks in flight → all final (lease {} ms) | {} | ≤ lease + 1 s = {:.1} s |",
@@ -375,7 +377,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "steps_per_s": f.steps_per_s,
         "latency_tasks": args.latency_tasks, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms,
         "raw_appends_per_s": f.raw_appends_per_s, "ratio": ratio,
-        "signals": args.signals, "signal_to_step_p50_ms": f.signal_p50_ms, "signal_to_step_p99_ms": f.signal_p99_ms,
+        "approvals": args.approvals, "approval_to_step_p50_ms": f.approval_p50_ms, "approval_to_step_p99_ms": f.approval_p99_ms,
         "recovery_tasks": f.recovery_in_flight, "recovery_lease_ms": args.recovery_lease_ms, "recovery_s": f.recovery_s,
         "memory_tasks": args.memory_tasks, "memory_peak_rss_mb": f.memory_peak_mb,
         "memory_baseline_rss_mb": f.memory_baseline_mb, "memory_submit_s": f.memory_submit_s,
@@ -564,8 +566,8 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
     }
     let tasks_per_s = median(&runs);
 
-    let (signal_p50_ms, signal_p99_ms) = if args.signals > 0 {
-        let (a, b) = signal_latency(&engine, &stamp, args.signals).await?;
+    let (approval_p50_ms, approval_p99_ms) = if args.approvals > 0 {
+        let (a, b) = approval_latency(&engine, &stamp, args.approvals).await?;
         (Some(a), Some(b))
     } else {
         (None, None)
@@ -580,8 +582,8 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
         p50_ms: percentile(&lat, 50.0),
         p99_ms: percentile(&lat, 99.0),
         raw_appends_per_s,
-        signal_p50_ms,
-        signal_p99_ms,
+        approval_p50_ms,
+        approval_p99_ms,
         cpu_ms_per_task: median(&cpu_runs),
         cpu_user_ms_per_task: median(&user_runs),
         cpu_sys_ms_per_task: median(&sys_runs),
@@ -591,9 +593,10 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
     })
 }
 
-/// From the `signal` call to the next step's tool starting, for tasks whose
-/// driver has let go of them while they wait for an approval.
-async fn signal_latency(engine: &Engine, stamp: &Stamp, n: usize) -> anyhow::Result<(f64, f64)> {
+/// From the approval decision (`Engine::decide_approval` by an approver the
+/// request names, as the API and the CLI decide) to the next step's tool
+/// starting, for tasks whose driver has let go of them while they wait.
+async fn approval_latency(engine: &Engine, stamp: &Stamp, n: usize) -> anyhow::Result<(f64, f64)> {
     let input =
         json!({"stages": [[{"wait_signal": "go", "approval": true}], [{"tool": "bench.stamp"}]]});
     let ids: Vec<String> =
@@ -619,12 +622,34 @@ async fn signal_latency(engine: &Engine, stamp: &Stamp, n: usize) -> anyhow::Res
     }
     let mut lat = Vec::with_capacity(n);
     for id in &ids {
+        // Whom the request names (read before the clock starts).
+        let (inbox, _) = engine.approval_inbox(Some(id), None).await?;
+        let [request] = inbox.as_slice() else {
+            anyhow::bail!(
+                "task {id} has {} open approval requests, not one",
+                inbox.len()
+            );
+        };
+        let approver = request
+            .approvers
+            .first()
+            .with_context(|| format!("the approval request of task {id} names no approver"))?
+            .clone();
         let started = stamp.notify.notified();
         tokio::pin!(started);
         started.as_mut().enable();
         let t0 = Instant::now();
         engine
-            .signal(id, "go", json!({"approved": true}), "bench")
+            .decide_approval(
+                id,
+                ApprovalTarget::Seq(request.request_seq),
+                &approver,
+                ApprovalDecision {
+                    approved: true,
+                    via: Some("bench".into()),
+                    ..Default::default()
+                },
+            )
             .await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -637,7 +662,7 @@ async fn signal_latency(engine: &Engine, stamp: &Stamp, n: usize) -> anyhow::Res
                     started.set(stamp.notify.notified());
                     started.as_mut().enable();
                 }
-                _ = tokio::time::sleep_until(deadline) => anyhow::bail!("the step after the signal to {id} never started"),
+                _ = tokio::time::sleep_until(deadline) => anyhow::bail!("the step after the approval of {id} never started"),
             }
         }
     }

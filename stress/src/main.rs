@@ -7,7 +7,7 @@
 //!   while their store and tools inject faults; then an invariant report.
 //!   Exits 1 when an invariant fails. See `run` and `check`.
 //! - `mandate-stress bench --db URL`: throughput, latency, the durable-append
-//!   ceiling, signal → next step, recovery after SIGKILL, memory. Measures
+//!   ceiling, approval → next step, recovery after SIGKILL, memory. Measures
 //!   only; asserts nothing. See `bench`.
 //! - `mandate-stress replay-bench`: replay and verify costs. See `replay_bench`.
 //! - `mandate-stress mcp-bench`: the MCP gateway's cost per allowed call
@@ -55,7 +55,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Throughput, latency, the durable-append ceiling, signal latency,
+    /// Throughput, latency, the durable-append ceiling, approval latency,
     /// recovery after SIGKILL and memory, on one store.
     Bench(bench::BenchArgs),
     /// Time `mandate replay` of a long history; with --tasks, the peak RSS of `verify --all`.
