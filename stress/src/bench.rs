@@ -8,8 +8,9 @@
 //! - approval → next step: a task waits for an approval (its driver has let
 //!   go); from the `decide_approval` call (an approver the request names) to
 //!   the next step's tool starting, in process;
-//! - recovery: `--recovery-tasks` tasks mid-step in an engine child process,
-//!   SIGKILL, a new process started at once: time until all are final;
+//! - recovery: `--recovery-tasks` tasks mid-step (each one's tool call
+//!   running) in an engine child process, SIGKILL, a new process started at
+//!   once: time until all are final (the re-run call returns at once);
 //! - memory: peak RSS of this process (engine + worker in process) with
 //!   `--memory-tasks` tasks waiting on a signal;
 //! - CPU per task: this process's CPU time (user + system, from the OS)
@@ -87,8 +88,9 @@ pub struct BenchArgs {
     pub json: Option<std::path::PathBuf>,
 }
 
-/// The hidden engine process of the recovery measurement: demo tools, a
-/// worker with the given lease, until stdin closes or it is killed.
+/// The hidden engine process of the recovery measurement: demo tools and
+/// `bench.hold`, a worker with the given lease, until stdin closes or it is
+/// killed.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchWorkerArgs {
     #[arg(long)]
@@ -97,6 +99,10 @@ pub struct BenchWorkerArgs {
     pub worker_id: String,
     #[arg(long)]
     pub lease_ms: i64,
+    /// `bench.hold` steps announce themselves and never return (the
+    /// process is to be killed mid-step); without it they return at once.
+    #[arg(long)]
+    pub hold: bool,
 }
 
 /// A five-step task: five sequential `test.echo` steps.
@@ -133,13 +139,14 @@ impl Tool for Stamp {
     }
 }
 
-pub(crate) async fn engine_on(url: &str, stamp: Option<Stamp>) -> anyhow::Result<Engine> {
+/// An engine on `url` with the demo tools and `extra`.
+pub(crate) async fn engine_on(url: &str, extra: Option<Arc<dyn Tool>>) -> anyhow::Result<Engine> {
     let store = mandate_engine::store::open(url).await?;
     let world = World::connect(url).await?;
     let mut tools = ToolRegistry::new();
     mandate_activities::register_demo_tools(&mut tools, world);
-    if let Some(s) = stamp {
-        tools.register(s);
+    if let Some(t) = extra {
+        tools.register_arc(t);
     }
     Ok(Engine::new(
         store,
@@ -504,7 +511,7 @@ async fn durability(engine: &Engine, url: &str) -> String {
 
 async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
     let stamp = Stamp::default();
-    let engine = engine_on(url, Some(stamp.clone())).await?;
+    let engine = engine_on(url, Some(Arc::new(stamp.clone()))).await?;
     let store_name = engine.store().backend().as_str();
     let durability = durability(&engine, url).await;
 
@@ -671,13 +678,42 @@ async fn approval_latency(engine: &Engine, stamp: &Stamp, n: usize) -> anyhow::R
     Ok((percentile(&lat, 50.0), percentile(&lat, 99.0)))
 }
 
-/// SIGKILL an engine process with `recovery_tasks` tasks mid-step, start a
-/// new one at once, and time until every task is final.
+/// `bench.hold` (read): the step the recovery measurement kills its engine
+/// process in. In the first process (`--hold`) it prints `started <task
+/// id>` on stdout, so the parent knows the call is running, and never
+/// returns; in the process that takes over it returns its input at once, so
+/// the recovery figure is the engine's (lease expiry, take-over, re-run,
+/// the rest of the task), not a tool's duration.
+struct Hold {
+    hold: bool,
+}
+
+impl Tool for Hold {
+    fn name(&self) -> &str {
+        "bench.hold"
+    }
+    fn kind(&self) -> ToolKind {
+        ToolKind::Read
+    }
+    fn call<'a>(&'a self, ctx: ToolContext, input: Value) -> BoxFuture<'a, ToolResult> {
+        if self.hold {
+            println!("started {}", ctx.task_id);
+            futures::future::pending().boxed()
+        } else {
+            futures::future::ready(Ok(input)).boxed()
+        }
+    }
+}
+
+/// SIGKILL an engine process with `recovery_tasks` tasks mid-step (each
+/// one's `bench.hold` call running in it), start a new one at once, and
+/// time until every task is final.
 async fn recovery(args: &BenchArgs, url: &str) -> anyhow::Result<f64> {
-    // The submitter runs no worker: the child does all the work.
+    // The submitter runs no worker: the children do all the work.
     let engine = engine_on(url, None).await?;
     let input = json!({"stages": [
-        [{"tool": "test.fault", "input": {"mode": "sleep", "sleep_ms": 1_000}}],
+        // Longer than the hold can last, so no attempt times out before the kill.
+        [{"tool": "bench.hold", "input": {}, "timeout_ms": 3_600_000}],
         [{"tool": "test.echo", "input": {}}],
     ]});
     let ids: Vec<String> = join_all(
@@ -687,45 +723,67 @@ async fn recovery(args: &BenchArgs, url: &str) -> anyhow::Result<f64> {
     .into_iter()
     .map(|r| r.map(|s| s.task_id))
     .collect::<Result<_, _>>()?;
-    let spawn = |name: &str| -> anyhow::Result<tokio::process::Child> {
-        Ok(tokio::process::Command::new(std::env::current_exe()?)
-            .args([
-                "bench-worker",
-                "--db",
-                url,
-                "--worker-id",
-                name,
-                "--lease-ms",
-                &args.recovery_lease_ms.to_string(),
-            ])
+    let spawn = |name: &str, hold: bool| -> anyhow::Result<tokio::process::Child> {
+        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+        cmd.args([
+            "bench-worker",
+            "--db",
+            url,
+            "--worker-id",
+            name,
+            "--lease-ms",
+            &args.recovery_lease_ms.to_string(),
+        ]);
+        if hold {
+            cmd.arg("--hold");
+        }
+        Ok(cmd
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(if hold { Stdio::piped() } else { Stdio::null() })
             .kill_on_drop(true)
             .spawn()?)
     };
-    let mut first = spawn("recovery-first")?;
-    // In flight: started, not final. Poll the store (another process).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let counts = engine.store().count_by_status().await?;
-        let moving: i64 = counts
-            .iter()
-            .filter(|(s, _)| *s == TaskStatus::Executing || *s == TaskStatus::Running)
-            .map(|(_, n)| n)
-            .sum();
-        if moving as usize >= ids.len() {
-            break;
+    let mut first = spawn("recovery-first", true)?;
+    // In flight: every task's step call running in the first process, as it
+    // says on its stdout.
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        first.stdout.take().context("the first child's stdout")?,
+    ));
+    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut started = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    while started.len() < wanted.len() {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "only {} of {} steps started in the first engine process within 300 s",
+                    started.len(),
+                    wanted.len()
+                )
+            })??
+            .with_context(|| {
+                format!(
+                    "the first engine process ended with {} of {} steps started",
+                    started.len(),
+                    wanted.len()
+                )
+            })?;
+        if let Some(id) = line.strip_prefix("started ")
+            && let Some(id) = wanted.get(id)
+        {
+            started.insert(*id);
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the tasks never were all in flight at once ({moving})"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let counts = engine.store().count_by_status().await?;
+    anyhow::ensure!(
+        counts.iter().all(|(s, n)| !s.is_final() || *n == 0),
+        "tasks ended while their steps were held: {counts:?}"
+    );
     first.start_kill()?;
     let t0 = Instant::now();
     first.wait().await?;
-    let mut second = spawn("recovery-second")?;
+    let mut second = spawn("recovery-second", false)?;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let counts = engine.store().count_by_status().await?;
@@ -741,17 +799,28 @@ async fn recovery(args: &BenchArgs, url: &str) -> anyhow::Result<f64> {
     let took = t0.elapsed().as_secs_f64();
     drop(second.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), second.wait()).await;
+    // Each task completed, and its step was taken over mid-call (re-run as
+    // a new attempt by the second process), not merely finished by it.
     for id in &ids {
         anyhow::ensure!(
             engine.task(id).await?.status == TaskStatus::Completed,
             "task {id} did not complete after the recovery"
+        );
+        anyhow::ensure!(
+            engine
+                .history(id)
+                .await?
+                .iter()
+                .any(|e| matches!(e.payload, EventPayload::StepAttemptRestarted { .. })),
+            "task {id} completed without its held step being re-run"
         );
     }
     Ok(took)
 }
 
 pub async fn run_worker(args: BenchWorkerArgs) -> anyhow::Result<()> {
-    let engine = engine_on(&args.db, None).await?;
+    let hold: Arc<dyn Tool> = Arc::new(Hold { hold: args.hold });
+    let engine = engine_on(&args.db, Some(hold)).await?;
     let worker = engine.start_worker(WorkerConfig {
         id: args.worker_id,
         lease_ms: args.lease_ms,
