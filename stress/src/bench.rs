@@ -76,8 +76,9 @@ pub struct BenchArgs {
     /// Events in the history whose replay is timed (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     pub replay_events: usize,
-    /// Task lengths (commands) of the decide-cost benchmark (empty skips it).
-    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    /// Task lengths (commands) of the decide-cost benchmark (the flag with
+    /// no value skips it).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "100,1000,10000")]
     pub decide_commands: Vec<usize>,
     /// Most decide CPU seconds one length of the decide-cost benchmark may
     /// take; a length that needs more is reported as stopped there.
