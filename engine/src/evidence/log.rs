@@ -17,6 +17,13 @@ use crate::store::{Error, ExtraWrite};
 
 /// Rows per multi-row insert (4 parameters each; far under both backends' bounds).
 const ROWS_PER_STATEMENT: usize = 500;
+/// The lowest level of inner node stored: a node below it covers at most
+/// 2^(STORED_LEVEL−1) leaves and is folded from them when a proof needs it.
+/// Storing every level would write about two rows per event; from level 4
+/// up it is about 1⅛ (a leaf row and an eighth of a node row), with a proof
+/// reading one run of at most 16 leaves per leaf it proves. Databases written
+/// before this hold levels 1–3 too; those rows are simply not read.
+pub const STORED_LEVEL: u32 = 4;
 /// The most events one read returns.
 pub const MAX_PAGE: u32 = 5_000;
 
@@ -109,9 +116,10 @@ struct LeafAppend {
 }
 
 /// The append's statements on either backend's connection (`$N`
-/// parameters work on both).
+/// parameters work on both; the multi-row inserts use `?` on SQLite, see
+/// [`values_sql`]).
 macro_rules! leaf_append_body {
-    ($self:ident, $conn:ident) => {{
+    ($self:ident, $conn:ident, $numbered:expr) => {{
         let moved = sqlx::query("UPDATE evidence_log SET size = $1 WHERE id = 1 AND size = $2")
             .bind($self.new as i64)
             .bind($self.old as i64)
@@ -126,6 +134,7 @@ macro_rules! leaf_append_body {
                 "INSERT INTO evidence_leaves (idx, task_id, seq, hash) VALUES ",
                 chunk.len(),
                 4,
+                $numbered,
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for e in chunk {
@@ -144,6 +153,7 @@ macro_rules! leaf_append_body {
                 "INSERT INTO evidence_nodes (level, idx, hash) VALUES ",
                 chunk.len(),
                 3,
+                $numbered,
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for ((level, idx), h) in chunk {
@@ -172,7 +182,7 @@ impl LeafConn for SqliteConnection {
     fn leaf_append<'a>(&'a mut self, w: &'a LeafAppend) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async move {
             let conn = self;
-            leaf_append_body!(w, conn)
+            leaf_append_body!(w, conn, false)
         })
     }
 }
@@ -181,7 +191,7 @@ impl LeafConn for PgConnection {
     fn leaf_append<'a>(&'a mut self, w: &'a LeafAppend) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async move {
             let conn = self;
-            leaf_append_body!(w, conn)
+            leaf_append_body!(w, conn, true)
         })
     }
 }
@@ -231,26 +241,49 @@ impl Log {
         Ok(size as u64)
     }
 
-    /// Stored nodes by id; leaves (level 0) come from their leaf rows.
+    /// Nodes by id. Leaves (level 0) come from their leaf rows; nodes below
+    /// [`STORED_LEVEL`] are folded from the leaves they cover (at most
+    /// 2^(STORED_LEVEL−1) each); the rest are stored. A node whose leaves or
+    /// row are missing is left out (the caller names it).
     pub async fn nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, Error> {
         let mut out = HashMap::new();
-        let (leaves, inner): (Vec<NodeId>, Vec<NodeId>) = ids.iter().partition(|(l, _)| *l == 0);
-        for chunk in leaves.chunks(ROWS_PER_STATEMENT) {
-            let list = chunk
-                .iter()
-                .map(|(_, i)| i.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            let sql = format!("SELECT idx, hash FROM evidence_leaves WHERE idx IN ({list})");
-            let rows: Vec<(i64, String)> = on_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let (low, inner): (Vec<NodeId>, Vec<NodeId>) =
+            ids.iter().partition(|(l, _)| *l < STORED_LEVEL);
+        // The leaf ranges the low nodes cover, merged, each read in one query.
+        let mut spans: Vec<(u64, u64)> = low.iter().map(|&(l, i)| (i << l, (i + 1) << l)).collect();
+        spans.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (s, e) in spans {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        let mut leaves: HashMap<u64, Hash> = HashMap::new();
+        for (s, e) in merged {
+            let mut at = s;
+            while at < e {
+                let to = e.min(at + MAX_PAGE as u64);
+                let rows: Vec<(i64, String)> = on_pool!(&self.db, pool => sqlx::query_as(
+                    "SELECT idx, hash FROM evidence_leaves WHERE idx >= $1 AND idx < $2",
+                )
+                .bind(at as i64)
+                .bind(to as i64)
                 .fetch_all(pool)
                 .await
                 .map_err(Error::db("read evidence leaves"))?);
-            for (idx, h) in rows {
-                out.insert(
-                    (0, idx as u64),
-                    merkle::leaf_hash(&stored_hash(&h, "evidence leaf")?),
-                );
+                for (idx, h) in rows {
+                    leaves.insert(
+                        idx as u64,
+                        merkle::leaf_hash(&stored_hash(&h, "evidence leaf")?),
+                    );
+                }
+                at = to;
+            }
+        }
+        for (l, i) in low {
+            if let Some(h) = merkle::subtree_hash(l, i, &leaves) {
+                out.insert((l, i), h);
             }
         }
         for chunk in inner.chunks(ROWS_PER_STATEMENT) {
@@ -362,7 +395,7 @@ impl Log {
             nodes.extend(
                 next.push(merkle::leaf_hash(&leaf))
                     .into_iter()
-                    .filter(|((l, _), _)| *l > 0),
+                    .filter(|((l, _), _)| *l >= STORED_LEVEL),
             );
         }
         let write = Arc::new(LeafAppend {
@@ -557,8 +590,12 @@ fn leaf_rows(rows: Vec<(i64, String, i64, String)>) -> Vec<LeafRow> {
         .collect()
 }
 
-/// `prefix ($1, $2, …), (…)`: `rows` tuples of `cols` parameters.
-fn values_sql(prefix: &str, rows: usize, cols: usize) -> String {
+/// `prefix ($1, $2, …), (…)`: `rows` tuples of `cols` parameters, numbered
+/// (PostgreSQL) or anonymous `?` (SQLite: sqlx binds each numbered
+/// parameter through `sqlite3_bind_parameter_name`, a scan of the
+/// statement's parameter names, so a 2,000-parameter insert costs millions
+/// of steps; anonymous ones have no names to scan).
+fn values_sql(prefix: &str, rows: usize, cols: usize, numbered: bool) -> String {
     let mut sql = String::from(prefix);
     for r in 0..rows {
         if r > 0 {
@@ -569,7 +606,11 @@ fn values_sql(prefix: &str, rows: usize, cols: usize) -> String {
             if c > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", r * cols + c + 1));
+            if numbered {
+                sql.push_str(&format!("${}", r * cols + c + 1));
+            } else {
+                sql.push('?');
+            }
         }
         sql.push(')');
     }

@@ -69,6 +69,19 @@ fn fold(parts: &[Hash]) -> Option<Hash> {
     Some(rest.iter().rev().fold(*last, |acc, p| node_hash(p, &acc)))
 }
 
+/// The hash of the complete node `(level, index)` folded from its leaves'
+/// hashes (`leaves` by leaf index); `None` when one of them is absent.
+pub fn subtree_hash(level: u32, index: u64, leaves: &HashMap<u64, Hash>) -> Option<Hash> {
+    let start = index << level;
+    let mut row: Vec<Hash> = (start..start + (1 << level))
+        .map(|i| leaves.get(&i).copied())
+        .collect::<Option<_>>()?;
+    while row.len() > 1 {
+        row = row.chunks(2).map(|p| node_hash(&p[0], &p[1])).collect();
+    }
+    row.pop()
+}
+
 /// One element of a proof: the range whose hash it is.
 pub type Range = (u64, u64);
 
@@ -303,6 +316,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_subtree_folds_from_its_leaves() {
+        let (nodes, _) = build(40);
+        let leaves: HashMap<u64, Hash> = nodes
+            .iter()
+            .filter(|((l, _), _)| *l == 0)
+            .map(|((_, i), h)| (*i, *h))
+            .collect();
+        for (&(level, index), want) in &nodes {
+            assert_eq!(
+                subtree_hash(level, index, &leaves),
+                Some(*want),
+                "node ({level}, {index})"
+            );
+        }
+        let mut holed = leaves.clone();
+        holed.remove(&5);
+        assert_eq!(subtree_hash(2, 1, &holed), None);
+        assert!(subtree_hash(2, 0, &holed).is_some());
     }
 
     #[test]
