@@ -8,8 +8,10 @@
 //!
 //! Pure: no I/O.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::jcs;
 
 /// The `prev_hash` of the first event of every history.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -75,7 +77,9 @@ impl Error {
     }
 }
 
-/// The canonical bytes of one event (RFC 8785).
+/// The canonical bytes of one event (RFC 8785): the document
+/// `{"actor", "payload", "recorded_at_ms", "seq", "task_id", "type"}`,
+/// written in that (sorted) order straight from the borrowed parts.
 pub fn canonical_bytes(
     task_id: &str,
     seq: i64,
@@ -84,15 +88,21 @@ pub fn canonical_bytes(
     actor: &str,
     payload: &Value,
 ) -> Result<Vec<u8>, String> {
-    let doc = json!({
-        "actor": actor,
-        "payload": payload,
-        "recorded_at_ms": recorded_at_ms,
-        "seq": seq,
-        "task_id": task_id,
-        "type": event_type,
-    });
-    serde_json_canonicalizer::to_vec(&doc).map_err(|e| e.to_string())
+    let mut out = Vec::with_capacity(192);
+    out.extend_from_slice(b"{\"actor\":");
+    jcs::write_str(&mut out, actor);
+    out.extend_from_slice(b",\"payload\":");
+    jcs::write_value(&mut out, payload)?;
+    out.extend_from_slice(b",\"recorded_at_ms\":");
+    jcs::write_number(&mut out, recorded_at_ms as f64)?;
+    out.extend_from_slice(b",\"seq\":");
+    jcs::write_number(&mut out, seq as f64)?;
+    out.extend_from_slice(b",\"task_id\":");
+    jcs::write_str(&mut out, task_id);
+    out.extend_from_slice(b",\"type\":");
+    jcs::write_str(&mut out, event_type);
+    out.push(b'}');
+    Ok(out)
 }
 
 /// `SHA-256(bytes(prev_hash) ‖ canonical)`, as lowercase hex.
@@ -224,6 +234,7 @@ pub fn verify(task_id: &str, events: &[RawEvent]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn chain(n: i64) -> Vec<RawEvent> {
         let mut prev = GENESIS_HASH.to_string();
@@ -280,5 +291,41 @@ mod tests {
         let a = canonical_bytes("t", 1, "X", 1, "e", &json!({"b": 1, "a": [1, 2]})).unwrap();
         let b = canonical_bytes("t", 1, "X", 1, "e", &json!({"a": [1, 2], "b": 1})).unwrap();
         assert_eq!(a, b);
+    }
+
+    /// The bytes every stored hash was computed over: the wrapper document
+    /// through serde_json_canonicalizer, as releases up to 0.1 wrote them.
+    #[test]
+    fn canonical_bytes_are_those_of_the_wrapper_document() {
+        for (actor, payload, at, seq) in [
+            (
+                "worker-1",
+                json!({"b": 1, "a": [1, 2.5, -0.0, 1e21]}),
+                1_764_000_000_000i64,
+                1i64,
+            ),
+            (
+                "op\"é😀\n",
+                json!({"\u{e000}": null, "😀": {"z": "\u{1f}", "y": true}}),
+                0,
+                9_007_199_254_740_993,
+            ),
+            ("", json!("plain"), -5, 0),
+        ] {
+            let old = serde_json_canonicalizer::to_vec(&json!({
+                "actor": actor,
+                "payload": payload,
+                "recorded_at_ms": at,
+                "seq": seq,
+                "task_id": "task-ü",
+                "type": "StepCompleted",
+            }))
+            .unwrap();
+            let new = canonical_bytes("task-ü", seq, "StepCompleted", at, actor, &payload).unwrap();
+            assert_eq!(
+                String::from_utf8(new).unwrap(),
+                String::from_utf8(old).unwrap()
+            );
+        }
     }
 }

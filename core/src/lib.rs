@@ -12,6 +12,7 @@ pub mod chain;
 pub mod decide;
 pub mod event;
 pub mod gateway;
+pub mod jcs;
 pub mod limits;
 pub mod retry;
 pub mod routing;

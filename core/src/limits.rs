@@ -70,7 +70,7 @@ impl Limits {
             ));
         }
         check_numbers(v)?;
-        serde_json_canonicalizer::to_vec(v)
+        crate::jcs::to_vec(v)
             .map_err(|e| format!("payload cannot be canonicalized for hashing: {e}"))?;
         Ok(())
     }
