@@ -156,7 +156,7 @@ macro_rules! outbox_methods {
             pub async fn enqueue(&self, n: &NewNotification, now_ms: i64) -> Result<Enqueued, Error> {
                 let mut tx = self.begin().await?;
                 check_page(std::slice::from_ref(&(n.clone(), None)))?;
-                let done = Self::enqueue_in(&mut tx, n, now_ms).await?;
+                let done = Self::enqueue_in(&mut tx, n, now_ms, &mut None).await?;
                 tx.commit().await.map_err(db("commit"))?;
                 Ok(done)
             }
@@ -188,8 +188,10 @@ macro_rules! outbox_methods {
 
             async fn page_on(conn: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, items: &[(NewNotification, Option<Escalation>)], now_ms: i64, cursor: Option<(&str, i64)>) -> Result<Vec<Enqueued>, Error> {
                 let mut out = Vec::with_capacity(items.len());
+                // The open count is read once per page and kept up to date here.
+                let mut open_now = None;
                 for (n, esc) in items {
-                    let done = Self::enqueue_in(&mut *conn, n, now_ms).await?;
+                    let done = Self::enqueue_in(&mut *conn, n, now_ms, &mut open_now).await?;
                     if let Some(e) = esc {
                         sqlx::query(
                             "INSERT INTO routing_escalations (notification_id, task_id, about_seq, chain, started_at_ms, fired_steps, next_due_at_ms)
@@ -209,7 +211,9 @@ macro_rules! outbox_methods {
                 Ok(out)
             }
 
-            async fn enqueue_in(tx: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, n: &NewNotification, now_ms: i64) -> Result<Enqueued, Error> {
+            /// `open_now`: the number of open notifications, if the caller has
+            /// read it in this transaction (read here otherwise, then kept).
+            async fn enqueue_in(tx: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, n: &NewNotification, now_ms: i64, open_now: &mut Option<i64>) -> Result<Enqueued, Error> {
                 let body = serde_json::to_string(&n.message).expect("JSON");
                 if body.len() > limits::MAX_PAYLOAD_BYTES {
                     return Err(Error::TooLarge { bytes: body.len(), limit: limits::MAX_PAYLOAD_BYTES });
@@ -250,11 +254,15 @@ macro_rules! outbox_methods {
                     sqlx::query("UPDATE notifications SET status = 'pending_full' WHERE id = $1")
                         .bind(&id).execute(&mut *tx).await.map_err(db("close a full group"))?;
                 }
-                let open_count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE next_attempt_at_ms IS NOT NULL")
-                    .fetch_one(&mut *tx).await.map_err(db("count open notifications"))?;
+                let open_count = match *open_now {
+                    Some(n) => n,
+                    None => sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE next_attempt_at_ms IS NOT NULL")
+                        .fetch_one(&mut *tx).await.map_err(db("count open notifications"))?,
+                };
                 if open_count >= limits::MAX_OUTBOX_OPEN {
                     return Err(Error::Full { open: open_count, limit: limits::MAX_OUTBOX_OPEN });
                 }
+                *open_now = Some(open_count + 1);
                 sqlx::query(
                     "INSERT INTO notifications (id, group_key, task_id, recipient, sink, address, body, item_count, status,
                         attempt, max_attempts, created_at_ms, next_attempt_at_ms)

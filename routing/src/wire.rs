@@ -249,18 +249,27 @@ impl FollowerParts {
             .cursor(CURSOR)
             .await
             .map_err(|e| e.to_string())?;
-        let page = self
-            .engine
-            .store()
-            .events_after(cursor, None, None, PAGE)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Only the routing decisions are read (not every event's payload),
+        // up to the head seen now: every event at or below it has committed.
+        let store = self.engine.store();
+        let head = store.event_head().await.map_err(|e| e.to_string())?;
+        let page = if head > cursor {
+            store
+                .events_of_type_between(cursor, head, "OwnersNotified", PAGE)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
+        let full = page.len() as u32 == PAGE;
+        // How far this pass has looked: all of it, unless the page was full.
+        let seen = match page.last() {
+            Some(last) if full => last.gseq,
+            _ => head,
+        };
         let mut items = Vec::new();
         for g in &page {
             let raw = &g.event;
-            if raw.event_type != "OwnersNotified" {
-                continue;
-            }
             let Ok(EventPayload::OwnersNotified { about_seq, routing }) =
                 EventPayload::from_parts(&raw.event_type, &raw.payload)
             else {
@@ -287,10 +296,10 @@ impl FollowerParts {
         // The page's notifications, the chains they start and the cursor
         // move in one transaction: a crash keeps all of it or none.
         let mut enqueued = false;
-        if let Some(last) = page.last() {
+        if seen > cursor {
             let done = self
                 .outbox
-                .enqueue_many(&items, (self.clock)(), Some((CURSOR, last.gseq)))
+                .enqueue_many(&items, (self.clock)(), Some((CURSOR, seen)))
                 .await
                 .map_err(|e| e.to_string())?;
             enqueued = done.iter().any(|d| !d.duplicate);
@@ -300,7 +309,7 @@ impl FollowerParts {
         }
         // A chain step recorded now is enqueued on the next pass.
         let recorded = self.tick_chains().await?;
-        Ok(page.len() as u32 == PAGE || recorded)
+        Ok(full || recorded)
     }
 
     /// Starts the playbooks a routing names (each once per routed event: the

@@ -441,6 +441,16 @@ impl Store for FaultyStore {
     ) -> BoxFuture<'_, Result<Vec<GlobalEvent>, Error>> {
         self.inner.events_after(after_gseq, agent, task, limit)
     }
+    fn events_of_type_between(
+        &self,
+        after_gseq: i64,
+        upto_gseq: i64,
+        event_type: &str,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<GlobalEvent>, Error>> {
+        self.inner
+            .events_of_type_between(after_gseq, upto_gseq, event_type, limit)
+    }
     fn event_head(&self) -> BoxFuture<'_, Result<i64, Error>> {
         self.inner.event_head()
     }

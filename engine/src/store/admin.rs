@@ -90,19 +90,35 @@ macro_rules! admin_methods {
                     .await,
                 }
                 .map_err(Error::db("read the event stream"))?;
-                rows.iter()
-                    .map(|r| {
-                        let task_id: String = r.try_get("task_id").map_err(|e| {
-                            Error::Corrupt(format!("events row: {e}"))
-                        })?;
-                        Ok(super::GlobalEvent {
-                            gseq: r.try_get("gseq").map_err(|e| Error::Corrupt(format!("events row: {e}")))?,
-                            agent: r.try_get("agent").map_err(|e| Error::Corrupt(format!("events row: {e}")))?,
-                            workflow: r.try_get("workflow").map_err(|e| Error::Corrupt(format!("events row: {e}")))?,
-                            event: super::sqlite::event_from_row(&task_id, r)?,
-                        })
-                    })
-                    .collect()
+                rows.iter().map(super::admin::global_event).collect()
+            })
+        }
+
+        fn events_of_type_between(
+            &self,
+            after_gseq: i64,
+            upto_gseq: i64,
+            event_type: &str,
+            limit: u32,
+        ) -> BoxFuture<'_, Result<Vec<super::GlobalEvent>, Error>> {
+            let event_type = event_type.to_string();
+            Box::pin(async move {
+                let limit = limit.min(super::admin::MAX_PAGE) as i64;
+                let rows = sqlx::query(
+                    "SELECT e.gseq, e.task_id, e.seq, e.event_type, e.recorded_at_ms, e.actor, e.payload,
+                            e.prev_hash, e.hash, t.agent, t.workflow
+                     FROM events e JOIN tasks t ON t.id = e.task_id
+                     WHERE e.gseq > $1 AND e.gseq <= $2 AND e.event_type = $3
+                     ORDER BY e.gseq LIMIT $4",
+                )
+                .bind(after_gseq)
+                .bind(upto_gseq)
+                .bind(event_type)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Error::db("read the event stream"))?;
+                rows.iter().map(super::admin::global_event).collect()
             })
         }
 
@@ -247,6 +263,26 @@ macro_rules! admin_methods {
     };
 }
 pub(crate) use admin_methods;
+
+/// Reads an event with its global number and its task's agent and workflow
+/// (columns as selected by `admin_methods`).
+pub(crate) fn global_event<R>(r: &R) -> Result<GlobalEvent, super::Error>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    String: for<'d> sqlx::Decode<'d, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'d> sqlx::Decode<'d, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'d> sqlx::Decode<'d, R::Database> + sqlx::Type<R::Database>,
+{
+    let bad = |e: sqlx::Error| super::Error::Corrupt(format!("events row: {e}"));
+    let task_id: String = r.try_get("task_id").map_err(bad)?;
+    Ok(GlobalEvent {
+        gseq: r.try_get("gseq").map_err(bad)?,
+        agent: r.try_get("agent").map_err(bad)?,
+        workflow: r.try_get("workflow").map_err(bad)?,
+        event: super::sqlite::event_from_row(&task_id, r)?,
+    })
+}
 
 /// Reads a token row (columns as selected by `admin_methods`).
 pub(crate) fn token_from_row<R>(r: &R) -> Result<TokenRow, super::Error>

@@ -264,6 +264,17 @@ pub trait Store: Send + Sync + 'static {
         task: Option<&str>,
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<GlobalEvent>, Error>>;
+    /// Events of one type numbered in `(after_gseq, upto_gseq]`, in commit
+    /// order, at most `limit` (capped at [`admin::MAX_PAGE`]): what a
+    /// follower interested in one kind of event reads, without carrying the
+    /// others' payloads out of the database.
+    fn events_of_type_between(
+        &self,
+        after_gseq: i64,
+        upto_gseq: i64,
+        event_type: &str,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<GlobalEvent>, Error>>;
     /// The highest global event number handed out.
     fn event_head(&self) -> BoxFuture<'_, Result<i64, Error>>;
     /// Tasks whose work is due now (the work queue's depth).
