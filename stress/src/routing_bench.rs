@@ -1,13 +1,18 @@
 //! `mandate-stress routing-bench`: what routing costs and how fast a
 //! notification reaches its owner.
 //!
-//! Runs the same load twice on fresh SQLite databases: N one-step plans
-//! (a monitored `kv.put`) without routing, then with routing (the step's
-//! owner notified through a signed webhook to a receiver on loopback, the
-//! follower and delivery worker running). Reports task throughput both
-//! ways, the notifications delivered per second, and the latency from the
-//! routing decision being recorded (`OwnersNotified`, in the decision that
-//! schedules the step) to the receiver holding the request, p50/p99.
+//! Runs the same load on fresh databases (SQLite, or PostgreSQL with
+//! `--db`), `--runs` times each way, alternating: N one-step plans (a
+//! monitored `kv.put`) without routing, then with routing (the step's owner
+//! notified through a signed webhook to a receiver on loopback, the
+//! follower and delivery worker running). Reports the median task
+//! throughput both ways and the median of the runs' ratios, and the latency
+//! from the routing decision being recorded (`OwnersNotified`, in the
+//! decision that schedules the step) to the receiver holding the request,
+//! p50/p99. Then the fan-out: `--fanout-tasks` plans whose step is owned by
+//! `--fanout-owners` teams, each with its own webhook, so every step
+//! notifies that many people; the rate is the notifications delivered over
+//! the time from the first routing decision recorded to the last arrival.
 //! Measures only.
 
 use std::sync::{Arc, Mutex};
@@ -22,6 +27,8 @@ use mandate_routing::wire::{EngineRouter, Follower, FollowerParts, LinkSettings}
 use mandate_routing::worker::{DeliveryWorker, system_clock};
 use mandate_routing::{ConfigCell, RoutingConfig};
 use serde_json::json;
+
+use crate::stats::{median, process_cpu_s};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(clap::Args, Debug)]
@@ -32,6 +39,18 @@ pub struct RoutingBenchArgs {
     /// Submissions in flight at once
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Runs each way (alternating; medians reported)
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// `sqlite`, or a PostgreSQL URL whose server gets a fresh database per run
+    #[arg(long, default_value = "sqlite")]
+    pub db: String,
+    /// Tasks in the fan-out run (0 skips it)
+    #[arg(long, default_value_t = 500)]
+    pub fanout_tasks: usize,
+    /// Owning teams per step in the fan-out run (each one notification)
+    #[arg(long, default_value_t = 8)]
+    pub fanout_owners: usize,
 }
 
 fn now_ms() -> i64 {
@@ -100,14 +119,62 @@ async fn receiver() -> anyhow::Result<(String, Arc<Mutex<Vec<(String, i64)>>>)> 
 
 struct RunResult {
     elapsed: Duration,
+    /// This process's CPU time (user + system) from the first submission
+    /// until every task is final and every notification arrived, per task,
+    /// in ms (the receiver runs in this process too).
+    cpu_ms_per_task: f64,
     latencies_ms: Vec<i64>,
     delivered: usize,
-    delivery_elapsed: Duration,
+    /// From the first routing decision recorded to the last arrival.
+    delivery_span: Duration,
 }
 
-async fn run_once(args: &RoutingBenchArgs, routing: bool) -> anyhow::Result<RunResult> {
-    let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}/bench.db", dir.path().display());
+/// The routing configuration: `owners` teams own `kv.*`, each reached
+/// through its own webhook sink on the receiver.
+fn config_yaml(base: &str, owners: usize) -> String {
+    let sinks: Vec<String> = (0..owners)
+        .map(|i| format!("{{id: hook{i}, kind: webhook, url: '{base}/hook{i}', secret: 'bench-secret-0123456789'}}"))
+        .collect();
+    let channels: Vec<String> = (0..owners)
+        .map(|i| format!("{{id: team-{i}, contacts: [{{sink: hook{i}}}]}}"))
+        .collect();
+    let teams: Vec<String> = (0..owners).map(|i| format!("team-{i}")).collect();
+    format!(
+        "version: 1
+sinks: [{}]
+channels: [{}]
+ownership: [{{tool: 'kv.*', owners: [{}]}}]
+routes: {{notify: [owners], group_wait_seconds: 0}}
+",
+        sinks.join(", "),
+        channels.join(", "),
+        teams.join(", ")
+    )
+}
+
+/// One run on a fresh database: `tasks` plans, routed to `owners` teams
+/// (0: routing off).
+async fn run_once(
+    args: &RoutingBenchArgs,
+    tasks: usize,
+    owners: usize,
+) -> anyhow::Result<RunResult> {
+    let routing = owners > 0;
+    let fresh = crate::freshdb::FreshDb::create(&args.db).await?;
+    let url = fresh.url.clone();
+    let result = run_on(args, &url, tasks, owners, routing).await;
+    fresh.drop_now().await;
+    result
+}
+
+async fn run_on(
+    args: &RoutingBenchArgs,
+    url: &str,
+    tasks: usize,
+    owners: usize,
+    routing: bool,
+) -> anyhow::Result<RunResult> {
+    let url = url.to_string();
     let store = mandate_engine::store::open(&url).await?;
     let world = World::connect(&url).await?;
     let governance = Arc::new(Governance::shipped());
@@ -116,18 +183,8 @@ async fn run_once(args: &RoutingBenchArgs, routing: bool) -> anyhow::Result<RunR
     mandate_activities::register_governance_tools(&mut tools, governance.clone(), world);
     let (base, got) = receiver().await?;
     let config = Arc::new(ConfigCell::fixed(
-        RoutingConfig::from_yaml(
-            "bench owners.yaml",
-            &format!(
-                "version: 1
-sinks: [{{id: hook, kind: webhook, url: '{base}/hook', secret: 'bench-secret-0123456789'}}]
-channels: [{{id: team-platform, contacts: [{{sink: hook}}]}}]
-ownership: [{{tool: 'kv.*', owners: [team-platform]}}]
-routes: {{notify: [owners], group_wait_seconds: 0}}
-"
-            ),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?,
+        RoutingConfig::from_yaml("bench owners.yaml", &config_yaml(&base, owners.max(1)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
     ));
     let gateway: Arc<dyn Gateway> = if routing {
         Arc::new(Routed {
@@ -176,9 +233,10 @@ routes: {{notify: [owners], group_wait_seconds: 0}}
         side = Some((follower, delivery));
     }
     let started = Instant::now();
+    let cpu0 = process_cpu_s();
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
-    let mut handles = Vec::with_capacity(args.tasks);
-    for i in 0..args.tasks {
+    let mut handles = Vec::with_capacity(tasks);
+    for i in 0..tasks {
         let permit = sem.clone().acquire_owned().await?;
         let engine = engine.clone();
         handles.push(tokio::spawn(async move {
@@ -202,40 +260,51 @@ routes: {{notify: [owners], group_wait_seconds: 0}}
             anyhow::Ok(id)
         }));
     }
-    let mut ids = Vec::with_capacity(args.tasks);
+    let mut ids = Vec::with_capacity(tasks);
     for h in handles {
         ids.push(h.await??);
     }
     let elapsed = started.elapsed();
     let mut latencies_ms = Vec::new();
     let mut delivered = 0;
-    let mut delivery_elapsed = elapsed;
+    let mut delivery_span = elapsed;
     if routing {
         // Wait (bounded) for every notification to arrive.
+        let want = tasks * owners;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while got.lock().unwrap().len() < args.tasks && Instant::now() < deadline {
+        while got.lock().unwrap().len() < want && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        delivery_elapsed = started.elapsed();
+    }
+    // With routing: until every notification arrived too.
+    let cpu1 = process_cpu_s();
+    let cpu_ms_per_task = ((cpu1.0 + cpu1.1) - (cpu0.0 + cpu0.1)) * 1e3 / tasks as f64;
+    if routing {
         let arrivals: std::collections::HashMap<String, i64> =
             got.lock().unwrap().iter().cloned().collect();
         delivered = arrivals.len();
+        let mut first_recorded = i64::MAX;
         for id in &ids {
             for e in engine.history(id).await? {
                 if let EventPayload::OwnersNotified { about_seq, .. } = &e.payload {
-                    let key = mandate_engine::core::routing::item_key(
-                        id,
-                        *about_seq,
-                        "team-platform",
-                        "hook",
-                    );
-                    let nid = mandate_routing::outbox::notification_id(&key);
-                    if let Some(at) = arrivals.get(&nid) {
-                        latencies_ms.push(at - e.recorded_at_ms);
+                    first_recorded = first_recorded.min(e.recorded_at_ms);
+                    for team in 0..owners {
+                        let key = mandate_engine::core::routing::item_key(
+                            id,
+                            *about_seq,
+                            &format!("team-{team}"),
+                            &format!("hook{team}"),
+                        );
+                        let nid = mandate_routing::outbox::notification_id(&key);
+                        if let Some(at) = arrivals.get(&nid) {
+                            latencies_ms.push(at - e.recorded_at_ms);
+                        }
                     }
                 }
             }
         }
+        let last_arrival = arrivals.values().copied().max().unwrap_or(first_recorded);
+        delivery_span = Duration::from_millis((last_arrival - first_recorded).max(1) as u64);
     }
     if let Some((f, d)) = side {
         f.shutdown().await;
@@ -244,9 +313,10 @@ routes: {{notify: [owners], group_wait_seconds: 0}}
     worker.shutdown().await;
     Ok(RunResult {
         elapsed,
+        cpu_ms_per_task,
         latencies_ms,
         delivered,
-        delivery_elapsed,
+        delivery_span,
     })
 }
 
@@ -258,26 +328,54 @@ fn pct(sorted: &[i64], p: f64) -> i64 {
 }
 
 pub async fn run(args: RoutingBenchArgs) -> anyhow::Result<()> {
-    let plain = run_once(&args, false).await?;
-    let routed = run_once(&args, true).await?;
+    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    anyhow::ensure!(
+        (1..=mandate_routing::limits::MAX_RECIPIENTS).contains(&args.fanout_owners),
+        "--fanout-owners must be 1..={}",
+        mandate_routing::limits::MAX_RECIPIENTS
+    );
     let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
-    let mut lat = routed.latencies_ms.clone();
+    let store = if args.db.starts_with("postgres") {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    println!(
+        "routing-bench: {} one-step plans (monitored kv.put), {} in flight, {store}, {} runs each way",
+        args.tasks, args.concurrency, args.runs
+    );
+    let (mut plain, mut routed, mut ratios, mut lat) = (vec![], vec![], vec![], vec![]);
+    let (mut cpu_plain, mut cpu_routed) = (vec![], vec![]);
+    for run in 1..=args.runs {
+        let pr = run_once(&args, args.tasks, 0).await?;
+        let p = rate(args.tasks, pr.elapsed);
+        let r = run_once(&args, args.tasks, 1).await?;
+        let rr = rate(args.tasks, r.elapsed);
+        println!(
+            "  run {run}: without {p:.0} tasks/s ({:.2} ms CPU/task), with {rr:.0} tasks/s ({:.2} ms CPU/task) ({:+.1}%), {} delivered",
+            pr.cpu_ms_per_task,
+            r.cpu_ms_per_task,
+            (rr / p - 1.0) * 100.0,
+            r.delivered
+        );
+        plain.push(p);
+        routed.push(rr);
+        ratios.push(rr / p - 1.0);
+        cpu_plain.push(pr.cpu_ms_per_task);
+        cpu_routed.push(r.cpu_ms_per_task);
+        lat.extend(r.latencies_ms);
+    }
     lat.sort_unstable();
-    let plain_rate = rate(args.tasks, plain.elapsed);
-    let routed_rate = rate(args.tasks, routed.elapsed);
+    println!("  without routing: {:.0} tasks/s (median)", median(&plain));
     println!(
-        "routing-bench: {} one-step plans (monitored kv.put), {} in flight, SQLite",
-        args.tasks, args.concurrency
-    );
-    println!("  without routing: {plain_rate:.0} tasks/s");
-    println!(
-        "  with routing:    {routed_rate:.0} tasks/s ({:+.1}%)",
-        (routed_rate / plain_rate - 1.0) * 100.0
+        "  with routing:    {:.0} tasks/s (median); cost: median of the runs' ratios {:+.1}%",
+        median(&routed),
+        median(&ratios) * 100.0
     );
     println!(
-        "  notifications:   {} delivered, {:.0}/s (submission start → last delivery)",
-        routed.delivered,
-        rate(routed.delivered, routed.delivery_elapsed)
+        "  CPU per task (this process, submission → final): {:.2} ms without, {:.2} ms with routing (median)",
+        median(&cpu_plain),
+        median(&cpu_routed)
     );
     println!(
         "  decision recorded → delivered: p50 {} ms, p99 {} ms (n={})",
@@ -285,5 +383,20 @@ pub async fn run(args: RoutingBenchArgs) -> anyhow::Result<()> {
         pct(&lat, 0.99),
         lat.len()
     );
+    if args.fanout_tasks > 0 {
+        let f = run_once(&args, args.fanout_tasks, args.fanout_owners).await?;
+        let mut flat = f.latencies_ms.clone();
+        flat.sort_unstable();
+        println!(
+            "  fan-out: {} plans × {} owners: {} of {} notifications delivered, {:.0}/s (first decision recorded → last arrival), p50 {} ms, p99 {} ms",
+            args.fanout_tasks,
+            args.fanout_owners,
+            f.delivered,
+            args.fanout_tasks * args.fanout_owners,
+            rate(f.delivered, f.delivery_span),
+            pct(&flat, 0.5),
+            pct(&flat, 0.99),
+        );
+    }
     Ok(())
 }
