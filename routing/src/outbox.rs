@@ -146,6 +146,10 @@ pub enum Outbox {
     Postgres(PgOutbox),
 }
 
+/// Delivered notifications recorded per statement (4 parameters each for
+/// the update, 6 for the attempts: far under both backends' bounds).
+const FINISH_ROWS_PER_STATEMENT: usize = 200;
+
 macro_rules! outbox_methods {
     ($ty:ty, $lock:literal, $lock_read:literal, $begin:ident, $begin_arg:expr) => {
         impl $ty {
@@ -332,34 +336,67 @@ macro_rules! outbox_methods {
             }
 
             async fn finish_on(tx: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, done: &[Finished]) -> Result<Vec<bool>, Error> {
-                let mut out = Vec::with_capacity(done.len());
-                for f in done {
+                let mut out = vec![false; done.len()];
+                // Deliveries that succeeded (nearly all): one fenced update and
+                // one insert of their attempts per chunk, not two statements each.
+                let sent: Vec<usize> = (0..done.len()).filter(|&i| done[i].outcome.is_ok()).collect();
+                for chunk in sent.chunks(FINISH_ROWS_PER_STATEMENT) {
+                    let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("WITH v (id, worker, attempt, at) AS (");
+                    qb.push_values(chunk, |mut b, &i| {
+                        let f = &done[i];
+                        b.push_bind(f.id.clone()).push_bind(f.worker.clone()).push_bind(f.attempt).push_bind(f.now_ms);
+                    });
+                    qb.push(") UPDATE notifications SET status = 'sent', next_attempt_at_ms = NULL, last_error = NULL,
+                                sent_at_ms = v.at, lease_owner = NULL, lease_expires_at_ms = NULL
+                             FROM v WHERE notifications.id = v.id AND notifications.lease_owner = v.worker
+                                 AND notifications.attempt = v.attempt
+                             RETURNING notifications.id");
+                    let updated: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await.map_err(db("record the deliveries"))?;
+                    let updated: std::collections::HashSet<String> = updated.into_iter().collect();
+                    let mine: Vec<usize> = chunk.iter().copied().filter(|&i| updated.contains(&done[i].id)).collect();
+                    if mine.is_empty() {
+                        continue;
+                    }
+                    let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new(
+                        "INSERT INTO notification_attempts (notification_id, attempt, worker, finished_at_ms, outcome, error) ",
+                    );
+                    qb.push_values(&mine, |mut b, &i| {
+                        let f = &done[i];
+                        b.push_bind(f.id.clone()).push_bind(f.attempt).push_bind(f.worker.clone()).push_bind(f.now_ms)
+                            .push_bind("sent").push_bind(None::<String>);
+                    });
+                    qb.push(" ON CONFLICT (notification_id, attempt) DO NOTHING");
+                    qb.build().execute(&mut *tx).await.map_err(db("record the attempts"))?;
+                    for i in mine {
+                        out[i] = true;
+                    }
+                }
+                for (i, f) in done.iter().enumerate() {
                     let (id, worker, attempt, now_ms, outcome) = (&f.id, &f.worker, f.attempt, f.now_ms, &f.outcome);
-                    let (status, next, error) = match outcome {
-                        Ok(()) => ("sent", None, None),
-                        Err(e) if e.retryable && attempt < limits::MAX_ATTEMPTS as i64 => ("pending", Some(now_ms + backoff_ms(attempt)), Some(e.message.clone())),
-                        Err(e) => ("failed", None, Some(e.message.clone())),
+                    let Err(e) = outcome else { continue };
+                    let (status, next) = if e.retryable && attempt < limits::MAX_ATTEMPTS as i64 {
+                        ("pending", Some(now_ms + backoff_ms(attempt)))
+                    } else {
+                        ("failed", None)
                     };
                     let n = sqlx::query(
                         "UPDATE notifications SET status = $4, next_attempt_at_ms = $5, last_error = $6,
-                            sent_at_ms = CASE WHEN $4 = 'sent' THEN $7 ELSE sent_at_ms END,
                             lease_owner = NULL, lease_expires_at_ms = NULL
                          WHERE id = $1 AND lease_owner = $2 AND attempt = $3",
                     )
-                    .bind(id).bind(worker).bind(attempt).bind(status).bind(next).bind(&error).bind(now_ms)
+                    .bind(id).bind(worker).bind(attempt).bind(status).bind(next).bind(&e.message)
                     .execute(&mut *tx).await.map_err(db("record the delivery"))?
                     .rows_affected();
                     if n == 0 {
-                        out.push(false);
                         continue;
                     }
                     sqlx::query(
                         "INSERT INTO notification_attempts (notification_id, attempt, worker, finished_at_ms, outcome, error)
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (notification_id, attempt) DO NOTHING",
+                         VALUES ($1, $2, $3, $4, 'failed', $5) ON CONFLICT (notification_id, attempt) DO NOTHING",
                     )
-                    .bind(id).bind(attempt).bind(worker).bind(now_ms).bind(if outcome.is_ok() { "sent" } else { "failed" }).bind(&error)
+                    .bind(id).bind(attempt).bind(worker).bind(now_ms).bind(&e.message)
                     .execute(&mut *tx).await.map_err(db("record the attempt"))?;
-                    out.push(true);
+                    out[i] = true;
                 }
                 Ok(out)
             }
