@@ -221,7 +221,7 @@ mod tests {
             };
             match kind {
                 0 => Value::Null,
-                1 => json!(self.next() % 2 == 0),
+                1 => json!(self.next().is_multiple_of(2)),
                 2 => self.number(),
                 3 => Value::String(self.string()),
                 4 => (0..self.next() % 5)
