@@ -150,6 +150,28 @@ pub enum Outbox {
 /// the update, 6 for the attempts: far under both backends' bounds).
 const FINISH_ROWS_PER_STATEMENT: usize = 200;
 
+/// Items per chunk of a page (the notifications insert binds 13 each).
+const PAGE_ROWS_PER_STATEMENT: usize = 200;
+
+/// A notification a page's chunk adds items to or opens.
+struct PageGroup {
+    id: String,
+    message: Message,
+    body: String,
+    count: i64,
+    /// The item that opened it in this chunk; `None`: it was open before.
+    first: Option<usize>,
+    changed: bool,
+    /// Closed to new items (the next item of its group opens another).
+    full: bool,
+}
+
+impl PageGroup {
+    fn status(&self) -> &'static str {
+        if self.full { "pending_full" } else { "pending" }
+    }
+}
+
 macro_rules! outbox_methods {
     ($ty:ty, $lock:literal, $lock_read:literal, $begin:ident, $begin_arg:expr) => {
         impl $ty {
@@ -158,11 +180,12 @@ macro_rules! outbox_methods {
             }
 
             pub async fn enqueue(&self, n: &NewNotification, now_ms: i64) -> Result<Enqueued, Error> {
+                let page = [(n.clone(), None)];
+                check_page(&page)?;
                 let mut tx = self.begin().await?;
-                check_page(std::slice::from_ref(&(n.clone(), None)))?;
-                let done = Self::enqueue_in(&mut tx, n, now_ms, &mut None).await?;
+                let mut done = Self::page_on(&mut tx, &page, now_ms, None).await?;
                 tx.commit().await.map_err(db("commit"))?;
-                Ok(done)
+                Ok(done.remove(0))
             }
 
             /// Enqueues a follower's page in one transaction: each item (and
@@ -190,22 +213,30 @@ macro_rules! outbox_methods {
                 Ok(out)
             }
 
+            /// A page's writes: its items in chunks of a few statements each
+            /// (not three per item), the chains they start, the cursor.
             async fn page_on(conn: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, items: &[(NewNotification, Option<Escalation>)], now_ms: i64, cursor: Option<(&str, i64)>) -> Result<Vec<Enqueued>, Error> {
                 let mut out = Vec::with_capacity(items.len());
                 // The open count is read once per page and kept up to date here.
                 let mut open_now = None;
-                for (n, esc) in items {
-                    let done = Self::enqueue_in(&mut *conn, n, now_ms, &mut open_now).await?;
-                    if let Some(e) = esc {
-                        sqlx::query(
-                            "INSERT INTO routing_escalations (notification_id, task_id, about_seq, chain, started_at_ms, fired_steps, next_due_at_ms)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (notification_id) DO NOTHING",
-                        )
-                        .bind(&done.id).bind(&e.task_id).bind(e.about_seq).bind(&e.chain)
-                        .bind(e.started_at_ms).bind(e.fired_steps).bind(e.next_due_at_ms)
-                        .execute(&mut *conn).await.map_err(db("start an escalation"))?;
-                    }
-                    out.push(done);
+                for chunk in items.chunks(PAGE_ROWS_PER_STATEMENT) {
+                    out.extend(Self::chunk_on(&mut *conn, chunk, now_ms, &mut open_now).await?);
+                }
+                // The chains, one per notification (the first item's).
+                let mut seen = std::collections::HashSet::new();
+                let chains: Vec<(&str, &Escalation)> = items.iter().zip(&out)
+                    .filter_map(|((_, e), d)| e.as_ref().map(|e| (d.id.as_str(), e)))
+                    .filter(|(id, _)| seen.insert(*id))
+                    .collect();
+                for chunk in chains.chunks(PAGE_ROWS_PER_STATEMENT) {
+                    let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new(
+                        "INSERT INTO routing_escalations (notification_id, task_id, about_seq, chain, started_at_ms, fired_steps, next_due_at_ms) ");
+                    qb.push_values(chunk, |mut b, (id, e)| {
+                        b.push_bind(*id).push_bind(e.task_id.as_str()).push_bind(e.about_seq).push_bind(e.chain.as_str())
+                            .push_bind(e.started_at_ms).push_bind(e.fired_steps).push_bind(e.next_due_at_ms);
+                    });
+                    qb.push(" ON CONFLICT (notification_id) DO NOTHING");
+                    qb.build().execute(&mut *conn).await.map_err(db("start escalations"))?;
                 }
                 if let Some((name, gseq)) = cursor {
                     sqlx::query("INSERT INTO routing_cursor (name, gseq) VALUES ($1, $2)
@@ -215,67 +246,157 @@ macro_rules! outbox_methods {
                 Ok(out)
             }
 
-            /// `open_now`: the number of open notifications, if the caller has
-            /// read it in this transaction (read here otherwise, then kept).
-            async fn enqueue_in(tx: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, n: &NewNotification, now_ms: i64, open_now: &mut Option<i64>) -> Result<Enqueued, Error> {
-                let body = serde_json::to_string(&n.message).expect("JSON");
-                if body.len() > limits::MAX_PAYLOAD_BYTES {
-                    return Err(Error::TooLarge { bytes: body.len(), limit: limits::MAX_PAYLOAD_BYTES });
-                }
-                let fresh_id = notification_id(&n.item_key);
-                let inserted = sqlx::query(
-                    "INSERT INTO notification_items (item_key, notification_id, added_at_ms) VALUES ($1, $2, $3)
-                     ON CONFLICT (item_key) DO NOTHING",
-                )
-                .bind(&n.item_key).bind(&fresh_id).bind(now_ms)
-                .execute(&mut *tx).await.map_err(db("record the notification item"))?
-                .rows_affected();
-                if inserted == 0 {
-                    let id: String = sqlx::query_scalar("SELECT notification_id FROM notification_items WHERE item_key = $1")
-                        .bind(&n.item_key).fetch_one(&mut *tx).await.map_err(db("read the notification item"))?;
-                    return Ok(Enqueued { id, grouped: false, duplicate: true });
-                }
-                let open = sqlx::query(concat!(
-                    "SELECT id, body, item_count FROM notifications
-                     WHERE group_key = $1 AND status = 'pending' AND attempt = 0 AND lease_owner IS NULL ", $lock_read))
-                    .bind(&n.group_key).fetch_optional(&mut *tx).await.map_err(db("find the open group"))?;
-                if let Some(row) = open {
-                    let id: String = row.try_get("id").map_err(|e| Error::Corrupt(e.to_string()))?;
-                    let count: i64 = row.try_get("item_count").map_err(|e| Error::Corrupt(e.to_string()))?;
-                    let old: String = row.try_get("body").map_err(|e| Error::Corrupt(e.to_string()))?;
-                    let mut msg: Message = serde_json::from_str(&old).map_err(|e| Error::Corrupt(format!("notification {id}: {e}")))?;
-                    msg.grouped.push(n.message.what_happened.clone());
-                    let merged = serde_json::to_string(&msg).expect("JSON");
-                    if count < limits::MAX_GROUP_ITEMS && merged.len() <= limits::MAX_PAYLOAD_BYTES {
-                        sqlx::query("UPDATE notifications SET body = $2, item_count = item_count + 1 WHERE id = $1")
-                            .bind(&id).bind(&merged).execute(&mut *tx).await.map_err(db("group the notification"))?;
-                        sqlx::query("UPDATE notification_items SET notification_id = $2 WHERE item_key = $1")
-                            .bind(&n.item_key).bind(&id).execute(&mut *tx).await.map_err(db("record the grouped item"))?;
-                        return Ok(Enqueued { id, grouped: true, duplicate: false });
+            /// Up to [`PAGE_ROWS_PER_STATEMENT`] items: one insert of the
+            /// items (which says which are new), one read of their groups'
+            /// open notifications, the grouping in memory, then one write
+            /// per kind of change (groups grown or closed, notifications
+            /// opened, items moved into a group). A key seen before, in this
+            /// chunk or earlier, is a duplicate and changes nothing.
+            /// `open_now`: the number of open notifications, once read.
+            async fn chunk_on(conn: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, items: &[(NewNotification, Option<Escalation>)], now_ms: i64, open_now: &mut Option<i64>) -> Result<Vec<Enqueued>, Error> {
+                use std::collections::{HashMap, HashSet};
+                let fresh_ids: Vec<String> = items.iter().map(|(n, _)| notification_id(&n.item_key)).collect();
+                // The first occurrence of each key in the chunk.
+                let mut first_of: HashMap<&str, usize> = HashMap::new();
+                let firsts: Vec<usize> = (0..items.len())
+                    .filter(|&i| *first_of.entry(items[i].0.item_key.as_str()).or_insert(i) == i)
+                    .collect();
+                let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("INSERT INTO notification_items (item_key, notification_id, added_at_ms) ");
+                qb.push_values(&firsts, |mut b, &i| {
+                    b.push_bind(items[i].0.item_key.as_str()).push_bind(fresh_ids[i].as_str()).push_bind(now_ms);
+                });
+                qb.push(" ON CONFLICT (item_key) DO NOTHING RETURNING item_key");
+                let inserted: HashSet<String> = qb.build_query_scalar::<String>().fetch_all(&mut *conn).await
+                    .map_err(db("record the notification items"))?.into_iter().collect();
+                let (fresh, known): (Vec<usize>, Vec<usize>) = firsts.iter().partition(|&&i| inserted.contains(&items[i].0.item_key));
+                // Keys enqueued before: the notification each went into.
+                let mut known_ids: HashMap<String, String> = HashMap::new();
+                if !known.is_empty() {
+                    let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("SELECT item_key, notification_id FROM notification_items WHERE item_key IN (");
+                    let mut list = qb.separated(", ");
+                    for &i in &known {
+                        list.push_bind(items[i].0.item_key.as_str());
                     }
-                    // The group is full: close it to new items (it keeps its
-                    // send time) so this item opens the next one.
-                    sqlx::query("UPDATE notifications SET status = 'pending_full' WHERE id = $1")
-                        .bind(&id).execute(&mut *tx).await.map_err(db("close a full group"))?;
+                    qb.push(")");
+                    for r in qb.build().fetch_all(&mut *conn).await.map_err(db("read the notification items"))? {
+                        let c = |e: sqlx::Error| Error::Corrupt(e.to_string());
+                        known_ids.insert(r.try_get("item_key").map_err(c)?, r.try_get("notification_id").map_err(c)?);
+                    }
                 }
-                let open_count = match *open_now {
-                    Some(n) => n,
-                    None => sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE next_attempt_at_ms IS NOT NULL")
-                        .fetch_one(&mut *tx).await.map_err(db("count open notifications"))?,
-                };
-                if open_count >= limits::MAX_OUTBOX_OPEN {
-                    return Err(Error::Full { open: open_count, limit: limits::MAX_OUTBOX_OPEN });
+                // The open notifications of the new items' groups.
+                let mut open: HashMap<String, usize> = HashMap::new();
+                let mut groups: Vec<PageGroup> = Vec::new();
+                let keys: HashSet<&str> = fresh.iter().map(|&i| items[i].0.group_key.as_str()).collect();
+                if !keys.is_empty() {
+                    let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new(
+                        "SELECT id, group_key, body, item_count FROM notifications
+                         WHERE status = 'pending' AND attempt = 0 AND lease_owner IS NULL AND group_key IN (");
+                    let mut list = qb.separated(", ");
+                    for k in &keys {
+                        list.push_bind(*k);
+                    }
+                    qb.push(concat!(") ", $lock_read));
+                    for r in qb.build().fetch_all(&mut *conn).await.map_err(db("find the open groups"))? {
+                        let c = |e: sqlx::Error| Error::Corrupt(e.to_string());
+                        let id: String = r.try_get("id").map_err(c)?;
+                        let body: String = r.try_get("body").map_err(c)?;
+                        let message: Message = serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("notification {id}: {e}")))?;
+                        open.insert(r.try_get("group_key").map_err(c)?, groups.len());
+                        groups.push(PageGroup { id, message, body, count: r.try_get("item_count").map_err(c)?, first: None, changed: false, full: false });
+                    }
                 }
-                *open_now = Some(open_count + 1);
-                sqlx::query(
-                    "INSERT INTO notifications (id, group_key, task_id, recipient, sink, address, body, item_count, status,
-                        attempt, max_attempts, created_at_ms, next_attempt_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1, 'pending', 0, $8, $9, $10)",
-                )
-                .bind(&fresh_id).bind(&n.group_key).bind(&n.task_id).bind(&n.recipient).bind(&n.sink)
-                .bind(&n.address).bind(&body).bind(limits::MAX_ATTEMPTS as i64).bind(now_ms).bind(n.send_at_ms)
-                .execute(&mut *tx).await.map_err(db("insert the notification"))?;
-                Ok(Enqueued { id: fresh_id, grouped: false, duplicate: false })
+                // Each new item joins its group's open notification, or opens one.
+                let mut done: Vec<Option<Enqueued>> = vec![None; items.len()];
+                let mut moved: Vec<(usize, usize)> = Vec::new();
+                for &i in &fresh {
+                    let n = &items[i].0;
+                    if let Some(&g) = open.get(&n.group_key) {
+                        let group = &mut groups[g];
+                        group.message.grouped.push(n.message.what_happened.clone());
+                        let merged = serde_json::to_string(&group.message).expect("JSON");
+                        if group.count < limits::MAX_GROUP_ITEMS && merged.len() <= limits::MAX_PAYLOAD_BYTES {
+                            group.body = merged;
+                            group.count += 1;
+                            group.changed = true;
+                            moved.push((i, g));
+                            done[i] = Some(Enqueued { id: group.id.clone(), grouped: true, duplicate: false });
+                            continue;
+                        }
+                        // The group is full: close it to new items (it keeps its
+                        // send time) so this item opens the next one.
+                        group.message.grouped.pop();
+                        group.full = true;
+                        group.changed = true;
+                        open.remove(&n.group_key);
+                    }
+                    let open_count = match *open_now {
+                        Some(n) => n,
+                        None => sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE next_attempt_at_ms IS NOT NULL")
+                            .fetch_one(&mut *conn).await.map_err(db("count open notifications"))?,
+                    };
+                    if open_count >= limits::MAX_OUTBOX_OPEN {
+                        return Err(Error::Full { open: open_count, limit: limits::MAX_OUTBOX_OPEN });
+                    }
+                    *open_now = Some(open_count + 1);
+                    let body = serde_json::to_string(&n.message).expect("JSON");
+                    if body.len() > limits::MAX_PAYLOAD_BYTES {
+                        return Err(Error::TooLarge { bytes: body.len(), limit: limits::MAX_PAYLOAD_BYTES });
+                    }
+                    open.insert(n.group_key.clone(), groups.len());
+                    groups.push(PageGroup { id: fresh_ids[i].clone(), message: n.message.clone(), body, count: 1, first: Some(i), changed: true, full: false });
+                    done[i] = Some(Enqueued { id: fresh_ids[i].clone(), grouped: false, duplicate: false });
+                }
+                // Groups that were open before: grown, or closed when full
+                // (before any new row of the same group is inserted).
+                let old: Vec<&PageGroup> = groups.iter().filter(|g| g.first.is_none() && g.changed).collect();
+                for chunk in old.chunks(PAGE_ROWS_PER_STATEMENT) {
+                    let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("WITH v (id, body, n, status) AS (");
+                    qb.push_values(chunk, |mut b, g| {
+                        b.push_bind(g.id.as_str()).push_bind(g.body.as_str()).push_bind(g.count).push_bind(g.status());
+                    });
+                    qb.push(") UPDATE notifications SET body = v.body, item_count = v.n, status = v.status
+                             FROM v WHERE notifications.id = v.id");
+                    qb.build().execute(&mut *conn).await.map_err(db("group the notifications"))?;
+                }
+                let new: Vec<&PageGroup> = groups.iter().filter(|g| g.first.is_some()).collect();
+                for chunk in new.chunks(PAGE_ROWS_PER_STATEMENT) {
+                    let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new(
+                        "INSERT INTO notifications (id, group_key, task_id, recipient, sink, address, body, item_count, status,
+                            attempt, max_attempts, created_at_ms, next_attempt_at_ms) ");
+                    qb.push_values(chunk, |mut b, g| {
+                        let n = &items[g.first.expect("a new group")].0;
+                        b.push_bind(g.id.as_str()).push_bind(n.group_key.as_str()).push_bind(n.task_id.as_str())
+                            .push_bind(n.recipient.as_str()).push_bind(n.sink.as_str()).push_bind(n.address.as_deref())
+                            .push_bind(g.body.as_str()).push_bind(g.count).push_bind(g.status()).push_bind(0i64)
+                            .push_bind(limits::MAX_ATTEMPTS as i64).push_bind(now_ms).push_bind(n.send_at_ms);
+                    });
+                    qb.build().execute(&mut *conn).await.map_err(db("insert the notifications"))?;
+                }
+                // Items that joined a group other than their own id's.
+                let regrouped: Vec<(usize, usize)> = moved.into_iter().filter(|&(i, g)| groups[g].id != fresh_ids[i]).collect();
+                for chunk in regrouped.chunks(PAGE_ROWS_PER_STATEMENT) {
+                    let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("WITH v (k, nid) AS (");
+                    qb.push_values(chunk, |mut b, &(i, g)| {
+                        b.push_bind(items[i].0.item_key.as_str()).push_bind(groups[g].id.as_str());
+                    });
+                    qb.push(") UPDATE notification_items SET notification_id = v.nid
+                             FROM v WHERE notification_items.item_key = v.k");
+                    qb.build().execute(&mut *conn).await.map_err(db("record the grouped items"))?;
+                }
+                // Duplicates: the notification the key went into.
+                for i in 0..items.len() {
+                    if done[i].is_some() {
+                        continue;
+                    }
+                    let key = items[i].0.item_key.as_str();
+                    let first = first_of[key];
+                    let id = match (first != i, &done[first]) {
+                        (true, Some(d)) => d.id.clone(),
+                        _ => known_ids.get(key).cloned().ok_or_else(|| Error::Corrupt(format!("notification item {key} vanished while enqueueing")))?,
+                    };
+                    done[i] = Some(Enqueued { id, grouped: false, duplicate: true });
+                }
+                Ok(done.into_iter().map(|d| d.expect("every item answered")).collect())
             }
 
             pub async fn claim(&self, worker: &str, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<Claimed>, Error> {

@@ -10,7 +10,7 @@ use mandate_routing::outbox::{self, NewNotification, Outbox};
 use mandate_routing::sinks::{Delivery, Message, ResponseOption, Sender};
 use mandate_routing::worker::{DeliveryWorker, WorkerConfig};
 use mandate_routing::{ConfigCell, RoutingConfig, sign};
-use mandate_tests::{Backend, TestDb, backend_tests};
+use mandate_tests::{Backend, TestDb, backend_tests, exec_sql};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const SECRET: &str = "receiver-secret-0123456789";
@@ -396,7 +396,213 @@ async fn a_page_enqueues_with_its_cursor_or_not_at_all(b: Backend) {
     );
 }
 
+/// A page's items are written a chunk at a time, yet each still groups as
+/// if enqueued one by one: a group takes at most `MAX_GROUP_ITEMS`, then
+/// closes and the next item opens another; a key seen before (earlier in
+/// the page or in an earlier page) is a duplicate; a chain starts once per
+/// notification. The outbox refuses a page past `MAX_OUTBOX_OPEN` open
+/// notifications, writing nothing.
+async fn a_page_groups_in_bulk_up_to_its_limits(b: Backend) {
+    use mandate_routing::limits::{MAX_GROUP_ITEMS, MAX_OUTBOX_OPEN};
+    let db = TestDb::new(b).await;
+    let outbox = Outbox::open(&db.url).await.unwrap();
+    let t0 = 1_700_000_000_000;
+    let per = MAX_GROUP_ITEMS as usize;
+    let chain = |seq: i64| outbox::Escalation {
+        notification_id: String::new(),
+        task_id: "task-1".into(),
+        about_seq: seq,
+        chain: "c".into(),
+        started_at_ms: t0,
+        fired_steps: 1,
+        next_due_at_ms: Some(t0 + 60_000),
+    };
+    // 2½ groups' worth in one page (more than one chunk), a repeat of the
+    // sixth item, and an item of another group in between.
+    let mut page: Vec<(NewNotification, Option<outbox::Escalation>)> = (0..per * 5 / 2)
+        .map(|i| {
+            (
+                new(
+                    &format!("task-1:{i}:alice:hook"),
+                    &format!("step {i}"),
+                    t0 + 30_000,
+                ),
+                Some(chain(i as i64)),
+            )
+        })
+        .collect();
+    let mut other = new("task-9:1:alice:hook", "other", t0 + 30_000);
+    other.group_key = "another group".into();
+    page.insert(150, (other, None));
+    page.push((
+        new("task-1:5:alice:hook", "step 5 again", t0 + 30_000),
+        None,
+    ));
+    let done = outbox
+        .enqueue_many(&page, t0, Some(("test-cursor", 7)))
+        .await
+        .unwrap();
+    assert_eq!(done.len(), page.len());
+    let of = |i: usize| if i < 150 { &done[i] } else { &done[i + 1] };
+    let ids = [of(0).id.clone(), of(per).id.clone(), of(2 * per).id.clone()];
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+        "{ids:?}"
+    );
+    for i in 0..per * 5 / 2 {
+        let d = of(i);
+        assert_eq!(d.id, ids[i / per], "item {i}");
+        assert_eq!((d.grouped, d.duplicate), (i % per != 0, false), "item {i}");
+        assert_eq!(
+            outbox
+                .item_notification(&format!("task-1:{i}:alice:hook"))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(ids[i / per].as_str()),
+            "item {i}"
+        );
+    }
+    assert!(!done[150].grouped && !done[150].duplicate && !ids.contains(&done[150].id));
+    let last = done.last().unwrap();
+    assert!(
+        last.duplicate && !last.grouped && last.id == ids[0],
+        "{last:?}"
+    );
+    for (id, count, status) in [
+        (&ids[0], per, "pending_full"),
+        (&ids[1], per, "pending_full"),
+        (&ids[2], per / 2, "pending"),
+    ] {
+        let row = outbox.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            (row.item_count, row.status.as_str()),
+            (count as i64, status),
+            "{id}"
+        );
+        let body: Message = serde_json::from_str(&row.body).unwrap();
+        assert_eq!(body.grouped.len(), count - 1, "{id}");
+    }
+    assert_eq!(outbox.cursor("test-cursor").await.unwrap(), 7);
+    let chains = outbox.due_escalations(t0 + 60_000, 1000).await.unwrap();
+    let mut named: Vec<&str> = chains.iter().map(|c| c.notification_id.as_str()).collect();
+    named.sort_unstable();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(named, want, "one chain per notification, naming its id");
+    // A later page: new items join the open group; an old key is a duplicate.
+    let more = outbox
+        .enqueue_many(
+            &[
+                (new("task-1:900:alice:hook", "step 900", t0 + 30_000), None),
+                (
+                    new("task-1:3:alice:hook", "step 3 again", t0 + 30_000),
+                    None,
+                ),
+            ],
+            t0 + 5,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        more[0],
+        outbox::Enqueued {
+            id: ids[2].clone(),
+            grouped: true,
+            duplicate: false
+        }
+    );
+    assert_eq!(
+        more[1],
+        outbox::Enqueued {
+            id: ids[0].clone(),
+            grouped: false,
+            duplicate: true
+        }
+    );
+    assert_eq!(
+        outbox.get(&ids[2]).await.unwrap().unwrap().item_count,
+        per as i64 / 2 + 1
+    );
+
+    // Fill the outbox to its limit of open notifications.
+    let open_now = 4; // the three groups and the other one
+    exec_sql(
+        &db,
+        &format!(
+            "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {})
+             INSERT INTO notifications (id, group_key, task_id, recipient, sink, address, body, item_count, status,
+                 attempt, max_attempts, created_at_ms, next_attempt_at_ms)
+             SELECT 'fill-' || n, 'fill-' || n, 'task-0', 'bob', 'hook', NULL, '{{}}', 1, 'pending', 0, 8, {t0}, {t0}
+             FROM s",
+            MAX_OUTBOX_OPEN - open_now - 1
+        ),
+    )
+    .await;
+    // One more fits; the page after it is refused whole.
+    let one = outbox
+        .enqueue(
+            &with_group(new("task-2:1:alice:hook", "fits", t0), "g-2"),
+            t0,
+        )
+        .await
+        .unwrap();
+    assert!(!one.grouped && !one.duplicate);
+    let refused = outbox
+        .enqueue_many(
+            &[(
+                with_group(new("task-3:1:alice:hook", "full", t0), "g-3"),
+                None,
+            )],
+            t0,
+            Some(("test-cursor", 8)),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(outbox::Error::Full { open, limit }) if open == MAX_OUTBOX_OPEN && limit == MAX_OUTBOX_OPEN),
+        "{refused:?}"
+    );
+    let refused = outbox
+        .enqueue(
+            &with_group(new("task-3:1:alice:hook", "full", t0), "g-3"),
+            t0,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(outbox::Error::Full { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        outbox
+            .item_notification("task-3:1:alice:hook")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(outbox.cursor("test-cursor").await.unwrap(), 7);
+    // An item of an open group still joins it: grouping opens nothing.
+    let joined = outbox
+        .enqueue(&new("task-1:901:alice:hook", "step 901", t0), t0)
+        .await
+        .unwrap();
+    assert_eq!(
+        joined,
+        outbox::Enqueued {
+            id: ids[2].clone(),
+            grouped: true,
+            duplicate: false
+        }
+    );
+}
+
+fn with_group(mut n: NewNotification, group: &str) -> NewNotification {
+    n.group_key = group.into();
+    n
+}
+
 backend_tests!(
+    a_page_groups_in_bulk_up_to_its_limits,
     a_page_enqueues_with_its_cursor_or_not_at_all,
     one_id_delivered_once_per_key_across_a_crash,
     failed_deliveries_back_off_then_give_up,
