@@ -303,6 +303,17 @@ async fn follower_resumes_and_checkpoints_stay_consistent(b: Backend) {
         fresh.push(evidence::merkle::leaf_hash(&bytes));
     }
     assert_eq!(fresh.root(), new.root);
+    // Each leaf row names its event (on PostgreSQL they are written by COPY).
+    let leaves = log.leaves(0, 5_000).await.unwrap();
+    let events = log.events_after(0, 5_000).await.unwrap();
+    assert_eq!(leaves.len() as u64, new.size);
+    for (leaf, e) in leaves.iter().zip(&events) {
+        assert_eq!(leaf.index as i64 + 1, e.gseq);
+        assert_eq!(
+            (&leaf.task_id, leaf.seq, &leaf.event_hash),
+            (&e.event.task_id, e.event.seq, &e.event.hash)
+        );
+    }
     let proofs = evidence::task_proofs(&log, &id, new.size, &new.root)
         .await
         .unwrap();
@@ -325,6 +336,33 @@ async fn follower_resumes_and_checkpoints_stay_consistent(b: Backend) {
         "{stored} node rows for {} leaves",
         new.size
     );
+}
+
+/// A leaf row keeps whatever its task id holds: tabs, backslashes, line
+/// breaks and non-ASCII text survive the bulk write (PostgreSQL's COPY text
+/// format escapes them).
+async fn leaf_rows_keep_any_task_id(b: Backend) {
+    let h = Harness::new(b).await;
+    let log = h.engine.store().evidence_log();
+    let mut frontier = log.frontier().await.unwrap();
+    let rows: Vec<evidence::log::LeafRow> = [
+        "tab\there",
+        "back\\slash\\n",
+        "line\nbreak\r\n",
+        "ünïcødé ✓ 'q' \"q\"",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, id)| evidence::log::LeafRow {
+        index: i as u64,
+        task_id: id.to_string(),
+        seq: i as i64 + 1,
+        event_hash: format!("{:064x}", i + 1),
+    })
+    .collect();
+    log.append(&mut frontier, &rows).await.unwrap();
+    assert_eq!(log.leaves(0, 10).await.unwrap(), rows);
+    assert_eq!(log.size().await.unwrap(), rows.len() as u64);
 }
 
 /// `GET /v1/checkpoints/latest` serves the signed note to auditors and
@@ -407,5 +445,6 @@ backend_tests!(
     swapped_events_of_two_tasks_are_found,
     another_keys_checkpoint_is_refused,
     follower_resumes_and_checkpoints_stay_consistent,
+    leaf_rows_keep_any_task_id,
     api_serves_checkpoints_and_receipts,
 );
