@@ -220,6 +220,77 @@ fn copy_text(out: &mut String, value: &str) {
     }
 }
 
+/// A signed checkpoint's row, written on either backend's connection.
+#[derive(Debug)]
+struct CheckpointInsert(CheckpointRow);
+
+macro_rules! checkpoint_insert_body {
+    ($row:expr, $conn:ident) => {{
+        sqlx::query(
+            "INSERT INTO evidence_checkpoints (size, root, issued_at_ms, key_id, note)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (size) DO NOTHING",
+        )
+        .bind($row.size as i64)
+        .bind(&$row.root)
+        .bind($row.issued_at_ms)
+        .bind(&$row.key_id)
+        .bind(&$row.note)
+        .execute(&mut *$conn)
+        .await
+        .map_err(Error::db("record a checkpoint"))?;
+        Ok(true)
+    }};
+}
+
+impl CheckpointInsert {
+    async fn run<C: CheckpointConn>(&self, conn: &mut C) -> Result<bool, Error> {
+        conn.checkpoint_insert(&self.0).await
+    }
+}
+
+trait CheckpointConn {
+    fn checkpoint_insert<'a>(
+        &'a mut self,
+        row: &'a CheckpointRow,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
+}
+
+impl CheckpointConn for SqliteConnection {
+    fn checkpoint_insert<'a>(
+        &'a mut self,
+        row: &'a CheckpointRow,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let conn = self;
+            checkpoint_insert_body!(row, conn)
+        })
+    }
+}
+
+impl CheckpointConn for PgConnection {
+    fn checkpoint_insert<'a>(
+        &'a mut self,
+        row: &'a CheckpointRow,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let conn = self;
+            checkpoint_insert_body!(row, conn)
+        })
+    }
+}
+
+impl ExtraWrite for CheckpointInsert {
+    fn on_sqlite<'a>(
+        &'a self,
+        conn: &'a mut SqliteConnection,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        conn.checkpoint_insert(&self.0)
+    }
+    fn on_postgres<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<bool, Error>> {
+        conn.checkpoint_insert(&self.0)
+    }
+}
+
 impl LeafAppend {
     async fn run<C: LeafConn>(&self, conn: &mut C) -> Result<bool, Error> {
         conn.leaf_append(self).await
@@ -578,21 +649,22 @@ impl Log {
         Ok(leaf_rows(rows))
     }
 
-    /// Records a signed checkpoint (a second one for the same size is ignored).
+    /// Records a signed checkpoint (a second one for the same size is
+    /// ignored); through the store's writer when the log has one, so it
+    /// joins a group commit rather than paying a commit of its own.
     pub async fn insert_checkpoint(&self, row: &CheckpointRow) -> Result<(), Error> {
-        on_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO evidence_checkpoints (size, root, issued_at_ms, key_id, note)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (size) DO NOTHING",
-        )
-        .bind(row.size as i64)
-        .bind(&row.root)
-        .bind(row.issued_at_ms)
-        .bind(&row.key_id)
-        .bind(&row.note)
-        .execute(pool)
-        .await
-        .map(drop)
-        .map_err(Error::db("record a checkpoint"))?);
+        let write = Arc::new(CheckpointInsert(row.clone()));
+        match &self.writer {
+            Some(writer) => {
+                writer.extra(write).await?;
+            }
+            None => {
+                on_pool!(&self.db, pool => {
+                    let mut conn = pool.acquire().await.map_err(Error::db("record a checkpoint"))?;
+                    write.run(&mut *conn).await?;
+                });
+            }
+        }
         Ok(())
     }
 
