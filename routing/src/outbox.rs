@@ -162,6 +162,8 @@ struct PageGroup {
     /// The item that opened it in this chunk; `None`: it was open before.
     first: Option<usize>,
     changed: bool,
+    /// Items were added to it (its body changed).
+    grown: bool,
     /// Closed to new items (the next item of its group opens another).
     full: bool,
 }
@@ -289,8 +291,8 @@ macro_rules! outbox_methods {
                 let keys: HashSet<&str> = fresh.iter().map(|&i| items[i].0.group_key.as_str()).collect();
                 if !keys.is_empty() {
                     let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new(
-                        "SELECT id, group_key, body, item_count FROM notifications
-                         WHERE status = 'pending' AND attempt = 0 AND lease_owner IS NULL AND group_key IN (");
+                        "SELECT n.id, n.group_key, b.body, n.item_count FROM notifications n JOIN notification_bodies b ON b.id = n.id
+                         WHERE n.status = 'pending' AND n.attempt = 0 AND n.lease_owner IS NULL AND n.group_key IN (");
                     let mut list = qb.separated(", ");
                     for k in &keys {
                         list.push_bind(*k);
@@ -302,7 +304,7 @@ macro_rules! outbox_methods {
                         let body: String = r.try_get("body").map_err(c)?;
                         let message: Message = serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("notification {id}: {e}")))?;
                         open.insert(r.try_get("group_key").map_err(c)?, groups.len());
-                        groups.push(PageGroup { id, message, body, count: r.try_get("item_count").map_err(c)?, first: None, changed: false, full: false });
+                        groups.push(PageGroup { id, message, body, count: r.try_get("item_count").map_err(c)?, first: None, changed: false, grown: false, full: false });
                     }
                 }
                 // Each new item joins its group's open notification, or opens one.
@@ -318,6 +320,7 @@ macro_rules! outbox_methods {
                             group.body = merged;
                             group.count += 1;
                             group.changed = true;
+                            group.grown = true;
                             moved.push((i, g));
                             done[i] = Some(Enqueued { id: group.id.clone(), grouped: true, duplicate: false });
                             continue;
@@ -343,34 +346,48 @@ macro_rules! outbox_methods {
                         return Err(Error::TooLarge { bytes: body.len(), limit: limits::MAX_PAYLOAD_BYTES });
                     }
                     open.insert(n.group_key.clone(), groups.len());
-                    groups.push(PageGroup { id: fresh_ids[i].clone(), message: n.message.clone(), body, count: 1, first: Some(i), changed: true, full: false });
+                    groups.push(PageGroup { id: fresh_ids[i].clone(), message: n.message.clone(), body, count: 1, first: Some(i), changed: true, grown: true, full: false });
                     done[i] = Some(Enqueued { id: fresh_ids[i].clone(), grouped: false, duplicate: false });
                 }
                 // Groups that were open before: grown, or closed when full
                 // (before any new row of the same group is inserted).
                 let old: Vec<&PageGroup> = groups.iter().filter(|g| g.first.is_none() && g.changed).collect();
                 for chunk in old.chunks(PAGE_ROWS_PER_STATEMENT) {
-                    let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("WITH v (id, body, n, status) AS (");
+                    let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("WITH v (id, n, status) AS (");
                     qb.push_values(chunk, |mut b, g| {
-                        b.push_bind(g.id.as_str()).push_bind(g.body.as_str()).push_bind(g.count).push_bind(g.status());
+                        b.push_bind(g.id.as_str()).push_bind(g.count).push_bind(g.status());
                     });
-                    qb.push(") UPDATE notifications SET body = v.body, item_count = v.n, status = v.status
+                    qb.push(") UPDATE notifications SET item_count = v.n, status = v.status
                              FROM v WHERE notifications.id = v.id");
                     qb.build().execute(&mut *conn).await.map_err(db("group the notifications"))?;
+                    let grown: Vec<&&PageGroup> = chunk.iter().filter(|g| g.grown).collect();
+                    if !grown.is_empty() {
+                        let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("WITH v (id, body) AS (");
+                        qb.push_values(grown, |mut b, g| {
+                            b.push_bind(g.id.as_str()).push_bind(g.body.as_str());
+                        });
+                        qb.push(") UPDATE notification_bodies SET body = v.body FROM v WHERE notification_bodies.id = v.id");
+                        qb.build().execute(&mut *conn).await.map_err(db("group the notifications' bodies"))?;
+                    }
                 }
                 let new: Vec<&PageGroup> = groups.iter().filter(|g| g.first.is_some()).collect();
                 for chunk in new.chunks(PAGE_ROWS_PER_STATEMENT) {
                     let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new(
-                        "INSERT INTO notifications (id, group_key, task_id, recipient, sink, address, body, item_count, status,
+                        "INSERT INTO notifications (id, group_key, task_id, recipient, sink, address, item_count, status,
                             attempt, max_attempts, created_at_ms, next_attempt_at_ms) ");
                     qb.push_values(chunk, |mut b, g| {
                         let n = &items[g.first.expect("a new group")].0;
                         b.push_bind(g.id.as_str()).push_bind(n.group_key.as_str()).push_bind(n.task_id.as_str())
                             .push_bind(n.recipient.as_str()).push_bind(n.sink.as_str()).push_bind(n.address.as_deref())
-                            .push_bind(g.body.as_str()).push_bind(g.count).push_bind(g.status()).push_bind(0i64)
+                            .push_bind(g.count).push_bind(g.status()).push_bind(0i64)
                             .push_bind(limits::MAX_ATTEMPTS as i64).push_bind(now_ms).push_bind(n.send_at_ms);
                     });
                     qb.build().execute(&mut *conn).await.map_err(db("insert the notifications"))?;
+                    let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("INSERT INTO notification_bodies (id, body) ");
+                    qb.push_values(chunk, |mut b, g| {
+                        b.push_bind(g.id.as_str()).push_bind(g.body.as_str());
+                    });
+                    qb.build().execute(&mut *conn).await.map_err(db("insert the notifications' bodies"))?;
                 }
                 // Items that joined a group other than their own id's.
                 let regrouped: Vec<(usize, usize)> = moved.into_iter().filter(|&(i, g)| groups[g].id != fresh_ids[i]).collect();
@@ -417,15 +434,28 @@ macro_rules! outbox_methods {
                      WHERE id IN (SELECT id FROM notifications
                                   WHERE next_attempt_at_ms <= $3 AND (lease_expires_at_ms IS NULL OR lease_expires_at_ms < $3)
                                   ORDER BY next_attempt_at_ms LIMIT $4 ", $lock, ")
-                     RETURNING id, attempt, recipient, sink, address, body"))
+                     RETURNING id, attempt, recipient, sink, address"))
                     .bind(worker).bind(now_ms + lease_ms).bind(now_ms).bind(limit.clamp(1, 1000))
                     .fetch_all(&mut *conn).await.map_err(db("claim due notifications"))?;
+                if rows.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("SELECT id, body FROM notification_bodies WHERE id IN (");
+                let mut list = qb.separated(", ");
+                for r in &rows {
+                    list.push_bind(r.try_get::<String, _>("id").map_err(|e| Error::Corrupt(e.to_string()))?);
+                }
+                qb.push(")");
+                let mut bodies: std::collections::HashMap<String, String> = qb.build_query_as::<(String, String)>()
+                    .fetch_all(&mut *conn).await.map_err(db("read the claimed notifications' bodies"))?
+                    .into_iter().collect();
                 rows.iter()
                     .map(|r| {
                         let c = |e: sqlx::Error| Error::Corrupt(e.to_string());
-                        let body: String = r.try_get("body").map_err(c)?;
+                        let id: String = r.try_get("id").map_err(c)?;
+                        let body = bodies.remove(&id).ok_or_else(|| Error::Corrupt(format!("notification {id} has no body")))?;
                         Ok(Claimed {
-                            id: r.try_get("id").map_err(c)?,
+                            id,
                             attempt: r.try_get("attempt").map_err(c)?,
                             recipient: r.try_get("recipient").map_err(c)?,
                             sink: r.try_get("sink").map_err(c)?,
@@ -524,7 +554,8 @@ macro_rules! outbox_methods {
 
             pub async fn get(&self, id: &str) -> Result<Option<NotificationRow>, Error> {
                 let row = sqlx::query(
-                    "SELECT id, status, attempt, item_count, next_attempt_at_ms, sent_at_ms, last_error, body FROM notifications WHERE id = $1",
+                    "SELECT n.id, n.status, n.attempt, n.item_count, n.next_attempt_at_ms, n.sent_at_ms, n.last_error, b.body
+                     FROM notifications n JOIN notification_bodies b ON b.id = n.id WHERE n.id = $1",
                 )
                 .bind(id).fetch_optional(&self.pool).await.map_err(db("read a notification"))?;
                 row.map(|r| {
@@ -791,7 +822,13 @@ macro_rules! outbox_begin {
 // SQLite: one writer at a time, taken at BEGIN so a read-then-write
 // transaction cannot fail to upgrade. PostgreSQL: rows are locked as read.
 outbox_methods!(SqliteOutbox, "", "", begin_with, "BEGIN IMMEDIATE");
-outbox_methods!(PgOutbox, "FOR UPDATE SKIP LOCKED", "FOR UPDATE", begin, ());
+outbox_methods!(
+    PgOutbox,
+    "FOR UPDATE SKIP LOCKED",
+    "FOR UPDATE OF n",
+    begin,
+    ()
+);
 
 macro_rules! dispatch {
     ($self:ident, $o:ident => $e:expr) => {
@@ -1075,8 +1112,9 @@ macro_rules! overview_methods {
             pub async fn recent_notifications(&self, limit: i64) -> Result<Vec<NotificationState>, Error> {
                 let rows = sqlx::query(concat!(
                     "SELECT n.id, n.task_id, n.recipient, n.sink, n.status, n.attempt, n.created_at_ms, n.sent_at_ms,
-                        n.last_error, n.body, ", escalation_columns!(), "
-                     FROM notifications n LEFT JOIN routing_escalations e ON e.notification_id = n.id
+                        n.last_error, b.body, ", escalation_columns!(), "
+                     FROM notifications n JOIN notification_bodies b ON b.id = n.id
+                     LEFT JOIN routing_escalations e ON e.notification_id = n.id
                      ORDER BY n.created_at_ms DESC, n.id DESC LIMIT $1"))
                     .bind(limit.clamp(1, MAX_OVERVIEW_ROWS))
                     .fetch_all(&self.pool).await.map_err(db("list notifications"))?;

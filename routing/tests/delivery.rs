@@ -532,12 +532,17 @@ async fn a_page_groups_in_bulk_up_to_its_limits(b: Backend) {
         &db,
         &format!(
             "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {})
-             INSERT INTO notifications (id, group_key, task_id, recipient, sink, address, body, item_count, status,
+             INSERT INTO notifications (id, group_key, task_id, recipient, sink, address, item_count, status,
                  attempt, max_attempts, created_at_ms, next_attempt_at_ms)
-             SELECT 'fill-' || n, 'fill-' || n, 'task-0', 'bob', 'hook', NULL, '{{}}', 1, 'pending', 0, 8, {t0}, {t0}
+             SELECT 'fill-' || n, 'fill-' || n, 'task-0', 'bob', 'hook', NULL, 1, 'pending', 0, 8, {t0}, {t0}
              FROM s",
             MAX_OUTBOX_OPEN - open_now - 1
         ),
+    )
+    .await;
+    exec_sql(
+        &db,
+        "INSERT INTO notification_bodies (id, body) SELECT id, '{}' FROM notifications WHERE id LIKE 'fill-%'",
     )
     .await;
     // One more fits; the page after it is refused whole.
@@ -601,7 +606,61 @@ fn with_group(mut n: NewNotification, group: &str) -> NewNotification {
     n
 }
 
+/// An outbox written before bodies had a table of their own (migration
+/// 0009) keeps every notification's body: the migration moves them, and
+/// the notification is read and delivered as before.
+async fn bodies_move_to_their_own_table(b: Backend) {
+    let db = TestDb::new(b).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let dir = root.join(match b {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    });
+    let old = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let f = f.unwrap();
+        let name = f.file_name().into_string().unwrap();
+        if name.as_str() < "0009" {
+            std::fs::copy(f.path(), old.path().join(&name)).unwrap();
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+    match b {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&format!("{}?mode=rwc", db.url))
+                .await
+                .unwrap();
+            migrator.run(&pool).await.unwrap();
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+        }
+    }
+    let body = serde_json::to_string(&message("written by the previous release")).unwrap();
+    exec_sql(
+        &db,
+        &format!(
+            "INSERT INTO notifications (id, group_key, task_id, recipient, sink, address, body, item_count, status,
+                 attempt, max_attempts, created_at_ms, next_attempt_at_ms)
+             VALUES ('old-1', 'g-old', 'task-1', 'alice', 'hook', NULL, '{}', 1, 'pending', 0, 8, 1, 1)",
+            body.replace('\'', "''")
+        ),
+    )
+    .await;
+    let outbox = Outbox::open(&db.url).await.unwrap();
+    let row = outbox.get("old-1").await.unwrap().unwrap();
+    assert_eq!(row.body, body);
+    let claimed = outbox.claim("w", 2, 1_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        claimed[0].message.what_happened,
+        "written by the previous release"
+    );
+}
+
 backend_tests!(
+    bodies_move_to_their_own_table,
     a_page_groups_in_bulk_up_to_its_limits,
     a_page_enqueues_with_its_cursor_or_not_at_all,
     one_id_delivered_once_per_key_across_a_crash,
