@@ -13,7 +13,9 @@
 //! `--fanout-owners` teams, each with its own webhook, so every step
 //! notifies that many people; the rate is the notifications delivered over
 //! the time from the first routing decision recorded to the last arrival.
-//! Measures only.
+//! With `--decisions-only` the routing decisions are recorded but no
+//! follower or delivery worker runs: what deciding and recording costs on
+//! its own. Measures only.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,6 +53,10 @@ pub struct RoutingBenchArgs {
     /// Owning teams per step in the fan-out run (each one notification)
     #[arg(long, default_value_t = 8)]
     pub fanout_owners: usize,
+    /// Record the routing decisions but run no follower and no delivery
+    /// worker: what the decision itself costs (nothing is delivered)
+    #[arg(long)]
+    pub decisions_only: bool,
 }
 
 fn now_ms() -> i64 {
@@ -205,7 +211,8 @@ async fn run_on(
     );
     let worker = engine.start_worker(WorkerConfig::default());
     let mut side = None;
-    if routing {
+    let deliver = routing && !args.decisions_only;
+    if deliver {
         let outbox = Arc::new(
             Outbox::open(&url)
                 .await?
@@ -268,7 +275,7 @@ async fn run_on(
     let mut latencies_ms = Vec::new();
     let mut delivered = 0;
     let mut delivery_span = elapsed;
-    if routing {
+    if deliver {
         // Wait (bounded) for every notification to arrive.
         let want = tasks * owners;
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -377,6 +384,12 @@ pub async fn run(args: RoutingBenchArgs) -> anyhow::Result<()> {
         median(&cpu_plain),
         median(&cpu_routed)
     );
+    if args.decisions_only {
+        println!(
+            "  (--decisions-only: routing decisions recorded, nothing delivered; no fan-out run)"
+        );
+        return Ok(());
+    }
     println!(
         "  decision recorded → delivered: p50 {} ms, p99 {} ms (n={})",
         pct(&lat, 0.5),
