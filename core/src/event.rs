@@ -490,8 +490,18 @@ impl EventPayload {
     }
 
     /// Rebuilds a payload from its stored `(type, payload)` pair.
+    ///
+    /// Reads the borrowed payload in place: the adjacently tagged form
+    /// `{"type": …, "payload": …}` is presented as a two-entry map over
+    /// the parts, so no copy of the payload is built first.
     pub fn from_parts(event_type: &str, payload: &Value) -> Result<Self, serde_json::Error> {
-        serde_json::from_value(serde_json::json!({"type": event_type, "payload": payload}))
+        use serde::Deserialize;
+        use serde::de::value::MapDeserializer;
+        let tag = Value::String(event_type.to_string());
+        let entries = [("type", &tag), ("payload", payload)];
+        let map: MapDeserializer<'_, _, serde_json::Error> =
+            MapDeserializer::new(entries.into_iter());
+        EventPayload::deserialize(map)
     }
 }
 
