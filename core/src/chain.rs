@@ -177,6 +177,18 @@ impl Verifier {
 
     /// Checks the next event.
     pub fn push(&mut self, event: &RawEvent) -> Result<(), Error> {
+        self.push_computed(event, || event.compute_hash())
+    }
+
+    /// Checks the next event given its recomputed hash
+    /// ([`RawEvent::compute_hash`], which depends on the event alone, so a
+    /// caller may compute many at once, in parallel, and feed them here in
+    /// order). The checks and their order are [`Verifier::push`]'s.
+    pub fn push_computed(
+        &mut self,
+        event: &RawEvent,
+        computed: impl FnOnce() -> Result<String, String>,
+    ) -> Result<(), Error> {
         let task_id = self.task_id.clone();
         if event.seq == self.expected_seq - 1 && self.expected_seq > 1 {
             return Err(Error::Duplicate {
@@ -199,13 +211,11 @@ impl Verifier {
                 found: event.prev_hash.clone(),
             });
         }
-        let computed = event
-            .compute_hash()
-            .map_err(|message| Error::Canonicalization {
-                task_id: task_id.clone(),
-                seq: event.seq,
-                message,
-            })?;
+        let computed = computed().map_err(|message| Error::Canonicalization {
+            task_id: task_id.clone(),
+            seq: event.seq,
+            message,
+        })?;
         if computed != event.hash {
             return Err(Error::HashMismatch {
                 task_id,

@@ -88,9 +88,41 @@ impl ChainVerdict {
     }
 }
 
+/// Histories at least this long have their hashes recomputed on several
+/// threads (each event's hash depends on its own row alone); shorter ones,
+/// nearly all, on the caller's.
+pub const PARALLEL_FROM: usize = 2_048;
+
+/// Every event's recomputed hash, in order: on up to four threads for a
+/// long history, none (left to the verifier) for a short one.
+fn recompute_hashes(raw: &[RawEvent]) -> Vec<Result<String, String>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    if raw.len() < PARALLEL_FROM || threads < 2 {
+        return Vec::new();
+    }
+    let per = raw.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = raw
+            .chunks(per)
+            .map(|part| {
+                scope.spawn(move || part.iter().map(RawEvent::compute_hash).collect::<Vec<_>>())
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("hashing an event does not panic"))
+            .collect()
+    })
+}
+
 /// Verifies `raw` (the stored rows of one task in seq order) from seq 1.
 /// `row_last_seq` is the last seq the task row records, when it could be read
 /// consistently with the history: a history that ends before it was cut short.
+/// A long history's hashes are recomputed in parallel first
+/// ([`PARALLEL_FROM`]); the checks stay in order, so the first bad seq named
+/// is the same.
 pub fn check_chain(task_id: &str, raw: &[RawEvent], row_last_seq: Option<i64>) -> ChainVerdict {
     let Some(last) = raw.last() else {
         return ChainVerdict::Broken(ChainBreak {
@@ -101,8 +133,12 @@ pub fn check_chain(task_id: &str, raw: &[RawEvent], row_last_seq: Option<i64>) -
         });
     };
     let mut verifier = Verifier::new(task_id);
+    let mut computed = recompute_hashes(raw).into_iter();
     for (position, event) in raw.iter().enumerate() {
-        if let Err(error) = verifier.push(event) {
+        let hash = computed.next();
+        if let Err(error) =
+            verifier.push_computed(event, || hash.unwrap_or_else(|| event.compute_hash()))
+        {
             return ChainVerdict::Broken(explain(raw, position, &error));
         }
     }
@@ -352,6 +388,44 @@ mod tests {
                 events: 4,
                 head_hash: c[3].hash.clone()
             }
+        );
+    }
+
+    /// A history long enough to be hashed on several threads verifies, and
+    /// a break anywhere in it, including in a later thread's share, is named
+    /// at its seq exactly as the one-thread path names it.
+    #[test]
+    fn a_long_history_is_checked_in_parallel_with_the_same_verdicts() {
+        let n = PARALLEL_FROM as i64 * 2 + 7;
+        let c = chain_of(n);
+        assert_eq!(
+            check_chain("t", &c, Some(n)),
+            ChainVerdict::Ok {
+                events: n as usize,
+                head_hash: c[n as usize - 1].hash.clone()
+            }
+        );
+        for at in [1, PARALLEL_FROM, n as usize - 2] {
+            let mut edited = c.clone();
+            edited[at].payload = json!({"name": "s", "payload": {"i": -1}, "sender": "user:x"});
+            let b = broken(check_chain("t", &edited, None));
+            assert_eq!(
+                (b.seq, b.kind),
+                (at as i64 + 1, BreakKind::HashMismatch),
+                "edited at {at}"
+            );
+            let mut gap = c.clone();
+            gap.remove(at);
+            let b = broken(check_chain("t", &gap, None));
+            assert_eq!(b.seq, at as i64 + 1, "deleted at {at}: {b:?}");
+        }
+        // Two edits: the first is named.
+        let mut two = c.clone();
+        two[n as usize - 3].actor = "user:mallory".into();
+        two[PARALLEL_FROM + 1].actor = "user:mallory".into();
+        assert_eq!(
+            broken(check_chain("t", &two, None)).seq,
+            PARALLEL_FROM as i64 + 2
         );
     }
 
