@@ -9,7 +9,7 @@ use mandate_engine::core::decide::projection;
 use mandate_engine::core::event::{NewEvent, seal};
 use mandate_engine::store::{AppendOutcome, AppendRequest, LeaseUpdate, TaskFilter};
 use mandate_engine::{EventPayload, Limits, TaskState, TaskStatus};
-use mandate_tests::{Backend, Harness, TestDb, backend_tests};
+use mandate_tests::{Backend, Harness, TestDb, backend_tests, exec_sql};
 use serde_json::json;
 
 /// An append of one signal event after `expected_seq`, built by hand.
@@ -607,7 +607,46 @@ async fn extra_writes_share_the_writers_transactions(b: Backend) {
     );
 }
 
+/// A history long enough to be decoded on several threads comes back whole
+/// and in order, and a row that does not decode is named by its seq, as
+/// when rows are decoded one after another.
+async fn long_histories_decode_in_order(b: Backend) {
+    let h = Harness::new(b).await;
+    let n = mandate_engine::store::PARALLEL_DECODE_FROM * 2 + 5;
+    exec_sql(
+        &h.db,
+        &format!(
+            "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {n})
+             INSERT INTO events (task_id, seq, gseq, event_type, recorded_at_ms, actor, payload, prev_hash, hash)
+             SELECT 'long-task', n, 10000000 + n, 'SignalReceived', 1000 + n, 'user:x',
+                    '{{\"name\": \"s\", \"payload\": {{\"i\": ' || n || '}}, \"sender\": \"user:x\"}}', 'p', 'h'
+             FROM s"
+        ),
+    )
+    .await;
+    let events = h.engine.store().load_history("long-task").await.unwrap();
+    assert_eq!(events.len(), n);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, i as i64 + 1);
+        assert_eq!(e.payload["payload"]["i"], serde_json::json!(i as i64 + 1));
+    }
+    let bad = n - 3;
+    exec_sql(&h.db, &format!("UPDATE events SET payload = 'not json' WHERE task_id = 'long-task' AND seq IN (3000, {bad})")).await;
+    let err = h
+        .engine
+        .store()
+        .load_history("long-task")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("seq 3000") && err.contains("not JSON"),
+        "{err}"
+    );
+}
+
 backend_tests!(
+    long_histories_decode_in_order,
     extra_writes_share_the_writers_transactions,
     appends_are_fenced_by_expected_seq,
     concurrent_appends_share_commits,

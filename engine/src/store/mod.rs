@@ -346,6 +346,43 @@ pub async fn open_with(url: &str, config: WriterConfig) -> Result<Arc<dyn Store>
     }
 }
 
+/// Result sets at least this long are decoded on several threads (each
+/// row's payload JSON is parsed on its own); shorter ones, nearly all, on
+/// the caller's.
+pub const PARALLEL_DECODE_FROM: usize = 2_048;
+
+/// Decodes `rows` in order with `decode`: on up to four threads for a long
+/// history. The first error in row order is the one returned, as when
+/// decoding one row after another.
+pub(crate) fn decode_rows<R, T, F>(rows: &[R], decode: F) -> Result<Vec<T>, Error>
+where
+    R: Sync,
+    T: Send,
+    F: Fn(&R) -> Result<T, Error> + Sync,
+{
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    if rows.len() < PARALLEL_DECODE_FROM || threads < 2 {
+        return rows.iter().map(decode).collect();
+    }
+    let per = rows.len().div_ceil(threads);
+    let decode = &decode;
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = rows
+            .chunks(per)
+            .map(|part| {
+                scope.spawn(move || part.iter().map(decode).collect::<Result<Vec<T>, Error>>())
+            })
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for part in parts {
+            out.extend(part.join().expect("decoding a row does not panic")?);
+        }
+        Ok(out)
+    })
+}
+
 pub(crate) fn status_from_db(s: &str) -> Result<TaskStatus, Error> {
     TaskStatus::parse(s)
         .ok_or_else(|| Error::Corrupt(format!("unknown task status {s:?} in tasks table")))

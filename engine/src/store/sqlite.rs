@@ -504,7 +504,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::db("load history"))?;
-            rows.iter().map(|r| event_from_row(&task_id, r)).collect()
+            super::decode_rows(&rows, |r| event_from_row(&task_id, r))
         })
     }
 
