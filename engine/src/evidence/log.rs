@@ -255,29 +255,24 @@ trait CheckpointConn {
     ) -> BoxFuture<'a, Result<bool, Error>>;
 }
 
-impl CheckpointConn for SqliteConnection {
-    fn checkpoint_insert<'a>(
-        &'a mut self,
-        row: &'a CheckpointRow,
-    ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(async move {
-            let conn = self;
-            checkpoint_insert_body!(row, conn)
-        })
-    }
+/// The same body on each backend's connection.
+macro_rules! checkpoint_conn {
+    ($($conn:ty),*) => {$(
+        impl CheckpointConn for $conn {
+            fn checkpoint_insert<'a>(
+                &'a mut self,
+                row: &'a CheckpointRow,
+            ) -> BoxFuture<'a, Result<bool, Error>> {
+                Box::pin(async move {
+                    let conn = self;
+                    checkpoint_insert_body!(row, conn)
+                })
+            }
+        }
+    )*};
 }
 
-impl CheckpointConn for PgConnection {
-    fn checkpoint_insert<'a>(
-        &'a mut self,
-        row: &'a CheckpointRow,
-    ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(async move {
-            let conn = self;
-            checkpoint_insert_body!(row, conn)
-        })
-    }
-}
+checkpoint_conn!(SqliteConnection, PgConnection);
 
 impl ExtraWrite for CheckpointInsert {
     fn on_sqlite<'a>(
