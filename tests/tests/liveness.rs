@@ -116,7 +116,42 @@ async fn signal_to_an_idle_saga_runs_the_next_stage(b: Backend) {
     }
 }
 
+/// A burst of submissions starts at most `max_active_tasks` drivers: each
+/// submission reserves its place before it hands the task to the local
+/// worker. (Each used to see the same free room, so a burst of 200 started
+/// about 200 drivers whatever the limit, and 100,000 submissions held
+/// hundreds of megabytes.) The tasks beyond the limit wait their turn and
+/// all reach their approval.
+async fn a_burst_never_runs_more_drivers_than_the_limit(b: Backend) {
+    let h = Harness::new(b).await;
+    let worker = h.engine.start_worker(mandate_engine::WorkerConfig {
+        max_active_tasks: 4,
+        ..mandate_tests::test_worker_config()
+    });
+    let ids: Vec<String> = futures::future::join_all((0..200).map(|i| {
+        h.engine.submit(
+            "gated_deploy",
+            json!({"service": format!("svc{i}"), "version": "v2", "timeout_ms": 600_000}),
+            Default::default(),
+        )
+    }))
+    .await
+    .into_iter()
+    .map(|r| r.unwrap().task_id)
+    .collect();
+    for id in &ids {
+        h.wait_for(id, |s| s == TaskStatus::NeedsApproval).await;
+    }
+    let (_, peak) = h.engine.drivers();
+    assert!(
+        (1..=4).contains(&peak),
+        "{peak} drivers ran at once; the limit is 4"
+    );
+    worker.shutdown().await;
+}
+
 backend_tests!(
+    a_burst_never_runs_more_drivers_than_the_limit,
     signal_right_after_resume_is_taken,
     cancel_right_after_resume_is_taken,
     signal_to_an_idle_saga_runs_the_next_stage,

@@ -190,7 +190,7 @@ impl Engine {
                 agent: options.agent.clone(),
                 idempotency_key: options.idempotency_key.clone(),
                 created_at_ms: now,
-                lease_owner: local.as_ref().map(|w| w.id.clone()),
+                lease_owner: local.as_ref().map(|w| w.worker.id.clone()),
             }),
             lease: LeaseUpdate::Keep,
             wake: local.is_none(),
@@ -201,7 +201,7 @@ impl Engine {
                 // If the worker stopped meanwhile, the lease expires and any
                 // worker claims the task then.
                 if let Some(w) = local {
-                    let _ = w.adopt.send(task_id.clone());
+                    w.handed_over(task_id.clone());
                 }
                 Ok(Submitted {
                     task_id,

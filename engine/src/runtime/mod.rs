@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     pub limits: Limits,
     pub clock: Arc<dyn Clock>,
     pub active: Mutex<HashMap<String, ActiveTask>>,
+    /// The most entries `active` has held at once (see [`Engine::drivers`]).
+    pub peak_active: std::sync::atomic::AtomicUsize,
     pub updates: broadcast::Sender<TaskUpdate>,
     /// The worker running in this process, if any: submissions start on it
     /// directly (eager start).
@@ -101,6 +103,39 @@ pub(crate) struct LocalWorker {
     pub id: String,
     pub max_active_tasks: usize,
     pub adopt: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Room taken by submissions not yet driven: counted when a submission
+    /// finds room, given back when the worker has started its driver (or
+    /// the submission ends without handing it over). Without it every
+    /// submission in flight saw the same free room, and a burst started far
+    /// more drivers than `max_active_tasks`.
+    pub reserved: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Room reserved in the local worker for one submission ([`Shared::local_worker_with_room`]);
+/// given back on drop unless [`Adoption::handed_over`] passed it to the worker.
+pub(crate) struct Adoption {
+    pub worker: LocalWorker,
+    armed: bool,
+}
+
+impl Adoption {
+    /// Hands the task to the worker, which gives the room back once its
+    /// driver runs. False (and the room given back) if the worker is gone.
+    pub(crate) fn handed_over(mut self, task_id: String) -> bool {
+        let sent = self.worker.adopt.send(task_id).is_ok();
+        self.armed = !sent;
+        sent
+    }
+}
+
+impl Drop for Adoption {
+    fn drop(&mut self) {
+        if self.armed {
+            self.worker
+                .reserved
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 impl Shared {
@@ -116,11 +151,22 @@ impl Shared {
         }
     }
 
-    /// The local worker, if it has room for one more task.
-    pub(crate) fn local_worker_with_room(&self) -> Option<LocalWorker> {
+    /// The local worker, if it has room for one more task, with that room
+    /// reserved (checked and taken under the `active` lock, so concurrent
+    /// submissions cannot all take the last free place).
+    pub(crate) fn local_worker_with_room(&self) -> Option<Adoption> {
         let w = self.local_worker.lock().expect("local worker").clone()?;
-        let active = self.active.lock().expect("active map").len();
-        (active < w.max_active_tasks).then_some(w)
+        let active = self.active.lock().expect("active map");
+        let reserved = w.reserved.load(std::sync::atomic::Ordering::SeqCst);
+        if active.len() + reserved >= w.max_active_tasks {
+            return None;
+        }
+        w.reserved.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        drop(active);
+        Some(Adoption {
+            worker: w,
+            armed: true,
+        })
     }
 
     pub(crate) fn publish(&self, task_id: &str, last_seq: i64, status: TaskStatus) {
@@ -175,6 +221,7 @@ impl Engine {
                 limits,
                 clock,
                 active: Mutex::new(HashMap::new()),
+                peak_active: std::sync::atomic::AtomicUsize::new(0),
                 updates,
                 local_worker: Mutex::new(None),
                 halts: std::sync::RwLock::new(Vec::new()),
@@ -186,6 +233,17 @@ impl Engine {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
+    }
+    /// Task drivers running in this process now, and the most that ran at
+    /// once since it started (bounded by the worker's `max_active_tasks`).
+    pub fn drivers(&self) -> (usize, usize) {
+        let now = self.shared.active.lock().expect("active map").len();
+        (
+            now,
+            self.shared
+                .peak_active
+                .load(std::sync::atomic::Ordering::SeqCst),
+        )
     }
     pub fn workflows(&self) -> &WorkflowRegistry {
         &self.shared.workflows

@@ -104,6 +104,7 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
     let renewer = tokio::spawn(renew_leases(shared.clone(), config.clone(), stop.clone()));
     let halts = tokio::spawn(super::halt::watch_halts(shared.clone(), stop.clone()));
     let (adopt, mut adopt_rx) = mpsc::unbounded_channel();
+    let reserved = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Tasks created for this worker are only safe once its lease row exists
     // (otherwise a crash would leave them held by a worker that never expires).
     let registered = shared
@@ -116,6 +117,7 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
             id: config.id.clone(),
             max_active_tasks: config.max_active_tasks,
             adopt,
+            reserved: reserved.clone(),
         });
     }
     let mut backoff = Duration::from_millis(50);
@@ -128,7 +130,10 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
                 tracing::error!(error = %e, "a task driver panicked");
             }
         }
-        let free = config.max_active_tasks.saturating_sub(drivers.len());
+        // Room reserved by submissions about to hand their task over counts as taken.
+        let free = config
+            .max_active_tasks
+            .saturating_sub(drivers.len() + reserved.load(Ordering::SeqCst));
         let mut claimed_full = false;
         if free > 0 {
             let limit = (free as u32).min(config.claim_batch);
@@ -169,9 +174,13 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
         tokio::select! {
             _ = wake.notified() => {}
             Some(task_id) = adopt_rx.recv() => {
+                // Each adopted task's room was reserved by its submission:
+                // now that its driver is in `active`, give the reservation back.
                 spawn_driver(&shared, &config, &stop, &mut drivers, task_id);
+                reserved.fetch_sub(1, Ordering::SeqCst);
                 while let Ok(task_id) = adopt_rx.try_recv() {
                     spawn_driver(&shared, &config, &stop, &mut drivers, task_id);
+                    reserved.fetch_sub(1, Ordering::SeqCst);
                 }
             }
             _ = tokio::time::sleep(sleep_for) => {}
@@ -216,6 +225,7 @@ fn spawn_driver(
                 reclaimed: reclaimed.clone(),
             },
         );
+        shared.peak_active.fetch_max(active.len(), Ordering::SeqCst);
     }
     let driver = Driver {
         shared: shared.clone(),
