@@ -130,25 +130,34 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
                 tracing::error!(error = %e, "a task driver panicked");
             }
         }
-        // Room reserved by submissions about to hand their task over counts as taken.
-        let free = config
-            .max_active_tasks
-            .saturating_sub(drivers.len() + reserved.load(Ordering::SeqCst));
-        let mut claimed_full = false;
-        if free > 0 {
+        // The room a claim may fill is reserved before it awaits the store,
+        // as a submission reserves its own (`Shared::local_worker_with_room`):
+        // otherwise submissions arriving meanwhile would see the same room.
+        let (free, limit) = {
+            let active = shared.active.lock().expect("active map");
+            let taken = active.len().max(drivers.len()) + reserved.load(Ordering::SeqCst);
+            let free = config.max_active_tasks.saturating_sub(taken);
             let limit = (free as u32).min(config.claim_batch);
+            reserved.fetch_add(limit as usize, Ordering::SeqCst);
+            (free, limit)
+        };
+        let mut claimed_full = false;
+        if limit > 0 {
             let now = shared.clock.now_ms();
-            match shared
+            let claimed = shared
                 .store
                 .claim(&config.id, now, config.lease_ms, limit)
-                .await
-            {
+                .await;
+            if let Ok(ids) = &claimed {
+                for task_id in ids {
+                    spawn_driver(&shared, &config, &stop, &mut drivers, task_id.clone());
+                }
+            }
+            reserved.fetch_sub(limit as usize, Ordering::SeqCst);
+            match claimed {
                 Ok(ids) => {
                     backoff = Duration::from_millis(50);
                     claimed_full = ids.len() as u32 == limit;
-                    for task_id in ids {
-                        spawn_driver(&shared, &config, &stop, &mut drivers, task_id);
-                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming work failed; backing off");
