@@ -47,6 +47,17 @@ impl HaltRow {
 pub const MAX_PAGE: u32 = 1_000;
 
 /// Writes the admin part of `impl Store for $store` (the type has a `pool`).
+/// The columns [`global_event`] reads, and the join that gives them: the
+/// start of every read of the global event stream.
+macro_rules! global_event_from {
+    () => {
+        "SELECT e.gseq, e.task_id, e.seq, e.event_type, e.recorded_at_ms, e.actor, e.payload,
+                e.prev_hash, e.hash, t.agent, t.workflow
+         FROM events e JOIN tasks t ON t.id = e.task_id"
+    };
+}
+pub(crate) use global_event_from;
+
 macro_rules! admin_methods {
     () => {
         fn events_after(
@@ -64,11 +75,9 @@ macro_rules! admin_methods {
                 // of the global order.
                 let rows = match task {
                     Some(task) => sqlx::query(
-                        "SELECT e.gseq, e.task_id, e.seq, e.event_type, e.recorded_at_ms, e.actor, e.payload,
-                                e.prev_hash, e.hash, t.agent, t.workflow
-                         FROM events e JOIN tasks t ON t.id = e.task_id
+                        concat!($crate::store::admin::global_event_from!(), "
                          WHERE e.task_id = $4 AND e.gseq > $1 AND ($2 IS NULL OR t.agent = $2)
-                         ORDER BY e.gseq LIMIT $3",
+                         ORDER BY e.gseq LIMIT $3"),
                     )
                     .bind(after_gseq)
                     .bind(agent)
@@ -77,11 +86,9 @@ macro_rules! admin_methods {
                     .fetch_all(&self.pool)
                     .await,
                     None => sqlx::query(
-                        "SELECT e.gseq, e.task_id, e.seq, e.event_type, e.recorded_at_ms, e.actor, e.payload,
-                                e.prev_hash, e.hash, t.agent, t.workflow
-                         FROM events e JOIN tasks t ON t.id = e.task_id
+                        concat!($crate::store::admin::global_event_from!(), "
                          WHERE e.gseq > $1 AND ($2 IS NULL OR t.agent = $2)
-                         ORDER BY e.gseq LIMIT $3",
+                         ORDER BY e.gseq LIMIT $3"),
                     )
                     .bind(after_gseq)
                     .bind(agent)
@@ -105,11 +112,9 @@ macro_rules! admin_methods {
             Box::pin(async move {
                 let limit = limit.min(super::admin::MAX_PAGE) as i64;
                 let rows = sqlx::query(
-                    "SELECT e.gseq, e.task_id, e.seq, e.event_type, e.recorded_at_ms, e.actor, e.payload,
-                            e.prev_hash, e.hash, t.agent, t.workflow
-                     FROM events e JOIN tasks t ON t.id = e.task_id
+                    concat!($crate::store::admin::global_event_from!(), "
                      WHERE e.gseq > $1 AND e.gseq <= $2 AND e.event_type = $3
-                     ORDER BY e.gseq LIMIT $4",
+                     ORDER BY e.gseq LIMIT $4"),
                 )
                 .bind(after_gseq)
                 .bind(upto_gseq)
