@@ -183,9 +183,9 @@ macro_rules! outbox_methods {
 
             pub async fn enqueue(&self, n: &NewNotification, now_ms: i64) -> Result<Enqueued, Error> {
                 let page = [(n.clone(), None)];
-                check_page(&page)?;
+                let bodies = check_page(&page)?;
                 let mut tx = self.begin().await?;
-                let mut done = Self::page_on(&mut tx, &page, now_ms, None).await?;
+                let mut done = Self::page_on(&mut tx, &page, &bodies, now_ms, None).await?;
                 tx.commit().await.map_err(db("commit"))?;
                 Ok(done.remove(0))
             }
@@ -196,33 +196,34 @@ macro_rules! outbox_methods {
             /// engine's writer attached, that transaction is the writer's
             /// next group commit (no write transaction of its own).
             pub async fn enqueue_many(&self, items: &[(NewNotification, Option<Escalation>)], now_ms: i64, cursor: Option<(&str, i64)>) -> Result<Vec<Enqueued>, Error> {
-                check_page(items)?;
+                let bodies = check_page(items)?;
                 let open_count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE next_attempt_at_ms IS NOT NULL")
                     .fetch_one(&self.pool).await.map_err(db("count open notifications"))?;
                 if open_count + items.len() as i64 > limits::MAX_OUTBOX_OPEN {
                     return Err(Error::Full { open: open_count, limit: limits::MAX_OUTBOX_OPEN });
                 }
                 if let Some(w) = &self.writer {
-                    let op = Op::Page { items: items.to_vec(), now_ms, cursor: cursor.map(|(n, g)| (n.to_string(), g)) };
+                    let op = Op::Page { items: items.to_vec(), bodies, now_ms, cursor: cursor.map(|(n, g)| (n.to_string(), g)) };
                     return match through_writer(w, op).await? {
                         Done::Page(v) => Ok(v),
                         other => Err(Error::Writer(format!("answered a page with {other:?}"))),
                     };
                 }
                 let mut tx = self.begin().await?;
-                let out = Self::page_on(&mut tx, items, now_ms, cursor).await?;
+                let out = Self::page_on(&mut tx, items, &bodies, now_ms, cursor).await?;
                 tx.commit().await.map_err(db("commit"))?;
                 Ok(out)
             }
 
             /// A page's writes: its items in chunks of a few statements each
             /// (not three per item), the chains they start, the cursor.
-            async fn page_on(conn: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, items: &[(NewNotification, Option<Escalation>)], now_ms: i64, cursor: Option<(&str, i64)>) -> Result<Vec<Enqueued>, Error> {
+            /// `bodies`: each item's message as [`check_page`] serialized and checked it.
+            async fn page_on(conn: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, items: &[(NewNotification, Option<Escalation>)], bodies: &[String], now_ms: i64, cursor: Option<(&str, i64)>) -> Result<Vec<Enqueued>, Error> {
                 let mut out = Vec::with_capacity(items.len());
                 // The open count is read once per page and kept up to date here.
                 let mut open_now = None;
-                for chunk in items.chunks(PAGE_ROWS_PER_STATEMENT) {
-                    out.extend(Self::chunk_on(&mut *conn, chunk, now_ms, &mut open_now).await?);
+                for (chunk, bodies) in items.chunks(PAGE_ROWS_PER_STATEMENT).zip(bodies.chunks(PAGE_ROWS_PER_STATEMENT)) {
+                    out.extend(Self::chunk_on(&mut *conn, chunk, bodies, now_ms, &mut open_now).await?);
                 }
                 // The chains, one per notification (the first item's).
                 let mut seen = std::collections::HashSet::new();
@@ -255,7 +256,7 @@ macro_rules! outbox_methods {
             /// opened, items moved into a group). A key seen before, in this
             /// chunk or earlier, is a duplicate and changes nothing.
             /// `open_now`: the number of open notifications, once read.
-            async fn chunk_on(conn: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, items: &[(NewNotification, Option<Escalation>)], now_ms: i64, open_now: &mut Option<i64>) -> Result<Vec<Enqueued>, Error> {
+            async fn chunk_on(conn: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, items: &[(NewNotification, Option<Escalation>)], bodies: &[String], now_ms: i64, open_now: &mut Option<i64>) -> Result<Vec<Enqueued>, Error> {
                 use std::collections::{HashMap, HashSet};
                 let fresh_ids: Vec<String> = items.iter().map(|(n, _)| notification_id(&n.item_key)).collect();
                 // The first occurrence of each key in the chunk.
@@ -341,10 +342,7 @@ macro_rules! outbox_methods {
                         return Err(Error::Full { open: open_count, limit: limits::MAX_OUTBOX_OPEN });
                     }
                     *open_now = Some(open_count + 1);
-                    let body = serde_json::to_string(&n.message).expect("JSON");
-                    if body.len() > limits::MAX_PAYLOAD_BYTES {
-                        return Err(Error::TooLarge { bytes: body.len(), limit: limits::MAX_PAYLOAD_BYTES });
-                    }
+                    let body = bodies[i].clone();
                     open.insert(n.group_key.clone(), groups.len());
                     groups.push(PageGroup { id: fresh_ids[i].clone(), message: n.message.clone(), body, count: 1, first: Some(i), changed: true, grown: true, full: false });
                     done[i] = Some(Enqueued { id: fresh_ids[i].clone(), grouped: false, duplicate: false });
@@ -684,18 +682,22 @@ macro_rules! outbox_methods {
     };
 }
 
-/// Refuses a page with a body over the limit before anything is written.
-fn check_page(items: &[(NewNotification, Option<Escalation>)]) -> Result<(), Error> {
-    for (n, _) in items {
-        let bytes = serde_json::to_string(&n.message).expect("JSON").len();
-        if bytes > limits::MAX_PAYLOAD_BYTES {
-            return Err(Error::TooLarge {
-                bytes,
-                limit: limits::MAX_PAYLOAD_BYTES,
-            });
-        }
-    }
-    Ok(())
+/// Each item's body, serialized once here; refuses a page with a body over
+/// the limit before anything is written.
+fn check_page(items: &[(NewNotification, Option<Escalation>)]) -> Result<Vec<String>, Error> {
+    items
+        .iter()
+        .map(|(n, _)| {
+            let body = serde_json::to_string(&n.message).expect("JSON");
+            if body.len() > limits::MAX_PAYLOAD_BYTES {
+                return Err(Error::TooLarge {
+                    bytes: body.len(),
+                    limit: limits::MAX_PAYLOAD_BYTES,
+                });
+            }
+            Ok(body)
+        })
+        .collect()
 }
 
 fn to_store(e: Error) -> mandate_engine::store::Error {
@@ -712,6 +714,8 @@ enum Op {
     /// A follower's page: its items (and chains), then the cursor.
     Page {
         items: Vec<(NewNotification, Option<Escalation>)>,
+        /// Each item's body, serialized and checked by `check_page`.
+        bodies: Vec<String>,
         now_ms: i64,
         cursor: Option<(String, i64)>,
     },
@@ -744,12 +748,13 @@ macro_rules! run_op {
         let done = match &$self.op {
             Op::Page {
                 items,
+                bodies,
                 now_ms,
                 cursor,
             } => {
                 let cursor = cursor.as_ref().map(|(n, g)| (n.as_str(), *g));
                 Done::Page(
-                    <$ty>::page_on($conn, items, *now_ms, cursor)
+                    <$ty>::page_on($conn, items, bodies, *now_ms, cursor)
                         .await
                         .map_err(to_store)?,
                 )
