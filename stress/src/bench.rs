@@ -232,6 +232,7 @@ pub struct Figures {
     /// Replay of a `replay_events`-event history, median (ms).
     pub replay_ms: Option<f64>,
     pub decide: Vec<crate::decide_bench::DecideCost>,
+    pub decide_parallel: Vec<crate::decide_bench::DecideCost>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -276,9 +277,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.decide_commands.is_empty() {
         let lengths = args.decide_commands.clone();
         let budget = args.decide_budget_s;
-        println!("decide cost (saga of N one-step stages, CPU of this thread inside `decide`):\n");
-        f.decide =
-            tokio::task::spawn_blocking(move || crate::decide_bench::run(&lengths, budget)).await?;
+        use crate::decide_bench::Shape;
+        let (chain, parallel) = tokio::task::spawn_blocking(move || {
+            println!("{}:\n", Shape::Chain.describe());
+            let chain = crate::decide_bench::run(&lengths, budget, Shape::Chain);
+            println!("\n{}:\n", Shape::Parallel.describe());
+            let parallel = crate::decide_bench::run(&lengths, budget, Shape::Parallel);
+            (chain, parallel)
+        })
+        .await?;
+        f.decide = chain;
+        f.decide_parallel = parallel;
         println!();
     }
 
@@ -359,10 +368,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         opt(f.replay_ms, "ms")
     );
     let decide_slope = slope(&f.decide);
-    if !f.decide.is_empty() {
+    let decide_parallel_slope = slope(&f.decide_parallel);
+    for (label, costs, k) in [
+        ("a chain", &f.decide, decide_slope),
+        ("parallel steps", &f.decide_parallel, decide_parallel_slope),
+    ] {
+        if costs.is_empty() {
+            continue;
+        }
         println!(
-            "| total decide CPU vs length ({}) | {} | linear |",
-            f.decide
+            "| total decide CPU vs length, {label} ({}) | {} | linear |",
+            costs
                 .iter()
                 .map(|c| format!(
                     "{}: {:.3} s{}",
@@ -372,10 +388,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 ))
                 .collect::<Vec<_>>()
                 .join(", "),
-            decide_slope.map_or(
-                "not measured at two complete lengths".to_string(),
-                |k| format!("exponent {k:.2} (1 = linear, 2 = quadratic)")
-            ),
+            k.map_or("not measured at two complete lengths".to_string(), |k| {
+                format!("exponent {k:.2} (1 = linear, 2 = quadratic)")
+            }),
         );
     }
     println!("\ndurability: {}", f.durability);
@@ -393,12 +408,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "cpu_sys_ms_per_task": f.cpu_sys_ms_per_task, "cpu_ms_per_task_runs": f.cpu_ms_per_task_runs,
         "server_cpu_ms_per_task": f.server_cpu_ms_per_task,
         "replay_events": args.replay_events, "replay_ms": f.replay_ms,
-        "decide": f.decide.iter().map(|c| json!({
-            "commands": c.commands, "commands_done": c.commands_done, "decisions": c.decisions,
-            "events": c.events, "decide_cpu_s": c.decide_cpu_s, "complete": c.complete,
-            "us_per_command": c.us_per_command(),
-        })).collect::<Vec<_>>(),
+        "decide": f.decide.iter().map(decide_json).collect::<Vec<_>>(),
         "decide_exponent": decide_slope,
+        "decide_parallel": f.decide_parallel.iter().map(decide_json).collect::<Vec<_>>(),
+        "decide_parallel_exponent": decide_parallel_slope,
     });
     let path = args.json.clone().unwrap_or_else(|| {
         std::path::PathBuf::from(format!("stress/results/bench-{}.json", f.store))
@@ -412,6 +425,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     eprintln!("figures written to {}", path.display());
     Ok(())
+}
+
+fn decide_json(c: &crate::decide_bench::DecideCost) -> serde_json::Value {
+    json!({
+        "commands": c.commands, "commands_done": c.commands_done, "decisions": c.decisions,
+        "events": c.events, "decide_cpu_s": c.decide_cpu_s, "complete": c.complete,
+        "us_per_command": c.us_per_command(),
+    })
 }
 
 /// The exponent k of `total ∝ length^k` between the shortest and the

@@ -39,16 +39,30 @@ impl DecideCost {
     }
 }
 
-fn saga_input(steps: usize) -> Value {
-    let stages: Vec<Value> = (0..steps)
-        .map(|i| json!([{"tool": "test.echo", "input": {"step": i}}]))
-        .collect();
+/// The shape of the benchmark's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// N one-step stages, one after the other: each decision sees every
+    /// result due (one) at once.
+    Chain,
+    /// One stage of N steps in parallel, their results coming back one per
+    /// decision (tool calls that take different times): the parallel
+    /// branches' results are made visible in separate decisions.
+    Parallel,
+}
+
+fn saga_input(steps: usize, shape: Shape) -> Value {
+    let items = (0..steps).map(|i| json!({"tool": "test.echo", "input": {"step": i}}));
+    let stages: Vec<Value> = match shape {
+        Shape::Chain => items.map(|item| json!([item])).collect(),
+        Shape::Parallel => vec![Value::Array(items.collect())],
+    };
     json!({ "stages": stages })
 }
 
-/// Runs one task of `commands` one-step stages through `decide`, stopping
-/// early once `budget_s` of decide CPU is spent.
-pub fn decide_cost(commands: usize, budget_s: f64) -> DecideCost {
+/// Runs one task of `commands` commands of `shape` through `decide`,
+/// stopping early once `budget_s` of decide CPU is spent.
+pub fn decide_cost(commands: usize, budget_s: f64, shape: Shape) -> DecideCost {
     let workflows = mandate_workflows::registry();
     let saga = workflows.get("saga").expect("saga is built in");
     let saga: &dyn Workflow = saga.as_ref();
@@ -66,7 +80,7 @@ pub fn decide_cost(commands: usize, budget_s: f64) -> DecideCost {
         payload: EventPayload::TaskSubmitted {
             workflow: "saga".into(),
             workflow_version: saga.version(),
-            input: saga_input(commands),
+            input: saga_input(commands, shape),
             agent: None,
             on_behalf_of: Some("user-bench".into()),
             idempotency_key: None,
@@ -125,7 +139,11 @@ pub fn decide_cost(commands: usize, budget_s: f64) -> DecideCost {
         cpu += thread_cpu_s() - t0;
         state = decision.state;
         state.last_hash = history.last().map(|e| e.hash.clone()).unwrap_or_default();
-        outcomes = decide::actions(&state, now)
+        let mut due = decide::actions(&state, now);
+        if shape == Shape::Parallel {
+            due.truncate(1);
+        }
+        outcomes = due
             .into_iter()
             .map(|a| AttemptOutcome {
                 target: a.target,
@@ -146,10 +164,52 @@ pub fn decide_cost(commands: usize, budget_s: f64) -> DecideCost {
     }
 }
 
+#[derive(clap::Args, Debug, Clone)]
+pub struct DecideBenchArgs {
+    /// Task lengths (commands).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    pub commands: Vec<usize>,
+    /// `chain` (N one-step stages), `parallel` (one stage of N steps, one
+    /// result per decision) or `both`.
+    #[arg(long, default_value = "both")]
+    pub shape: String,
+    /// Most decide CPU seconds one length may take.
+    #[arg(long, default_value_t = 60.0)]
+    pub budget_s: f64,
+}
+
+pub fn run_cli(args: DecideBenchArgs) -> anyhow::Result<()> {
+    let shapes: &[Shape] = match args.shape.as_str() {
+        "chain" => &[Shape::Chain],
+        "parallel" => &[Shape::Parallel],
+        "both" => &[Shape::Chain, Shape::Parallel],
+        other => anyhow::bail!("--shape {other:?}: expected chain, parallel or both"),
+    };
+    for &shape in shapes {
+        println!("{}:\n", shape.describe());
+        run(&args.commands, args.budget_s, shape);
+        println!();
+    }
+    Ok(())
+}
+
+impl Shape {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Shape::Chain => {
+                "decide cost, a chain (saga of N one-step stages; CPU of this thread inside `decide`)"
+            }
+            Shape::Parallel => {
+                "decide cost, parallel steps (saga of one stage of N steps, one result per decision)"
+            }
+        }
+    }
+}
+
 /// Runs `decide_cost` for each length (in this thread) and prints a table
 /// with the growth from one length to the next: ×10 in length is ×10 in
 /// total CPU when the cost is linear, ×100 when it is quadratic.
-pub fn run(lengths: &[usize], budget_s: f64) -> Vec<DecideCost> {
+pub fn run(lengths: &[usize], budget_s: f64, shape: Shape) -> Vec<DecideCost> {
     let wall = Instant::now();
     let mut out: Vec<DecideCost> = Vec::new();
     println!(
@@ -157,7 +217,7 @@ pub fn run(lengths: &[usize], budget_s: f64) -> Vec<DecideCost> {
     );
     println!("|---|---|---|---|---|---|");
     for &n in lengths {
-        let c = decide_cost(n, budget_s);
+        let c = decide_cost(n, budget_s, shape);
         let growth = match out.last() {
             Some(p) if p.complete && c.complete => {
                 let k =

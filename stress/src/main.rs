@@ -60,6 +60,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Time `mandate replay` of a long history; with --tasks, the peak RSS of `verify --all`.
     ReplayBench(replay_bench::ReplayBenchArgs),
+    /// The total CPU `decide` spends over a task's life vs its length (pure;
+    /// no store): a chain of steps and parallel steps.
+    DecideBench(decide_bench::DecideBenchArgs),
     /// Cost of the policy gate per plan step.
     PolicyBench(policy_bench::PolicyBenchArgs),
     /// The HTTP API under concurrent load: request rate and latency.
@@ -96,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             None => run::run(cli.run).await,
             Some(Command::Bench(args)) => bench::run(args).await,
             Some(Command::ReplayBench(args)) => replay_bench::run(args).await,
+            Some(Command::DecideBench(args)) => decide_bench::run_cli(args),
             Some(Command::PolicyBench(args)) => policy_bench::run(args),
             Some(Command::HttpBench(args)) => http_bench::run(args).await,
             Some(Command::EvidenceBench(args)) => evidence_bench::run(args).await,
