@@ -158,7 +158,7 @@ fn describe(state: &TaskState, event: &Event) -> String {
             }
             s
         }
-        E::TaskStarted { worker } => format!("started by worker {}", summary::text(worker, 60)),
+        E::TaskStarted { worker, .. } => format!("started by worker {}", summary::text(worker, 60)),
         E::StepScheduled {
             name,
             tool,
@@ -694,6 +694,7 @@ mod tests {
                 "worker:w-1",
                 E::TaskStarted {
                     worker: "w-1".into(),
+                    polls: Default::default(),
                 },
             ),
             // 3

@@ -14,7 +14,7 @@ use crate::gateway::{
 use crate::tool::{ToolCatalog, ToolKind};
 use serde_json::Value;
 
-use super::event::{Event, EventPayload, NewEvent, RecordedError};
+use super::event::{Event, EventPayload, NewEvent, PollPoints, RecordedError};
 use super::limits::Limits;
 use super::state::{Outcome, PendingTimer, RollbackCause, TaskState, TaskStatus};
 use super::workflow::{
@@ -1252,6 +1252,7 @@ pub fn decide_with(
             &actor,
             EventPayload::TaskStarted {
                 worker: input.worker.to_string(),
+                polls: PollPoints::EachResult,
             },
         );
     }

@@ -39,6 +39,29 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// Where a replay polls a workflow's code (the points at which the code
+/// sees results), fixed for a task by its `TaskStarted`. See
+/// ARCHITECTURE.md, "The replay model".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollPoints {
+    /// After each run of non-command events, before the commands recorded
+    /// next: results recorded together become visible together. Histories
+    /// written before `EachResult` (release 0.1 and until this field).
+    #[default]
+    Batch,
+    /// After each non-command event that woke the code: every result is
+    /// seen on its own, whatever decision recorded it, so a worker's kept
+    /// instance never polls where a replay would not.
+    EachResult,
+}
+
+impl PollPoints {
+    pub fn is_batch(&self) -> bool {
+        *self == PollPoints::Batch
+    }
+}
+
 /// The payload of one event. Serialized adjacently tagged: `{"type": .., "payload": {..}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "payload")]
@@ -58,6 +81,10 @@ pub enum EventPayload {
     /// A worker picked the task up for the first time (`queued → running`).
     TaskStarted {
         worker: String,
+        /// Where a replay polls the workflow's code (absent in histories
+        /// written before it existed: [`PollPoints::Batch`]).
+        #[serde(default, skip_serializing_if = "PollPoints::is_batch")]
+        polls: PollPoints,
     },
     /// The workflow asked for a tool call. Its compensation is persisted here,
     /// before the step runs. The idempotency key of every attempt is `task_id:seq`

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::decide::{AttemptOutcome, DecideInput, Decision, actions, decide, decide_with};
-use super::event::{Event, EventPayload, NewEvent, seal};
+use super::event::{Event, EventPayload, NewEvent, PollPoints, RecordedError, seal};
 use super::limits::Limits;
 use super::state::TaskState;
 use super::tests::TestPolicy;
@@ -142,13 +142,17 @@ fn ok_outcomes(history: &[Event], now: i64) -> Vec<AttemptOutcome> {
 /// Drives a task to its end, one outcome per decision (the parallel steps
 /// completing in separate decisions, the later one first), a signal
 /// appended by someone else between two decisions; every decision made
-/// both with the kept instance and by a replay from the start.
-#[test]
-fn a_kept_instance_decides_what_a_replay_from_the_start_decides() {
+/// both with the kept instance and by a replay from the start. Answers
+/// (decisions, starts of the kept instance's code).
+fn drive_mixed(polls: PollPoints) -> (usize, usize) {
     let kept_wf = Mixed::default();
     let fresh_wf = Mixed::default();
     let mut history = Vec::new();
     append(&mut history, 1_000, &[NewEvent::engine(submitted())]);
+    if polls == PollPoints::Batch {
+        // As a worker before PollPoints wrote it.
+        append(&mut history, 1_000, &[NewEvent::engine(started(polls))]);
+    }
     let mut instance: Option<WorkflowInstance> = None;
     let mut outcomes: Vec<AttemptOutcome> = Vec::new();
     let mut decisions = 0;
@@ -185,18 +189,195 @@ fn a_kept_instance_decides_what_a_replay_from_the_start_decides() {
         "the history replays"
     );
     let fresh_runs = fresh_wf.runs.load(Ordering::SeqCst);
-    let kept_runs = kept_wf.runs.load(Ordering::SeqCst);
-    assert_eq!(decisions, 7, "decisions");
     assert!(
         fresh_runs >= decisions,
         "a replay per decision: {fresh_runs}"
     );
-    // Started once, then again only where it could not go on (after the
-    // first of the parallel steps completed; the signal arriving).
-    assert!(
-        kept_runs == 2,
+    (decisions, kept_wf.runs.load(Ordering::SeqCst))
+}
+
+fn started(polls: PollPoints) -> EventPayload {
+    EventPayload::TaskStarted {
+        worker: "w".into(),
+        polls,
+    }
+}
+
+/// A task started by this release polls after each result: its kept
+/// instance goes on through parallel steps completing in separate
+/// decisions, started once for the task's whole life.
+#[test]
+fn a_kept_instance_decides_what_a_replay_from_the_start_decides() {
+    let (decisions, kept_runs) = drive_mixed(PollPoints::EachResult);
+    assert_eq!(decisions, 7, "decisions");
+    assert_eq!(
+        kept_runs, 1,
         "the kept instance was started {kept_runs} times over {decisions} decisions"
     );
+}
+
+/// A history started before PollPoints (batch polls) still decides the
+/// same with a kept instance, which is started again where it cannot go
+/// on (after the first of the parallel steps completed).
+#[test]
+fn a_batch_history_drops_its_instance_where_a_poll_could_differ() {
+    let (decisions, kept_runs) = drive_mixed(PollPoints::Batch);
+    assert_eq!(decisions, 7, "decisions");
+    assert_eq!(
+        kept_runs, 2,
+        "the kept instance was started {kept_runs} times over {decisions} decisions"
+    );
+}
+
+/// Branches in parallel that record the order in which they saw their
+/// results and then issue a step naming it: code whose commands depend on
+/// where it was polled.
+struct Fan {
+    branches: usize,
+    runs: AtomicUsize,
+}
+
+impl Fan {
+    fn new(branches: usize) -> Self {
+        Self {
+            branches,
+            runs: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Workflow for Fan {
+    fn name(&self) -> &str {
+        "fan"
+    }
+    fn run(&self, ctx: WorkflowContext, _: Value) -> BoxFuture<'static, WorkflowResult> {
+        let branches = self.branches;
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let futures = (0..branches).map(|i| {
+                let ctx = ctx.clone();
+                let seen = seen.clone();
+                async move {
+                    let out = ctx
+                        .step(StepOptions::new("read", json!({"x": i})).name(format!("x{i}")))
+                        .await;
+                    let order = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push(i);
+                        seen.clone()
+                    };
+                    if out.is_ok() && i % 2 == 0 {
+                        ctx.step(
+                            StepOptions::new("read", json!({"after": i, "seen": order}))
+                                .name(format!("y{i}")),
+                        )
+                        .await?;
+                    }
+                    out.map(|_| ())
+                }
+            });
+            let results = futures::future::join_all(futures).await;
+            let failed = results.iter().filter(|r| r.is_err()).count();
+            let order = seen.lock().unwrap().clone();
+            ctx.step(
+                StepOptions::new("read", json!({"order": order, "failed": failed})).name("end"),
+            )
+            .await?;
+            Ok(json!({"order": order}))
+        })
+    }
+}
+
+/// Random orders and groupings of the results of many parallel steps (some
+/// failing), signals appended by others between decisions: in both poll
+/// modes, every decision made with the kept instance is the one a replay
+/// from the start makes, and the history replays. With each-result polls
+/// the instance is never started again.
+#[test]
+fn parallel_results_in_any_grouping_decide_the_same_with_a_kept_instance() {
+    for polls in [PollPoints::EachResult, PollPoints::Batch] {
+        for seed in 1..=40u64 {
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move |n: usize| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % n as u64) as usize
+            };
+            let kept_wf = Fan::new(9);
+            let fresh_wf = Fan::new(9);
+            let mut history = Vec::new();
+            append(
+                &mut history,
+                1_000,
+                &[NewEvent::engine(EventPayload::TaskSubmitted {
+                    workflow: "fan".into(),
+                    workflow_version: 1,
+                    input: json!({}),
+                    agent: None,
+                    on_behalf_of: None,
+                    idempotency_key: None,
+                })],
+            );
+            if polls == PollPoints::Batch {
+                append(&mut history, 1_000, &[NewEvent::engine(started(polls))]);
+            }
+            let mut instance: Option<WorkflowInstance> = None;
+            let mut outcomes: Vec<AttemptOutcome> = Vec::new();
+            let mut finished = false;
+            for round in 0..200 {
+                let now = 2_000 + round;
+                let fresh = decide_on(&fresh_wf, &history, now, &outcomes, None);
+                let kept = decide_on(&kept_wf, &history, now, &outcomes, Some(instance.take()));
+                assert_eq!(
+                    kept.events, fresh.events,
+                    "{polls:?}, seed {seed}: decision {round} differs"
+                );
+                append(&mut history, now, &kept.events);
+                instance = kept.instance.map(|mut i| {
+                    i.confirm(&history);
+                    i
+                });
+                if kept.state.is_final() {
+                    finished = true;
+                    break;
+                }
+                if next(5) == 0 {
+                    append(&mut history, now, &[signal("noise")]);
+                }
+                // Some of the open attempts, in a random order, a few failing.
+                let mut open = ok_outcomes(&history, now);
+                let mut take = Vec::new();
+                let n = 1 + next(3);
+                while !open.is_empty() && take.len() < n {
+                    let mut o = open.swap_remove(next(open.len()));
+                    if next(12) == 0 {
+                        o.result = Err(RecordedError {
+                            message: "no".into(),
+                            retryable: false,
+                            effect_unknown: false,
+                        });
+                    }
+                    take.push(o);
+                }
+                outcomes = take;
+            }
+            assert!(finished, "{polls:?}, seed {seed}: the task ended");
+            assert_eq!(
+                super::workflow::check_history(&fresh_wf, &history),
+                Ok(()),
+                "{polls:?}, seed {seed}: the history replays"
+            );
+            if polls == PollPoints::EachResult {
+                assert_eq!(
+                    kept_wf.runs.load(Ordering::SeqCst),
+                    1,
+                    "seed {seed}: the kept instance was never dropped"
+                );
+            }
+        }
+    }
 }
 
 /// A sequential workflow's code is started once for its whole life.

@@ -254,7 +254,14 @@ fn a_new_task_starts_and_schedules_its_first_step_with_its_compensation() {
     let given = history(vec![submitted()]); // 1
     let (then, state) = when(&given, 5_000, &[]);
     assert_eq!(then.len(), 3, "{then:?}");
-    assert_eq!(then[0], EventPayload::TaskStarted { worker: "w".into() });
+    // A new task's replays poll after each result (its TaskStarted says so).
+    assert_eq!(
+        then[0],
+        EventPayload::TaskStarted {
+            worker: "w".into(),
+            polls: crate::event::PollPoints::EachResult
+        }
+    );
     // 3: the gateway's decision comes before anything is scheduled.
     assert!(
         matches!(&then[1], EventPayload::PolicyEvaluated { command: 0, name, decision, .. }
@@ -279,9 +286,12 @@ fn a_new_task_starts_and_schedules_its_first_step_with_its_compensation() {
 #[test]
 fn a_completion_records_once_and_the_next_step_follows_in_the_same_decision() {
     let given = history(vec![
-        submitted(),                                      // 1
-        EventPayload::TaskStarted { worker: "w".into() }, // 2
-        step_a_scheduled(),                               // 3
+        submitted(), // 1
+        EventPayload::TaskStarted {
+            worker: "w".into(),
+            polls: Default::default(),
+        }, // 2
+        step_a_scheduled(), // 3
     ]);
     let (then, _) = when(
         &given,
@@ -305,7 +315,10 @@ fn a_completion_records_once_and_the_next_step_follows_in_the_same_decision() {
 fn a_stale_attempt_is_fenced() {
     let given = history(vec![
         submitted(),
-        EventPayload::TaskStarted { worker: "w".into() },
+        EventPayload::TaskStarted {
+            worker: "w".into(),
+            polls: Default::default(),
+        },
         step_a_scheduled(),
     ]);
     let (then, _) = when(&given, 5_000, &[ok(Target::Step(3), 2, json!("late"))]);
@@ -316,7 +329,10 @@ fn a_stale_attempt_is_fenced() {
 fn a_retryable_failure_waits_with_backoff_then_fails_for_good() {
     let mut given = history(vec![
         submitted(),
-        EventPayload::TaskStarted { worker: "w".into() },
+        EventPayload::TaskStarted {
+            worker: "w".into(),
+            polls: Default::default(),
+        },
         step_a_scheduled(),
     ]);
     let (then, state) = when(&given, 5_000, &[err(Target::Step(3), 1, true)]);
@@ -334,7 +350,10 @@ fn a_retryable_failure_waits_with_backoff_then_fails_for_good() {
     assert_eq!(projection(&state, 5_000).ready_at_ms, Some(5_100));
     given = history(vec![
         submitted(),
-        EventPayload::TaskStarted { worker: "w".into() },
+        EventPayload::TaskStarted {
+            worker: "w".into(),
+            polls: Default::default(),
+        },
         step_a_scheduled(),
         then[0].clone(),
     ]);
@@ -360,9 +379,12 @@ fn a_retryable_failure_waits_with_backoff_then_fails_for_good() {
 #[test]
 fn a_failure_after_a_completed_write_compensates_it() {
     let given = history(vec![
-        submitted(),                                      // 1
-        EventPayload::TaskStarted { worker: "w".into() }, // 2
-        step_a_scheduled(),                               // 3
+        submitted(), // 1
+        EventPayload::TaskStarted {
+            worker: "w".into(),
+            polls: Default::default(),
+        }, // 2
+        step_a_scheduled(), // 3
         EventPayload::StepCompleted {
             step_seq: 3,
             attempt: 1,
@@ -441,9 +463,12 @@ fn a_failure_after_a_completed_write_compensates_it() {
 #[test]
 fn a_rollback_compensates_a_step_whose_retry_may_have_started() {
     let given = history(vec![
-        submitted(),                                      // 1
-        EventPayload::TaskStarted { worker: "w".into() }, // 2
-        step_a_scheduled(),                               // 3
+        submitted(), // 1
+        EventPayload::TaskStarted {
+            worker: "w".into(),
+            polls: Default::default(),
+        }, // 2
+        step_a_scheduled(), // 3
         EventPayload::StepAttemptFailed {
             step_seq: 3,
             attempt: 1,
@@ -500,9 +525,12 @@ fn a_rollback_compensates_a_step_whose_retry_may_have_started() {
 #[test]
 fn a_failed_attempt_after_a_takeover_has_an_unknown_effect() {
     let given = history(vec![
-        submitted(),                                      // 1
-        EventPayload::TaskStarted { worker: "w".into() }, // 2
-        step_a_scheduled(),                               // 3
+        submitted(), // 1
+        EventPayload::TaskStarted {
+            worker: "w".into(),
+            polls: Default::default(),
+        }, // 2
+        step_a_scheduled(), // 3
     ]);
     let failed = [err(Target::Step(3), 1, false)];
 
@@ -533,7 +561,10 @@ fn a_failed_attempt_after_a_takeover_has_an_unknown_effect() {
 fn cancel_without_rollback_ends_at_once_and_runs_nothing() {
     let given = history(vec![
         submitted(),
-        EventPayload::TaskStarted { worker: "w".into() },
+        EventPayload::TaskStarted {
+            worker: "w".into(),
+            polls: Default::default(),
+        },
         step_a_scheduled(),
         EventPayload::CancelRequested {
             rollback: false,
@@ -573,7 +604,10 @@ fn replay_reports_a_changed_command_with_its_seq() {
     }
     let given = history(vec![
         submitted(),
-        EventPayload::TaskStarted { worker: "w".into() },
+        EventPayload::TaskStarted {
+            worker: "w".into(),
+            polls: Default::default(),
+        },
         step_a_scheduled(),
     ]);
     let nd = check_history(&Changed, &given).unwrap_err();

@@ -35,7 +35,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::event::{Compensation, EventPayload, RecordedError};
+use super::event::{Compensation, EventPayload, PollPoints, RecordedError};
 use super::retry::RetryPolicy;
 
 /// Default per-attempt timeout of a step.
@@ -808,7 +808,12 @@ fn recorded_version(workflow: &dyn Workflow, first: Option<&EventPayload>) -> u3
 /// all the events fed so far would answer ([`replay`] is one batch fed to a
 /// new instance), at the cost of the new events only.
 ///
-/// A replay from the start polls the code after each run of non-command
+/// Where the code is polled is the history's `TaskStarted`'s choice
+/// ([`PollPoints`]). With `EachResult` (every task started by this
+/// release) a replay polls after each non-command event that woke the
+/// code, and an instance does exactly that: it is never unusable for where
+/// it polled. With `Batch` (older histories), a replay from the start
+/// polls the code after each run of non-command
 /// events (results made visible together), before the commands recorded
 /// next. An instance polls at those points too, and also at the end of
 /// every batch (to learn the next commands), where the history may later
@@ -836,6 +841,10 @@ pub struct WorkflowInstance {
     need_poll: bool,
     /// The last batch ended with a poll that the history may not make again.
     ended_with_sensitive_poll: bool,
+    /// The history's `TaskStarted` chose [`PollPoints::EachResult`]: from
+    /// there on the code is polled after each event that woke it, never at
+    /// the end of a batch.
+    each_result: bool,
     /// The last poll was woken by a result (or was the first) or issued commands.
     last_poll_sensitive: bool,
     polled: bool,
@@ -900,6 +909,7 @@ impl WorkflowInstance {
             fed_seq: 0,
             need_poll: true,
             ended_with_sensitive_poll: false,
+            each_result: false,
             last_poll_sensitive: false,
             polled: false,
             wakes_at_last_poll: 0,
@@ -1035,8 +1045,28 @@ impl WorkflowInstance {
                     self.poll();
                 }
             } else {
-                lock(&self.inner).apply(*seq, payload);
-                self.need_poll = true;
+                let woken = {
+                    let mut r = lock(&self.inner);
+                    r.apply(*seq, payload);
+                    r.wakes != self.wakes_at_last_poll
+                };
+                if let EventPayload::TaskStarted {
+                    polls: PollPoints::EachResult,
+                    ..
+                } = payload
+                {
+                    self.each_result = true;
+                }
+                if self.each_result {
+                    // Polled here, on this event alone, as every replay
+                    // of this history polls (the first poll: at TaskStarted).
+                    self.need_poll = false;
+                    if woken || !self.polled {
+                        self.poll();
+                    }
+                } else {
+                    self.need_poll = true;
+                }
             }
         }
         if self.need_poll && !self.done {

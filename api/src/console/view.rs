@@ -93,7 +93,7 @@ fn row(event: &Event, names: &mut HashMap<i64, String>) -> Row {
                 json(input)
             ),
         ),
-        E::TaskStarted { worker } => ("task", format!("started by worker {worker}")),
+        E::TaskStarted { worker, .. } => ("task", format!("started by worker {worker}")),
         E::PolicyEvaluated {
             name: n,
             tool,

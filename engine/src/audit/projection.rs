@@ -183,7 +183,14 @@ mod tests {
                 },
             ),
             // 2
-            ev(2, 110, EventPayload::TaskStarted { worker: "w".into() }),
+            ev(
+                2,
+                110,
+                EventPayload::TaskStarted {
+                    worker: "w".into(),
+                    polls: Default::default(),
+                },
+            ),
             // 3
             ev(
                 3,

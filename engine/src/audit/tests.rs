@@ -57,7 +57,10 @@ fn completed() -> StoredTask {
         // 2
         NewEvent {
             actor: "worker:w".into(),
-            payload: E::TaskStarted { worker: "w".into() },
+            payload: E::TaskStarted {
+                worker: "w".into(),
+                polls: Default::default(),
+            },
         },
         // 3
         NewEvent::engine(E::StepScheduled {
