@@ -1171,7 +1171,11 @@ impl Draft<'_> {
     /// out a backoff, when this worker loaded the task): the re-run is a new
     /// attempt, so the tool sees its true number.
     fn restart_inherited(&mut self) {
-        if self.state.is_final() || self.state.blocked.is_some() || self.state.paused {
+        if self.input.inherited.is_empty()
+            || self.state.is_final()
+            || self.state.blocked.is_some()
+            || self.state.paused
+        {
             return;
         }
         let restart: Vec<(i64, u32)> = self

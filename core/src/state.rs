@@ -3,7 +3,7 @@
 //! Nothing here reads a clock or does I/O: times come from the events themselves
 //! or are passed in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::tool::ToolKind;
 use serde::{Deserialize, Serialize};
@@ -302,6 +302,9 @@ pub struct TaskState {
     pub started: bool,
     pub commands: u32,
     pub steps: BTreeMap<i64, StepState>,
+    /// Seqs of the steps not resolved yet (an index into `steps`, so that a
+    /// decision looks at the open steps without walking every step).
+    open_steps: BTreeSet<i64>,
     /// Seqs of completed steps, in the order they completed.
     pub completion_order: Vec<i64>,
     pub timers: BTreeMap<i64, TimerState>,
@@ -379,6 +382,7 @@ impl TaskState {
                 if let Some(g) = policy_seq.and_then(|p| self.gates.get_mut(&p)) {
                     g.step_seq = Some(seq);
                 }
+                self.open_steps.insert(seq);
                 self.steps.insert(
                     seq,
                     StepState {
@@ -530,6 +534,7 @@ impl TaskState {
                 step_seq, output, ..
             } => {
                 if let Some(s) = self.steps.get_mut(step_seq) {
+                    self.open_steps.remove(step_seq);
                     s.next_attempt_at_ms = None;
                     s.outcome = Some(Outcome::Completed {
                         output: output.clone(),
@@ -562,6 +567,7 @@ impl TaskState {
                 step_seq, error, ..
             } => {
                 if let Some(s) = self.steps.get_mut(step_seq) {
+                    self.open_steps.remove(step_seq);
                     s.effect_unknown |= error.effect_unknown;
                     s.failed_attempts += 1;
                     s.next_attempt_at_ms = None;
@@ -776,7 +782,7 @@ impl TaskState {
         {
             return TaskStatus::NeedsApproval;
         }
-        let open = || self.steps.values().filter(|s| !s.is_resolved());
+        let open = || self.open_steps();
         if open().any(|s| s.next_attempt_at_ms.is_some()) {
             return TaskStatus::FailedRetryable;
         }
@@ -792,7 +798,7 @@ impl TaskState {
 
     /// Steps that have not resolved (in flight or waiting for a retry).
     pub fn open_steps(&self) -> impl Iterator<Item = &StepState> {
-        self.steps.values().filter(|s| !s.is_resolved())
+        self.open_steps.iter().filter_map(|seq| self.steps.get(seq))
     }
 
     /// The compensation currently running or waiting for a retry, if any.
