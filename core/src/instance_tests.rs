@@ -459,3 +459,88 @@ fn an_instance_fed_a_decision_that_was_not_appended_is_not_used() {
     let got = decide_on(&wf, &raced, 2_004, &outcomes, Some(Some(stale)));
     assert_eq!(got.events, want.events);
 }
+
+/// Two branches; the first to be polled issues a second step after its
+/// result; the other fails the workflow.
+struct FailFast;
+
+impl Workflow for FailFast {
+    fn name(&self) -> &str {
+        "fail_fast"
+    }
+    fn run(&self, ctx: WorkflowContext, _: Value) -> BoxFuture<'static, WorkflowResult> {
+        Box::pin(async move {
+            let later = async {
+                ctx.step(StepOptions::new("read", json!({"x": 1})).name("x1"))
+                    .await?;
+                ctx.step(StepOptions::new("read", json!({"y": 1})).name("y1"))
+                    .await
+            };
+            let failing = ctx.step(StepOptions::new("read", json!({"x": 0})).name("x0"));
+            futures::future::try_join(later, failing).await?;
+            Ok(json!({}))
+        })
+    }
+}
+
+/// `check_history` replays only what the code saw: a result recorded after
+/// the workflow failed (an attempt still running when it did) is not fed
+/// to it. With batch polls it would have joined the run of results the
+/// code last saw, and the replay would have issued a step the task never
+/// issued, calling a sound history non-deterministic.
+#[test]
+fn results_recorded_after_the_workflow_failed_are_not_replayed() {
+    for polls in [PollPoints::Batch, PollPoints::EachResult] {
+        let wf = FailFast;
+        let mut history = Vec::new();
+        append(
+            &mut history,
+            1_000,
+            &[NewEvent::engine(EventPayload::TaskSubmitted {
+                workflow: "fail_fast".into(),
+                workflow_version: 1,
+                input: json!({}),
+                agent: None,
+                on_behalf_of: None,
+                idempotency_key: None,
+            })],
+        );
+        append(&mut history, 1_000, &[NewEvent::engine(started(polls))]);
+        let d = decide_on(&wf, &history, 2_000, &[], None);
+        append(&mut history, 2_000, &d.events);
+        let open = ok_outcomes(&history, 2_001);
+        assert_eq!(open.len(), 2, "x1 and x0 scheduled");
+        let name = |o: &AttemptOutcome| match o.target {
+            super::decide::Target::Step(seq) => TaskState::fold(&history).steps[&seq].name.clone(),
+            _ => unreachable!(),
+        };
+        let (mut x0, x1) = if name(&open[0]) == "x0" {
+            (open[0].clone(), open[1].clone())
+        } else {
+            (open[1].clone(), open[0].clone())
+        };
+        assert_eq!((name(&x0).as_str(), name(&x1).as_str()), ("x0", "x1"));
+        x0.result = Err(RecordedError {
+            message: "no".into(),
+            retryable: false,
+            effect_unknown: false,
+        });
+        let d = decide_on(&wf, &history, 2_002, &[x0], None);
+        append(&mut history, 2_002, &d.events);
+        assert!(
+            d.events
+                .iter()
+                .any(|e| matches!(e.payload, EventPayload::WorkflowFailed { .. })),
+            "{polls:?}: the workflow failed on x0 alone"
+        );
+        // x1 was still running: its result is recorded after the failure.
+        let d = decide_on(&wf, &history, 2_003, &[x1], None);
+        append(&mut history, 2_003, &d.events);
+        assert!(TaskState::fold(&history).is_final());
+        assert_eq!(
+            super::workflow::check_history(&wf, &history),
+            Ok(()),
+            "{polls:?}: the history replays"
+        );
+    }
+}

@@ -1182,7 +1182,20 @@ pub fn check_history(
         return Ok(());
     };
     let state = super::state::TaskState::fold(history);
-    let events: Vec<(i64, &EventPayload)> = history.iter().map(|e| (e.seq, &e.payload)).collect();
+    let recorded_end = history.iter().find_map(|e| match &e.payload {
+        EventPayload::TaskCompleted { output } => Some((e.seq, Ok(output.clone()))),
+        EventPayload::WorkflowFailed { error } => Some((e.seq, Err(error.clone()))),
+        _ => None,
+    });
+    // The code never saw what was recorded after it returned (results of
+    // attempts still running when it failed, the rollback): with batch
+    // polls those results would join the run it last saw.
+    let end_seq = recorded_end.as_ref().map_or(i64::MAX, |(seq, _)| *seq);
+    let events: Vec<(i64, &EventPayload)> = history
+        .iter()
+        .take_while(|e| e.seq <= end_seq)
+        .map(|e| (e.seq, &e.payload))
+        .collect();
     let r = replay(
         workflow,
         &first.task_id,
@@ -1193,11 +1206,6 @@ pub fn check_history(
     if let Some(nd) = r.nondeterminism {
         return Err(nd);
     }
-    let recorded_end = history.iter().find_map(|e| match &e.payload {
-        EventPayload::TaskCompleted { output } => Some((e.seq, Ok(output.clone()))),
-        EventPayload::WorkflowFailed { error } => Some((e.seq, Err(error.clone()))),
-        _ => None,
-    });
     let Some((seq, recorded)) = recorded_end else {
         return Ok(());
     };
