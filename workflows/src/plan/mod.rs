@@ -14,6 +14,9 @@
 pub mod approvals;
 pub mod document;
 mod dry_run;
+mod node;
+#[cfg(test)]
+mod node_tests;
 pub mod refs;
 mod v1;
 pub mod validate;
@@ -27,7 +30,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::{BoxFuture, FutureExt};
 use mandate_activities::Governance;
 use mandate_engine::{
     Compensation, Event, RetryPolicy, StepOptions, Workflow, WorkflowContext, WorkflowError,
@@ -166,9 +169,15 @@ pub fn resolve_compensation(
         ),
         (None, None) => return Ok(None),
     };
-    let context = json!({"steps": steps_context(outputs), "input": input});
-    let resolved = refs::resolve(&template, &context, "compensate.input")
-        .map_err(|e| format!("step {:?}: {e}", step.id))?;
+    // Only a template with references needs the context (a copy of every
+    // output recorded so far).
+    let resolved = if refs::has_refs(&template) {
+        let context = json!({"steps": steps_context(outputs), "input": input});
+        refs::resolve(&template, &context, "compensate.input")
+            .map_err(|e| format!("step {:?}: {e}", step.id))?
+    } else {
+        template
+    };
     Ok(Some(Compensation {
         tool,
         input: resolved,
@@ -199,9 +208,13 @@ impl RunState {
     /// error.
     async fn run_step(&self, index: usize) -> StepResult {
         let step = &self.doc.steps[index];
-        let steps = steps_context(&self.outputs());
-        let input = refs::resolve(&step.input, &json!({"steps": steps}), "input")
-            .map_err(|e| format!("step {:?}: {e}", step.id))?;
+        let input = if refs::has_refs(&step.input) {
+            let steps = steps_context(&self.outputs());
+            refs::resolve(&step.input, &json!({"steps": steps}), "input")
+                .map_err(|e| format!("step {:?}: {e}", step.id))?
+        } else {
+            step.input.clone()
+        };
         let mut options = StepOptions::new(step.tool.clone(), input.clone()).name(step.id.clone());
         if let Some(r) = &step.retry {
             options = options.retry(r.clone());
@@ -251,6 +264,14 @@ async fn run_plan(
     input: Value,
     governance: Arc<Governance>,
 ) -> Result<Value, WorkflowError> {
+    run_plan_with::<node::Node>(ctx, input, governance).await
+}
+
+async fn run_plan_with<N: node::DagNode>(
+    ctx: WorkflowContext,
+    input: Value,
+    governance: Arc<Governance>,
+) -> Result<Value, WorkflowError> {
     let doc = validate::parse(&input).map_err(WorkflowError::new)?;
     let structure =
         validate::structure(&doc, &PlanLimits::default()).map_err(WorkflowError::new)?;
@@ -266,7 +287,7 @@ async fn run_plan(
         outputs: Mutex::new(BTreeMap::new()),
         catalog,
     });
-    run_dag(state, &structure, |state, i| {
+    run_dag_with::<N>(state, &structure, |state, i| {
         async move { state.run_step(i).await }.boxed()
     })
     .await
@@ -279,10 +300,19 @@ pub(crate) async fn run_dag(
     structure: &Structure,
     run: impl Fn(Arc<RunState>, usize) -> BoxFuture<'static, StepResult>,
 ) -> Result<Value, WorkflowError> {
-    let mut done: Vec<Option<Shared<BoxFuture<'static, StepResult>>>> =
-        vec![None; state.doc.steps.len()];
+    run_dag_with::<node::Node>(state, structure, run).await
+}
+
+/// [`run_dag`] over any shared step future (the tests compare [`node::Node`]
+/// with `futures::Shared`, which plans used before).
+pub(crate) async fn run_dag_with<N: node::DagNode>(
+    state: Arc<RunState>,
+    structure: &Structure,
+    run: impl Fn(Arc<RunState>, usize) -> BoxFuture<'static, StepResult>,
+) -> Result<Value, WorkflowError> {
+    let mut done: Vec<Option<N>> = vec![None; state.doc.steps.len()];
     for &i in &structure.order {
-        let deps: Vec<Shared<BoxFuture<'static, StepResult>>> = structure.deps[i]
+        let deps: Vec<N> = structure.deps[i]
             .iter()
             .map(|d| {
                 done[*d]
@@ -298,7 +328,7 @@ pub(crate) async fn run_dag(
             step.await
         }
         .boxed();
-        done[i] = Some(fut.shared());
+        done[i] = Some(N::new(fut));
     }
     // In plan order, so polling (and so the order of issued commands) is fixed.
     let all: Vec<_> = done

@@ -60,6 +60,17 @@ pub fn is_pending(v: &Value) -> bool {
     v.as_str().is_some_and(|s| s.contains("${"))
 }
 
+/// Whether any string in `v` holds a reference (`resolve` of a value
+/// without one is the value itself, whatever the context).
+pub fn has_refs(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains("${"),
+        Value::Array(a) => a.iter().any(has_refs),
+        Value::Object(o) => o.values().any(has_refs),
+        _ => false,
+    }
+}
+
 /// Every `(field path, expression)` in `v`; `path` is the prefix (`input`).
 pub fn collect(v: &Value, path: &str, out: &mut Vec<(String, String)>) -> Result<(), String> {
     match v {
