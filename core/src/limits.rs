@@ -50,9 +50,9 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_payload_bytes: 256 * 1024,
-            max_history_events: 10_000,
+            max_history_events: 50_000,
             max_history_bytes: 4 * 1024 * 1024,
-            max_commands_per_task: 1_000,
+            max_commands_per_task: 10_000,
             max_timer_ms: 366 * 86_400_000,
             max_name_bytes: 128,
         }

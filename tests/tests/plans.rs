@@ -18,7 +18,7 @@ fn plan(steps: Value) -> Value {
 
 async fn invalid_plans_are_refused_naming_the_step_and_write_nothing(b: Backend) {
     let g = gov::harness(b).await;
-    let too_many: Vec<Value> = (0..201)
+    let too_many: Vec<Value> = (0..2_001)
         .map(|i| json!({"id": format!("s{i}"), "tool": "test.echo"}))
         .collect();
     let cases: Vec<(&str, Value, &str)> = vec![
@@ -76,7 +76,7 @@ async fn invalid_plans_are_refused_naming_the_step_and_write_nothing(b: Backend)
         (
             "too many steps",
             plan(Value::Array(too_many)),
-            "field steps: 201 steps, more than the limit of 200",
+            "field steps: 2001 steps, more than the limit of 2000",
         ),
         (
             "step input over the per-step limit",
@@ -188,6 +188,45 @@ async fn branches_run_concurrently_and_a_failure_compensates_every_branch(b: Bac
             "{key} undone"
         );
     }
+    g.h.assert_replays(&id).await;
+}
+
+/// A plan at the step limit: a chain of 1,000 steps beside 1,000 in
+/// parallel, whose results come back in as many decisions. It completes,
+/// every step once, and its history replays. (With a replay from the start
+/// for each parallel result, the decide cost grew with the square of the
+/// plan and such a plan did not finish in 300 s of a debug build.)
+async fn a_plan_at_the_step_limit_runs_to_completion(b: Backend) {
+    let g = gov::harness(b).await;
+    let limit = mandate_workflows::plan::PlanLimits::default().max_steps;
+    let chain = limit / 2;
+    let steps: Vec<Value> = (0..limit)
+        .map(|i| {
+            if i < chain {
+                let mut s = json!({"id": format!("c{i}"), "tool": "test.echo", "input": {"i": i}});
+                if i > 0 {
+                    s["depends_on"] = json!([format!("c{}", i - 1)]);
+                }
+                s
+            } else {
+                json!({"id": format!("p{i}"), "tool": "test.echo", "input": {"i": i}})
+            }
+        })
+        .collect();
+    let id = g.submit(plan(Value::Array(steps))).await.expect("submit");
+    // A bound on a hang, not a speed claim.
+    let row =
+        g.h.engine
+            .wait_until_final(&id, std::time::Duration::from_secs(900))
+            .await
+            .unwrap_or_else(|e| panic!("task {id} did not finish: {e}"));
+    assert_eq!(row.status, TaskStatus::Completed);
+    let history = g.h.engine.history(&id).await.unwrap();
+    let completed = history
+        .iter()
+        .filter(|e| matches!(e.payload, E::StepCompleted { .. }))
+        .count();
+    assert_eq!(completed, limit, "every step completed once");
     g.h.assert_replays(&id).await;
 }
 
@@ -473,6 +512,7 @@ backend_tests!(
     invalid_plans_are_refused_naming_the_step_and_write_nothing,
     references_resolve_from_recorded_outputs,
     branches_run_concurrently_and_a_failure_compensates_every_branch,
+    a_plan_at_the_step_limit_runs_to_completion,
     the_iam_policy_auditor_runs_to_completion_when_approved,
     a_denied_iam_change_rolls_back_the_applied_ones_in_reverse,
 );

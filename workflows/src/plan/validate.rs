@@ -31,8 +31,8 @@ pub struct PlanLimits {
 impl Default for PlanLimits {
     fn default() -> Self {
         Self {
-            max_steps: 200,
-            max_edges: 1_000,
+            max_steps: 2_000,
+            max_edges: 20_000,
             max_step_input_bytes: 64 * 1024,
             max_id_bytes: 64,
             max_references_per_step: 100,
