@@ -65,8 +65,12 @@ impl Workflow for Mixed {
 }
 
 fn submitted() -> EventPayload {
+    submitted_as("mixed")
+}
+
+fn submitted_as(workflow: &str) -> EventPayload {
     EventPayload::TaskSubmitted {
-        workflow: "mixed".into(),
+        workflow: workflow.into(),
         workflow_version: 1,
         input: json!({}),
         agent: None,
@@ -311,14 +315,7 @@ fn parallel_results_in_any_grouping_decide_the_same_with_a_kept_instance() {
             append(
                 &mut history,
                 1_000,
-                &[NewEvent::engine(EventPayload::TaskSubmitted {
-                    workflow: "fan".into(),
-                    workflow_version: 1,
-                    input: json!({}),
-                    agent: None,
-                    on_behalf_of: None,
-                    idempotency_key: None,
-                })],
+                &[NewEvent::engine(submitted_as("fan"))],
             );
             if polls == PollPoints::Batch {
                 append(&mut history, 1_000, &[NewEvent::engine(started(polls))]);
@@ -496,14 +493,7 @@ fn results_recorded_after_the_workflow_failed_are_not_replayed() {
         append(
             &mut history,
             1_000,
-            &[NewEvent::engine(EventPayload::TaskSubmitted {
-                workflow: "fail_fast".into(),
-                workflow_version: 1,
-                input: json!({}),
-                agent: None,
-                on_behalf_of: None,
-                idempotency_key: None,
-            })],
+            &[NewEvent::engine(submitted_as("fail_fast"))],
         );
         append(&mut history, 1_000, &[NewEvent::engine(started(polls))]);
         let d = decide_on(&wf, &history, 2_000, &[], None);

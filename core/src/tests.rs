@@ -155,6 +155,14 @@ fn history(events: Vec<EventPayload>) -> Vec<Event> {
     out
 }
 
+/// A `TaskStarted` as workers wrote it before `PollPoints` (batch polls).
+fn started() -> EventPayload {
+    EventPayload::TaskStarted {
+        worker: "w".into(),
+        polls: Default::default(),
+    }
+}
+
 fn submitted() -> EventPayload {
     EventPayload::TaskSubmitted {
         workflow: "two".into(),
@@ -286,11 +294,8 @@ fn a_new_task_starts_and_schedules_its_first_step_with_its_compensation() {
 #[test]
 fn a_completion_records_once_and_the_next_step_follows_in_the_same_decision() {
     let given = history(vec![
-        submitted(), // 1
-        EventPayload::TaskStarted {
-            worker: "w".into(),
-            polls: Default::default(),
-        }, // 2
+        submitted(),        // 1
+        started(),          // 2
         step_a_scheduled(), // 3
     ]);
     let (then, _) = when(
@@ -313,28 +318,14 @@ fn a_completion_records_once_and_the_next_step_follows_in_the_same_decision() {
 
 #[test]
 fn a_stale_attempt_is_fenced() {
-    let given = history(vec![
-        submitted(),
-        EventPayload::TaskStarted {
-            worker: "w".into(),
-            polls: Default::default(),
-        },
-        step_a_scheduled(),
-    ]);
+    let given = history(vec![submitted(), started(), step_a_scheduled()]);
     let (then, _) = when(&given, 5_000, &[ok(Target::Step(3), 2, json!("late"))]);
     assert!(then.is_empty(), "attempt 2 was never started: {then:?}");
 }
 
 #[test]
 fn a_retryable_failure_waits_with_backoff_then_fails_for_good() {
-    let mut given = history(vec![
-        submitted(),
-        EventPayload::TaskStarted {
-            worker: "w".into(),
-            polls: Default::default(),
-        },
-        step_a_scheduled(),
-    ]);
+    let mut given = history(vec![submitted(), started(), step_a_scheduled()]);
     let (then, state) = when(&given, 5_000, &[err(Target::Step(3), 1, true)]);
     assert!(matches!(
         then[0],
@@ -350,10 +341,7 @@ fn a_retryable_failure_waits_with_backoff_then_fails_for_good() {
     assert_eq!(projection(&state, 5_000).ready_at_ms, Some(5_100));
     given = history(vec![
         submitted(),
-        EventPayload::TaskStarted {
-            worker: "w".into(),
-            polls: Default::default(),
-        },
+        started(),
         step_a_scheduled(),
         then[0].clone(),
     ]);
@@ -379,11 +367,8 @@ fn a_retryable_failure_waits_with_backoff_then_fails_for_good() {
 #[test]
 fn a_failure_after_a_completed_write_compensates_it() {
     let given = history(vec![
-        submitted(), // 1
-        EventPayload::TaskStarted {
-            worker: "w".into(),
-            polls: Default::default(),
-        }, // 2
+        submitted(),        // 1
+        started(),          // 2
         step_a_scheduled(), // 3
         EventPayload::StepCompleted {
             step_seq: 3,
@@ -463,11 +448,8 @@ fn a_failure_after_a_completed_write_compensates_it() {
 #[test]
 fn a_rollback_compensates_a_step_whose_retry_may_have_started() {
     let given = history(vec![
-        submitted(), // 1
-        EventPayload::TaskStarted {
-            worker: "w".into(),
-            polls: Default::default(),
-        }, // 2
+        submitted(),        // 1
+        started(),          // 2
         step_a_scheduled(), // 3
         EventPayload::StepAttemptFailed {
             step_seq: 3,
@@ -525,11 +507,8 @@ fn a_rollback_compensates_a_step_whose_retry_may_have_started() {
 #[test]
 fn a_failed_attempt_after_a_takeover_has_an_unknown_effect() {
     let given = history(vec![
-        submitted(), // 1
-        EventPayload::TaskStarted {
-            worker: "w".into(),
-            polls: Default::default(),
-        }, // 2
+        submitted(),        // 1
+        started(),          // 2
         step_a_scheduled(), // 3
     ]);
     let failed = [err(Target::Step(3), 1, false)];
@@ -561,10 +540,7 @@ fn a_failed_attempt_after_a_takeover_has_an_unknown_effect() {
 fn cancel_without_rollback_ends_at_once_and_runs_nothing() {
     let given = history(vec![
         submitted(),
-        EventPayload::TaskStarted {
-            worker: "w".into(),
-            polls: Default::default(),
-        },
+        started(),
         step_a_scheduled(),
         EventPayload::CancelRequested {
             rollback: false,
@@ -602,14 +578,7 @@ fn replay_reports_a_changed_command_with_its_seq() {
             })
         }
     }
-    let given = history(vec![
-        submitted(),
-        EventPayload::TaskStarted {
-            worker: "w".into(),
-            polls: Default::default(),
-        },
-        step_a_scheduled(),
-    ]);
+    let given = history(vec![submitted(), started(), step_a_scheduled()]);
     let nd = check_history(&Changed, &given).unwrap_err();
     assert_eq!(nd.seq, 3);
     assert_eq!(nd.expected, "step \"a\" (tool write)");
