@@ -6,6 +6,10 @@
 //! schema), and `mandate verify` and `mandate replay` of every task exit 0.
 //! On PostgreSQL the same histories, copied row by row into a fresh
 //! database, must hold as well.
+//!
+//! `tests/fixtures/before-poll-points.db` was written by the release before
+//! tasks recorded their poll points (commit ffaf61f): its histories replay
+//! with batch polls (see `tests/fixtures/README.md` for what it holds).
 
 use std::path::PathBuf;
 
@@ -22,9 +26,16 @@ fn mandate(url: &str, args: &[&str]) -> Run {
     run::mandate_on(url, args)
 }
 
-fn fixture_copy() -> (tempfile::TempDir, String) {
-    let fixture =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/release-0.1.0.db");
+const RELEASE_0_1_0: &str = "release-0.1.0.db";
+/// Written by the release before tasks recorded their poll points
+/// (`TaskStarted.polls`): every history in it replays with batch polls.
+const BATCH_POLLS: &str = "before-poll-points.db";
+const BATCH_POLLS_TASKS: usize = 8;
+
+fn fixture_copy(name: &str) -> (tempfile::TempDir, String) {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("release.db");
     std::fs::copy(&fixture, &path).expect("copy the fixture");
@@ -33,7 +44,7 @@ fn fixture_copy() -> (tempfile::TempDir, String) {
 }
 
 /// Every task holds: `verify` exits 0, and so does `replay` of each task.
-fn assert_all_hold(url: &str) {
+fn assert_all_hold(url: &str, tasks: usize) {
     let verify = mandate(url, &["verify", "--json"]);
     verify.expect_code(0);
     let list = mandate(url, &["list", "--json", "--limit", "100"]);
@@ -48,13 +59,13 @@ fn assert_all_hold(url: &str) {
         })
         .filter_map(|t| t["id"].as_str().map(str::to_string))
         .collect();
-    assert_eq!(ids.len(), 11, "the fixture's tasks: {}", list.stdout);
+    assert_eq!(ids.len(), tasks, "the fixture's tasks: {}", list.stdout);
     for id in &ids {
         let r = mandate(url, &["replay", id]);
         assert_eq!(
             r.code,
             Some(0),
-            "replay of {id} from release 0.1.0\n{}\n{}",
+            "replay of {id} from {url}\n{}\n{}",
             r.stdout,
             r.stderr
         );
@@ -63,18 +74,38 @@ fn assert_all_hold(url: &str) {
 
 #[test]
 fn a_database_written_by_release_0_1_0_still_replays_and_verifies_on_sqlite() {
-    let (_dir, url) = fixture_copy();
-    assert_all_hold(&url);
+    let (_dir, url) = fixture_copy(RELEASE_0_1_0);
+    assert_all_hold(&url, 11);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_histories_hold_on_postgresql() {
-    let (_dir, sqlite_url) = fixture_copy();
+    let (_dir, sqlite_url) = fixture_copy(RELEASE_0_1_0);
+    let pg = copy_to_postgres(&sqlite_url).await;
+    assert_all_hold(&pg.url, 11);
+}
+
+#[test]
+fn a_database_written_before_poll_points_still_replays_and_verifies_on_sqlite() {
+    let (_dir, url) = fixture_copy(BATCH_POLLS);
+    assert_all_hold(&url, BATCH_POLLS_TASKS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_histories_written_before_poll_points_hold_on_postgresql() {
+    let (_dir, sqlite_url) = fixture_copy(BATCH_POLLS);
+    let pg = copy_to_postgres(&sqlite_url).await;
+    assert_all_hold(&pg.url, BATCH_POLLS_TASKS);
+}
+
+/// A fresh PostgreSQL database holding the fixture's histories, task rows
+/// and timers, copied row by row (the schema migrated by this binary).
+async fn copy_to_postgres(sqlite_url: &str) -> TestDb {
     // Migrate the copy and create the PostgreSQL schema with this binary.
-    mandate(&sqlite_url, &["verify"]).expect_code(0);
+    mandate(sqlite_url, &["verify"]).expect_code(0);
     let pg = TestDb::new(Backend::Postgres).await;
     mandate(&pg.url, &["list"]).expect_code(0);
-    let mut src = <sqlx::SqliteConnection as sqlx::Connection>::connect(&sqlite_url)
+    let mut src = <sqlx::SqliteConnection as sqlx::Connection>::connect(sqlite_url)
         .await
         .unwrap();
     let mut dst = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url)
@@ -151,5 +182,5 @@ async fn the_same_histories_hold_on_postgresql() {
         .execute(&mut dst)
         .await
         .unwrap();
-    assert_all_hold(&pg.url);
+    pg
 }
