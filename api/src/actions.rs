@@ -71,8 +71,12 @@ pub struct ActionAccepted {
     pub notified: Vec<Notified>,
 }
 
-/// The agent's open session task, if it has one.
-async fn open_session(state: &AppState, agent: &str) -> Result<Option<String>, ApiError> {
+/// The agent's session task: its open one, else a new one. Two first
+/// reports at once must not start two sessions, so the new session's
+/// idempotency key names the agent and the newest session before it: every
+/// caller that found no open session after the same one asks for the same
+/// task, and the store keeps one.
+async fn session(state: &AppState, agent: &str) -> Result<String, ApiError> {
     let rows = state
         .engine
         .store()
@@ -84,13 +88,15 @@ async fn open_session(state: &AppState, agent: &str) -> Result<Option<String>, A
         })
         .await
         .map_err(ApiError::store)?;
-    Ok(rows
-        .into_iter()
-        .find(|r| !r.status.is_final())
-        .map(|r| r.id))
-}
-
-async fn new_session(state: &AppState, agent: &str) -> Result<String, ApiError> {
+    if let Some(open) = rows.iter().find(|r| !r.status.is_final()) {
+        return Ok(open.id.clone());
+    }
+    let after = rows.first().map_or("", |r| r.id.as_str());
+    let key = {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("{agent}\n{after}").as_bytes());
+        format!("api-session:{}", &hex::encode(digest)[..40])
+    };
     let input = SessionInput {
         transport: Some("api".into()),
         ..Default::default()
@@ -103,6 +109,7 @@ async fn new_session(state: &AppState, agent: &str) -> Result<String, ApiError> 
             SubmitOptions {
                 agent: Some(agent.to_string()),
                 actor: Some(format!("agent:{agent}")),
+                idempotency_key: Some(key),
                 ..Default::default()
             },
         )
@@ -150,15 +157,12 @@ pub async fn report(
             crate::tasks::visible_task(&state, &identity, &t).await?;
             (t, true)
         }
-        None => match open_session(&state, &agent).await? {
-            Some(t) => (t, false),
-            None => (new_session(&state, &agent).await?, false),
-        },
+        None => (session(&state, &agent).await?, false),
     };
     let recorded = match state.engine.report_action(&task_id, action.clone()).await {
-        // The session ended (idle timeout) since it was looked up: a new one.
+        // The session ended (idle timeout) since it was looked up: the next one.
         Err(EngineError::TaskFinal { .. }) if !named => {
-            let t = new_session(&state, &agent).await?;
+            let t = session(&state, &agent).await?;
             let r = state.engine.report_action(&t, action).await?;
             (t, r)
         }

@@ -1281,10 +1281,68 @@ async fn a_route_starts_its_playbook_and_the_notification_links_it(b: Backend) {
     w.shutdown().await;
 }
 
+/// Reports that arrive together, before the agent has a session task, all
+/// land in one session: the session's idempotency key names the agent and
+/// the session before it, so the racing submissions get the same task.
+async fn concurrent_first_reports_start_one_session(b: Backend) {
+    let w = setup(b).await;
+    let (base, _stop) = serve_api(&w).await;
+    let http = reqwest::Client::new();
+    let agent = token(&w, "agent", AGENT).await;
+    let url = format!("{base}/v1/actions");
+    let report = json!({"tool": "kv.put", "resource": "service:checkout",
+        "input_digest": format!("sha256:{}", "cd".repeat(32)),
+        "outcome": "succeeded", "occurred_at_ms": wall_ms() - 1_000});
+    let answers = futures::future::join_all((0..12).map(|_| {
+        call(
+            &http,
+            reqwest::Method::POST,
+            url.clone(),
+            Some(&agent),
+            Some(report.clone()),
+        )
+    }))
+    .await;
+    let mut tasks = std::collections::BTreeSet::new();
+    for (status, body) in &answers {
+        assert_eq!(*status, 201, "{body}");
+        tasks.insert(body["task_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(tasks.len(), 1, "one session for every report: {tasks:?}");
+    let sessions =
+        w.h.engine
+            .store()
+            .list_tasks(mandate_engine::store::TaskFilter {
+                workflow: Some("mcp_session".into()),
+                agent: Some(AGENT.into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    assert_eq!(
+        sessions.len(),
+        1,
+        "session tasks started: {}",
+        sessions.len()
+    );
+    let task = tasks.into_iter().next().unwrap();
+    let reported =
+        w.h.engine
+            .history(&task)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e.payload, E::ActionReported { .. }))
+            .count();
+    assert_eq!(reported, 12, "every report recorded once");
+}
+
 backend_tests!(
     a_route_starts_its_playbook_and_the_notification_links_it,
     a_burst_of_an_agents_actions_is_one_notification_per_recipient,
     an_agent_reports_an_action_it_ran_itself,
+    concurrent_first_reports_start_one_session,
     an_escalated_task_notifies_its_owners_and_is_resolved_by_a_person,
     monitored_step_notifies_its_owners_and_a_link_stops_the_chain,
     gated_step_approver_gets_slack_and_a_signed_callback_approves,
