@@ -586,25 +586,37 @@ macro_rules! outbox_methods {
             }
 
             pub async fn locate(&self, id: &str) -> Result<Option<Located>, Error> {
-                let row = sqlx::query(
-                    "SELECT n.task_id, n.recipient, n.status, n.sent_at_ms, n.created_at_ms, i.item_key
+                // Every item (a group holds at most MAX_GROUP_ITEMS), oldest first.
+                let rows = sqlx::query(
+                    "SELECT n.task_id, n.recipient, n.status, n.sent_at_ms, n.created_at_ms, i.item_key, i.added_at_ms
                      FROM notifications n JOIN notification_items i ON i.notification_id = n.id
-                     WHERE n.id = $1 ORDER BY i.added_at_ms LIMIT 1",
+                     WHERE n.id = $1 ORDER BY i.added_at_ms LIMIT $2",
                 )
-                .bind(id).fetch_optional(&self.pool).await.map_err(db("find a notification"))?;
-                row.map(|r| {
-                    let c = |e: sqlx::Error| Error::Corrupt(e.to_string());
-                    Ok(Located {
-                        id: id.to_string(),
-                        task_id: r.try_get("task_id").map_err(c)?,
-                        recipient: r.try_get("recipient").map_err(c)?,
-                        status: r.try_get("status").map_err(c)?,
-                        sent_at_ms: r.try_get("sent_at_ms").map_err(c)?,
-                        created_at_ms: r.try_get("created_at_ms").map_err(c)?,
-                        item_key: r.try_get("item_key").map_err(c)?,
-                    })
-                })
-                .transpose()
+                .bind(id).bind(limits::MAX_GROUP_ITEMS + 1)
+                .fetch_all(&self.pool).await.map_err(db("find a notification"))?;
+                let Some(r) = rows.first() else { return Ok(None) };
+                let c = |e: sqlx::Error| Error::Corrupt(e.to_string());
+                let mut keyed = rows
+                    .iter()
+                    .map(|r| Ok((r.try_get::<i64, _>("added_at_ms").map_err(c)?, r.try_get::<String, _>("item_key").map_err(c)?)))
+                    .collect::<Result<Vec<_>, Error>>()?;
+                // The item the notification was made for first (its id comes
+                // from that key), then the rest as they were added, by seq
+                // within the same millisecond.
+                keyed.sort_by_cached_key(|(at, key)| {
+                    (notification_id(key) != id, *at, item_about(key).map(|(_, seq)| seq), key.clone())
+                });
+                let items: Vec<String> = keyed.into_iter().map(|(_, k)| k).collect();
+                Ok(Some(Located {
+                    id: id.to_string(),
+                    task_id: r.try_get("task_id").map_err(c)?,
+                    recipient: r.try_get("recipient").map_err(c)?,
+                    status: r.try_get("status").map_err(c)?,
+                    sent_at_ms: r.try_get("sent_at_ms").map_err(c)?,
+                    created_at_ms: r.try_get("created_at_ms").map_err(c)?,
+                    item_key: items[0].clone(),
+                    items,
+                }))
             }
 
             /// The notification an item was enqueued into (its own, or its group's).
@@ -855,13 +867,38 @@ pub struct Located {
     pub sent_at_ms: Option<i64>,
     pub created_at_ms: i64,
     pub item_key: String,
+    /// Every item the notification holds (more than one when grouped),
+    /// oldest first; the first is `item_key`.
+    pub items: Vec<String>,
 }
 
 impl Located {
     /// The seq of the routed event, from an engine item key.
     pub fn about_seq(&self) -> Option<i64> {
-        self.item_key.split(':').nth(1)?.parse().ok()
+        item_about(&self.item_key).map(|(_, seq)| seq)
     }
+
+    /// The task and seq of every item (engine item keys), in order, each
+    /// once.
+    pub fn abouts(&self) -> Vec<(String, i64)> {
+        let mut out: Vec<(String, i64)> = Vec::new();
+        for k in &self.items {
+            if let Some((task, seq)) = item_about(k)
+                && !out.iter().any(|(t, s)| *t == task && *s == seq)
+            {
+                out.push((task, seq));
+            }
+        }
+        out
+    }
+}
+
+/// The task and seq an engine item key (`task:seq:recipient:sink`) is about.
+fn item_about(key: &str) -> Option<(String, i64)> {
+    let mut parts = key.split(':');
+    let task = parts.next()?.to_string();
+    let seq = parts.next()?.parse().ok()?;
+    Some((task, seq))
 }
 
 /// An escalation chain following one notification until someone acknowledges.

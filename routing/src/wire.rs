@@ -683,6 +683,21 @@ pub struct Answered {
     pub identity: String,
     pub seq: i64,
     pub escalations_stopped: u64,
+    /// What the answer did for each item of the notification (one unless it
+    /// grouped several events), in order; the first is the one above.
+    pub items: Vec<ItemAnswered>,
+}
+
+/// The answer's effect on one item of a (grouped) notification.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ItemAnswered {
+    pub task_id: String,
+    pub about_seq: Option<i64>,
+    /// The seq of the recorded `NotificationResponded`.
+    pub seq: Option<i64>,
+    /// Why this item's action was refused (e.g. its task ended meanwhile);
+    /// the other items were still answered.
+    pub error: Option<String>,
 }
 
 impl Responder {
@@ -709,39 +724,88 @@ impl Responder {
                 identity: identity.to_string(),
             });
         }
-        let about_seq = n.about_seq();
-        let seq = self
-            .engine
-            .respond_to_notification(
-                &n.task_id,
-                NotificationResponse {
-                    notification_id: id.to_string(),
+        // Every item the notification holds is answered: a grouped
+        // notification (a burst of events) is one message, and one click
+        // answers all it said. The action is taken once per task (once per
+        // agent for `pause_agent`, once per item for approvals); every item
+        // records the answer. The first item's refusal is the answer's (and
+        // nothing is recorded); a later item's is reported in `items`.
+        let mut targets: Vec<(String, Option<i64>)> = n
+            .abouts()
+            .into_iter()
+            .map(|(task, seq)| (task, Some(seq)))
+            .collect();
+        if targets.is_empty() {
+            targets.push((n.task_id.clone(), None));
+        }
+        let mut acted_tasks = std::collections::HashSet::new();
+        let mut acted_agents = std::collections::HashSet::new();
+        let mut items: Vec<ItemAnswered> = Vec::with_capacity(targets.len());
+        let mut stopped = 0;
+        for (i, (task_id, about_seq)) in targets.into_iter().enumerate() {
+            let record_only = match answer.action.as_str() {
+                "approve" | "reject" => false,
+                "pause_agent" => {
+                    let agent = match self.engine.task(&task_id).await {
+                        Ok(t) => t.agent,
+                        Err(e) if i == 0 => return Err(e.into()),
+                        Err(_) => None,
+                    };
+                    !acted_agents.insert(agent)
+                }
+                _ => !acted_tasks.insert(task_id.clone()),
+            };
+            let recorded = self
+                .engine
+                .respond_to_notification(
+                    &task_id,
+                    NotificationResponse {
+                        notification_id: id.to_string(),
+                        about_seq,
+                        action: answer.action.clone(),
+                        identity: identity.to_string(),
+                        via: via.to_string(),
+                        notified_at_ms: n.sent_at_ms.or(Some(n.created_at_ms)),
+                        assign_to: answer.assign_to.clone(),
+                        comment: answer.comment.clone(),
+                        record_only,
+                    },
+                )
+                .await;
+            match recorded {
+                Ok(seq) => {
+                    // Any answer means someone is on it: the chains stop.
+                    if let Some(s) = about_seq {
+                        stopped += self
+                            .outbox
+                            .stop_escalations(&task_id, s, identity, (self.clock)())
+                            .await?;
+                    }
+                    items.push(ItemAnswered {
+                        task_id,
+                        about_seq,
+                        seq: Some(seq),
+                        error: None,
+                    });
+                }
+                Err(e) if i == 0 => return Err(e.into()),
+                Err(e) => items.push(ItemAnswered {
+                    task_id,
                     about_seq,
-                    action: answer.action.clone(),
-                    identity: identity.to_string(),
-                    via: via.to_string(),
-                    notified_at_ms: n.sent_at_ms.or(Some(n.created_at_ms)),
-                    assign_to: answer.assign_to,
-                    comment: answer.comment,
-                },
-            )
-            .await?;
-        // Any answer means someone is on it: the chains stop.
-        let stopped = match about_seq {
-            Some(s) => {
-                self.outbox
-                    .stop_escalations(&n.task_id, s, identity, (self.clock)())
-                    .await?
+                    seq: None,
+                    error: Some(e.to_string()),
+                }),
             }
-            None => 0,
-        };
+        }
+        let first = &items[0];
         Ok(Answered {
             notification_id: id.to_string(),
-            task_id: n.task_id,
+            task_id: first.task_id.clone(),
             action: answer.action,
             identity: identity.to_string(),
-            seq,
+            seq: first.seq.unwrap_or_default(),
             escalations_stopped: stopped,
+            items,
         })
     }
 
@@ -993,6 +1057,7 @@ pub async fn figures(
     };
     // Per notification: its first answer.
     let mut first: HashMap<String, crate::tti::ResponseRecord> = HashMap::new();
+    let mut rated: std::collections::HashSet<String> = std::collections::HashSet::new();
     let (mut owned, mut recoverable, mut helpful) = (0u64, 0u64, 0u64);
     loop {
         let page = store.events_after(cursor, None, None, 1_000).await?;
@@ -1033,8 +1098,12 @@ pub async fn figures(
                     ..
                 } => {
                     if action == "helpful" || action == "not_helpful" {
-                        f.rated += 1;
-                        helpful += u64::from(action == "helpful");
+                        // Once per notification: a grouped one records the
+                        // rating on each of its items.
+                        if rated.insert(notification_id) {
+                            f.rated += 1;
+                            helpful += u64::from(action == "helpful");
+                        }
                         continue;
                     }
                     let Some(at) = notified_at_ms else { continue };

@@ -1144,6 +1144,65 @@ async fn a_burst_of_an_agents_actions_is_one_notification_per_recipient(b: Backe
         assert_eq!(grouped.len(), 4, "{}", r.body);
     }
     assert_eq!(w.receiver.got.lock().unwrap().len(), 2);
+    // One answer covers every item of the group: the task is paused once,
+    // and each of the five actions records who answered.
+    let (pat_id, _) = got
+        .iter()
+        .find(|(_, r)| r.body["recipient"] == "pat")
+        .unwrap();
+    let pat = token(&w, "approver", "pat").await;
+    let (status, answered) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/v1/notifications/{pat_id}/respond"),
+        Some(&pat),
+        Some(json!({"action": "pause_task"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answered}");
+    let items = answered["items"].as_array().unwrap();
+    let answered_about: Vec<i64> = items
+        .iter()
+        .map(|i| {
+            assert!(i["error"].is_null(), "{answered}");
+            i["about_seq"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(answered_about, about, "{answered}");
+    let history = w.h.engine.history(&task).await.unwrap();
+    let mut responded: Vec<i64> = history
+        .iter()
+        .filter_map(|e| match &e.payload {
+            E::NotificationResponded {
+                about_seq,
+                identity,
+                action,
+                ..
+            } if identity == "pat" && action == "pause_task" => *about_seq,
+            _ => None,
+        })
+        .collect();
+    responded.sort();
+    assert_eq!(responded, about, "every item records the answer");
+    let paused = history
+        .iter()
+        .filter(|e| matches!(e.payload, E::TaskPaused { .. }))
+        .count();
+    assert_eq!(paused, 1, "the task is paused once");
+    // Rated once per notification, not once per item.
+    let (status, rated) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/v1/notifications/{pat_id}/respond"),
+        Some(&pat),
+        Some(json!({"action": "not_helpful"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{rated}");
+    let f = mandate_routing::wire::figures(&w.h.engine, None, 10_000)
+        .await
+        .unwrap();
+    assert_eq!((f.rated, f.relevance), (1, Some(0.0)));
     w.shutdown().await;
 }
 

@@ -44,6 +44,10 @@ pub struct NotificationResponse {
     pub notified_at_ms: Option<i64>,
     pub assign_to: Option<String>,
     pub comment: Option<String>,
+    /// Record the answer only: its action was taken through another item
+    /// of the same grouped notification (the same task, or the same agent
+    /// for `pause_agent`).
+    pub record_only: bool,
 }
 
 impl Engine {
@@ -105,6 +109,7 @@ impl Engine {
             r.identity, r.notification_id
         ));
         match r.action.as_str() {
+            _ if r.record_only => {}
             "pause_task" => {
                 self.pause(task_id, &actor, reason).await?;
             }
