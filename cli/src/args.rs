@@ -138,7 +138,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 30_000,
           value_parser = clap::value_parser!(i64).range(1_000..=3_600_000))]
     pub delivery_lease_ms: i64,
-    /// Most tasks driven at once by this process
+    /// Most tasks driven at once by this process (each holds its history in memory while
+    /// driven) [default: 1000]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_active: Option<u64>,
     /// Address of the HTTP API (port 0 picks a free port; the address is printed)
