@@ -614,7 +614,6 @@ macro_rules! outbox_methods {
                     status: r.try_get("status").map_err(c)?,
                     sent_at_ms: r.try_get("sent_at_ms").map_err(c)?,
                     created_at_ms: r.try_get("created_at_ms").map_err(c)?,
-                    item_key: items[0].clone(),
                     items,
                 }))
             }
@@ -856,7 +855,7 @@ macro_rules! dispatch {
     };
 }
 
-/// Where a notification came from: its task, recipient, and first item key
+/// Where a notification came from: its task, recipient, and item keys
 /// (`task:seq:recipient:sink` for routed events).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located {
@@ -866,16 +865,15 @@ pub struct Located {
     pub status: String,
     pub sent_at_ms: Option<i64>,
     pub created_at_ms: i64,
-    pub item_key: String,
-    /// Every item the notification holds (more than one when grouped),
-    /// oldest first; the first is `item_key`.
+    /// Every item key the notification holds (more than one when grouped):
+    /// first the item it was made for, then the rest as they were added.
     pub items: Vec<String>,
 }
 
 impl Located {
     /// The seq of the routed event, from an engine item key.
     pub fn about_seq(&self) -> Option<i64> {
-        item_about(&self.item_key).map(|(_, seq)| seq)
+        item_about(self.items.first()?).map(|(_, seq)| seq)
     }
 
     /// The task and seq of every item (engine item keys), in order, each
