@@ -9,28 +9,30 @@ use crate::core::state::PendingTimer;
 
 use super::{AppendOutcome, AppendRequest, LeaseUpdate, NewTask};
 
-/// The final derived row of one task after the batch.
+/// The final derived row of one task after the batch, borrowed from the
+/// batch's requests (a plan copies no event or row: the writer binds the
+/// requests' own data).
 #[derive(Debug, Clone)]
-pub(crate) struct TaskUpsert {
-    pub id: String,
-    pub create: Option<NewTask>,
+pub(crate) struct TaskUpsert<'a> {
+    pub id: &'a str,
+    pub create: Option<&'a NewTask>,
     pub status: &'static str,
     pub last_seq: i64,
-    pub last_hash: String,
+    pub last_hash: &'a str,
     pub updated_at_ms: i64,
     pub ready_at_ms: Option<i64>,
     /// `Some(owner)`: free the lease if `owner` holds it.
-    pub release_owner: Option<String>,
-    pub blocked_reason: Option<String>,
+    pub release_owner: Option<&'a str>,
+    pub blocked_reason: Option<&'a str>,
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct BatchPlan {
+pub(crate) struct BatchPlan<'a> {
     pub outcomes: Vec<AppendOutcome>,
-    pub events: Vec<RawEvent>,
-    pub tasks: Vec<TaskUpsert>,
+    pub events: Vec<&'a RawEvent>,
+    pub tasks: Vec<TaskUpsert<'a>>,
     /// Tasks whose timer rows are replaced, with the new rows.
-    pub timers: Vec<(String, Vec<PendingTimer>)>,
+    pub timers: Vec<(&'a str, &'a [PendingTimer])>,
     pub wake: bool,
 }
 
@@ -44,16 +46,16 @@ pub(crate) struct Current {
 /// Decides each append's fate in order. `current` holds the stored last seq
 /// and lease owner of every task the batch names (absent: no such task);
 /// `existing_keys` the idempotency keys already taken.
-pub(crate) fn plan(
-    requests: &[&AppendRequest],
+pub(crate) fn plan<'a>(
+    requests: &[&'a AppendRequest],
     mut current: HashMap<String, Current>,
     existing_keys: &HashMap<String, String>,
-) -> BatchPlan {
+) -> BatchPlan<'a> {
     let mut out = BatchPlan::default();
-    let mut index_of_task: HashMap<String, usize> = HashMap::new();
-    let mut timers_of_task: HashMap<String, usize> = HashMap::new();
-    let mut keys_in_batch: HashMap<String, String> = HashMap::new();
-    for req in requests {
+    let mut index_of_task: HashMap<&'a str, usize> = HashMap::new();
+    let mut timers_of_task: HashMap<&'a str, usize> = HashMap::new();
+    let mut keys_in_batch: HashMap<&'a str, &'a str> = HashMap::new();
+    for &req in requests {
         let row = current.get(&req.task_id);
         // The lease fence first: a worker appends only while it holds the
         // task, and one that lost it is told so (not merely to reload).
@@ -77,13 +79,17 @@ pub(crate) fn plan(
             continue;
         }
         if let Some(key) = req.create.as_ref().and_then(|c| c.idempotency_key.as_ref()) {
-            if let Some(existing) = existing_keys.get(key).or_else(|| keys_in_batch.get(key)) {
+            if let Some(existing) = existing_keys
+                .get(key)
+                .map(String::as_str)
+                .or_else(|| keys_in_batch.get(key.as_str()).copied())
+            {
                 out.outcomes.push(AppendOutcome::DuplicateIdempotencyKey {
-                    existing_task_id: existing.clone(),
+                    existing_task_id: existing.to_string(),
                 });
                 continue;
             }
-            keys_in_batch.insert(key.clone(), req.task_id.clone());
+            keys_in_batch.insert(key, &req.task_id);
         }
         let Some(last) = req.events.last() else {
             // An append of nothing changes nothing but still passes its fence.
@@ -92,9 +98,9 @@ pub(crate) fn plan(
         };
         let release_owner = match &req.lease {
             LeaseUpdate::Keep | LeaseUpdate::Hold { .. } => None,
-            LeaseUpdate::Release { owner } => Some(owner.clone()),
+            LeaseUpdate::Release { owner } => Some(owner.as_str()),
         };
-        let lease_owner = match (&release_owner, current.get(&req.task_id)) {
+        let lease_owner = match (release_owner, current.get(&req.task_id)) {
             (Some(_), _) => None,
             (None, Some(r)) => r.lease_owner.clone(),
             (None, None) => req.create.as_ref().and_then(|c| c.lease_owner.clone()),
@@ -106,23 +112,23 @@ pub(crate) fn plan(
                 lease_owner,
             },
         );
-        out.events.extend(req.events.iter().cloned());
+        out.events.extend(req.events.iter());
         let row = TaskUpsert {
-            id: req.task_id.clone(),
-            create: req.create.clone(),
+            id: &req.task_id,
+            create: req.create.as_ref(),
             status: req.projection.status.as_str(),
             last_seq: last.seq,
-            last_hash: last.hash.clone(),
+            last_hash: &last.hash,
             updated_at_ms: last.recorded_at_ms,
             ready_at_ms: req.projection.ready_at_ms,
             release_owner,
-            blocked_reason: req.projection.blocked_reason.clone(),
+            blocked_reason: req.projection.blocked_reason.as_deref(),
         };
-        match index_of_task.get(&req.task_id) {
+        match index_of_task.get(req.task_id.as_str()) {
             Some(&i) => {
                 let prev = &mut out.tasks[i];
                 let create = prev.create.take();
-                let release_owner = row.release_owner.clone().or(prev.release_owner.take());
+                let release_owner = row.release_owner.or(prev.release_owner.take());
                 *prev = TaskUpsert {
                     create,
                     release_owner,
@@ -130,16 +136,16 @@ pub(crate) fn plan(
                 };
             }
             None => {
-                index_of_task.insert(req.task_id.clone(), out.tasks.len());
+                index_of_task.insert(&req.task_id, out.tasks.len());
                 out.tasks.push(row);
             }
         }
         if let Some(t) = &req.timers {
-            match timers_of_task.get(&req.task_id) {
-                Some(&i) => out.timers[i].1 = t.clone(),
+            match timers_of_task.get(req.task_id.as_str()) {
+                Some(&i) => out.timers[i].1 = t,
                 None => {
-                    timers_of_task.insert(req.task_id.clone(), out.timers.len());
-                    out.timers.push((req.task_id.clone(), t.clone()));
+                    timers_of_task.insert(&req.task_id, out.timers.len());
+                    out.timers.push((&req.task_id, t));
                 }
             }
         }

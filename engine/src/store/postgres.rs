@@ -319,7 +319,7 @@ async fn run_batch(
     Ok((results, plan_out.wake))
 }
 
-async fn write_plan(conn: &mut sqlx::PgConnection, p: &BatchPlan) -> Result<(), Error> {
+async fn write_plan(conn: &mut sqlx::PgConnection, p: &BatchPlan<'_>) -> Result<(), Error> {
     if !p.events.is_empty() {
         let e = &p.events;
         // The global order: the row lock on `event_log` is held until commit,
@@ -336,14 +336,14 @@ async fn write_plan(conn: &mut sqlx::PgConnection, p: &BatchPlan) -> Result<(), 
             "INSERT INTO events (task_id, seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash, gseq)
              SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[])",
         )
-        .bind(e.iter().map(|e| e.task_id.clone()).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.task_id.as_str()).collect::<Vec<_>>())
         .bind(e.iter().map(|e| e.seq).collect::<Vec<_>>())
-        .bind(e.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
         .bind(e.iter().map(|e| e.recorded_at_ms).collect::<Vec<_>>())
-        .bind(e.iter().map(|e| e.actor.clone()).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>())
         .bind(e.iter().map(|e| e.payload.to_string()).collect::<Vec<_>>())
-        .bind(e.iter().map(|e| e.prev_hash.clone()).collect::<Vec<_>>())
-        .bind(e.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.prev_hash.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.hash.as_str()).collect::<Vec<_>>())
         .bind((first..=head).collect::<Vec<i64>>())
         .execute(&mut *conn)
         .await
@@ -351,7 +351,6 @@ async fn write_plan(conn: &mut sqlx::PgConnection, p: &BatchPlan) -> Result<(), 
     }
     if !p.tasks.is_empty() {
         let t = &p.tasks;
-        let c = |t: &super::plan::TaskUpsert| t.create.clone();
         sqlx::query(
             "INSERT INTO tasks (id, workflow, workflow_version, agent, idempotency_key, status, last_seq, last_hash,
                                 created_at_ms, updated_at_ms, ready_at_ms, lease_owner, blocked_reason)
@@ -368,49 +367,49 @@ async fn write_plan(conn: &mut sqlx::PgConnection, p: &BatchPlan) -> Result<(), 
                 lease_owner = CASE WHEN excluded.lease_owner IS NOT NULL AND tasks.lease_owner = excluded.lease_owner
                                    THEN NULL ELSE tasks.lease_owner END",
         )
-        .bind(t.iter().map(|t| t.id.clone()).collect::<Vec<_>>())
-        .bind(t.iter().map(|t| c(t).map(|c| c.workflow).unwrap_or_default()).collect::<Vec<_>>())
-        .bind(t.iter().map(|t| c(t).map(|c| c.workflow_version as i64).unwrap_or_default()).collect::<Vec<_>>())
-        .bind(t.iter().map(|t| c(t).and_then(|c| c.agent)).collect::<Vec<_>>())
-        .bind(t.iter().map(|t| c(t).and_then(|c| c.idempotency_key)).collect::<Vec<_>>())
-        .bind(t.iter().map(|t| t.status.to_string()).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.id).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.create.map(|c| c.workflow.as_str()).unwrap_or_default()).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.create.map(|c| c.workflow_version as i64).unwrap_or_default()).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.create.and_then(|c| c.agent.as_deref())).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.create.and_then(|c| c.idempotency_key.as_deref())).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.status).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.last_seq).collect::<Vec<_>>())
-        .bind(t.iter().map(|t| t.last_hash.clone()).collect::<Vec<_>>())
-        .bind(t.iter().map(|t| c(t).map(|c| c.created_at_ms).unwrap_or(t.updated_at_ms)).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.last_hash).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.create.map(|c| c.created_at_ms).unwrap_or(t.updated_at_ms)).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.updated_at_ms).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.ready_at_ms).collect::<Vec<_>>())
         .bind(
             t.iter()
-                .map(|t| match &t.create {
-                    Some(c) => c.lease_owner.clone(),
-                    None => t.release_owner.clone(),
+                .map(|t| match t.create {
+                    Some(c) => c.lease_owner.as_deref(),
+                    None => t.release_owner,
                 })
                 .collect::<Vec<_>>(),
         )
-        .bind(t.iter().map(|t| t.blocked_reason.clone()).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.blocked_reason).collect::<Vec<_>>())
 
         .execute(&mut *conn)
         .await
         .map_err(Error::db("upsert task rows"))?;
     }
     if !p.timers.is_empty() {
-        let ids: Vec<String> = p.timers.iter().map(|(id, _)| id.clone()).collect();
+        let ids: Vec<&str> = p.timers.iter().map(|(id, _)| *id).collect();
         sqlx::query("DELETE FROM timers WHERE task_id = ANY($1)")
             .bind(&ids)
             .execute(&mut *conn)
             .await
             .map_err(Error::db("replace timers"))?;
-        let rows: Vec<(&String, &PendingTimer)> = p
+        let rows: Vec<(&str, &PendingTimer)> = p
             .timers
             .iter()
-            .flat_map(|(id, ts)| ts.iter().map(move |t| (id, t)))
+            .flat_map(|(id, ts)| ts.iter().map(move |t| (*id, t)))
             .collect();
         if !rows.is_empty() {
             sqlx::query(
                 "INSERT INTO timers (task_id, seq, fire_at_ms, kind)
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[])",
             )
-            .bind(rows.iter().map(|(id, _)| (*id).clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(id, _)| *id).collect::<Vec<_>>())
             .bind(rows.iter().map(|(_, t)| t.seq).collect::<Vec<_>>())
             .bind(rows.iter().map(|(_, t)| t.fire_at_ms).collect::<Vec<_>>())
             .bind(

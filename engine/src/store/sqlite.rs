@@ -320,7 +320,7 @@ async fn run_batch(
     Ok((results, plan_out.wake))
 }
 
-async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan) -> Result<(), Error> {
+async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan<'_>) -> Result<(), Error> {
     let mut gseq = if p.events.is_empty() {
         0
     } else {
@@ -340,14 +340,14 @@ async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan) -> Result<(), Er
         );
         qb.push_values(chunk, |mut b, e| {
             gseq += 1;
-            b.push_bind(&e.task_id)
+            b.push_bind(e.task_id.as_str())
                 .push_bind(e.seq)
-                .push_bind(&e.event_type)
+                .push_bind(e.event_type.as_str())
                 .push_bind(e.recorded_at_ms)
-                .push_bind(&e.actor)
+                .push_bind(e.actor.as_str())
                 .push_bind(e.payload.to_string())
-                .push_bind(&e.prev_hash)
-                .push_bind(&e.hash)
+                .push_bind(e.prev_hash.as_str())
+                .push_bind(e.hash.as_str())
                 .push_bind(gseq);
         });
         qb.build()
@@ -361,25 +361,25 @@ async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan) -> Result<(), Er
                                 created_at_ms, updated_at_ms, ready_at_ms, lease_owner, blocked_reason) ",
         );
         qb.push_values(chunk, |mut b, t| {
-            let c = t.create.as_ref();
-            b.push_bind(&t.id)
-                .push_bind(c.map(|c| c.workflow.clone()).unwrap_or_default())
+            let c = t.create;
+            b.push_bind(t.id)
+                .push_bind(c.map(|c| c.workflow.as_str()).unwrap_or_default())
                 .push_bind(c.map(|c| c.workflow_version as i64).unwrap_or_default())
-                .push_bind(c.and_then(|c| c.agent.clone()))
-                .push_bind(c.and_then(|c| c.idempotency_key.clone()))
+                .push_bind(c.and_then(|c| c.agent.as_deref()))
+                .push_bind(c.and_then(|c| c.idempotency_key.as_deref()))
                 .push_bind(t.status)
                 .push_bind(t.last_seq)
-                .push_bind(&t.last_hash)
+                .push_bind(t.last_hash)
                 .push_bind(c.map(|c| c.created_at_ms).unwrap_or(t.updated_at_ms))
                 .push_bind(t.updated_at_ms)
                 .push_bind(t.ready_at_ms)
                 // A created task may start leased (eager start); on update the
                 // column carries the releasing owner (see the ON CONFLICT clause).
                 .push_bind(match c {
-                    Some(c) => c.lease_owner.clone(),
-                    None => t.release_owner.clone(),
+                    Some(c) => c.lease_owner.as_deref(),
+                    None => t.release_owner,
                 })
-                .push_bind(&t.blocked_reason);
+                .push_bind(t.blocked_reason);
         });
         qb.push(
             " ON CONFLICT (id) DO UPDATE SET
@@ -399,7 +399,7 @@ async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan) -> Result<(), Er
             let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM timers WHERE task_id IN (");
             let mut sep = qb.separated(", ");
             for (id, _) in chunk {
-                sep.push_bind(id);
+                sep.push_bind(*id);
             }
             qb.push(")");
             qb.build()
@@ -407,10 +407,10 @@ async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan) -> Result<(), Er
                 .await
                 .map_err(Error::db("replace timers"))?;
         }
-        let rows: Vec<(&String, &PendingTimer)> = p
+        let rows: Vec<(&str, &PendingTimer)> = p
             .timers
             .iter()
-            .flat_map(|(id, ts)| ts.iter().map(move |t| (id, t)))
+            .flat_map(|(id, ts)| ts.iter().map(move |t| (*id, t)))
             .collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut qb =
