@@ -116,6 +116,44 @@ async fn signal_to_an_idle_saga_runs_the_next_stage(b: Backend) {
     }
 }
 
+/// A signal or cancel appended right after a submission commits, while
+/// the local worker's driver is starting from the history the submission
+/// handed it (without reading the store), is taken: the driver's first
+/// append fails its seq fence and it reloads.
+async fn signal_or_cancel_right_after_submit_is_taken(b: Backend) {
+    let mut h = Harness::new(b).await;
+    h.start_worker();
+    let input = json!({"stages": [[{"wait_signal": "go"}], [{"tool": "test.echo", "input": {}}]]});
+    for round in 0..ROUNDS {
+        let id = h
+            .engine
+            .submit("saga", input.clone(), Default::default())
+            .await
+            .unwrap()
+            .task_id;
+        let cancel = round % 2 == 0;
+        if cancel {
+            h.engine.cancel(&id, true, "user:test", None).await.unwrap();
+        } else {
+            h.engine
+                .signal(&id, "go", json!({"approved": true}), "user:test")
+                .await
+                .unwrap();
+        }
+        let row = h
+            .engine
+            .wait_until_final(&id, Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: not taken: {e}"));
+        let want = if cancel {
+            TaskStatus::Cancelled
+        } else {
+            TaskStatus::Completed
+        };
+        assert_eq!(row.status, want, "round {round}");
+    }
+}
+
 /// A burst of submissions starts at most `max_active_tasks` drivers: each
 /// submission reserves its place before it hands the task to the local
 /// worker. (Each used to see the same free room, so a burst of 200 started
@@ -155,4 +193,5 @@ backend_tests!(
     signal_right_after_resume_is_taken,
     cancel_right_after_resume_is_taken,
     signal_to_an_idle_saga_runs_the_next_stage,
+    signal_or_cancel_right_after_submit_is_taken,
 );

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::Engine;
-use super::history::{over_budget, payload_len};
+use super::history::{json_len, over_budget, payload_len};
+use super::{Engine, Handoff};
 use crate::core::chain;
 use crate::core::decide::projection;
 use crate::core::event::{self, Event, EventPayload, NewEvent};
@@ -176,12 +176,14 @@ impl Engine {
             },
         }];
         let local = s.local_worker_with_room();
-        let sealed = event::seal(&task_id, 0, "", now, &new);
-        let state = TaskState::fold(sealed.iter().map(|(e, _)| e));
+        let (history, raws): (Vec<Event>, Vec<_>) =
+            event::seal(&task_id, 0, "", now, &new).into_iter().unzip();
+        let state = TaskState::fold(&history);
+        let bytes = raws.iter().map(|r| json_len(&r.payload)).sum();
         let request = AppendRequest {
             task_id: task_id.clone(),
             expected_seq: 0,
-            events: sealed.into_iter().map(|(_, raw)| raw).collect(),
+            events: raws,
             projection: projection(&state, now),
             timers: None,
             create: Some(NewTask {
@@ -201,7 +203,7 @@ impl Engine {
                 // If the worker stopped meanwhile, the lease expires and any
                 // worker claims the task then.
                 if let Some(w) = local {
-                    w.handed_over(task_id.clone());
+                    w.handed_over(task_id.clone(), Handoff { history, bytes });
                 }
                 Ok(Submitted {
                     task_id,

@@ -102,13 +102,24 @@ pub(crate) struct Shared {
 pub(crate) struct LocalWorker {
     pub id: String,
     pub max_active_tasks: usize,
-    pub adopt: tokio::sync::mpsc::UnboundedSender<String>,
+    pub adopt: tokio::sync::mpsc::UnboundedSender<(String, Handoff)>,
     /// Room taken by submissions not yet driven: counted when a submission
     /// finds room, given back when the worker has started its driver (or
     /// the submission ends without handing it over). Without it every
     /// submission in flight saw the same free room, and a burst started far
     /// more drivers than `max_active_tasks`.
     pub reserved: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The history a submission just appended, handed to the driver that
+/// adopts the task so that it starts without reading it back. Only a
+/// start: if anything was appended since, the driver's first append fails
+/// its seq fence and the driver reloads from the store.
+#[derive(Debug)]
+pub(crate) struct Handoff {
+    pub history: Vec<crate::core::event::Event>,
+    /// The bytes those events take from the history's budget.
+    pub bytes: u64,
 }
 
 /// Room reserved in the local worker for one submission ([`Shared::local_worker_with_room`]);
@@ -121,8 +132,8 @@ pub(crate) struct Adoption {
 impl Adoption {
     /// Hands the task to the worker, which gives the room back once its
     /// driver runs. False (and the room given back) if the worker is gone.
-    pub(crate) fn handed_over(mut self, task_id: String) -> bool {
-        let sent = self.worker.adopt.send(task_id).is_ok();
+    pub(crate) fn handed_over(mut self, task_id: String, handoff: Handoff) -> bool {
+        let sent = self.worker.adopt.send((task_id, handoff)).is_ok();
         self.armed = !sent;
         sent
     }

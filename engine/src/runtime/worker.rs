@@ -18,8 +18,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::client::load_verified_sized;
-use super::history::{json_len, over_budget, payload_len};
-use super::{ActiveTask, Shared};
+use super::history::{json_len, over_budget};
+use super::{ActiveTask, Handoff, Shared};
 use crate::core::decide::{self, Action, AttemptOutcome, DecideInput, Target};
 use crate::core::event::{self, Event, EventPayload, NewEvent, RecordedError};
 use crate::core::state::TaskState;
@@ -153,7 +153,7 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
                 .await;
             if let Ok(ids) = &claimed {
                 for task_id in ids {
-                    spawn_driver(&shared, &config, &stop, &mut drivers, task_id.clone());
+                    spawn_driver(&shared, &config, &stop, &mut drivers, task_id.clone(), None);
                 }
             }
             reserved.fetch_sub(limit as usize, Ordering::SeqCst);
@@ -185,13 +185,13 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
         }
         tokio::select! {
             _ = wake.notified() => {}
-            Some(task_id) = adopt_rx.recv() => {
+            Some((task_id, handoff)) = adopt_rx.recv() => {
                 // Each adopted task's room was reserved by its submission:
                 // now that its driver is in `active`, give the reservation back.
-                spawn_driver(&shared, &config, &stop, &mut drivers, task_id);
+                spawn_driver(&shared, &config, &stop, &mut drivers, task_id, Some(handoff));
                 reserved.fetch_sub(1, Ordering::SeqCst);
-                while let Ok(task_id) = adopt_rx.try_recv() {
-                    spawn_driver(&shared, &config, &stop, &mut drivers, task_id);
+                while let Ok((task_id, handoff)) = adopt_rx.try_recv() {
+                    spawn_driver(&shared, &config, &stop, &mut drivers, task_id, Some(handoff));
                     reserved.fetch_sub(1, Ordering::SeqCst);
                 }
             }
@@ -209,13 +209,15 @@ async fn run(shared: Arc<Shared>, config: WorkerConfig, mut stop: watch::Receive
 }
 
 /// Starts a driver for a task this worker holds the lease of (claimed, or
-/// created leased to it), unless one is running already.
+/// created leased to it, with the history its submission appended), unless
+/// one is running already.
 fn spawn_driver(
     shared: &Arc<Shared>,
     config: &Arc<WorkerConfig>,
     stop: &watch::Receiver<bool>,
     drivers: &mut JoinSet<String>,
     task_id: String,
+    handoff: Option<Handoff>,
 ) {
     let poke = Arc::new(Notify::new());
     let last_seq = Arc::new(AtomicI64::new(0));
@@ -248,6 +250,7 @@ fn spawn_driver(
         reclaimed,
         stop: stop.clone(),
         history_bytes: AtomicU64::new(0),
+        handoff,
     };
     drivers.spawn(async move {
         driver.run().await;
@@ -295,6 +298,8 @@ struct Driver {
     stop: watch::Receiver<bool>,
     /// Bytes the history last loaded or appended takes from its budget.
     history_bytes: AtomicU64,
+    /// The history to start from instead of the first load (see [`Handoff`]).
+    handoff: Option<Handoff>,
 }
 
 enum Loaded {
@@ -351,7 +356,14 @@ impl Driver {
     }
 
     async fn drive(&mut self) {
-        let Loaded::Ok(mut history) = self.load().await else {
+        let start = match self.handoff.take() {
+            Some(h) => {
+                self.history_bytes.store(h.bytes, Ordering::SeqCst);
+                Loaded::Ok(h.history)
+            }
+            None => self.load().await,
+        };
+        let Loaded::Ok(mut history) = start else {
             return;
         };
         let mut state = TaskState::fold(&history);
@@ -391,8 +403,17 @@ impl Driver {
                 std::mem::take(&mut state),
                 instance.take(),
             );
-            if let Some(blocked) = self.over_budget(&history, &decision, now) {
+            // Sealed once: the same canonical payloads give the hashes and
+            // the bytes the budget counts.
+            let seal = |events: &[NewEvent]| {
+                let sealed = event::seal(&self.task_id, before_seq, &before_hash, now, events);
+                let added: u64 = sealed.iter().map(|(_, raw)| json_len(&raw.payload)).sum();
+                (sealed, added)
+            };
+            let (mut sealed, mut added) = seal(&decision.events);
+            if let Some(blocked) = self.over_budget(&history, &decision, added, now) {
                 decision = blocked;
+                (sealed, added) = seal(&decision.events);
             }
             if !decision.events.is_empty() {
                 // Fed this decision's events: good only once they are appended.
@@ -409,13 +430,7 @@ impl Driver {
                 let far = decide::next_wake(&after, now)
                     .is_none_or(|t| t - now > self.config.idle_hold.as_millis() as i64);
                 let release = after.is_final() || after.blocked.is_some() || (idle && far);
-                let sealed = event::seal(
-                    &self.task_id,
-                    before_seq,
-                    &before_hash,
-                    now,
-                    &decision.events,
-                );
+                let (new_events, raws): (Vec<Event>, Vec<_>) = sealed.into_iter().unzip();
                 let timers_after = after.pending_timers();
                 let timers = (timers_after != before_timers).then_some(timers_after);
                 let projection = decide::projection(&after, now);
@@ -423,7 +438,7 @@ impl Driver {
                 let request = AppendRequest {
                     task_id: self.task_id.clone(),
                     expected_seq: before_seq,
-                    events: sealed.iter().map(|(_, raw)| raw.clone()).collect(),
+                    events: raws,
                     projection,
                     timers,
                     create: None,
@@ -441,9 +456,8 @@ impl Driver {
                 match self.shared.store.append(request).await {
                     Ok(AppendOutcome::Appended) => {
                         store_backoff = Duration::from_millis(20);
-                        let added = sealed.iter().map(|(_, raw)| json_len(&raw.payload)).sum();
                         self.history_bytes.fetch_add(added, Ordering::SeqCst);
-                        history.extend(sealed.into_iter().map(|(e, _)| e));
+                        history.extend(new_events);
                         instance = fed.map(|mut i| {
                             i.confirm(&history);
                             i
@@ -594,23 +608,19 @@ impl Driver {
         }
     }
 
-    /// A decision that would take the history past its byte budget becomes
-    /// a block naming the limit (a final decision may pass it, so that the
-    /// task can end). `None` when it fits.
+    /// A decision whose events (`added` bytes) would take the history past
+    /// its byte budget becomes a block naming the limit (a final decision may
+    /// pass it, so that the task can end). `None` when it fits.
     fn over_budget(
         &self,
         history: &[Event],
         decision: &decide::Decision,
+        added: u64,
         now: i64,
     ) -> Option<decide::Decision> {
         if decision.state.is_final() {
             return None;
         }
-        let added = decision
-            .events
-            .iter()
-            .map(|e| payload_len(&e.payload))
-            .sum();
         let have = self.history_bytes.load(Ordering::SeqCst);
         let why = over_budget(have, added, self.shared.limits.max_history_bytes)?;
         let mut state = TaskState::fold(history);
