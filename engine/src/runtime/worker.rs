@@ -18,7 +18,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::client::load_verified_sized;
-use super::history::{json_len, over_budget};
+use super::history::{over_budget, raw_len};
 use super::{ActiveTask, Handoff, Shared};
 use crate::core::decide::{self, Action, AttemptOutcome, DecideInput, Target};
 use crate::core::event::{self, Event, EventPayload, NewEvent, RecordedError};
@@ -406,14 +406,17 @@ impl Driver {
             // Sealed once: the same canonical payloads give the hashes and
             // the bytes the budget counts.
             let seal = |events: &[NewEvent]| {
-                let sealed = event::seal(&self.task_id, before_seq, &before_hash, now, events);
-                let added: u64 = sealed.iter().map(|(_, raw)| json_len(&raw.payload)).sum();
-                (sealed, added)
+                let (events, raws): (Vec<Event>, Vec<_>) =
+                    event::seal(&self.task_id, before_seq, &before_hash, now, events)
+                        .into_iter()
+                        .unzip();
+                let added = raw_len(&raws);
+                (events, raws, added)
             };
-            let (mut sealed, mut added) = seal(&decision.events);
+            let (mut new_events, mut raws, mut added) = seal(&decision.events);
             if let Some(blocked) = self.over_budget(&history, &decision, added, now) {
                 decision = blocked;
-                (sealed, added) = seal(&decision.events);
+                (new_events, raws, added) = seal(&decision.events);
             }
             if !decision.events.is_empty() {
                 // Fed this decision's events: good only once they are appended.
@@ -430,7 +433,6 @@ impl Driver {
                 let far = decide::next_wake(&after, now)
                     .is_none_or(|t| t - now > self.config.idle_hold.as_millis() as i64);
                 let release = after.is_final() || after.blocked.is_some() || (idle && far);
-                let (new_events, raws): (Vec<Event>, Vec<_>) = sealed.into_iter().unzip();
                 let timers_after = after.pending_timers();
                 let timers = (timers_after != before_timers).then_some(timers_after);
                 let projection = decide::projection(&after, now);
