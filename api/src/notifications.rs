@@ -37,9 +37,14 @@ pub struct RespondBody {
 
 /// What an answer recorded: `notification_id`, `task_id`, `action`,
 /// `identity` (the token's name, the link's recipient, the Slack user's
-/// person), `seq` (of the recorded `NotificationResponded`) and
-/// `escalations_stopped`.
+/// person), `seq` (of the recorded `NotificationResponded`),
+/// `escalations_stopped`, and `items`: one per item of a grouped
+/// notification (`task_id`, `about_seq`, `seq`, `error` when that item's
+/// action was refused), the first being the one above.
 type Responded = Answered;
+
+/// The 200 body of an answer (see [`Responded`]).
+const RESPONDED: &str = "what the answer recorded: notification_id, task_id, action, identity, seq (of NotificationResponded), escalations_stopped, and items (per item of a grouped notification: task_id, about_seq, seq, error)";
 
 fn refused(e: RespondError) -> ApiError {
     let message = e.to_string();
@@ -77,7 +82,7 @@ fn routing(state: &AppState) -> Result<&crate::state::RoutingApi, ApiError> {
 #[utoipa::path(post, path = "/v1/notifications/{id}/respond", tag = "notifications",
     params(("id" = String, Path, description = "The notification id (in every delivery)")),
     request_body = RespondBody,
-    responses((status = 200, body = Object), (status = 400, body = crate::error::ErrorBody),
+    responses((status = 200, description = RESPONDED, body = Object), (status = 400, body = crate::error::ErrorBody),
               (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
               (status = 409, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -111,7 +116,7 @@ pub async fn respond(
 /// single use, then answers as its recipient.
 #[utoipa::path(get, path = "/v1/links/{token}", tag = "notifications",
     params(("token" = String, Path, description = "The signed link token")),
-    responses((status = 200, body = Object), (status = 403, body = crate::error::ErrorBody),
+    responses((status = 200, description = RESPONDED, body = Object), (status = 403, body = crate::error::ErrorBody),
               (status = 404, body = crate::error::ErrorBody), (status = 409, description = "used before", body = crate::error::ErrorBody),
               (status = 410, description = "expired", body = crate::error::ErrorBody)))]
 pub async fn link(
@@ -135,7 +140,7 @@ pub async fn link(
 /// Slack's interactivity callback (a button of a Mandate message).
 #[utoipa::path(post, path = "/v1/slack/interactions", tag = "notifications",
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "payload=<JSON>"),
-    responses((status = 200, body = Object), (status = 401, description = "bad Slack signature", body = crate::error::ErrorBody),
+    responses((status = 200, description = RESPONDED, body = Object), (status = 401, description = "bad Slack signature", body = crate::error::ErrorBody),
               (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn slack(
     State(state): State<AppState>,
@@ -184,7 +189,7 @@ pub struct ResolveBody {
 #[utoipa::path(post, path = "/v1/tasks/{id}/resolve", tag = "tasks",
     params(("id" = String, Path, description = "Task id")),
     request_body = ResolveBody,
-    responses((status = 200, body = Object), (status = 400, body = crate::error::ErrorBody),
+    responses((status = 200, description = "the recorded resolution: task_id, seq, resolved_by", body = Object), (status = 400, body = crate::error::ErrorBody),
               (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
               (status = 409, description = "not escalated, or resolved already", body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
