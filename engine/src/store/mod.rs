@@ -16,6 +16,7 @@ pub mod governance;
 mod plan;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_writer;
 pub(crate) mod writer;
 
 use std::sync::Arc;
@@ -55,6 +56,13 @@ pub enum Error {
         during: &'static str,
         #[source]
         source: sqlx::Error,
+    },
+    /// From the SQLite writer's direct statements (`store::sqlite_writer`).
+    #[error("database error during {during}: {source}")]
+    Sqlite {
+        during: &'static str,
+        #[source]
+        source: rusqlite::Error,
     },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

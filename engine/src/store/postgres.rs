@@ -18,7 +18,7 @@ use super::plan::{BatchPlan, Current, plan};
 use super::sqlite::{
     TASK_SELECT_COLUMNS, event_from_row, push_task_filter, task_from_row, timer_from_parts,
 };
-use super::writer::{BatchExecutor, WriteOp, WriteResult, Writer};
+use super::writer::{BatchExecutor, BatchResult, WriteOp, WriteResult, Writer};
 use super::{
     AppendOutcome, AppendRequest, Backend, Error, Store, TaskFilter, TaskRow, WriterConfig,
     status_from_db,
@@ -108,30 +108,34 @@ struct PgExecutor {
 }
 
 impl BatchExecutor for PgExecutor {
-    fn execute<'a>(
-        &'a mut self,
-        ops: &'a [WriteOp],
-    ) -> BoxFuture<'a, Result<(Vec<WriteResult>, bool), Error>> {
+    fn execute(&mut self, ops: Vec<WriteOp>) -> BoxFuture<'_, (Vec<WriteOp>, BatchResult)> {
         Box::pin(async move {
-            let conn = &mut *self.conn;
-            sqlx::query("BEGIN")
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::db("begin"))?;
-            match run_batch(conn, ops).await {
-                Ok(r) => match sqlx::query("COMMIT").execute(&mut *conn).await {
-                    Ok(_) => Ok(r),
-                    Err(e) => {
-                        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                        Err(Error::db("commit")(e))
-                    }
-                },
+            let result = self.transaction(&ops).await;
+            (ops, result)
+        })
+    }
+}
+
+impl PgExecutor {
+    async fn transaction(&mut self, ops: &[WriteOp]) -> BatchResult {
+        let conn = &mut *self.conn;
+        sqlx::query("BEGIN")
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("begin"))?;
+        match run_batch(conn, ops).await {
+            Ok(r) => match sqlx::query("COMMIT").execute(&mut *conn).await {
+                Ok(_) => Ok(r),
                 Err(e) => {
                     let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                    Err(e)
+                    Err(Error::db("commit")(e))
                 }
+            },
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(e)
             }
-        })
+        }
     }
 }
 
@@ -139,13 +143,7 @@ async fn run_batch(
     conn: &mut sqlx::PgConnection,
     ops: &[WriteOp],
 ) -> Result<(Vec<WriteResult>, bool), Error> {
-    let appends: Vec<&AppendRequest> = ops
-        .iter()
-        .filter_map(|op| match op {
-            WriteOp::Append(r) => Some(r.as_ref()),
-            _ => None,
-        })
-        .collect();
+    let appends = super::writer::appends(ops);
     let mut plan_out = BatchPlan::default();
     if !appends.is_empty() {
         let mut ids: Vec<String> = appends.iter().map(|r| r.task_id.clone()).collect();

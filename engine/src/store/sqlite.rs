@@ -1,9 +1,10 @@
 //! The SQLite store: the embedded default. WAL, `synchronous=FULL`; one writer
 //! connection owned by the group-commit writer (SQLite has one writer anyway, so
 //! every write — appends, claims, renewals — goes through it and never waits on
-//! SQLite's busy handler), and a small pool for reads.
+//! SQLite's busy handler), and a small pool for reads. The writer's
+//! batches run on a thread of their own with direct, cached statements
+//! (`store::sqlite_writer`).
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,17 +16,13 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::Notify;
 
-use super::plan::{BatchPlan, Current, plan};
-use super::writer::{BatchExecutor, WriteOp, WriteResult, Writer};
+use super::writer::Writer;
 use super::{
     AppendOutcome, AppendRequest, Backend, Error, Store, TaskFilter, TaskRow, WriterConfig,
     status_from_db,
 };
 use crate::core::chain::RawEvent;
 use crate::core::state::{PendingTimer, TaskStatus};
-
-/// Rows per multi-row statement (well under SQLite's 32,766 bound parameters).
-const ROWS_PER_STATEMENT: usize = 500;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -98,7 +95,8 @@ impl SqliteStore {
                 source,
             })?;
         let wake = Arc::new(Notify::new());
-        let writer = Writer::spawn(SqliteExecutor { conn }, config, wake.clone());
+        let exec = super::sqlite_writer::SqliteExecutor::start(conn).await?;
+        let writer = Writer::spawn(exec, config, wake.clone());
         Ok(Self { pool, writer, wake })
     }
 
@@ -106,328 +104,6 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
-}
-
-struct SqliteExecutor {
-    conn: SqliteConnection,
-}
-
-impl BatchExecutor for SqliteExecutor {
-    fn execute<'a>(
-        &'a mut self,
-        ops: &'a [WriteOp],
-    ) -> BoxFuture<'a, Result<(Vec<WriteResult>, bool), Error>> {
-        Box::pin(async move {
-            let conn = &mut self.conn;
-            sqlx::query("BEGIN IMMEDIATE")
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::db("begin"))?;
-            match run_batch(conn, ops).await {
-                Ok(r) => match sqlx::query("COMMIT").execute(&mut *conn).await {
-                    Ok(_) => Ok(r),
-                    Err(e) => {
-                        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                        Err(Error::db("commit")(e))
-                    }
-                },
-                Err(e) => {
-                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                    Err(e)
-                }
-            }
-        })
-    }
-}
-
-async fn run_batch(
-    conn: &mut SqliteConnection,
-    ops: &[WriteOp],
-) -> Result<(Vec<WriteResult>, bool), Error> {
-    let appends: Vec<&AppendRequest> = ops
-        .iter()
-        .filter_map(|op| match op {
-            WriteOp::Append(r) => Some(r.as_ref()),
-            _ => None,
-        })
-        .collect();
-    let mut plan_out = BatchPlan::default();
-    if !appends.is_empty() {
-        let mut ids: Vec<&str> = appends.iter().map(|r| r.task_id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut current = HashMap::new();
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT id, last_seq, lease_owner FROM tasks WHERE id IN (",
-            );
-            let mut sep = qb.separated(", ");
-            for id in chunk {
-                sep.push_bind(*id);
-            }
-            qb.push(")");
-            for row in qb
-                .build()
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(Error::db("fence check"))?
-            {
-                current.insert(
-                    row.get::<String, _>(0),
-                    Current {
-                        last_seq: row.get(1),
-                        lease_owner: row.get(2),
-                    },
-                );
-            }
-        }
-        let keys: Vec<&str> = appends
-            .iter()
-            .filter_map(|r| r.create.as_ref()?.idempotency_key.as_deref())
-            .collect();
-        let mut existing_keys = HashMap::new();
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT idempotency_key, id FROM tasks WHERE idempotency_key IN (",
-            );
-            let mut sep = qb.separated(", ");
-            for k in chunk {
-                sep.push_bind(*k);
-            }
-            qb.push(")");
-            for row in qb
-                .build()
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(Error::db("idempotency check"))?
-            {
-                existing_keys.insert(row.get::<String, _>(0), row.get::<String, _>(1));
-            }
-        }
-        plan_out = plan(&appends, current, &existing_keys);
-        write_plan(conn, &plan_out).await?;
-    }
-    let mut outcomes = plan_out.outcomes.into_iter();
-    let mut results = Vec::with_capacity(ops.len());
-    for op in ops {
-        let r = match op {
-            WriteOp::Append(_) => WriteResult::Append(
-                outcomes
-                    .next()
-                    .unwrap_or(AppendOutcome::Conflict { actual_seq: None }),
-            ),
-            WriteOp::Claim {
-                owner,
-                now_ms,
-                lease_ms,
-                limit,
-            } => {
-                heartbeat(conn, owner, now_ms + lease_ms).await?;
-                // Free ready tasks first (an index holds only those), then the
-                // ready tasks of workers whose lease expired (crashed or stalled).
-                let mut ids: Vec<String> = sqlx::query(
-                    "UPDATE tasks SET lease_owner = ?1
-                     WHERE id IN (SELECT id FROM tasks
-                                  WHERE ready_at_ms IS NOT NULL AND lease_owner IS NULL AND ready_at_ms <= ?2
-                                  ORDER BY ready_at_ms LIMIT ?3)
-                     RETURNING id",
-                )
-                .bind(owner)
-                .bind(now_ms)
-                .bind(*limit as i64)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(Error::db("claim"))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-                if (ids.len() as u32) < *limit {
-                    let rest = *limit as i64 - ids.len() as i64;
-                    let orphans = sqlx::query(
-                        "UPDATE tasks SET lease_owner = ?1
-                         WHERE id IN (SELECT t.id FROM workers w JOIN tasks t ON t.lease_owner = w.id
-                                      WHERE w.lease_expires_at_ms < ?2 AND w.id <> ?1
-                                        AND t.ready_at_ms IS NOT NULL AND t.ready_at_ms <= ?2
-                                      LIMIT ?3)
-                         RETURNING id",
-                    )
-                    .bind(owner)
-                    .bind(now_ms)
-                    .bind(rest)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(Error::db("claim expired leases"))?;
-                    ids.extend(orphans.iter().map(|r| r.get::<String, _>(0)));
-                }
-                WriteResult::Claim(ids)
-            }
-            WriteOp::Renew {
-                owner,
-                now_ms,
-                lease_ms,
-            } => {
-                // One row per worker: renewal costs the same for 1 or 100,000 tasks.
-                heartbeat(conn, owner, now_ms + lease_ms).await?;
-                // Bounded growth: forget workers long dead that hold nothing.
-                sqlx::query(
-                    "DELETE FROM workers WHERE lease_expires_at_ms < ?1
-                     AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.lease_owner = workers.id)",
-                )
-                .bind(now_ms - 86_400_000)
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::db("forget dead workers"))?;
-                let rows = sqlx::query("SELECT id, last_seq FROM tasks WHERE lease_owner = ?1")
-                    .bind(owner)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(Error::db("lease renewal"))?;
-                WriteResult::Renew(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-            }
-            WriteOp::Release {
-                task_id,
-                owner,
-                expected_seq,
-            } => {
-                let done = sqlx::query(
-                    "UPDATE tasks SET lease_owner = NULL
-                     WHERE id = ?1 AND lease_owner = ?2 AND last_seq = ?3",
-                )
-                .bind(task_id)
-                .bind(owner)
-                .bind(expected_seq)
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::db("lease release"))?;
-                WriteResult::Release(done.rows_affected() == 1)
-            }
-            WriteOp::Quarantine { task_id, reason } => {
-                sqlx::query(
-                    "UPDATE tasks SET ready_at_ms = NULL, lease_owner = NULL, blocked_reason = ?1
-                     WHERE id = ?2",
-                )
-                .bind(reason)
-                .bind(task_id)
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::db("quarantine"))?;
-                WriteResult::Quarantine
-            }
-            WriteOp::Extra(write) => WriteResult::Extra(write.on_sqlite(&mut *conn).await?),
-        };
-        results.push(r);
-    }
-    Ok((results, plan_out.wake))
-}
-
-async fn write_plan(conn: &mut SqliteConnection, p: &BatchPlan<'_>) -> Result<(), Error> {
-    let mut gseq = if p.events.is_empty() {
-        0
-    } else {
-        // The global order: numbers taken inside this transaction, so commit
-        // order and gseq order agree.
-        let head: i64 =
-            sqlx::query_scalar("UPDATE event_log SET head = head + ?1 WHERE id = 1 RETURNING head")
-                .bind(p.events.len() as i64)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(Error::db("take global event numbers"))?;
-        head - p.events.len() as i64
-    };
-    for chunk in p.events.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO events (task_id, seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash, gseq) ",
-        );
-        qb.push_values(chunk, |mut b, e| {
-            gseq += 1;
-            b.push_bind(e.task_id.as_str())
-                .push_bind(e.seq)
-                .push_bind(e.event_type.as_str())
-                .push_bind(e.recorded_at_ms)
-                .push_bind(e.actor.as_str())
-                .push_bind(e.payload.to_string())
-                .push_bind(e.prev_hash.as_str())
-                .push_bind(e.hash.as_str())
-                .push_bind(gseq);
-        });
-        qb.build()
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::db("insert events"))?;
-    }
-    for chunk in p.tasks.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO tasks (id, workflow, workflow_version, agent, idempotency_key, status, last_seq, last_hash,
-                                created_at_ms, updated_at_ms, ready_at_ms, lease_owner, blocked_reason) ",
-        );
-        qb.push_values(chunk, |mut b, t| {
-            let c = t.create;
-            b.push_bind(t.id)
-                .push_bind(c.map(|c| c.workflow.as_str()).unwrap_or_default())
-                .push_bind(c.map(|c| c.workflow_version as i64).unwrap_or_default())
-                .push_bind(c.and_then(|c| c.agent.as_deref()))
-                .push_bind(c.and_then(|c| c.idempotency_key.as_deref()))
-                .push_bind(t.status)
-                .push_bind(t.last_seq)
-                .push_bind(t.last_hash)
-                .push_bind(c.map(|c| c.created_at_ms).unwrap_or(t.updated_at_ms))
-                .push_bind(t.updated_at_ms)
-                .push_bind(t.ready_at_ms)
-                // A created task may start leased (eager start); on update the
-                // column carries the releasing owner (see the ON CONFLICT clause).
-                .push_bind(match c {
-                    Some(c) => c.lease_owner.as_deref(),
-                    None => t.release_owner,
-                })
-                .push_bind(t.blocked_reason);
-        });
-        qb.push(
-            " ON CONFLICT (id) DO UPDATE SET
-                status = excluded.status, last_seq = excluded.last_seq, last_hash = excluded.last_hash,
-                updated_at_ms = excluded.updated_at_ms, ready_at_ms = excluded.ready_at_ms,
-                blocked_reason = excluded.blocked_reason,
-                lease_owner = CASE WHEN excluded.lease_owner IS NOT NULL AND tasks.lease_owner = excluded.lease_owner
-                                   THEN NULL ELSE tasks.lease_owner END",
-        );
-        qb.build()
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::db("upsert task rows"))?;
-    }
-    if !p.timers.is_empty() {
-        for chunk in p.timers.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM timers WHERE task_id IN (");
-            let mut sep = qb.separated(", ");
-            for (id, _) in chunk {
-                sep.push_bind(*id);
-            }
-            qb.push(")");
-            qb.build()
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::db("replace timers"))?;
-        }
-        let rows: Vec<(&str, &PendingTimer)> = p
-            .timers
-            .iter()
-            .flat_map(|(id, ts)| ts.iter().map(move |t| (*id, t)))
-            .collect();
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut qb =
-                QueryBuilder::<Sqlite>::new("INSERT INTO timers (task_id, seq, fire_at_ms, kind) ");
-            qb.push_values(chunk, |mut b, (id, t)| {
-                b.push_bind(*id)
-                    .push_bind(t.seq)
-                    .push_bind(t.fire_at_ms)
-                    .push_bind(t.kind.as_str());
-            });
-            qb.build()
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::db("insert timers"))?;
-        }
-    }
-    Ok(())
 }
 
 pub(crate) const TASK_SELECT_COLUMNS: &str = "id, workflow, workflow_version, agent, idempotency_key, status, last_seq, last_hash, created_at_ms, updated_at_ms, ready_at_ms, lease_owner, (SELECT w.lease_expires_at_ms FROM workers w WHERE w.id = tasks.lease_owner) AS lease_expires_at_ms, blocked_reason";
@@ -721,22 +397,4 @@ where
     };
     qb.push(" ORDER BY created_at_ms DESC, id DESC LIMIT ")
         .push_bind(limit as i64);
-}
-
-/// Extends (or first records) a worker's lease.
-async fn heartbeat(
-    conn: &mut sqlx::SqliteConnection,
-    owner: &str,
-    expires_at_ms: i64,
-) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO workers (id, lease_expires_at_ms) VALUES (?1, ?2)
-         ON CONFLICT (id) DO UPDATE SET lease_expires_at_ms = excluded.lease_expires_at_ms",
-    )
-    .bind(owner)
-    .bind(expires_at_ms)
-    .execute(&mut *conn)
-    .await
-    .map_err(Error::db("worker heartbeat"))?;
-    Ok(())
 }

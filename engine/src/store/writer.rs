@@ -120,15 +120,27 @@ impl WriteResult {
     }
 }
 
+/// The appends among a batch's ops, in order.
+pub(crate) fn appends(ops: &[WriteOp]) -> Vec<&AppendRequest> {
+    ops.iter()
+        .filter_map(|op| match op {
+            WriteOp::Append(r) => Some(r.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A batch's results: one per op and whether other workers should be woken.
+pub(crate) type BatchResult = Result<(Vec<WriteResult>, bool), Error>;
+
 /// What a backend implements: run a batch in one transaction.
 pub(crate) trait BatchExecutor: Send + 'static {
-    /// Runs `ops` in one transaction. `Ok` holds one result per op and whether
-    /// other workers should be woken; `Err` means nothing of the batch may be
-    /// assumed written (or, for an ambiguous commit, that callers must reload).
-    fn execute<'a>(
-        &'a mut self,
-        ops: &'a [WriteOp],
-    ) -> BoxFuture<'a, Result<(Vec<WriteResult>, bool), Error>>;
+    /// Runs `ops` in one transaction and hands them back (an executor may
+    /// move them to a thread of its own). `Ok` holds one result per op and
+    /// whether other workers should be woken; `Err` means nothing of the
+    /// batch may be assumed written (or, for an ambiguous commit, that
+    /// callers must reload).
+    fn execute(&mut self, ops: Vec<WriteOp>) -> BoxFuture<'_, (Vec<WriteOp>, BatchResult)>;
 }
 
 type Reply = oneshot::Sender<Result<WriteResult, Error>>;
@@ -158,7 +170,7 @@ impl Writer {
                 }
                 let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = batch.drain(..).unzip();
                 let started = Instant::now();
-                let outcome = exec.execute(&ops).await;
+                let (ops, outcome) = exec.execute(ops).await;
                 counters.batches.fetch_add(1, Ordering::Relaxed);
                 counters.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
                 counters
@@ -182,8 +194,7 @@ impl Writer {
                     Err(e) => {
                         tracing::warn!(error = %e, batch = ops.len(), "group commit failed; retrying each write alone");
                         for (op, reply) in ops.into_iter().zip(replies) {
-                            let one = [op];
-                            let r = match exec.execute(&one).await {
+                            let r = match exec.execute(vec![op]).await.1 {
                                 Ok((mut rs, w)) => {
                                     if w {
                                         wake.notify_waiters();
