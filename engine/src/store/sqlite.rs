@@ -100,6 +100,29 @@ impl SqliteStore {
         Ok(Self { pool, writer, wake })
     }
 
+    /// A task's events after `after_seq` in seq order (at most `limit`), read
+    /// with direct SQLite calls on a pooled connection off the async threads:
+    /// through sqlx each row would cross its connection thread's channel.
+    async fn read_events(
+        &self,
+        task_id: String,
+        after_seq: i64,
+        limit: Option<u32>,
+        during: &'static str,
+    ) -> Result<Vec<RawEvent>, Error> {
+        let mut conn = self.pool.acquire().await.map_err(Error::db(during))?;
+        let (conn, events) = tokio::task::spawn_blocking(move || {
+            let events = super::sqlite_writer::with_direct(&mut conn, |c| {
+                read_events(c, &task_id, after_seq, limit, during)
+            });
+            (conn, events)
+        })
+        .await
+        .map_err(|e| Error::Corrupt(format!("reading a history failed: {e}")))?;
+        drop(conn);
+        events
+    }
+
     /// The read pool (for tools that keep their state in the same database).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -160,6 +183,74 @@ where
     })
 }
 
+/// One events row as stored, before its payload is parsed.
+struct StoredEvent {
+    seq: i64,
+    event_type: String,
+    recorded_at_ms: i64,
+    actor: String,
+    payload: String,
+    prev_hash: String,
+    hash: String,
+}
+
+fn read_events(
+    c: &rusqlite::Connection,
+    task_id: &str,
+    after_seq: i64,
+    limit: Option<u32>,
+    during: &'static str,
+) -> Result<Vec<RawEvent>, Error> {
+    use super::sqlite_writer::lite;
+    let mut stmt = c
+        .prepare(
+            "SELECT seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash
+             FROM events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .map_err(lite(during))?;
+    // LIMIT -1: no limit.
+    let limit = limit.map_or(-1, i64::from);
+    let mut rows = stmt
+        .query(rusqlite::params![task_id, after_seq, limit])
+        .map_err(lite(during))?;
+    let mut stored = Vec::new();
+    while let Some(r) = rows.next().map_err(lite(during))? {
+        let get_err =
+            |e: rusqlite::Error| Error::Corrupt(format!("events row of task {task_id}: {e}"));
+        stored.push(StoredEvent {
+            seq: r.get(0).map_err(get_err)?,
+            event_type: r.get(1).map_err(get_err)?,
+            recorded_at_ms: r.get(2).map_err(get_err)?,
+            actor: r.get(3).map_err(get_err)?,
+            payload: r.get(4).map_err(get_err)?,
+            prev_hash: r.get(5).map_err(get_err)?,
+            hash: r.get(6).map_err(get_err)?,
+        });
+    }
+    let payloads = super::decode_rows(&stored, |r| {
+        serde_json::from_str(&r.payload).map_err(|e| {
+            Error::Corrupt(format!(
+                "task {task_id} event seq {}: payload is not JSON: {e}",
+                r.seq
+            ))
+        })
+    })?;
+    Ok(stored
+        .into_iter()
+        .zip(payloads)
+        .map(|(r, payload)| RawEvent {
+            task_id: task_id.to_string(),
+            seq: r.seq,
+            event_type: r.event_type,
+            recorded_at_ms: r.recorded_at_ms,
+            actor: r.actor,
+            payload,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        })
+        .collect())
+}
+
 impl Store for SqliteStore {
     fn backend(&self) -> Backend {
         Backend::Sqlite
@@ -170,18 +261,7 @@ impl Store for SqliteStore {
     }
 
     fn load_history(&self, task_id: &str) -> BoxFuture<'_, Result<Vec<RawEvent>, Error>> {
-        let task_id = task_id.to_string();
-        Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash
-                 FROM events WHERE task_id = ?1 ORDER BY seq",
-            )
-            .bind(&task_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(Error::db("load history"))?;
-            super::decode_rows(&rows, |r| event_from_row(&task_id, r))
-        })
+        Box::pin(self.read_events(task_id.to_string(), 0, None, "load history"))
     }
 
     fn load_history_page(
@@ -190,20 +270,12 @@ impl Store for SqliteStore {
         after_seq: i64,
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<RawEvent>, Error>> {
-        let task_id = task_id.to_string();
-        Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash
-                 FROM events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )
-            .bind(&task_id)
-            .bind(after_seq)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(Error::db("load a history page"))?;
-            rows.iter().map(|r| event_from_row(&task_id, r)).collect()
-        })
+        Box::pin(self.read_events(
+            task_id.to_string(),
+            after_seq,
+            Some(limit),
+            "load a history page",
+        ))
     }
 
     fn get_task(&self, task_id: &str) -> BoxFuture<'_, Result<Option<TaskRow>, Error>> {

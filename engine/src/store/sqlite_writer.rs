@@ -97,8 +97,28 @@ impl BatchExecutor for SqliteExecutor {
     }
 }
 
+/// Runs `f` on a rusqlite view of `conn`'s database handle while sqlx's worker
+/// is parked: for reads that would otherwise cross sqlx's channel once per
+/// row. Blocking: call it off the async threads (`spawn_blocking`).
+pub(crate) fn with_direct<R>(
+    conn: &mut SqliteConnection,
+    f: impl FnOnce(&Connection) -> Result<R, Error>,
+) -> Result<R, Error> {
+    let mut lock = futures::executor::block_on(conn.lock_handle())
+        .map_err(Error::db("lock a read connection"))?;
+    // SAFETY: the handle is valid while `conn` is open, which outlives this
+    // call; `lock` parks sqlx's worker until after `direct` is dropped (its
+    // statements finalized), and `from_handle` never closes the handle.
+    let direct = unsafe { Connection::from_handle(lock.as_raw_handle().as_ptr()) }
+        .map_err(lite("wrap a read connection"))?;
+    let result = f(&direct);
+    drop(direct);
+    drop(lock);
+    result
+}
+
 /// Maps a rusqlite error with what was being done.
-fn lite(during: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+pub(crate) fn lite(during: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
     move |source| Error::Sqlite { during, source }
 }
 
