@@ -363,6 +363,43 @@ async fn bad_input_is_refused_naming_the_field(b: Backend) {
         (StatusCode::BAD_REQUEST, Some("unknown_workflow")),
         "{e}"
     );
+    // A deploy input the workflow could only fail on is refused at the
+    // door, naming the field.
+    for (input, field) in [
+        (json!({"service": "web"}), "field version: missing"),
+        (
+            json!({"service": 7, "version": "v1"}),
+            "field service: must be a string",
+        ),
+        (
+            json!({"service": "web", "version": " "}),
+            "field version: must not be empty",
+        ),
+        (
+            json!({"service": "web", "version": "v1", "expect_healthy": "yes"}),
+            "field expect_healthy",
+        ),
+        (json!(["web", "v1"]), "must be a JSON object"),
+    ] {
+        for workflow in ["deploy_with_rollback", "gated_deploy"] {
+            let (s, e) = api
+                .post(
+                    "/v1/tasks",
+                    &agent,
+                    json!({"workflow": workflow, "input": input}),
+                )
+                .await;
+            assert_eq!(
+                (s, e["code"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("invalid_input")),
+                "{workflow} {input}: {e}"
+            );
+            assert!(
+                e["message"].as_str().unwrap().contains(field),
+                "{workflow} {input}: {e}"
+            );
+        }
+    }
     let (s, e) = api
         .post(
             "/v1/tasks",

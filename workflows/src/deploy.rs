@@ -65,9 +65,63 @@ pub(crate) async fn deploy(
     Ok(json!({"service": service, "version": version, "previous_version": previous}))
 }
 
+/// The fields [`deploy`] reads, checked at submission so a task that could
+/// only fail on its first line is never written: `service` and `version`
+/// non-empty strings, `expect_healthy` a boolean when given. Other fields
+/// are kept in the history and not read.
+fn validate_deploy_input(input: &Value) -> Result<(), String> {
+    let Some(fields) = input.as_object() else {
+        return Err(format!(
+            "the input must be a JSON object like {{\"service\": \"checkout\", \"version\": \"v4\"}}, not {}",
+            kind(input)
+        ));
+    };
+    for field in ["service", "version"] {
+        match fields.get(field) {
+            Some(Value::String(v)) if !v.trim().is_empty() => {}
+            Some(Value::String(_)) => {
+                return Err(format!("field {field}: must not be empty"));
+            }
+            Some(other) => {
+                return Err(format!(
+                    "field {field}: must be a string, not {}",
+                    kind(other)
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "field {field}: missing; give the {field} to deploy (e.g. {{\"service\": \"checkout\", \"version\": \"v4\"}})"
+                ));
+            }
+        }
+    }
+    match fields.get("expect_healthy") {
+        None | Some(Value::Null) | Some(Value::Bool(_)) => Ok(()),
+        Some(other) => Err(format!(
+            "field expect_healthy: must be true or false, not {}",
+            kind(other)
+        )),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 impl Workflow for DeployWithRollback {
     fn name(&self) -> &str {
         "deploy_with_rollback"
+    }
+
+    fn validate_input(&self, input: &Value) -> Result<(), String> {
+        validate_deploy_input(input)
     }
 
     fn run(
@@ -169,6 +223,7 @@ impl Workflow for GatedDeploy {
     }
 
     fn validate_input(&self, input: &Value) -> Result<(), String> {
+        validate_deploy_input(input)?;
         match input.get("approval_timeout_ms") {
             None | Some(Value::Null) => Ok(()),
             Some(v) => match v.as_u64() {
