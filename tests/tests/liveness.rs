@@ -14,6 +14,15 @@ use mandate_engine::TaskStatus;
 use mandate_tests::{Backend, Harness, backend_tests};
 use serde_json::json;
 
+/// The task's row once it is final; panics naming `what` if it is not
+/// final within 15 s.
+async fn final_row(h: &Harness, id: &str, what: String) -> mandate_engine::store::TaskRow {
+    h.engine
+        .wait_until_final(id, Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
 const ROUNDS: usize = 40;
 
 async fn signal_right_after_resume_is_taken(b: Backend) {
@@ -47,11 +56,7 @@ async fn signal_right_after_resume_is_taken(b: Backend) {
             )
             .await
             .unwrap();
-        let row = h
-            .engine
-            .wait_until_final(&id, Duration::from_secs(15))
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: the signal was not taken: {e}"));
+        let row = final_row(&h, &id, format!("round {round}: the signal was not taken")).await;
         assert_eq!(row.status, TaskStatus::Completed, "round {round}");
     }
 }
@@ -74,11 +79,7 @@ async fn cancel_right_after_resume_is_taken(b: Backend) {
         h.engine.pause(&id, "user:test", None).await.unwrap();
         h.engine.resume(&id, "user:test").await.unwrap();
         h.engine.cancel(&id, true, "user:test", None).await.unwrap();
-        let row = h
-            .engine
-            .wait_until_final(&id, Duration::from_secs(15))
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: the cancel was not taken: {e}"));
+        let row = final_row(&h, &id, format!("round {round}: the cancel was not taken")).await;
         assert_eq!(row.status, TaskStatus::Cancelled, "round {round}");
     }
 }
@@ -107,11 +108,7 @@ async fn signal_to_an_idle_saga_runs_the_next_stage(b: Backend) {
             .unwrap();
     }
     for id in &ids {
-        let row = h
-            .engine
-            .wait_until_final(id, Duration::from_secs(15))
-            .await
-            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        let row = final_row(&h, id, id.to_string()).await;
         assert_eq!(row.status, TaskStatus::Completed);
     }
 }
@@ -140,11 +137,7 @@ async fn signal_or_cancel_right_after_submit_is_taken(b: Backend) {
                 .await
                 .unwrap();
         }
-        let row = h
-            .engine
-            .wait_until_final(&id, Duration::from_secs(15))
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: not taken: {e}"));
+        let row = final_row(&h, &id, format!("round {round}: not taken")).await;
         let want = if cancel {
             TaskStatus::Cancelled
         } else {

@@ -113,7 +113,7 @@ impl SqliteStore {
         let mut conn = self.pool.acquire().await.map_err(Error::db(during))?;
         let (conn, events) = tokio::task::spawn_blocking(move || {
             let events = super::sqlite_writer::with_direct(&mut conn, |c| {
-                read_events(c, &task_id, after_seq, limit, during)
+                read_event_rows(c, &task_id, after_seq, limit, during)
             });
             (conn, events)
         })
@@ -194,7 +194,7 @@ struct StoredEvent {
     hash: String,
 }
 
-fn read_events(
+fn read_event_rows(
     c: &rusqlite::Connection,
     task_id: &str,
     after_seq: i64,

@@ -205,17 +205,10 @@ fn run(
     let mut outcomes = Vec::new().into_iter();
     let mut wake = false;
     let mut at = 0;
-    let mut first = true;
-    while first || at < ops.len() {
-        if let Some(WriteOp::Extra(write)) = ops.get(at).filter(|_| !first) {
-            results.push(WriteResult::Extra(runtime.block_on(write.on_sqlite(conn))?));
-            at += 1;
-            continue;
-        }
+    loop {
         let end = next_extra(at);
         let segment = &ops[at..end];
-        let begin = first;
-        first = false;
+        let begin = at == 0;
         locked(conn, || -> Result<(), Error> {
             if begin {
                 exec(direct, "BEGIN IMMEDIATE", "begin")?;
@@ -235,7 +228,11 @@ fn run(
             }
             Ok(())
         })??;
-        at = end;
+        let Some(WriteOp::Extra(write)) = ops.get(end) else {
+            break;
+        };
+        results.push(WriteResult::Extra(runtime.block_on(write.on_sqlite(conn))?));
+        at = end + 1;
     }
     Ok((results, wake))
 }
