@@ -688,3 +688,119 @@ async fn a_new_sqlite_database_is_private_to_its_owner() {
         assert_eq!(mode & 0o777, 0o600, "{file} has mode {:o}", mode & 0o777);
     }
 }
+
+/// A write of 64 KiB (sixteen pages) into a scratch table, inside the
+/// writer's transactions: enough WAL to see where checkpoints happen.
+#[derive(Debug)]
+struct Bulk;
+
+impl mandate_engine::store::ExtraWrite for Bulk {
+    fn on_sqlite<'a>(
+        &'a self,
+        conn: &'a mut sqlx::SqliteConnection,
+    ) -> futures::future::BoxFuture<'a, Result<bool, mandate_engine::store::Error>> {
+        Box::pin(async move {
+            sqlx::query("CREATE TABLE IF NOT EXISTS bulk (b BLOB)")
+                .execute(&mut *conn)
+                .await
+                .map_err(mandate_engine::store::Error::db("bulk table"))?;
+            sqlx::query("INSERT INTO bulk (b) VALUES (randomblob(65536))")
+                .execute(&mut *conn)
+                .await
+                .map_err(mandate_engine::store::Error::db("bulk insert"))?;
+            Ok(true)
+        })
+    }
+    fn on_postgres<'a>(
+        &'a self,
+        _conn: &'a mut sqlx::PgConnection,
+    ) -> futures::future::BoxFuture<'a, Result<bool, mandate_engine::store::Error>> {
+        unreachable!("a SQLite-only probe")
+    }
+}
+
+/// A new SQLite store at `db`, with `config`, and the paths of its database
+/// file and WAL.
+async fn sqlite_store(
+    db: &TestDb,
+    config: mandate_engine::store::WriterConfig,
+) -> (
+    std::sync::Arc<dyn mandate_engine::store::Store>,
+    String,
+    String,
+) {
+    let path = db.url.strip_prefix("sqlite://").unwrap().to_string();
+    let store = mandate_engine::store::open_with(&db.url, config)
+        .await
+        .unwrap();
+    (store, path.clone(), format!("{path}-wal"))
+}
+
+fn file_len(path: &str) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The WAL is copied back into the database file by the checkpoint thread,
+/// not by the writer's commits: with the writer's own limit out of reach,
+/// 6.4 MB written through the writer still reach the database file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_wal_is_checkpointed_off_the_writer() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (store, path, _) = sqlite_store(
+        &db,
+        mandate_engine::store::WriterConfig {
+            checkpoint_from_pages: Some(16),
+            wal_limit_pages: 1_000_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let before = file_len(&path);
+    for _ in 0..100 {
+        store.write_extra(std::sync::Arc::new(Bulk)).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while file_len(&path) < before + 100 * 65_536 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the database file is {} bytes 30 s after 6.4 MB were committed (it was {before}): \
+             nothing checkpointed the WAL",
+            file_len(&path)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Should checkpoints fall behind (here the thread is off), the writer's own
+/// commit checkpoints once the WAL reaches its limit: 6.4 MB written, and
+/// the WAL never holds much more than the limit's 100 pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_wal_stays_within_its_limit() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (store, path, wal) = sqlite_store(
+        &db,
+        mandate_engine::store::WriterConfig {
+            checkpoint_from_pages: None,
+            wal_limit_pages: 100,
+            ..Default::default()
+        },
+    )
+    .await;
+    let before = file_len(&path);
+    let mut largest = 0;
+    for _ in 0..100 {
+        store.write_extra(std::sync::Arc::new(Bulk)).await.unwrap();
+        largest = largest.max(file_len(&wal));
+    }
+    // The limit, one batch of 17 pages past it, and slack for SQLite's own
+    // pages; each frame is a 24-byte header and a 4,096-byte page.
+    let bound = 32 + 160 * (24 + 4096);
+    assert!(
+        largest <= bound,
+        "the WAL reached {largest} bytes, past the {bound} a 100-page limit allows"
+    );
+    assert!(
+        file_len(&path) >= before + 90 * 65_536,
+        "the writer's checkpoints copied the WAL into the database file"
+    );
+}

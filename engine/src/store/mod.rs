@@ -16,6 +16,7 @@ pub mod governance;
 mod plan;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_checkpoint;
 mod sqlite_writer;
 pub(crate) mod writer;
 

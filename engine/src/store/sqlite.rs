@@ -45,13 +45,18 @@ fn options(url: &str) -> Result<SqliteConnectOptions, Error> {
         .foreign_keys(false))
 }
 
+/// A database with no file (and no WAL).
+fn in_memory(path: &std::path::Path) -> bool {
+    path.as_os_str().is_empty() || path.as_os_str() == ":memory:"
+}
+
 /// Creates a missing database file readable by its owner only (0600): it
 /// holds every task's input and output and the token hashes. SQLite gives
 /// its `-wal` and `-shm` companions the mode of the database file. An
 /// existing file keeps its mode.
 fn create_private(url: &str, opts: &SqliteConnectOptions) -> Result<(), Error> {
     let path = opts.get_filename();
-    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+    if in_memory(path) {
         return Ok(());
     }
     let mut open = std::fs::OpenOptions::new();
@@ -95,7 +100,13 @@ impl SqliteStore {
                 source,
             })?;
         let wake = Arc::new(Notify::new());
-        let exec = super::sqlite_writer::SqliteExecutor::start(conn).await?;
+        let path = opts.get_filename();
+        let wal = super::sqlite_checkpoint::WalPolicy::start(
+            (!in_memory(path)).then(|| path.to_path_buf()),
+            config.checkpoint_from_pages,
+            config.wal_limit_pages,
+        )?;
+        let exec = super::sqlite_writer::SqliteExecutor::start(conn, wal).await?;
         let writer = Writer::spawn(exec, config, wake.clone());
         Ok(Self { pool, writer, wake })
     }

@@ -24,6 +24,7 @@ use sqlx::SqliteConnection;
 use tokio::sync::oneshot;
 
 use super::plan::{BatchPlan, Current, plan};
+use super::sqlite_checkpoint::WalPolicy;
 use super::writer::{BatchExecutor, BatchResult, WriteOp, WriteResult};
 use super::{AppendOutcome, Error};
 
@@ -38,8 +39,9 @@ pub(crate) struct SqliteExecutor {
 }
 
 impl SqliteExecutor {
-    /// Starts the writer thread on `conn` (the store's one writing connection).
-    pub(crate) async fn start(mut conn: SqliteConnection) -> Result<Self, Error> {
+    /// Starts the writer thread on `conn` (the store's one writing
+    /// connection); `wal` says what to do about the WAL after each commit.
+    pub(crate) async fn start(mut conn: SqliteConnection, wal: WalPolicy) -> Result<Self, Error> {
         let direct = {
             let mut handle = conn
                 .lock_handle()
@@ -53,8 +55,10 @@ impl SqliteExecutor {
             // finalizes its cached statements but never closes the handle.
             // rusqlite and sqlx link the same libsqlite3-sys (Cargo allows
             // one crate that links `sqlite3`).
-            unsafe { Connection::from_handle(handle.as_raw_handle().as_ptr()) }
-                .map_err(lite("wrap the writer connection"))?
+            let direct = unsafe { Connection::from_handle(handle.as_raw_handle().as_ptr()) }
+                .map_err(lite("wrap the writer connection"))?;
+            wal.install(&direct);
+            direct
         };
         direct.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let runtime = tokio::runtime::Handle::current();
@@ -66,6 +70,7 @@ impl SqliteExecutor {
                     direct: Some(direct),
                     conn,
                     runtime,
+                    wal,
                 };
                 while let Ok((ops, reply)) = rx.recv() {
                     let result = thread.transaction(&ops);
@@ -129,6 +134,7 @@ struct Thread {
     conn: SqliteConnection,
     /// For other modules' writes, which are futures on the sqlx connection.
     runtime: tokio::runtime::Handle,
+    wal: WalPolicy,
 }
 
 impl Drop for Thread {
@@ -167,6 +173,7 @@ impl Thread {
             direct,
             conn,
             runtime,
+            wal,
         } = self;
         let direct = direct.as_ref().ok_or(Error::WriterStopped)?;
         let result = run(direct, conn, runtime, ops);
@@ -179,6 +186,8 @@ impl Thread {
                 // Also ends a transaction an error left open; without one
                 // it fails harmlessly.
                 let _ = direct.execute_batch("ROLLBACK");
+            } else {
+                wal.after_commit(direct);
             }
             end
         })??;

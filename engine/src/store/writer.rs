@@ -45,6 +45,14 @@ pub struct WriterConfig {
     pub max_batch: usize,
     /// Bound of the request queue (back-pressure beyond it).
     pub queue_capacity: usize,
+    /// SQLite: the WAL size, in pages, from which a commit wakes a thread of
+    /// its own to copy the WAL back into the database file (a passive
+    /// checkpoint, off the writer's commits); `None` leaves checkpoints to
+    /// the limit below.
+    pub checkpoint_from_pages: Option<u32>,
+    /// SQLite: the WAL size, in pages, from which the writer runs the
+    /// checkpoint itself after its commit, should the thread fall behind.
+    pub wal_limit_pages: u32,
 }
 
 impl Default for WriterConfig {
@@ -52,6 +60,10 @@ impl Default for WriterConfig {
         Self {
             max_batch: 1_000,
             queue_capacity: 10_000,
+            // SQLite's own default for its automatic checkpoint.
+            checkpoint_from_pages: Some(1_000),
+            // 40 MB of 4 KiB pages.
+            wal_limit_pages: 10_000,
         }
     }
 }
