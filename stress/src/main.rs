@@ -38,6 +38,22 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay`: its place in mimalloc.h's `mi_option_t` (the
+/// same in mimalloc 2 and 3); the bindings export no constant for it.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// mimalloc gives freed pages back to the OS 100 ms after they fall empty
+/// rather than its default 1 s (10 s for whole arenas), so memory freed
+/// after a burst leaves the RSS: with 100,000 tasks waiting, peak RSS
+/// 114–117 MB against 124–134 MB, at no measurable CPU cost (README,
+/// Performance); at once (0) costs about 10% more CPU per task. An operator's
+/// `MIMALLOC_PURGE_DELAY` still wins. Called first thing in `main`, before
+/// any other thread exists (mimalloc's options are not thread-safe).
+fn tune_allocator() {
+    // SAFETY: a plain setter of a C global; no other thread runs yet.
+    unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, 100) }
+}
+
 #[derive(Parser)]
 #[command(
     name = "mandate-stress",
@@ -90,6 +106,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    tune_allocator();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
