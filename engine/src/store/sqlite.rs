@@ -30,6 +30,7 @@ pub struct SqliteStore {
     pool: SqlitePool,
     writer: Writer,
     wake: Arc<Notify>,
+    checkpoints: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 fn options(url: &str) -> Result<SqliteConnectOptions, Error> {
@@ -106,9 +107,15 @@ impl SqliteStore {
             config.checkpoint_from_pages,
             config.wal_limit_pages,
         )?;
+        let checkpoints = wal.checkpoints();
         let exec = super::sqlite_writer::SqliteExecutor::start(conn, wal).await?;
         let writer = Writer::spawn(exec, config, wake.clone());
-        Ok(Self { pool, writer, wake })
+        Ok(Self {
+            pool,
+            writer,
+            wake,
+            checkpoints,
+        })
     }
 
     /// A task's events after `after_seq` in seq order (at most `limit`), read
@@ -132,6 +139,13 @@ impl SqliteStore {
         .map_err(|e| Error::Corrupt(format!("reading a history failed: {e}")))?;
         drop(conn);
         events
+    }
+
+    /// How many WAL checkpoints the checkpoint thread has finished, changing
+    /// as each finishes (`None` for a database in memory, or with
+    /// `WriterConfig::checkpoint_from_pages` unset).
+    pub fn wal_checkpoints(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.checkpoints.clone()
     }
 
     /// The read pool (for tools that keep their state in the same database).

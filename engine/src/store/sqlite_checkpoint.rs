@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use rusqlite::hooks::Wal;
 use rusqlite::{Connection, OpenFlags};
+use tokio::sync::watch;
 
 use super::Error;
 use super::sqlite_writer::lite;
@@ -77,6 +78,12 @@ impl WalPolicy {
         })
     }
 
+    /// How many checkpoints the thread has finished, as they finish (`None`
+    /// without the thread).
+    pub(crate) fn checkpoints(&self) -> Option<watch::Receiver<u64>> {
+        self.checkpointer.as_ref().map(|c| c.done.clone())
+    }
+
     /// Installs the WAL hook on the writer connection (its lock held).
     pub(crate) fn install(&self, direct: &Connection) {
         direct.wal_hook(Some(note_wal_pages));
@@ -103,6 +110,7 @@ impl WalPolicy {
 /// The checkpoint thread's handle; the thread stops when it is dropped.
 struct Checkpointer {
     wake: mpsc::SyncSender<()>,
+    done: watch::Receiver<u64>,
 }
 
 impl Checkpointer {
@@ -117,11 +125,16 @@ impl Checkpointer {
         // One pending wake-up is enough: a checkpoint copies everything
         // committed before it starts.
         let (wake, woken) = mpsc::sync_channel::<()>(1);
+        let (finished, done) = watch::channel(0u64);
         std::thread::Builder::new()
             .name("mandate-sqlite-checkpoint".into())
             .spawn(move || {
                 while woken.recv().is_ok() {
-                    match checkpoint(&conn) {
+                    let result = checkpoint(&conn);
+                    if result.is_ok() {
+                        finished.send_modify(|n| *n += 1);
+                    }
+                    match result {
                         Ok((log, copied)) if copied < log => std::thread::sleep(PINNED_RETRY),
                         Ok(_) => {}
                         // The writer's own limit still bounds the WAL.
@@ -135,7 +148,7 @@ impl Checkpointer {
             .map_err(|e| {
                 Error::Corrupt(format!("cannot start the SQLite checkpoint thread: {e}"))
             })?;
-        Ok(Self { wake })
+        Ok(Self { wake, done })
     }
 
     /// Never blocks.
