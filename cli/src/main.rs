@@ -29,8 +29,9 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// mimalloc gives freed pages back to the OS 100 ms after they fall empty
 /// rather than its default 1 s (10 s for whole arenas), so memory freed
 /// after a burst leaves the RSS: with 100,000 tasks waiting, peak RSS
-/// 114–117 MB against 124–134 MB, at no measurable CPU cost (README,
-/// Performance); at once (0) costs about 10% more CPU per task. An operator's
+/// 116.5–118.5 MB against 120.6–142.9 MB on SQLite, at no measurable CPU
+/// cost (README, Performance); at once (0) costs about 13% more CPU per
+/// task. An operator's
 /// `MIMALLOC_PURGE_DELAY` still wins. Called first thing in `main`, before
 /// any other thread exists (mimalloc's options are not thread-safe).
 fn tune_allocator() {

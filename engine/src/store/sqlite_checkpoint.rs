@@ -52,8 +52,6 @@ fn note_wal_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
 /// What the writer's thread does about the WAL after each commit.
 pub(crate) struct WalPolicy {
     checkpointer: Option<Checkpointer>,
-    /// WAL pages from which the checkpoint thread is woken.
-    wake_from: u32,
     /// WAL pages from which the writer checkpoints itself.
     limit: u32,
 }
@@ -68,12 +66,11 @@ impl WalPolicy {
         limit: u32,
     ) -> Result<Self, Error> {
         let checkpointer = match (path, wake_from) {
-            (Some(path), Some(_)) => Some(Checkpointer::start(path)?),
+            (Some(path), Some(wake_from)) => Some(Checkpointer::start(path, wake_from)?),
             _ => None,
         };
         Ok(Self {
             checkpointer,
-            wake_from: wake_from.unwrap_or(u32::MAX),
             limit,
         })
     }
@@ -99,8 +96,8 @@ impl WalPolicy {
             if let Err(e) = checkpoint(direct) {
                 tracing::warn!(error = %e, pages, "the writer's WAL checkpoint failed");
             }
-        } else if pages >= self.wake_from
-            && let Some(c) = &self.checkpointer
+        } else if let Some(c) = &self.checkpointer
+            && pages >= c.wake_from
         {
             c.wake();
         }
@@ -109,6 +106,8 @@ impl WalPolicy {
 
 /// The checkpoint thread's handle; the thread stops when it is dropped.
 struct Checkpointer {
+    /// WAL pages from which a commit wakes the thread.
+    wake_from: u32,
     wake: mpsc::SyncSender<()>,
     done: watch::Receiver<u64>,
 }
@@ -116,7 +115,7 @@ struct Checkpointer {
 impl Checkpointer {
     /// Starts the thread on its own connection to the database file at
     /// `path` (already in WAL mode).
-    fn start(path: PathBuf) -> Result<Self, Error> {
+    fn start(path: PathBuf, wake_from: u32) -> Result<Self, Error> {
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -130,13 +129,13 @@ impl Checkpointer {
             .name("mandate-sqlite-checkpoint".into())
             .spawn(move || {
                 while woken.recv().is_ok() {
-                    let result = checkpoint(&conn);
-                    if result.is_ok() {
-                        finished.send_modify(|n| *n += 1);
-                    }
-                    match result {
-                        Ok((log, copied)) if copied < log => std::thread::sleep(PINNED_RETRY),
-                        Ok(_) => {}
+                    match checkpoint(&conn) {
+                        Ok((log, copied)) => {
+                            finished.send_modify(|n| *n += 1);
+                            if copied < log {
+                                std::thread::sleep(PINNED_RETRY);
+                            }
+                        }
                         // The writer's own limit still bounds the WAL.
                         Err(e) => {
                             tracing::warn!(error = %e, "a passive WAL checkpoint failed");
@@ -148,7 +147,11 @@ impl Checkpointer {
             .map_err(|e| {
                 Error::Corrupt(format!("cannot start the SQLite checkpoint thread: {e}"))
             })?;
-        Ok(Self { wake, done })
+        Ok(Self {
+            wake_from,
+            wake,
+            done,
+        })
     }
 
     /// Never blocks.
