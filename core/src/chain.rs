@@ -94,9 +94,9 @@ pub fn canonical_bytes(
     out.extend_from_slice(b",\"payload\":");
     jcs::write_value(&mut out, payload)?;
     out.extend_from_slice(b",\"recorded_at_ms\":");
-    jcs::write_number(&mut out, recorded_at_ms as f64)?;
+    jcs::write_int(&mut out, recorded_at_ms)?;
     out.extend_from_slice(b",\"seq\":");
-    jcs::write_number(&mut out, seq as f64)?;
+    jcs::write_int(&mut out, seq)?;
     out.extend_from_slice(b",\"task_id\":");
     jcs::write_str(&mut out, task_id);
     out.extend_from_slice(b",\"type\":");

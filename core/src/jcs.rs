@@ -34,10 +34,16 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), String> {
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Number(n) => {
-            let f = n
-                .as_f64()
-                .ok_or_else(|| format!("number {n} has no IEEE-754 double"))?;
-            write_number(out, f)?;
+            if let Some(i) = n.as_i64() {
+                write_int(out, i)?;
+            } else if let Some(u) = n.as_u64().filter(|u| *u <= MAX_SAFE_INT) {
+                out.extend_from_slice(itoa::Buffer::new().format(u).as_bytes());
+            } else {
+                let f = n
+                    .as_f64()
+                    .ok_or_else(|| format!("number {n} has no IEEE-754 double"))?;
+                write_number(out, f)?;
+            }
         }
         Value::String(s) => write_str(out, s),
         Value::Array(items) => {
@@ -66,6 +72,22 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// 2^53: integers up to it in magnitude are doubles exactly, and
+/// ECMAScript writes them as their decimal digits.
+const MAX_SAFE_INT: u64 = 1 << 53;
+
+/// An integer as ECMAScript writes its double: its digits when the double
+/// holds it exactly (the common case: seqs, times, counts, without a trip
+/// through the shortest-double formatter), otherwise as [`write_number`].
+pub fn write_int(out: &mut Vec<u8>, i: i64) -> Result<(), String> {
+    if i.unsigned_abs() <= MAX_SAFE_INT {
+        out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+        Ok(())
+    } else {
+        write_number(out, i as f64)
+    }
 }
 
 /// A number as ECMAScript writes its double.
@@ -201,7 +223,7 @@ mod tests {
             (0..n).map(|_| *self.pick(&parts)).collect()
         }
         fn number(&mut self) -> Value {
-            match self.next() % 9 {
+            match self.next() % 10 {
                 0 => json!(self.next() as i64),
                 1 => json!(self.next()),
                 2 => json!((self.next() % 2_000) as i64 - 1_000),
@@ -210,6 +232,17 @@ mod tests {
                 5 => json!(f64::from_bits(self.next() >> 2)),
                 6 => json!((self.next() % 1_000_000) as f64 / 1_000.0),
                 7 => json!(1e21),
+                // The edges of the integers written as digits (2^53).
+                8 => self
+                    .pick(&[
+                        json!(9_007_199_254_740_992i64),
+                        json!(-9_007_199_254_740_992i64),
+                        json!(9_007_199_254_740_992u64),
+                        json!(-9_007_199_254_740_993i64),
+                        json!(i64::MIN),
+                        json!(u64::MAX),
+                    ])
+                    .clone(),
                 _ => json!(5e-7),
             }
         }
