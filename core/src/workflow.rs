@@ -1178,10 +1178,22 @@ pub fn check_history(
     workflow: &dyn Workflow,
     history: &[super::event::Event],
 ) -> Result<(), NonDeterminism> {
+    if history.is_empty() {
+        return Ok(());
+    }
+    check_folded_history(workflow, history, &super::state::TaskState::fold(history))
+}
+
+/// [`check_history`] for a caller that has folded `history` into `state`
+/// already (an audit does), so it is not folded twice.
+pub fn check_folded_history(
+    workflow: &dyn Workflow,
+    history: &[super::event::Event],
+    state: &super::state::TaskState,
+) -> Result<(), NonDeterminism> {
     let Some(first) = history.first() else {
         return Ok(());
     };
-    let state = super::state::TaskState::fold(history);
     let recorded_end = history.iter().find_map(|e| match &e.payload {
         EventPayload::TaskCompleted { output } => Some((e.seq, Ok(output.clone()))),
         EventPayload::WorkflowFailed { error } => Some((e.seq, Err(error.clone()))),

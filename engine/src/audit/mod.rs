@@ -28,7 +28,7 @@ use serde_json::Value;
 use crate::core::chain::RawEvent;
 use crate::core::event::{self, Event};
 use crate::core::state::{PendingTimer, TaskState, TaskStatus};
-use crate::core::workflow::{WorkflowRegistry, check_history};
+use crate::core::workflow::{WorkflowRegistry, check_folded_history};
 use crate::store::{self, Store, TaskRow};
 
 pub use chain::{BreakKind, ChainBreak, ChainVerdict, check_chain};
@@ -326,21 +326,41 @@ pub fn audit_stored(
     } else {
         None
     };
-    let chain = check_chain(task_id, &stored.events, anchor);
-
     // Parse what parses, even on a broken chain: the timeline still shows it.
-    let mut events = Vec::with_capacity(stored.events.len());
-    let mut unparseable = None;
-    for raw in &stored.events {
-        match event::parse(raw) {
-            Ok(e) => events.push(e),
-            Err(message) => {
-                unparseable = Some(message);
-                break;
+    let parse_and_fold = || {
+        let mut events = Vec::with_capacity(stored.events.len());
+        let mut unparseable = None;
+        for raw in &stored.events {
+            match event::parse(raw) {
+                Ok(e) => events.push(e),
+                Err(message) => {
+                    unparseable = Some(message);
+                    break;
+                }
             }
         }
-    }
-    let state = (unparseable.is_none() && !events.is_empty()).then(|| TaskState::fold(&events));
+        let state = (unparseable.is_none() && !events.is_empty()).then(|| TaskState::fold(&events));
+        (events, unparseable, state)
+    };
+    // A long history's chain is checked on another thread while this one
+    // parses and folds it (the two only read the rows); a short one's,
+    // nearly all, here, where a thread would cost more than it saves.
+    let (chain, (events, unparseable, state)) =
+        if stored.events.len() >= crate::store::PARALLEL_DECODE_FROM {
+            std::thread::scope(|scope| {
+                let chain = scope.spawn(|| check_chain(task_id, &stored.events, anchor));
+                let parsed = parse_and_fold();
+                (
+                    chain.join().expect("checking a chain does not panic"),
+                    parsed,
+                )
+            })
+        } else {
+            (
+                check_chain(task_id, &stored.events, anchor),
+                parse_and_fold(),
+            )
+        };
 
     let projection = match (&state, &unparseable) {
         _ if !stored.consistent => ProjectionVerdict::NotChecked {
@@ -392,7 +412,7 @@ pub fn audit_stored(
                     workflows.names().join(", ")
                 ),
             },
-            Some(wf) => match check_history(wf.as_ref(), &events) {
+            Some(wf) => match check_folded_history(wf.as_ref(), &events, state) {
                 Ok(()) => DeterminismVerdict::Ok,
                 Err(nd) => DeterminismVerdict::NonDeterminism {
                     seq: nd.seq,

@@ -40,8 +40,14 @@ fn registry(tool: &'static str) -> WorkflowRegistry {
 
 /// A completed `echo` task and the rows a faithful store holds for it.
 fn completed() -> StoredTask {
+    completed_then_signalled(0)
+}
+
+/// [`completed`], with `signals` signals recorded after it completed: a
+/// history as long as wanted.
+fn completed_then_signalled(signals: usize) -> StoredTask {
     use EventPayload as E;
-    let new = [
+    let mut new = vec![
         // 1
         NewEvent {
             actor: "agent:a".into(),
@@ -91,6 +97,14 @@ fn completed() -> StoredTask {
             output: json!({"x": 1}),
         }),
     ];
+    new.extend((0..signals).map(|i| NewEvent {
+        actor: "user:u".into(),
+        payload: E::SignalReceived {
+            name: "late".into(),
+            payload: json!({"i": i}),
+            sender: "user:u".into(),
+        },
+    }));
     let sealed = seal("t", 0, "", 1_000, &new);
     let state = TaskState::fold(sealed.iter().map(|(e, _)| e));
     let p = projection(&state, 1_000);
@@ -158,6 +172,50 @@ fn a_broken_chain_outranks_a_projection_mismatch_and_is_not_replayed() {
         a.problem()
             .unwrap()
             .starts_with("hash chain broken at seq 3 (hash_mismatch)")
+    );
+}
+
+/// A history long enough that its chain is checked on another thread
+/// while it is parsed and folded gets the verdicts a short one gets.
+#[test]
+fn a_long_history_is_judged_as_a_short_one() {
+    let n = crate::store::PARALLEL_DECODE_FROM + 100;
+    let s = completed_then_signalled(n);
+    let a = audit(&s, "test.echo");
+    assert_eq!(a.verdict, Verdict::Ok, "{:?}", a.problem());
+    assert_eq!((a.event_count, a.events.len()), (n + 5, n + 5));
+    assert_eq!(a.determinism, DeterminismVerdict::Ok);
+
+    let mut s = completed_then_signalled(n);
+    let late = s.events.len() - 7;
+    s.events[late].payload["payload"] = json!({"i": -1});
+    let a = audit(&s, "test.echo");
+    assert_eq!(a.verdict, Verdict::ChainBroken);
+    let ChainVerdict::Broken(b) = &a.chain else {
+        unreachable!()
+    };
+    assert_eq!((b.seq, b.kind), (late as i64 + 1, BreakKind::HashMismatch));
+    assert!(matches!(
+        a.determinism,
+        DeterminismVerdict::NotChecked {
+            reason: NotCheckedReason::ChainBroken,
+            ..
+        }
+    ));
+
+    let changed = audit_stored(
+        "t",
+        &completed_then_signalled(n),
+        &registry("test.other"),
+        &AuditOptions::default(),
+    );
+    assert!(
+        matches!(
+            changed.determinism,
+            DeterminismVerdict::NonDeterminism { seq: 3, .. }
+        ),
+        "{:?}",
+        changed.determinism
     );
 }
 
