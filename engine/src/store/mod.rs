@@ -392,7 +392,180 @@ where
     })
 }
 
+/// Rows in each part [`decode_while_reading`] hands to a decoding thread.
+const DECODE_CHUNK: usize = 512;
+
+/// Reads rows with `next` (on this thread: a cursor is not `Send`) and
+/// decodes them in order with `decode`. A long result's rows are decoded on
+/// other threads while the rest are read, in parts of [`DECODE_CHUNK`]; this
+/// thread joins the decoding once it has read the last row. Short results
+/// (under [`PARALLEL_DECODE_FROM`]), nearly all, are decoded here. The first
+/// error in row order is the one returned, as [`decode_rows`] returns it; a
+/// read error is returned at once.
+pub(crate) fn decode_while_reading<R, T, N, F>(mut next: N, decode: F) -> Result<Vec<T>, Error>
+where
+    R: Send,
+    T: Send,
+    N: FnMut() -> Result<Option<R>, Error>,
+    F: Fn(R) -> Result<T, Error> + Sync,
+{
+    let mut head = Vec::new();
+    while head.len() < PARALLEL_DECODE_FROM {
+        match next()? {
+            Some(r) => head.push(r),
+            None => return head.into_iter().map(&decode).collect(),
+        }
+    }
+    let helpers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+        - 1;
+    if helpers == 0 {
+        while let Some(r) = next()? {
+            head.push(r);
+        }
+        return head.into_iter().map(&decode).collect();
+    }
+    // Parts go out numbered, and come back numbered, in any order.
+    type Part<R> = (usize, Vec<R>);
+    type Decoded<T> = (usize, Result<Vec<T>, Error>);
+    let (tx, rx) = std::sync::mpsc::channel::<Part<R>>();
+    let rx = std::sync::Mutex::new(rx);
+    let done: std::sync::Mutex<Vec<Decoded<T>>> = Default::default();
+    let work = || {
+        loop {
+            // The lock is held only to take a part, not to decode it.
+            let part = rx.lock().expect("decode queue").recv();
+            let Ok((index, rows)) = part else { return };
+            let decoded = rows.into_iter().map(&decode).collect();
+            done.lock().expect("decoded parts").push((index, decoded));
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..helpers {
+            scope.spawn(work);
+        }
+        let mut parts = 0;
+        let mut send = |rows: Vec<R>| {
+            // The helpers outlive the sender: a send cannot fail.
+            let _ = tx.send((parts, rows));
+            parts += 1;
+        };
+        let mut rest = head.split_off(DECODE_CHUNK);
+        send(head);
+        while !rest.is_empty() {
+            let more = rest.split_off(DECODE_CHUNK.min(rest.len()));
+            send(std::mem::replace(&mut rest, more));
+        }
+        let mut part = Vec::with_capacity(DECODE_CHUNK);
+        let read = loop {
+            match next() {
+                Ok(Some(r)) => {
+                    part.push(r);
+                    if part.len() == DECODE_CHUNK {
+                        send(std::mem::replace(
+                            &mut part,
+                            Vec::with_capacity(DECODE_CHUNK),
+                        ));
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        if !part.is_empty() {
+            send(part);
+        }
+        drop(tx);
+        work();
+        read
+    })?;
+    let mut parts = done.into_inner().expect("decoded parts");
+    parts.sort_unstable_by_key(|(index, _)| *index);
+    let mut out = Vec::new();
+    for (_, decoded) in parts {
+        out.extend(decoded?);
+    }
+    Ok(out)
+}
+
 pub(crate) fn status_from_db(s: &str) -> Result<TaskStatus, Error> {
     TaskStatus::parse(s)
         .ok_or_else(|| Error::Corrupt(format!("unknown task status {s:?} in tasks table")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows `0..n` read one by one; decoding row `i` gives `i * 2`, or an
+    /// error naming `i` where `bad` says so.
+    fn run(n: usize, bad: impl Fn(usize) -> bool + Sync) -> Result<Vec<usize>, Error> {
+        let mut rows = 0..n;
+        decode_while_reading(
+            || Ok(rows.next()),
+            |i| {
+                if bad(i) {
+                    Err(Error::Corrupt(format!("row {i}")))
+                } else {
+                    Ok(i * 2)
+                }
+            },
+        )
+    }
+
+    #[test]
+    fn rows_decoded_while_reading_keep_their_order() {
+        for n in [
+            0,
+            1,
+            PARALLEL_DECODE_FROM - 1,
+            PARALLEL_DECODE_FROM,
+            PARALLEL_DECODE_FROM + 1,
+            PARALLEL_DECODE_FROM + DECODE_CHUNK * 7 + 3,
+        ] {
+            let out = run(n, |_| false).unwrap();
+            assert_eq!(out, (0..n).map(|i| i * 2).collect::<Vec<_>>(), "{n} rows");
+        }
+    }
+
+    #[test]
+    fn the_first_bad_row_in_row_order_is_the_error() {
+        let n = PARALLEL_DECODE_FROM + DECODE_CHUNK * 7;
+        // A bad row early in the last part and one late in the first.
+        let e = run(n, |i| i == n - DECODE_CHUNK + 1 || i == DECODE_CHUNK - 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            Error::Corrupt(format!("row {}", DECODE_CHUNK - 1)).to_string()
+        );
+        let e = run(n, |i| i == n - 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            Error::Corrupt(format!("row {}", n - 1)).to_string()
+        );
+        let e = run(10, |i| i == 3).unwrap_err();
+        assert_eq!(e.to_string(), Error::Corrupt("row 3".into()).to_string());
+    }
+
+    #[test]
+    fn a_read_error_is_returned() {
+        for fail_at in [5, PARALLEL_DECODE_FROM + DECODE_CHUNK + 2] {
+            let mut read = 0;
+            let r = decode_while_reading(
+                || {
+                    read += 1;
+                    if read == fail_at {
+                        Err(Error::Corrupt("the cursor broke".into()))
+                    } else {
+                        Ok(Some(read))
+                    }
+                },
+                Ok,
+            );
+            assert_eq!(
+                r.unwrap_err().to_string(),
+                Error::Corrupt("the cursor broke".into()).to_string()
+            );
+        }
+    }
 }

@@ -238,11 +238,12 @@ fn read_event_rows(
     let mut rows = stmt
         .query(rusqlite::params![task_id, after_seq, limit])
         .map_err(lite(during))?;
-    let mut stored = Vec::new();
-    while let Some(r) = rows.next().map_err(lite(during))? {
-        let get_err =
-            |e: rusqlite::Error| Error::Corrupt(format!("events row of task {task_id}: {e}"));
-        stored.push(StoredEvent {
+    let get_err = |e: rusqlite::Error| Error::Corrupt(format!("events row of task {task_id}: {e}"));
+    let next = || -> Result<Option<StoredEvent>, Error> {
+        let Some(r) = rows.next().map_err(lite(during))? else {
+            return Ok(None);
+        };
+        Ok(Some(StoredEvent {
             seq: r.get(0).map_err(get_err)?,
             event_type: r.get(1).map_err(get_err)?,
             recorded_at_ms: r.get(2).map_err(get_err)?,
@@ -250,30 +251,25 @@ fn read_event_rows(
             payload: r.get(4).map_err(get_err)?,
             prev_hash: r.get(5).map_err(get_err)?,
             hash: r.get(6).map_err(get_err)?,
-        });
-    }
-    let payloads = super::decode_rows(&stored, |r| {
-        serde_json::from_str(&r.payload).map_err(|e| {
-            Error::Corrupt(format!(
-                "task {task_id} event seq {}: payload is not JSON: {e}",
-                r.seq
-            ))
-        })
-    })?;
-    Ok(stored
-        .into_iter()
-        .zip(payloads)
-        .map(|(r, payload)| RawEvent {
+        }))
+    };
+    super::decode_while_reading(next, |r: StoredEvent| {
+        Ok(RawEvent {
             task_id: task_id.to_string(),
+            payload: serde_json::from_str(&r.payload).map_err(|e| {
+                Error::Corrupt(format!(
+                    "task {task_id} event seq {}: payload is not JSON: {e}",
+                    r.seq
+                ))
+            })?,
             seq: r.seq,
             event_type: r.event_type,
             recorded_at_ms: r.recorded_at_ms,
             actor: r.actor,
-            payload,
             prev_hash: r.prev_hash,
             hash: r.hash,
         })
-        .collect())
+    })
 }
 
 impl Store for SqliteStore {
