@@ -34,10 +34,9 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), String> {
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Number(n) => {
+            // A u64 beyond i64 is beyond 2^53 too: it goes through the double.
             if let Some(i) = n.as_i64() {
                 write_int(out, i)?;
-            } else if let Some(u) = n.as_u64().filter(|u| *u <= MAX_SAFE_INT) {
-                out.extend_from_slice(itoa::Buffer::new().format(u).as_bytes());
             } else {
                 let f = n
                     .as_f64()

@@ -96,9 +96,7 @@ pub const PARALLEL_FROM: usize = 2_048;
 /// Every event's recomputed hash, in order: on up to four threads for a
 /// long history, none (left to the verifier) for a short one.
 fn recompute_hashes(raw: &[RawEvent]) -> Vec<Result<String, String>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4);
+    let threads = crate::store::decode_threads();
     if raw.len() < PARALLEL_FROM || threads < 2 {
         return Vec::new();
     }

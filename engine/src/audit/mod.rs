@@ -345,22 +345,21 @@ pub fn audit_stored(
     // A long history's chain is checked on another thread while this one
     // parses and folds it (the two only read the rows); a short one's,
     // nearly all, here, where a thread would cost more than it saves.
-    let (chain, (events, unparseable, state)) =
-        if stored.events.len() >= crate::store::PARALLEL_DECODE_FROM {
-            std::thread::scope(|scope| {
-                let chain = scope.spawn(|| check_chain(task_id, &stored.events, anchor));
-                let parsed = parse_and_fold();
-                (
-                    chain.join().expect("checking a chain does not panic"),
-                    parsed,
-                )
-            })
-        } else {
+    let (chain, (events, unparseable, state)) = if stored.events.len() >= chain::PARALLEL_FROM {
+        std::thread::scope(|scope| {
+            let chain = scope.spawn(|| check_chain(task_id, &stored.events, anchor));
+            let parsed = parse_and_fold();
             (
-                check_chain(task_id, &stored.events, anchor),
-                parse_and_fold(),
+                chain.join().expect("checking a chain does not panic"),
+                parsed,
             )
-        };
+        })
+    } else {
+        (
+            check_chain(task_id, &stored.events, anchor),
+            parse_and_fold(),
+        )
+    };
 
     let projection = match (&state, &unparseable) {
         _ if !stored.consistent => ProjectionVerdict::NotChecked {

@@ -179,7 +179,7 @@ fn a_broken_chain_outranks_a_projection_mismatch_and_is_not_replayed() {
 /// while it is parsed and folded gets the verdicts a short one gets.
 #[test]
 fn a_long_history_is_judged_as_a_short_one() {
-    let n = crate::store::PARALLEL_DECODE_FROM + 100;
+    let n = chain::PARALLEL_FROM + 100;
     let s = completed_then_signalled(n);
     let a = audit(&s, "test.echo");
     assert_eq!(a.verdict, Verdict::Ok, "{:?}", a.problem());

@@ -360,6 +360,14 @@ pub async fn open_with(url: &str, config: WriterConfig) -> Result<Arc<dyn Store>
 /// the caller's.
 pub const PARALLEL_DECODE_FROM: usize = 2_048;
 
+/// Threads a long history's rows (or hashes) are worked on: the machine's
+/// parallelism, at most four.
+pub(crate) fn decode_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+}
+
 /// Decodes `rows` in order with `decode`: on up to four threads for a long
 /// history. The first error in row order is the one returned, as when
 /// decoding one row after another.
@@ -369,9 +377,7 @@ where
     T: Send,
     F: Fn(&R) -> Result<T, Error> + Sync,
 {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4);
+    let threads = decode_threads();
     if rows.len() < PARALLEL_DECODE_FROM || threads < 2 {
         return rows.iter().map(decode).collect();
     }
@@ -416,10 +422,7 @@ where
             None => return head.into_iter().map(&decode).collect(),
         }
     }
-    let helpers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4)
-        - 1;
+    let helpers = decode_threads() - 1;
     if helpers == 0 {
         while let Some(r) = next()? {
             head.push(r);
@@ -451,15 +454,15 @@ where
             let _ = tx.send((parts, rows));
             parts += 1;
         };
-        let mut rest = head.split_off(DECODE_CHUNK);
-        send(head);
-        while !rest.is_empty() {
-            let more = rest.split_off(DECODE_CHUNK.min(rest.len()));
-            send(std::mem::replace(&mut rest, more));
-        }
+        // The rows read already go out first, then the rest as they come.
+        let mut head = head.into_iter();
         let mut part = Vec::with_capacity(DECODE_CHUNK);
         let read = loop {
-            match next() {
+            let row = match head.next() {
+                Some(r) => Ok(Some(r)),
+                None => next(),
+            };
+            match row {
                 Ok(Some(r)) => {
                     part.push(r);
                     if part.len() == DECODE_CHUNK {
