@@ -203,6 +203,96 @@ pub(crate) async fn wait_all_final(
     Ok(())
 }
 
+/// Final updates watched from before a batch is submitted, so that waiting
+/// for the batch reads nothing from the store unless updates were missed:
+/// the per-task status reads `wait_all_final` starts with would be counted
+/// in the CPU per task, and they are the client's cost, not the engine's.
+pub(crate) struct Finals {
+    seen: Arc<Mutex<FinalsSeen>>,
+    notify: Arc<tokio::sync::Notify>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct FinalsSeen {
+    ids: std::collections::HashSet<String>,
+    /// Updates were dropped (the channel lagged): stragglers must be read.
+    lagged: bool,
+}
+
+impl Finals {
+    /// Starts watching `engine`'s updates (its own task drains them while
+    /// the batch is submitted, so the channel rarely lags).
+    pub(crate) fn start(engine: &Engine) -> Self {
+        let mut updates = engine.subscribe();
+        let seen = Arc::new(Mutex::new(FinalsSeen::default()));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let (s, n) = (seen.clone(), notify.clone());
+        let watcher = tokio::spawn(async move {
+            loop {
+                match updates.recv().await {
+                    Ok(u) if u.status.is_final() => {
+                        s.lock().expect("finals").ids.insert(u.task_id);
+                        n.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        s.lock().expect("finals").lagged = true;
+                        n.notify_one();
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Self {
+            seen,
+            notify,
+            watcher,
+        }
+    }
+
+    /// Waits until every id in `ids` was seen final.
+    pub(crate) async fn wait(
+        &self,
+        engine: &Engine,
+        ids: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pending: Vec<&String> = ids.iter().collect();
+        loop {
+            let lagged = {
+                let mut seen = self.seen.lock().expect("finals");
+                pending.retain(|id| !seen.ids.contains(id.as_str()));
+                std::mem::take(&mut seen.lagged)
+            };
+            if lagged {
+                // Some updates were missed: read the stragglers.
+                let mut still = Vec::new();
+                for id in pending {
+                    if !engine.task(id).await?.status.is_final() {
+                        still.push(id);
+                    }
+                }
+                pending = still;
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = self.notify.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => anyhow::bail!("{} tasks not final after {timeout:?}", pending.len()),
+            }
+        }
+    }
+}
+
+impl Drop for Finals {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
 /// Every figure of one store.
 #[derive(Debug, Default)]
 pub struct Figures {
@@ -546,8 +636,10 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
         ..WorkerConfig::default()
     });
     // Warm up (connections, caches).
+    let finals = Finals::start(&engine);
     let warm = submit_five_step(&engine, 50).await?;
-    wait_all_final(&engine, &warm, Duration::from_secs(60)).await?;
+    finals.wait(&engine, &warm, Duration::from_secs(60)).await?;
+    drop(finals);
 
     // Latency: one task at a time.
     let mut lat = Vec::with_capacity(args.latency_tasks);
@@ -572,8 +664,9 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
         let (u0, s0) = crate::stats::process_cpu_s();
         let server0 = postgres.then(crate::stats::postgres_server_cpu_s).flatten();
         let t0 = Instant::now();
+        let finals = Finals::start(&engine);
         let ids = submit_five_step(&engine, args.tasks).await?;
-        wait_all_final(&engine, &ids, Duration::from_secs(600)).await?;
+        finals.wait(&engine, &ids, Duration::from_secs(600)).await?;
         runs.push(args.tasks as f64 / t0.elapsed().as_secs_f64());
         let (u1, s1) = crate::stats::process_cpu_s();
         let per = |d: f64| d * 1e3 / args.tasks as f64;
@@ -946,4 +1039,53 @@ async fn raw_append_rate(engine: &Engine, n: usize) -> anyhow::Result<f64> {
         }
     }
     Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Finals` sees tasks that ended before `wait` was called (after it
+    /// started), and falls back to reading the store when updates were lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn finals_sees_every_task_of_a_batch() -> anyhow::Result<()> {
+        let fresh = FreshDb::create("sqlite").await?;
+        let engine = engine_on(&fresh.url, None).await?;
+        let worker = engine.start_worker(WorkerConfig::default());
+
+        let finals = Finals::start(&engine);
+        let ids = submit_five_step(&engine, 20).await?;
+        // Let them all end before waiting: their updates must not be lost.
+        for id in &ids {
+            engine.wait_until_final(id, Duration::from_secs(30)).await?;
+        }
+        finals.wait(&engine, &ids, Duration::from_secs(30)).await?;
+        for id in &ids {
+            assert_eq!(engine.task(id).await?.status, TaskStatus::Completed);
+        }
+
+        // Updates lost to a lagging channel: the stragglers are read instead.
+        let lost = Finals::start(&engine);
+        lost.watcher.abort();
+        let more = submit_five_step(&engine, 5).await?;
+        for id in &more {
+            engine.wait_until_final(id, Duration::from_secs(30)).await?;
+        }
+        lost.seen.lock().expect("finals").lagged = true;
+        lost.wait(&engine, &more, Duration::from_secs(30)).await?;
+
+        // Without the fallback nothing would end this wait: a task never seen
+        // final times out with how many are missing.
+        let never = Finals::start(&engine);
+        never.watcher.abort();
+        let err = never
+            .wait(&engine, &more, Duration::from_millis(200))
+            .await
+            .expect_err("no updates and no lag: nothing is seen final");
+        assert!(err.to_string().contains("5 tasks not final"), "{err}");
+
+        worker.shutdown().await;
+        fresh.drop_now().await;
+        Ok(())
+    }
 }
