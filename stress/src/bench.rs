@@ -215,7 +215,8 @@ pub(crate) struct Finals {
 
 #[derive(Default)]
 struct FinalsSeen {
-    ids: std::collections::HashSet<String>,
+    /// Seen final since `wait` last looked.
+    fresh: Vec<String>,
     /// Updates were dropped (the channel lagged): stragglers must be read.
     lagged: bool,
 }
@@ -232,7 +233,7 @@ impl Finals {
             loop {
                 match updates.recv().await {
                     Ok(u) if u.status.is_final() => {
-                        s.lock().expect("finals").ids.insert(u.task_id);
+                        s.lock().expect("finals").fresh.push(u.task_id);
                         n.notify_one();
                     }
                     Ok(_) => {}
@@ -251,7 +252,8 @@ impl Finals {
         }
     }
 
-    /// Waits until every id in `ids` was seen final.
+    /// Waits until every id in `ids` was seen final. Each final update is
+    /// looked at once, so one `Finals` serves one wait.
     pub(crate) async fn wait(
         &self,
         engine: &Engine,
@@ -259,19 +261,24 @@ impl Finals {
         timeout: Duration,
     ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pending: Vec<&String> = ids.iter().collect();
+        let mut pending: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         loop {
-            let lagged = {
+            let (fresh, lagged) = {
                 let mut seen = self.seen.lock().expect("finals");
-                pending.retain(|id| !seen.ids.contains(id.as_str()));
-                std::mem::take(&mut seen.lagged)
+                (
+                    std::mem::take(&mut seen.fresh),
+                    std::mem::take(&mut seen.lagged),
+                )
             };
+            for id in &fresh {
+                pending.remove(id.as_str());
+            }
             if lagged {
                 // Some updates were missed: read the stragglers.
-                let mut still = Vec::new();
+                let mut still = std::collections::HashSet::new();
                 for id in pending {
                     if !engine.task(id).await?.status.is_final() {
-                        still.push(id);
+                        still.insert(id);
                     }
                 }
                 pending = still;
