@@ -168,39 +168,18 @@ pub(crate) async fn submit_five_step(engine: &Engine, n: usize) -> anyhow::Resul
     )
 }
 
-/// Waits until every id in `ids` is final, counting final updates.
+/// Waits until every id in `ids` is final, when some may have ended before
+/// anyone listened: each is read once, then final updates are counted.
 pub(crate) async fn wait_all_final(
     engine: &Engine,
     ids: &[String],
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let mut updates = engine.subscribe();
-    // Tasks that ended before the subscription published their update already.
-    let mut pending = std::collections::HashSet::new();
-    for id in ids {
-        if !engine.task(id).await?.status.is_final() {
-            pending.insert(id.as_str());
-        }
-    }
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !pending.is_empty() {
-        tokio::select! {
-            u = updates.recv() => match u {
-                Ok(u) if u.status.is_final() => { pending.remove(u.task_id.as_str()); }
-                Ok(_) => {}
-                Err(_) => {
-                    // Lagged: re-read the stragglers from the store.
-                    let mut still = std::collections::HashSet::new();
-                    for id in &pending {
-                        if !engine.task(id).await?.status.is_final() { still.insert(*id); }
-                    }
-                    pending = still;
-                }
-            },
-            _ = tokio::time::sleep_until(deadline) => anyhow::bail!("{} tasks not final after {timeout:?}", pending.len()),
-        }
-    }
-    Ok(())
+    let finals = Finals::start(engine);
+    // Tasks that ended before the subscription published their update
+    // already: as if updates were missed, so the stragglers are read.
+    finals.seen.lock().expect("finals").lagged = true;
+    finals.wait(engine, ids, timeout).await
 }
 
 /// Final updates watched from before a batch is submitted, so that waiting
