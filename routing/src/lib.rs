@@ -25,6 +25,7 @@ pub mod glob;
 pub mod limits;
 pub mod links;
 pub mod outbox;
+mod outbox_sqlite;
 pub mod owners;
 pub mod router;
 pub mod sign;

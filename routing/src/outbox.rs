@@ -174,6 +174,48 @@ impl PageGroup {
     }
 }
 
+/// A delivery worker's claim: the due notifications nobody holds, leased
+/// and counted as an attempt. `$lock`: how the backend locks the rows read.
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE notifications SET status = 'sending', attempt = attempt + 1, lease_owner = $1, lease_expires_at_ms = $2
+             WHERE id IN (SELECT id FROM notifications
+                          WHERE next_attempt_at_ms <= $3 AND (lease_expires_at_ms IS NULL OR lease_expires_at_ms < $3)
+                          ORDER BY next_attempt_at_ms LIMIT $4 ",
+            $lock,
+            ")
+             RETURNING id, attempt, recipient, sink, address"
+        )
+    };
+}
+pub(crate) use claim_sql;
+
+/// A failed attempt's outcome, fenced on the lease: `$4` the status
+/// (`pending` again or `failed`), `$5` when to try next, `$6` the error.
+pub(crate) const FAILED_SQL: &str =
+    "UPDATE notifications SET status = $4, next_attempt_at_ms = $5, last_error = $6,
+        lease_owner = NULL, lease_expires_at_ms = NULL
+     WHERE id = $1 AND lease_owner = $2 AND attempt = $3";
+
+/// A failed attempt's record.
+pub(crate) const FAILED_ATTEMPT_SQL: &str = "INSERT INTO notification_attempts (notification_id, attempt, worker, finished_at_ms, outcome, error)
+     VALUES ($1, $2, $3, $4, 'failed', $5) ON CONFLICT (notification_id, attempt) DO NOTHING";
+
+/// After a failed attempt: tried again later (with backoff) while the error
+/// is retryable and attempts are left, otherwise failed for good.
+pub(crate) fn after_failure(
+    e: &DeliveryError,
+    attempt: i64,
+    now_ms: i64,
+) -> (&'static str, Option<i64>) {
+    if e.retryable && attempt < limits::MAX_ATTEMPTS as i64 {
+        ("pending", Some(now_ms + backoff_ms(attempt)))
+    } else {
+        ("failed", None)
+    }
+}
+
 macro_rules! outbox_methods {
     ($ty:ty, $lock:literal, $lock_read:literal, $begin:ident, $begin_arg:expr) => {
         impl $ty {
@@ -427,12 +469,7 @@ macro_rules! outbox_methods {
             }
 
             async fn claim_on(conn: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, worker: &str, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<Claimed>, Error> {
-                let rows = sqlx::query(concat!(
-                    "UPDATE notifications SET status = 'sending', attempt = attempt + 1, lease_owner = $1, lease_expires_at_ms = $2
-                     WHERE id IN (SELECT id FROM notifications
-                                  WHERE next_attempt_at_ms <= $3 AND (lease_expires_at_ms IS NULL OR lease_expires_at_ms < $3)
-                                  ORDER BY next_attempt_at_ms LIMIT $4 ", $lock, ")
-                     RETURNING id, attempt, recipient, sink, address"))
+                let rows = sqlx::query(claim_sql!($lock))
                     .bind(worker).bind(now_ms + lease_ms).bind(now_ms).bind(limit.clamp(1, 1000))
                     .fetch_all(&mut *conn).await.map_err(db("claim due notifications"))?;
                 if rows.is_empty() {
@@ -523,26 +560,15 @@ macro_rules! outbox_methods {
                 for (i, f) in done.iter().enumerate() {
                     let (id, worker, attempt, now_ms, outcome) = (&f.id, &f.worker, f.attempt, f.now_ms, &f.outcome);
                     let Err(e) = outcome else { continue };
-                    let (status, next) = if e.retryable && attempt < limits::MAX_ATTEMPTS as i64 {
-                        ("pending", Some(now_ms + backoff_ms(attempt)))
-                    } else {
-                        ("failed", None)
-                    };
-                    let n = sqlx::query(
-                        "UPDATE notifications SET status = $4, next_attempt_at_ms = $5, last_error = $6,
-                            lease_owner = NULL, lease_expires_at_ms = NULL
-                         WHERE id = $1 AND lease_owner = $2 AND attempt = $3",
-                    )
+                    let (status, next) = after_failure(e, attempt, now_ms);
+                    let n = sqlx::query(FAILED_SQL)
                     .bind(id).bind(worker).bind(attempt).bind(status).bind(next).bind(&e.message)
                     .execute(&mut *tx).await.map_err(db("record the delivery"))?
                     .rows_affected();
                     if n == 0 {
                         continue;
                     }
-                    sqlx::query(
-                        "INSERT INTO notification_attempts (notification_id, attempt, worker, finished_at_ms, outcome, error)
-                         VALUES ($1, $2, $3, $4, 'failed', $5) ON CONFLICT (notification_id, attempt) DO NOTHING",
-                    )
+                    sqlx::query(FAILED_ATTEMPT_SQL)
                     .bind(id).bind(attempt).bind(worker).bind(now_ms).bind(&e.message)
                     .execute(&mut *tx).await.map_err(db("record the attempt"))?;
                     out[i] = true;
@@ -788,6 +814,28 @@ macro_rules! run_op {
 }
 
 impl ExtraWrite for OutboxWrite {
+    fn on_sqlite_direct(
+        &self,
+        conn: &rusqlite::Connection,
+    ) -> Option<Result<bool, mandate_engine::store::Error>> {
+        let done = match &self.op {
+            // A page's grouping has no direct form yet: it runs through sqlx.
+            Op::Page { .. } => return None,
+            Op::Claim {
+                worker,
+                now_ms,
+                lease_ms,
+                limit,
+            } => crate::outbox_sqlite::claim(conn, worker, *now_ms, *lease_ms, *limit)
+                .map(Done::Claim),
+            Op::Finish(f) => crate::outbox_sqlite::finish(conn, f).map(Done::Finish),
+        };
+        Some(done.map(|done| {
+            *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(done);
+            true
+        }))
+    }
+
     fn on_sqlite<'a>(
         &'a self,
         conn: &'a mut sqlx::SqliteConnection,

@@ -103,9 +103,29 @@ async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut f: im
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
+/// The outbox on `db`; with `writer`, its claims and outcomes run inside the
+/// engine writer's transactions (on SQLite in their direct form, on the
+/// writer's own connection), as `mandate serve` runs them.
+async fn open_outbox(db: &TestDb, writer: bool) -> Outbox {
+    let outbox = Outbox::open(&db.url).await.unwrap();
+    if !writer {
+        return outbox;
+    }
+    let store = mandate_engine::store::open(&db.url).await.unwrap();
+    outbox.with_writer(store)
+}
+
 async fn one_id_delivered_once_per_key_across_a_crash(b: Backend) {
+    delivered_once_per_key_across_a_crash(b, false).await
+}
+
+async fn one_id_delivered_once_per_key_across_a_crash_through_the_writer(b: Backend) {
+    delivered_once_per_key_across_a_crash(b, true).await
+}
+
+async fn delivered_once_per_key_across_a_crash(b: Backend, writer: bool) {
     let db = TestDb::new(b).await;
-    let outbox = Arc::new(Outbox::open(&db.url).await.unwrap());
+    let outbox = Arc::new(open_outbox(&db, writer).await);
     let (base, got) = receiver(StatusCode::OK).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("owners.yaml"), config(&base)).unwrap();
@@ -227,8 +247,16 @@ async fn one_id_delivered_once_per_key_across_a_crash(b: Backend) {
 }
 
 async fn failed_deliveries_back_off_then_give_up(b: Backend) {
+    back_off_then_give_up(b, false).await
+}
+
+async fn failed_deliveries_back_off_then_give_up_through_the_writer(b: Backend) {
+    back_off_then_give_up(b, true).await
+}
+
+async fn back_off_then_give_up(b: Backend, writer: bool) {
     let db = TestDb::new(b).await;
-    let outbox = Outbox::open(&db.url).await.unwrap();
+    let outbox = open_outbox(&db, writer).await;
     let t0 = 1_000_000;
     let id = outbox.enqueue(&new("k1", "x", t0), t0).await.unwrap().id;
     let err = mandate_routing::sinks::DeliveryError {
@@ -664,7 +692,9 @@ backend_tests!(
     a_page_groups_in_bulk_up_to_its_limits,
     a_page_enqueues_with_its_cursor_or_not_at_all,
     one_id_delivered_once_per_key_across_a_crash,
+    one_id_delivered_once_per_key_across_a_crash_through_the_writer,
     failed_deliveries_back_off_then_give_up,
+    failed_deliveries_back_off_then_give_up_through_the_writer,
     a_link_works_once
 );
 

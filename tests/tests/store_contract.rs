@@ -512,11 +512,13 @@ impl mandate_activities::Tool for BigOutput {
 
 /// A write of the test's own, run inside the writer's transactions: it
 /// inserts `key` into a table of its own (false if the key is there already,
-/// which is its fence), or fails when `fail` is set.
+/// which is its fence), or fails when `fail` is set. With `direct`, it has a
+/// direct SQLite form, and its sqlx form refuses to run on SQLite.
 #[derive(Debug)]
 struct Probe {
     key: String,
     fail: bool,
+    direct: bool,
 }
 
 macro_rules! probe_body {
@@ -545,7 +547,40 @@ impl mandate_engine::store::ExtraWrite for Probe {
         &'a self,
         conn: &'a mut sqlx::SqliteConnection,
     ) -> futures::future::BoxFuture<'a, Result<bool, mandate_engine::store::Error>> {
-        Box::pin(async move { probe_body!(self, conn) })
+        Box::pin(async move {
+            if self.direct {
+                return Err(mandate_engine::store::Error::Corrupt(format!(
+                    "probe {}: the sqlx form ran although a direct form exists",
+                    self.key
+                )));
+            }
+            probe_body!(self, conn)
+        })
+    }
+    fn on_sqlite_direct(
+        &self,
+        conn: &rusqlite::Connection,
+    ) -> Option<Result<bool, mandate_engine::store::Error>> {
+        if !self.direct {
+            return None;
+        }
+        let lite = |during| move |source| mandate_engine::store::Error::Sqlite { during, source };
+        Some((|| {
+            if self.fail {
+                conn.execute("INSERT INTO no_such_table VALUES (1)", [])
+                    .map_err(lite("the failing probe"))?;
+            }
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS extra_probe (k TEXT PRIMARY KEY)",
+                [],
+            )
+            .map_err(lite("probe table"))?;
+            let n = conn
+                .prepare_cached("INSERT INTO extra_probe (k) VALUES (?1) ON CONFLICT DO NOTHING")
+                .and_then(|mut s| s.execute([&self.key]))
+                .map_err(lite("probe insert"))?;
+            Ok(n == 1)
+        })())
     }
     fn on_postgres<'a>(
         &'a self,
@@ -558,6 +593,8 @@ impl mandate_engine::store::ExtraWrite for Probe {
 /// Extra writes (the evidence log's, say) run in the writer's batches among
 /// the tasks' appends: each one's fence answers for it alone, and one that
 /// fails fails neither the appends nor the other writes batched with it.
+/// On SQLite a write with a direct form runs in that form (its sqlx form
+/// would fail), mixed in the same batches with writes that have none.
 async fn extra_writes_share_the_writers_transactions(b: Backend) {
     use std::sync::Arc;
     let h = Harness::new(b).await;
@@ -573,7 +610,8 @@ async fn extra_writes_share_the_writers_transactions(b: Backend) {
         let probe = Probe {
             // Keys 0..20 twice: exactly one of each pair writes.
             key: format!("k{}", i % 20),
-            fail: i == 7,
+            fail: i == 7 || i == 9,
+            direct: i % 3 == 0,
         };
         store.write_extra(Arc::new(probe))
     });
@@ -583,13 +621,16 @@ async fn extra_writes_share_the_writers_transactions(b: Backend) {
         join_all(appends.into_iter().map(|r| store.append(r)))
     );
     assert!(extras[7].is_err(), "the failing write reports its error");
-    // k7's first write failed, so its second one wins; every other key's first.
+    assert!(extras[9].is_err(), "so does a failing direct one");
+    // k7's and k9's first writes failed, so their second ones win; every
+    // other key's first.
     let wrote = extras.iter().filter(|r| matches!(r, Ok(true))).count();
     assert_eq!(wrote, 20, "{extras:?}");
     assert!(matches!(extras[27], Ok(true)), "{extras:?}");
+    assert!(matches!(extras[29], Ok(true)), "{extras:?}");
     assert_eq!(
         extras.iter().filter(|r| matches!(r, Ok(false))).count(),
-        19,
+        18,
         "a fence that did not hold wrote nothing: {extras:?}"
     );
     let won = appends

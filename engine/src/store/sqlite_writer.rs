@@ -10,7 +10,8 @@
 //! lock is held) and runs the batch on it through rusqlite. The handle stays
 //! sqlx's: [`ExtraWrite`](super::ExtraWrite)s of other modules still run on
 //! the sqlx connection, inside the same transaction (the lock is given back
-//! for them), and the connection's pragmas are the ones sqlx set.
+//! for them, unless they have a direct form of their own), and the
+//! connection's pragmas are the ones sqlx set.
 //!
 //! The tokio writer task hands a batch to this thread over a channel and
 //! awaits the answer: one hand-off per batch, and the commit's fsync blocks
@@ -196,52 +197,51 @@ impl Thread {
 }
 
 /// The batch's statements, from `BEGIN IMMEDIATE` up to the commit. Runs of
-/// the engine's own ops share one lock; other modules' writes run on the
-/// sqlx connection between them.
+/// the engine's own ops, and other modules' writes that have a direct form
+/// ([`ExtraWrite::on_sqlite_direct`](super::ExtraWrite::on_sqlite_direct)),
+/// share one lock; the other modules' writes without one run on the sqlx
+/// connection between them.
 fn run(
     direct: &Connection,
     conn: &mut SqliteConnection,
     runtime: &tokio::runtime::Handle,
     ops: &[WriteOp],
 ) -> BatchResult {
-    let next_extra = |from: usize| {
-        ops[from..]
-            .iter()
-            .position(|op| matches!(op, WriteOp::Extra(_)))
-            .map_or(ops.len(), |p| from + p)
-    };
     let mut results = Vec::with_capacity(ops.len());
     let mut outcomes = Vec::new().into_iter();
     let mut wake = false;
     let mut at = 0;
     loop {
-        let end = next_extra(at);
-        let segment = &ops[at..end];
         let begin = at == 0;
-        locked(conn, || -> Result<(), Error> {
+        // Up to the first op that must run on the sqlx connection.
+        let through_sqlx = locked(conn, || -> Result<Option<(usize, _)>, Error> {
             if begin {
                 exec(direct, "BEGIN IMMEDIATE", "begin")?;
                 let (o, w) = append_all(direct, ops)?;
                 outcomes = o.into_iter();
                 wake = w;
             }
-            for op in segment {
+            for (i, op) in ops.iter().enumerate().skip(at) {
                 results.push(match op {
                     WriteOp::Append(_) => WriteResult::Append(
                         outcomes
                             .next()
                             .unwrap_or(AppendOutcome::Conflict { actual_seq: None }),
                     ),
+                    WriteOp::Extra(write) => match write.on_sqlite_direct(direct) {
+                        Some(done) => WriteResult::Extra(done?),
+                        None => return Ok(Some((i, write))),
+                    },
                     other => other_op(direct, other)?,
                 });
             }
-            Ok(())
+            Ok(None)
         })??;
-        let Some(WriteOp::Extra(write)) = ops.get(end) else {
+        let Some((i, write)) = through_sqlx else {
             break;
         };
         results.push(WriteResult::Extra(runtime.block_on(write.on_sqlite(conn))?));
-        at = end + 1;
+        at = i + 1;
     }
     Ok((results, wake))
 }
@@ -258,7 +258,7 @@ fn append_all(c: &Connection, ops: &[WriteOp]) -> Result<(Vec<AppendOutcome>, bo
         let mut fence = c
             .prepare_cached("SELECT last_seq, lease_owner FROM tasks WHERE id = ?1")
             .map_err(lite("fence check"))?;
-        for r in &appends {
+        for r in appends.iter().map(|q| &q.req) {
             if current.contains_key(&r.task_id) {
                 continue;
             }
@@ -281,7 +281,7 @@ fn append_all(c: &Connection, ops: &[WriteOp]) -> Result<(Vec<AppendOutcome>, bo
         let mut keys = None;
         for key in appends
             .iter()
-            .filter_map(|r| r.create.as_ref()?.idempotency_key.as_deref())
+            .filter_map(|r| r.req.create.as_ref()?.idempotency_key.as_deref())
         {
             let stmt = match &mut keys {
                 Some(s) => s,
@@ -319,14 +319,8 @@ fn write_plan(c: &Connection, p: &BatchPlan<'_>) -> Result<(), Error> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .map_err(lite("insert events"))?;
-        let mut payload = String::new();
-        for e in &p.events {
+        for (e, payload) in &p.events {
             gseq += 1;
-            payload.clear();
-            {
-                use std::fmt::Write;
-                let _ = write!(payload, "{}", e.payload);
-            }
             insert
                 .execute(params![
                     e.task_id,

@@ -68,10 +68,28 @@ impl Default for WriterConfig {
     }
 }
 
+/// An append as the writer takes it: the request, and each of its events'
+/// payloads as the JSON text stored. The text is written by the appending
+/// task before the request is queued, so the one writer thread, which every
+/// task's appends wait on, does not.
+#[derive(Debug, Clone)]
+pub(crate) struct QueuedAppend {
+    pub(crate) req: AppendRequest,
+    /// One per event of `req`, in order.
+    pub(crate) payloads: Vec<String>,
+}
+
+impl QueuedAppend {
+    pub(crate) fn new(req: AppendRequest) -> Self {
+        let payloads = req.events.iter().map(|e| e.payload.to_string()).collect();
+        QueuedAppend { req, payloads }
+    }
+}
+
 /// One write, as the backend sees it.
 #[derive(Debug, Clone)]
 pub(crate) enum WriteOp {
-    Append(Box<AppendRequest>),
+    Append(Box<QueuedAppend>),
     Claim {
         owner: String,
         now_ms: i64,
@@ -112,6 +130,15 @@ pub trait ExtraWrite: Send + Sync + std::fmt::Debug + 'static {
         &'a self,
         conn: &'a mut sqlx::PgConnection,
     ) -> BoxFuture<'a, Result<bool, Error>>;
+    /// SQLite, run on the writer's own thread through its direct
+    /// connection (rusqlite, cached statements), inside the same
+    /// transaction, without handing each statement to sqlx's worker thread
+    /// and back while the database's one write lock is held. `None` (the
+    /// default) means this write has no such form: it must then have written
+    /// nothing, and [`on_sqlite`](Self::on_sqlite) runs instead.
+    fn on_sqlite_direct(&self, _conn: &rusqlite::Connection) -> Option<Result<bool, Error>> {
+        None
+    }
 }
 
 /// One write's result.
@@ -133,7 +160,7 @@ impl WriteResult {
 }
 
 /// The appends among a batch's ops, in order.
-pub(crate) fn appends(ops: &[WriteOp]) -> Vec<&AppendRequest> {
+pub(crate) fn appends(ops: &[WriteOp]) -> Vec<&QueuedAppend> {
     ops.iter()
         .filter_map(|op| match op {
             WriteOp::Append(r) => Some(r.as_ref()),
@@ -235,7 +262,10 @@ impl Writer {
     }
 
     pub(crate) async fn append(&self, req: AppendRequest) -> Result<AppendOutcome, Error> {
-        match self.submit(WriteOp::Append(Box::new(req))).await? {
+        match self
+            .submit(WriteOp::Append(Box::new(QueuedAppend::new(req))))
+            .await?
+        {
             WriteResult::Append(o) => Ok(o),
             other => Err(Error::Corrupt(format!(
                 "writer answered an append with {other:?}"
