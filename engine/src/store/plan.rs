@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use crate::core::chain::RawEvent;
 use crate::core::state::PendingTimer;
 
-use super::{AppendOutcome, AppendRequest, LeaseUpdate, NewTask};
+use super::writer::QueuedAppend;
+use super::{AppendOutcome, LeaseUpdate, NewTask};
 
 /// The final derived row of one task after the batch, borrowed from the
 /// batch's requests (a plan copies no event or row: the writer binds the
@@ -29,7 +30,8 @@ pub(crate) struct TaskUpsert<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct BatchPlan<'a> {
     pub outcomes: Vec<AppendOutcome>,
-    pub events: Vec<&'a RawEvent>,
+    /// Each event with its payload's stored text.
+    pub events: Vec<(&'a RawEvent, &'a str)>,
     pub tasks: Vec<TaskUpsert<'a>>,
     /// Tasks whose timer rows are replaced, with the new rows.
     pub timers: Vec<(&'a str, &'a [PendingTimer])>,
@@ -47,7 +49,7 @@ pub(crate) struct Current {
 /// and lease owner of every task the batch names (absent: no such task);
 /// `existing_keys` the idempotency keys already taken.
 pub(crate) fn plan<'a>(
-    requests: &[&'a AppendRequest],
+    requests: &[&'a QueuedAppend],
     mut current: HashMap<String, Current>,
     existing_keys: &HashMap<String, String>,
 ) -> BatchPlan<'a> {
@@ -55,7 +57,8 @@ pub(crate) fn plan<'a>(
     let mut index_of_task: HashMap<&'a str, usize> = HashMap::new();
     let mut timers_of_task: HashMap<&'a str, usize> = HashMap::new();
     let mut keys_in_batch: HashMap<&'a str, &'a str> = HashMap::new();
-    for &req in requests {
+    for &queued in requests {
+        let req = &queued.req;
         let row = current.get(&req.task_id);
         // The lease fence first: a worker appends only while it holds the
         // task, and one that lost it is told so (not merely to reload).
@@ -112,7 +115,11 @@ pub(crate) fn plan<'a>(
                 lease_owner,
             },
         );
-        out.events.extend(req.events.iter());
+        out.events.extend(
+            req.events
+                .iter()
+                .zip(queued.payloads.iter().map(String::as_str)),
+        );
         let row = TaskUpsert {
             id: &req.task_id,
             create: req.create.as_ref(),

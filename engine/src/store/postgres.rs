@@ -146,7 +146,7 @@ async fn run_batch(
     let appends = super::writer::appends(ops);
     let mut plan_out = BatchPlan::default();
     if !appends.is_empty() {
-        let mut ids: Vec<String> = appends.iter().map(|r| r.task_id.clone()).collect();
+        let mut ids: Vec<String> = appends.iter().map(|r| r.req.task_id.clone()).collect();
         ids.sort_unstable();
         ids.dedup();
         // Lock the batch's task rows in a fixed order: the fence, and no deadlocks
@@ -170,7 +170,7 @@ async fn run_batch(
             .collect();
         let keys: Vec<String> = appends
             .iter()
-            .filter_map(|r| r.create.as_ref()?.idempotency_key.clone())
+            .filter_map(|r| r.req.create.as_ref()?.idempotency_key.clone())
             .collect();
         let mut existing_keys = HashMap::new();
         if !keys.is_empty() {
@@ -334,14 +334,14 @@ async fn write_plan(conn: &mut sqlx::PgConnection, p: &BatchPlan<'_>) -> Result<
             "INSERT INTO events (task_id, seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash, gseq)
              SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[])",
         )
-        .bind(e.iter().map(|e| e.task_id.as_str()).collect::<Vec<_>>())
-        .bind(e.iter().map(|e| e.seq).collect::<Vec<_>>())
-        .bind(e.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
-        .bind(e.iter().map(|e| e.recorded_at_ms).collect::<Vec<_>>())
-        .bind(e.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>())
-        .bind(e.iter().map(|e| e.payload.to_string()).collect::<Vec<_>>())
-        .bind(e.iter().map(|e| e.prev_hash.as_str()).collect::<Vec<_>>())
-        .bind(e.iter().map(|e| e.hash.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|(e, _)| e.task_id.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|(e, _)| e.seq).collect::<Vec<_>>())
+        .bind(e.iter().map(|(e, _)| e.event_type.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|(e, _)| e.recorded_at_ms).collect::<Vec<_>>())
+        .bind(e.iter().map(|(e, _)| e.actor.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|&(_, payload)| payload).collect::<Vec<_>>())
+        .bind(e.iter().map(|(e, _)| e.prev_hash.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|(e, _)| e.hash.as_str()).collect::<Vec<_>>())
         .bind((first..=head).collect::<Vec<i64>>())
         .execute(&mut *conn)
         .await
