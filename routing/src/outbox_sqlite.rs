@@ -11,6 +11,8 @@
 //!
 //! [`ExtraWrite::on_sqlite_direct`]: mandate_engine::store::ExtraWrite::on_sqlite_direct
 
+use std::sync::LazyLock;
+
 use mandate_engine::store::Error;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -21,10 +23,15 @@ fn lite(during: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
 }
 
 /// A statement text of the shared form (`$N` parameters) as SQLite's
-/// numbered parameters (`?N`), which bind by position as rusqlite expects.
-fn numbered(sql: &str) -> String {
+/// numbered parameters (`?N`), which bind by position as rusqlite expects;
+/// converted once per process.
+fn numbered(sql: &'static str) -> String {
     sql.replace('$', "?")
 }
+
+static CLAIM: LazyLock<String> = LazyLock::new(|| numbered(claim_sql!("")));
+static FAILED: LazyLock<String> = LazyLock::new(|| numbered(FAILED_SQL));
+static FAILED_ATTEMPT: LazyLock<String> = LazyLock::new(|| numbered(FAILED_ATTEMPT_SQL));
 
 /// Claims up to `limit` due notifications for `worker` (see the sqlx form).
 pub(crate) fn claim(
@@ -37,7 +44,7 @@ pub(crate) fn claim(
     let mut claimed = Vec::new();
     {
         let mut stmt = c
-            .prepare_cached(&numbered(claim_sql!("")))
+            .prepare_cached(&CLAIM)
             .map_err(lite("claim due notifications"))?;
         let mut rows = stmt
             .query(params![
@@ -93,44 +100,45 @@ pub(crate) fn claim(
 pub(crate) fn finish(c: &Connection, done: &[Finished]) -> Result<Vec<bool>, Error> {
     let mut out = vec![false; done.len()];
     for (i, f) in done.iter().enumerate() {
-        let (status, next, error) = match &f.outcome {
-            Ok(()) => ("sent", None, None),
+        let recorded = match &f.outcome {
+            Ok(()) => {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE notifications SET status = 'sent', next_attempt_at_ms = NULL, last_error = NULL,
+                            sent_at_ms = ?4, lease_owner = NULL, lease_expires_at_ms = NULL
+                         WHERE id = ?1 AND lease_owner = ?2 AND attempt = ?3",
+                    )
+                    .and_then(|mut s| s.execute(params![f.id, f.worker, f.attempt, f.now_ms]))
+                    .map_err(lite("record the deliveries"))?;
+                if n > 0 {
+                    c.prepare_cached(
+                        "INSERT INTO notification_attempts (notification_id, attempt, worker, finished_at_ms, outcome, error)
+                         VALUES (?1, ?2, ?3, ?4, 'sent', NULL) ON CONFLICT (notification_id, attempt) DO NOTHING",
+                    )
+                    .and_then(|mut s| s.execute(params![f.id, f.attempt, f.worker, f.now_ms]))
+                    .map_err(lite("record the attempts"))?;
+                }
+                n > 0
+            }
             Err(e) => {
                 let (status, next) = after_failure(e, f.attempt, f.now_ms);
-                (status, next, Some(e.message.as_str()))
+                let n = c
+                    .prepare_cached(&FAILED)
+                    .and_then(|mut s| {
+                        s.execute(params![f.id, f.worker, f.attempt, status, next, e.message])
+                    })
+                    .map_err(lite("record the delivery"))?;
+                if n > 0 {
+                    c.prepare_cached(&FAILED_ATTEMPT)
+                        .and_then(|mut s| {
+                            s.execute(params![f.id, f.attempt, f.worker, f.now_ms, e.message])
+                        })
+                        .map_err(lite("record the attempt"))?;
+                }
+                n > 0
             }
         };
-        let n = if f.outcome.is_ok() {
-            c.prepare_cached(
-                "UPDATE notifications SET status = 'sent', next_attempt_at_ms = NULL, last_error = NULL,
-                    sent_at_ms = ?4, lease_owner = NULL, lease_expires_at_ms = NULL
-                 WHERE id = ?1 AND lease_owner = ?2 AND attempt = ?3",
-            )
-            .and_then(|mut s| s.execute(params![f.id, f.worker, f.attempt, f.now_ms]))
-            .map_err(lite("record the deliveries"))?
-        } else {
-            c.prepare_cached(&numbered(FAILED_SQL))
-                .and_then(|mut s| {
-                    s.execute(params![f.id, f.worker, f.attempt, status, next, error])
-                })
-                .map_err(lite("record the delivery"))?
-        };
-        if n == 0 {
-            continue;
-        }
-        if f.outcome.is_ok() {
-            c.prepare_cached(
-                "INSERT INTO notification_attempts (notification_id, attempt, worker, finished_at_ms, outcome, error)
-                 VALUES (?1, ?2, ?3, ?4, 'sent', NULL) ON CONFLICT (notification_id, attempt) DO NOTHING",
-            )
-            .and_then(|mut s| s.execute(params![f.id, f.attempt, f.worker, f.now_ms]))
-            .map_err(lite("record the attempts"))?;
-        } else {
-            c.prepare_cached(&numbered(FAILED_ATTEMPT_SQL))
-                .and_then(|mut s| s.execute(params![f.id, f.attempt, f.worker, f.now_ms, error]))
-                .map_err(lite("record the attempt"))?;
-        }
-        out[i] = true;
+        out[i] = recorded;
     }
     Ok(out)
 }
