@@ -307,6 +307,13 @@ pub struct Figures {
     pub server_cpu_ms_per_task: Option<f64>,
     /// Replay of a `replay_events`-event history, median (ms).
     pub replay_ms: Option<f64>,
+    /// The store's group-commit writer over the throughput runs (medians):
+    /// commits per task, operations per commit, and the share of the run's
+    /// wall time the writer spent inside transactions (statements and the
+    /// commit's fsync).
+    pub writer_commits_per_task: f64,
+    pub writer_ops_per_commit: f64,
+    pub writer_busy_share: f64,
     pub decide: Vec<crate::decide_bench::DecideCost>,
     pub decide_parallel: Vec<crate::decide_bench::DecideCost>,
 }
@@ -413,6 +420,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     println!("| tasks/s ÷ raw append rate | {ratio:.2} | ≥ 0.3 |");
     println!(
+        "| the writer during the runs (medians): commits per task, operations per commit, busy share of the run | {:.2}, {:.1}, {:.0}% | — |",
+        f.writer_commits_per_task,
+        f.writer_ops_per_commit,
+        f.writer_busy_share * 100.0
+    );
+    println!(
         "| one 5-step task, p50 / p99 ({} one at a time) | {:.2} ms / {:.2} ms | p50 ≤ {} ms |",
         args.latency_tasks,
         f.p50_ms,
@@ -483,6 +496,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "cpu_ms_per_task": f.cpu_ms_per_task, "cpu_user_ms_per_task": f.cpu_user_ms_per_task,
         "cpu_sys_ms_per_task": f.cpu_sys_ms_per_task, "cpu_ms_per_task_runs": f.cpu_ms_per_task_runs,
         "server_cpu_ms_per_task": f.server_cpu_ms_per_task,
+        "writer_commits_per_task": f.writer_commits_per_task,
+        "writer_ops_per_commit": f.writer_ops_per_commit, "writer_busy_share": f.writer_busy_share,
         "replay_events": args.replay_events, "replay_ms": f.replay_ms,
         "decide": f.decide.iter().map(decide_json).collect::<Vec<_>>(),
         "decide_exponent": decide_slope,
@@ -645,15 +660,23 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
     let mut runs = Vec::new();
     let (mut cpu_runs, mut user_runs, mut sys_runs, mut server_runs) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut commits_runs, mut batch_runs, mut busy_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let writer = engine.store().writer_stats();
     let postgres = engine.store().backend() == mandate_engine::store::Backend::Postgres;
     for _ in 0..args.runs.max(1) {
         let (u0, s0) = crate::stats::process_cpu_s();
         let server0 = postgres.then(crate::stats::postgres_server_cpu_s).flatten();
+        let (b0, o0, busy0) = writer.snapshot();
         let t0 = Instant::now();
         let finals = Finals::start(&engine);
         let ids = submit_five_step(&engine, args.tasks).await?;
         finals.wait(&engine, &ids, Duration::from_secs(600)).await?;
-        runs.push(args.tasks as f64 / t0.elapsed().as_secs_f64());
+        let wall = t0.elapsed().as_secs_f64();
+        runs.push(args.tasks as f64 / wall);
+        let (b1, o1, busy1) = writer.snapshot();
+        commits_runs.push((b1 - b0) as f64 / args.tasks as f64);
+        batch_runs.push((o1 - o0) as f64 / (b1 - b0).max(1) as f64);
+        busy_runs.push((busy1 - busy0) as f64 / 1e6 / wall);
         let (u1, s1) = crate::stats::process_cpu_s();
         let per = |d: f64| d * 1e3 / args.tasks as f64;
         user_runs.push(per(u1 - u0));
@@ -697,6 +720,9 @@ async fn measure(args: &BenchArgs, url: &str) -> anyhow::Result<Figures> {
         cpu_sys_ms_per_task: median(&sys_runs),
         cpu_ms_per_task_runs: cpu_runs,
         server_cpu_ms_per_task: (!server_runs.is_empty()).then(|| median(&server_runs)),
+        writer_commits_per_task: median(&commits_runs),
+        writer_ops_per_commit: median(&batch_runs),
+        writer_busy_share: median(&busy_runs),
         ..Default::default()
     })
 }
