@@ -27,6 +27,7 @@ pub mod links;
 pub mod outbox;
 mod outbox_sqlite;
 pub mod owners;
+mod page;
 pub mod router;
 pub mod sign;
 pub mod sinks;

@@ -21,6 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::limits;
 use crate::links::{LinkClaim, LinkError};
+use crate::page::{self, PAGE_ROWS_PER_STATEMENT};
 use crate::sinks::{DeliveryError, Message};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -150,30 +151,6 @@ pub enum Outbox {
 /// the update, 6 for the attempts: far under both backends' bounds).
 const FINISH_ROWS_PER_STATEMENT: usize = 200;
 
-/// Items per chunk of a page (the notifications insert binds 13 each).
-const PAGE_ROWS_PER_STATEMENT: usize = 200;
-
-/// A notification a page's chunk adds items to or opens.
-struct PageGroup {
-    id: String,
-    message: Message,
-    body: String,
-    count: i64,
-    /// The item that opened it in this chunk; `None`: it was open before.
-    first: Option<usize>,
-    changed: bool,
-    /// Items were added to it (its body changed).
-    grown: bool,
-    /// Closed to new items (the next item of its group opens another).
-    full: bool,
-}
-
-impl PageGroup {
-    fn status(&self) -> &'static str {
-        if self.full { "pending_full" } else { "pending" }
-    }
-}
-
 /// A delivery worker's claim: the due notifications nobody holds, leased
 /// and counted as an attempt. `$lock`: how the backend locks the rows read.
 macro_rules! claim_sql {
@@ -190,6 +167,11 @@ macro_rules! claim_sql {
     };
 }
 pub(crate) use claim_sql;
+
+/// The notifications open (not yet sent or failed for good), which
+/// [`limits::MAX_OUTBOX_OPEN`] bounds.
+pub(crate) const OPEN_COUNT_SQL: &str =
+    "SELECT COUNT(*) FROM notifications WHERE next_attempt_at_ms IS NOT NULL";
 
 /// A failed attempt's outcome, fenced on the lease: `$4` the status
 /// (`pending` again or `failed`), `$5` when to try next, `$6` the error.
@@ -239,7 +221,7 @@ macro_rules! outbox_methods {
             /// next group commit (no write transaction of its own).
             pub async fn enqueue_many(&self, items: &[(NewNotification, Option<Escalation>)], now_ms: i64, cursor: Option<(&str, i64)>) -> Result<Vec<Enqueued>, Error> {
                 let bodies = check_page(items)?;
-                let open_count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE next_attempt_at_ms IS NOT NULL")
+                let open_count: i64 = sqlx::query_scalar(OPEN_COUNT_SQL)
                     .fetch_one(&self.pool).await.map_err(db("count open notifications"))?;
                 if open_count + items.len() as i64 > limits::MAX_OUTBOX_OPEN {
                     return Err(Error::Full { open: open_count, limit: limits::MAX_OUTBOX_OPEN });
@@ -268,11 +250,7 @@ macro_rules! outbox_methods {
                     out.extend(Self::chunk_on(&mut *conn, chunk, bodies, now_ms, &mut open_now).await?);
                 }
                 // The chains, one per notification (the first item's).
-                let mut seen = std::collections::HashSet::new();
-                let chains: Vec<(&str, &Escalation)> = items.iter().zip(&out)
-                    .filter_map(|((_, e), d)| e.as_ref().map(|e| (d.id.as_str(), e)))
-                    .filter(|(id, _)| seen.insert(*id))
-                    .collect();
+                let chains = page::chains(items, &out);
                 for chunk in chains.chunks(PAGE_ROWS_PER_STATEMENT) {
                     let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new(
                         "INSERT INTO routing_escalations (notification_id, task_id, about_seq, chain, started_at_ms, fired_steps, next_due_at_ms) ");
@@ -298,22 +276,17 @@ macro_rules! outbox_methods {
             /// opened, items moved into a group). A key seen before, in this
             /// chunk or earlier, is a duplicate and changes nothing.
             /// `open_now`: the number of open notifications, once read.
-            async fn chunk_on(conn: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, items: &[(NewNotification, Option<Escalation>)], bodies: &[String], now_ms: i64, open_now: &mut Option<i64>) -> Result<Vec<Enqueued>, Error> {
+            async fn chunk_on(conn: &mut <<$ty as HasDb>::Db as sqlx::Database>::Connection, items: &[page::Item], bodies: &[String], now_ms: i64, open_now: &mut Option<i64>) -> Result<Vec<Enqueued>, Error> {
                 use std::collections::{HashMap, HashSet};
-                let fresh_ids: Vec<String> = items.iter().map(|(n, _)| notification_id(&n.item_key)).collect();
-                // The first occurrence of each key in the chunk.
-                let mut first_of: HashMap<&str, usize> = HashMap::new();
-                let firsts: Vec<usize> = (0..items.len())
-                    .filter(|&i| *first_of.entry(items[i].0.item_key.as_str()).or_insert(i) == i)
-                    .collect();
+                let keys = page::ChunkKeys::of(items);
                 let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("INSERT INTO notification_items (item_key, notification_id, added_at_ms) ");
-                qb.push_values(&firsts, |mut b, &i| {
-                    b.push_bind(items[i].0.item_key.as_str()).push_bind(fresh_ids[i].as_str()).push_bind(now_ms);
+                qb.push_values(&keys.firsts, |mut b, &i| {
+                    b.push_bind(items[i].0.item_key.as_str()).push_bind(keys.fresh_ids[i].as_str()).push_bind(now_ms);
                 });
                 qb.push(" ON CONFLICT (item_key) DO NOTHING RETURNING item_key");
                 let inserted: HashSet<String> = qb.build_query_scalar::<String>().fetch_all(&mut *conn).await
                     .map_err(db("record the notification items"))?.into_iter().collect();
-                let (fresh, known): (Vec<usize>, Vec<usize>) = firsts.iter().partition(|&&i| inserted.contains(&items[i].0.item_key));
+                let (fresh, known) = keys.split(items, &inserted);
                 // Keys enqueued before: the notification each went into.
                 let mut known_ids: HashMap<String, String> = HashMap::new();
                 if !known.is_empty() {
@@ -329,69 +302,35 @@ macro_rules! outbox_methods {
                     }
                 }
                 // The open notifications of the new items' groups.
-                let mut open: HashMap<String, usize> = HashMap::new();
-                let mut groups: Vec<PageGroup> = Vec::new();
-                let keys: HashSet<&str> = fresh.iter().map(|&i| items[i].0.group_key.as_str()).collect();
-                if !keys.is_empty() {
+                let mut open = Vec::new();
+                let group_keys = page::ChunkKeys::group_keys(items, &fresh);
+                if !group_keys.is_empty() {
                     let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new(
                         "SELECT n.id, n.group_key, b.body, n.item_count FROM notifications n JOIN notification_bodies b ON b.id = n.id
                          WHERE n.status = 'pending' AND n.attempt = 0 AND n.lease_owner IS NULL AND n.group_key IN (");
                     let mut list = qb.separated(", ");
-                    for k in &keys {
+                    for k in &group_keys {
                         list.push_bind(*k);
                     }
                     qb.push(concat!(") ", $lock_read));
                     for r in qb.build().fetch_all(&mut *conn).await.map_err(db("find the open groups"))? {
                         let c = |e: sqlx::Error| Error::Corrupt(e.to_string());
-                        let id: String = r.try_get("id").map_err(c)?;
-                        let body: String = r.try_get("body").map_err(c)?;
-                        let message: Message = serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("notification {id}: {e}")))?;
-                        open.insert(r.try_get("group_key").map_err(c)?, groups.len());
-                        groups.push(PageGroup { id, message, body, count: r.try_get("item_count").map_err(c)?, first: None, changed: false, grown: false, full: false });
+                        let group = page::PageGroup::open(r.try_get("id").map_err(c)?, r.try_get("body").map_err(c)?, r.try_get("item_count").map_err(c)?)?;
+                        open.push((r.try_get("group_key").map_err(c)?, group));
                     }
                 }
-                // Each new item joins its group's open notification, or opens one.
-                let mut done: Vec<Option<Enqueued>> = vec![None; items.len()];
-                let mut moved: Vec<(usize, usize)> = Vec::new();
-                for &i in &fresh {
-                    let n = &items[i].0;
-                    if let Some(&g) = open.get(&n.group_key) {
-                        let group = &mut groups[g];
-                        group.message.grouped.push(n.message.what_happened.clone());
-                        let merged = serde_json::to_string(&group.message).expect("JSON");
-                        if group.count < limits::MAX_GROUP_ITEMS && merged.len() <= limits::MAX_PAYLOAD_BYTES {
-                            group.body = merged;
-                            group.count += 1;
-                            group.changed = true;
-                            group.grown = true;
-                            moved.push((i, g));
-                            done[i] = Some(Enqueued { id: group.id.clone(), grouped: true, duplicate: false });
-                            continue;
-                        }
-                        // The group is full: close it to new items (it keeps its
-                        // send time) so this item opens the next one.
-                        group.message.grouped.pop();
-                        group.full = true;
-                        group.changed = true;
-                        open.remove(&n.group_key);
-                    }
-                    let open_count = match *open_now {
+                let plan = page::group_chunk(items, bodies, &keys, &fresh, &known_ids, open)?;
+                if plan.opened > 0 {
+                    // Read once per page, then kept up to date here.
+                    let before = match *open_now {
                         Some(n) => n,
-                        None => sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE next_attempt_at_ms IS NOT NULL")
-                            .fetch_one(&mut *conn).await.map_err(db("count open notifications"))?,
+                        None => sqlx::query_scalar(OPEN_COUNT_SQL).fetch_one(&mut *conn).await.map_err(db("count open notifications"))?,
                     };
-                    if open_count >= limits::MAX_OUTBOX_OPEN {
-                        return Err(Error::Full { open: open_count, limit: limits::MAX_OUTBOX_OPEN });
-                    }
-                    *open_now = Some(open_count + 1);
-                    let body = bodies[i].clone();
-                    open.insert(n.group_key.clone(), groups.len());
-                    groups.push(PageGroup { id: fresh_ids[i].clone(), message: n.message.clone(), body, count: 1, first: Some(i), changed: true, grown: true, full: false });
-                    done[i] = Some(Enqueued { id: fresh_ids[i].clone(), grouped: false, duplicate: false });
+                    *open_now = Some(plan.check_open(before)?);
                 }
                 // Groups that were open before: grown, or closed when full
                 // (before any new row of the same group is inserted).
-                let old: Vec<&PageGroup> = groups.iter().filter(|g| g.first.is_none() && g.changed).collect();
+                let old: Vec<&page::PageGroup> = plan.grown_or_closed().collect();
                 for chunk in old.chunks(PAGE_ROWS_PER_STATEMENT) {
                     let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("WITH v (id, n, status) AS (");
                     qb.push_values(chunk, |mut b, g| {
@@ -400,7 +339,7 @@ macro_rules! outbox_methods {
                     qb.push(") UPDATE notifications SET item_count = v.n, status = v.status
                              FROM v WHERE notifications.id = v.id");
                     qb.build().execute(&mut *conn).await.map_err(db("group the notifications"))?;
-                    let grown: Vec<&&PageGroup> = chunk.iter().filter(|g| g.grown).collect();
+                    let grown: Vec<&&page::PageGroup> = chunk.iter().filter(|g| g.grown).collect();
                     if !grown.is_empty() {
                         let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("WITH v (id, body) AS (");
                         qb.push_values(grown, |mut b, g| {
@@ -410,7 +349,7 @@ macro_rules! outbox_methods {
                         qb.build().execute(&mut *conn).await.map_err(db("group the notifications' bodies"))?;
                     }
                 }
-                let new: Vec<&PageGroup> = groups.iter().filter(|g| g.first.is_some()).collect();
+                let new: Vec<&page::PageGroup> = plan.opening().collect();
                 for chunk in new.chunks(PAGE_ROWS_PER_STATEMENT) {
                     let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new(
                         "INSERT INTO notifications (id, group_key, task_id, recipient, sink, address, item_count, status,
@@ -430,30 +369,16 @@ macro_rules! outbox_methods {
                     qb.build().execute(&mut *conn).await.map_err(db("insert the notifications' bodies"))?;
                 }
                 // Items that joined a group other than their own id's.
-                let regrouped: Vec<(usize, usize)> = moved.into_iter().filter(|&(i, g)| groups[g].id != fresh_ids[i]).collect();
-                for chunk in regrouped.chunks(PAGE_ROWS_PER_STATEMENT) {
+                for chunk in plan.regrouped.chunks(PAGE_ROWS_PER_STATEMENT) {
                     let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new("WITH v (k, nid) AS (");
                     qb.push_values(chunk, |mut b, &(i, g)| {
-                        b.push_bind(items[i].0.item_key.as_str()).push_bind(groups[g].id.as_str());
+                        b.push_bind(items[i].0.item_key.as_str()).push_bind(plan.groups[g].id.as_str());
                     });
                     qb.push(") UPDATE notification_items SET notification_id = v.nid
                              FROM v WHERE notification_items.item_key = v.k");
                     qb.build().execute(&mut *conn).await.map_err(db("record the grouped items"))?;
                 }
-                // Duplicates: the notification the key went into.
-                for i in 0..items.len() {
-                    if done[i].is_some() {
-                        continue;
-                    }
-                    let key = items[i].0.item_key.as_str();
-                    let first = first_of[key];
-                    let id = match (first != i, &done[first]) {
-                        (true, Some(d)) => d.id.clone(),
-                        _ => known_ids.get(key).cloned().ok_or_else(|| Error::Corrupt(format!("notification item {key} vanished while enqueueing")))?,
-                    };
-                    done[i] = Some(Enqueued { id, grouped: false, duplicate: true });
-                }
-                Ok(done.into_iter().map(|d| d.expect("every item answered")).collect())
+                Ok(plan.done)
             }
 
             pub async fn claim(&self, worker: &str, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<Claimed>, Error> {
@@ -737,7 +662,7 @@ fn check_page(items: &[(NewNotification, Option<Escalation>)]) -> Result<Vec<Str
         .collect()
 }
 
-fn to_store(e: Error) -> mandate_engine::store::Error {
+pub(crate) fn to_store(e: Error) -> mandate_engine::store::Error {
     match e {
         Error::Db { what, source } => mandate_engine::store::Error::db(what)(source),
         other => mandate_engine::store::Error::Corrupt(other.to_string()),
@@ -819,8 +744,19 @@ impl ExtraWrite for OutboxWrite {
         conn: &rusqlite::Connection,
     ) -> Option<Result<bool, mandate_engine::store::Error>> {
         let done = match &self.op {
-            // A page's grouping has no direct form yet: it runs through sqlx.
-            Op::Page { .. } => return None,
+            Op::Page {
+                items,
+                bodies,
+                now_ms,
+                cursor,
+            } => crate::outbox_sqlite::page(
+                conn,
+                items,
+                bodies,
+                *now_ms,
+                cursor.as_ref().map(|(n, g)| (n.as_str(), *g)),
+            )
+            .map(Done::Page),
             Op::Claim {
                 worker,
                 now_ms,

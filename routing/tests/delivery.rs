@@ -103,7 +103,7 @@ async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut f: im
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
-/// The outbox on `db`; with `writer`, its claims and outcomes run inside the
+/// The outbox on `db`; with `writer`, its pages, claims and outcomes run inside the
 /// engine writer's transactions (on SQLite in their direct form, on the
 /// writer's own connection), as `mandate serve` runs them.
 async fn open_outbox(db: &TestDb, writer: bool) -> Outbox {
@@ -368,8 +368,16 @@ async fn a_link_works_once(b: Backend) {
 /// the chains it starts): an item refused refuses the page, writing
 /// nothing, so the page is read again; a good page writes it all.
 async fn a_page_enqueues_with_its_cursor_or_not_at_all(b: Backend) {
+    page_with_its_cursor_or_not_at_all(b, false).await
+}
+
+async fn a_page_enqueues_with_its_cursor_or_not_at_all_through_the_writer(b: Backend) {
+    page_with_its_cursor_or_not_at_all(b, true).await
+}
+
+async fn page_with_its_cursor_or_not_at_all(b: Backend, writer: bool) {
     let db = TestDb::new(b).await;
-    let outbox = Outbox::open(&db.url).await.unwrap();
+    let outbox = open_outbox(&db, writer).await;
     let t0 = 1_700_000_000_000;
     let mut huge = new("task-2:9:alice:hook", "huge", t0);
     huge.message.what_happened = "x".repeat(mandate_routing::limits::MAX_PAYLOAD_BYTES + 1);
@@ -431,9 +439,19 @@ async fn a_page_enqueues_with_its_cursor_or_not_at_all(b: Backend) {
 /// notification. The outbox refuses a page past `MAX_OUTBOX_OPEN` open
 /// notifications, writing nothing.
 async fn a_page_groups_in_bulk_up_to_its_limits(b: Backend) {
+    page_groups_in_bulk(b, false).await
+}
+
+/// The same through the engine's writer: on SQLite the page's direct form,
+/// on the writer's own connection.
+async fn a_page_groups_in_bulk_up_to_its_limits_through_the_writer(b: Backend) {
+    page_groups_in_bulk(b, true).await
+}
+
+async fn page_groups_in_bulk(b: Backend, writer: bool) {
     use mandate_routing::limits::{MAX_GROUP_ITEMS, MAX_OUTBOX_OPEN};
     let db = TestDb::new(b).await;
-    let outbox = Outbox::open(&db.url).await.unwrap();
+    let outbox = open_outbox(&db, writer).await;
     let t0 = 1_700_000_000_000;
     let per = MAX_GROUP_ITEMS as usize;
     let chain = |seq: i64| outbox::Escalation {
@@ -690,7 +708,9 @@ async fn bodies_move_to_their_own_table(b: Backend) {
 backend_tests!(
     bodies_move_to_their_own_table,
     a_page_groups_in_bulk_up_to_its_limits,
+    a_page_groups_in_bulk_up_to_its_limits_through_the_writer,
     a_page_enqueues_with_its_cursor_or_not_at_all,
+    a_page_enqueues_with_its_cursor_or_not_at_all_through_the_writer,
     one_id_delivered_once_per_key_across_a_crash,
     one_id_delivered_once_per_key_across_a_crash_through_the_writer,
     failed_deliveries_back_off_then_give_up,

@@ -29,8 +29,9 @@ use super::sqlite_checkpoint::WalPolicy;
 use super::writer::{BatchExecutor, BatchResult, WriteOp, WriteResult};
 use super::{AppendOutcome, Error};
 
-/// Prepared statements the writer keeps (it uses fewer than this).
-const STATEMENT_CACHE: usize = 32;
+/// Prepared statements the writer keeps: its own dozen and those of other
+/// modules' direct writes (the routing outbox's come to about 17), with room.
+const STATEMENT_CACHE: usize = 64;
 
 type Job = (Vec<WriteOp>, oneshot::Sender<(Vec<WriteOp>, BatchResult)>);
 
