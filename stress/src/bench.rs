@@ -279,6 +279,104 @@ impl Drop for Finals {
     }
 }
 
+/// Final updates for waiters that each wait for one task of a batch, many
+/// at once (a bounded number in flight): one subscription serves them all
+/// and wakes only the task's own waiter, so waiting reads nothing from the
+/// store unless updates were missed. `Engine::wait_until_final` reads the
+/// task's row at the start and after each of its updates, and every waiter
+/// sees every task's updates: a client's cost the engine's CPU per task
+/// would otherwise include.
+pub(crate) struct FinalWaits {
+    state: Arc<Mutex<WaitState>>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct WaitState {
+    /// Seen final, nobody waiting yet.
+    finals: std::collections::HashSet<String>,
+    /// Waiting: woken with `true` when final, `false` when updates were
+    /// missed (then the waiter reads the task).
+    waiting: HashMap<String, tokio::sync::oneshot::Sender<bool>>,
+    /// Times updates were missed.
+    lags: u64,
+}
+
+impl FinalWaits {
+    pub(crate) fn start(engine: &Engine) -> Self {
+        let mut updates = engine.subscribe();
+        let state = Arc::new(Mutex::new(WaitState::default()));
+        let st = state.clone();
+        let watcher = tokio::spawn(async move {
+            loop {
+                match updates.recv().await {
+                    Ok(u) if u.status.is_final() => {
+                        let mut s = st.lock().expect("final waits");
+                        match s.waiting.remove(&u.task_id) {
+                            Some(w) => {
+                                let _ = w.send(true);
+                            }
+                            None => {
+                                s.finals.insert(u.task_id);
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let mut s = st.lock().expect("final waits");
+                        s.lags += 1;
+                        for (_, w) in s.waiting.drain() {
+                            let _ = w.send(false);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Self { state, watcher }
+    }
+
+    /// Waits until `id` (submitted after `start`) is final.
+    pub(crate) async fn wait(
+        &self,
+        engine: &Engine,
+        id: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut lags_read = 0;
+        loop {
+            let (woken, lags) = {
+                let mut s = self.state.lock().expect("final waits");
+                if s.finals.remove(id) {
+                    return Ok(());
+                }
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                s.waiting.insert(id.to_string(), tx);
+                (rx, s.lags)
+            };
+            if lags != lags_read {
+                // Updates were missed since this waiter last looked.
+                lags_read = lags;
+                if engine.task(id).await?.status.is_final() {
+                    self.state.lock().expect("final waits").waiting.remove(id);
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                r = woken => if r == Ok(true) { return Ok(()) },
+                _ = tokio::time::sleep_until(deadline) => anyhow::bail!("task {id} not final after {timeout:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for FinalWaits {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
 /// Every figure of one store.
 #[derive(Debug, Default)]
 pub struct Figures {
@@ -1095,6 +1193,61 @@ mod tests {
             .await
             .expect_err("no updates and no lag: nothing is seen final");
         assert!(err.to_string().contains("5 tasks not final"), "{err}");
+
+        worker.shutdown().await;
+        fresh.drop_now().await;
+        Ok(())
+    }
+
+    /// `FinalWaits` ends each waiter's wait on its own task's final update,
+    /// whether the task ended before or after the wait began; after missed
+    /// updates it reads the task; with neither, the wait times out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn final_waits_end_each_wait_on_its_own_task() -> anyhow::Result<()> {
+        let fresh = FreshDb::create("sqlite").await?;
+        let engine = engine_on(&fresh.url, None).await?;
+        let worker = engine.start_worker(WorkerConfig::default());
+
+        let waits = Arc::new(FinalWaits::start(&engine));
+        let ids = submit_five_step(&engine, 20).await?;
+        // Half end before anyone waits; half are waited on at once.
+        for id in &ids[..10] {
+            engine.wait_until_final(id, Duration::from_secs(30)).await?;
+        }
+        join_all(ids.iter().map(|id| {
+            let (waits, engine) = (waits.clone(), engine.clone());
+            async move { waits.wait(&engine, id, Duration::from_secs(30)).await }
+        }))
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?;
+        for id in &ids {
+            assert_eq!(engine.task(id).await?.status, TaskStatus::Completed);
+        }
+        assert!(waits.state.lock().expect("final waits").waiting.is_empty());
+
+        // Updates missed: the waiter reads the task instead.
+        let lost = FinalWaits::start(&engine);
+        lost.watcher.abort();
+        let more = submit_five_step(&engine, 2).await?;
+        engine
+            .wait_until_final(&more[0], Duration::from_secs(30))
+            .await?;
+        lost.state.lock().expect("final waits").lags = 1;
+        lost.wait(&engine, &more[0], Duration::from_secs(30))
+            .await?;
+
+        // Neither an update nor a lag: the wait times out, naming the task.
+        let never = FinalWaits::start(&engine);
+        never.watcher.abort();
+        engine
+            .wait_until_final(&more[1], Duration::from_secs(30))
+            .await?;
+        let err = never
+            .wait(&engine, &more[1], Duration::from_millis(200))
+            .await
+            .expect_err("no update and no lag: nothing ends the wait");
+        assert!(err.to_string().contains(more[1].as_str()), "{err}");
 
         worker.shutdown().await;
         fresh.drop_now().await;

@@ -239,6 +239,7 @@ async fn run_on(
         });
         side = Some((follower, delivery));
     }
+    let finals = Arc::new(crate::bench::FinalWaits::start(&engine));
     let started = Instant::now();
     let cpu0 = process_cpu_s();
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
@@ -246,6 +247,7 @@ async fn run_on(
     for i in 0..tasks {
         let permit = sem.clone().acquire_owned().await?;
         let engine = engine.clone();
+        let finals = finals.clone();
         handles.push(tokio::spawn(async move {
             let plan = json!({"agent": "agent-deployer-7", "reason": "bench", "steps": [
                 {"id": "mark", "tool": "kv.put", "input": {"key": format!("k{i}"), "value": i}}]});
@@ -260,9 +262,7 @@ async fn run_on(
                 )
                 .await?
                 .task_id;
-            engine
-                .wait_until_final(&id, Duration::from_secs(120))
-                .await?;
+            finals.wait(&engine, &id, Duration::from_secs(120)).await?;
             drop(permit);
             anyhow::Ok(id)
         }));
