@@ -854,3 +854,115 @@ async fn the_sqlite_wal_stays_within_its_limit() {
         "the writer's checkpoints copied the WAL into the database file"
     );
 }
+
+/// The SQLite events table of a database written before migration 0010
+/// (clustered on (task_id, seq), payloads inline) becomes a table appended
+/// in commit order with every row, value and constraint kept: the same rows
+/// come back, (task_id, seq) and gseq stay unique, and an event without a
+/// gseq keeps none (so `evidence check` still names it `unnumbered`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_events_move_to_an_appended_table_whole() {
+    use sqlx::{Connection, Row};
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sqlite");
+    let old = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let f = f.unwrap();
+        let name = f.file_name().into_string().unwrap();
+        if name.as_str() < "0010" {
+            std::fs::copy(f.path(), old.path().join(&name)).unwrap();
+        }
+    }
+    let url = format!("{}?mode=rwc", db.url);
+    {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(old.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    exec_sql(
+        &db,
+        "INSERT INTO events (task_id, seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash, gseq) VALUES
+            ('t-b', 1, 'TaskCreated', 10, 'agent:a', '{\"b\": 1, \"a\": [1.5, \"é\"]}', 'p1', 'h1', 2),
+            ('t-a', 1, 'TaskCreated', 11, 'engine', '{}', 'p2', 'h2', 1),
+            ('t-b', 2, 'TimerFired', 12, 'engine', '{\"timer_seq\": 4}', 'h1', 'h3', 3),
+            ('t-c', 1, 'SignalReceived', 13, 'user:x', '{\"x\": null}', 'p4', 'h4', NULL)",
+    )
+    .await;
+    let all =
+        "SELECT task_id, seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash, gseq
+               FROM events ORDER BY task_id, seq";
+    type Row9 = (
+        String,
+        i64,
+        String,
+        i64,
+        String,
+        String,
+        String,
+        String,
+        Option<i64>,
+    );
+    let read = |url: String| async move {
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query_as::<_, Row9>(all)
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    };
+    let before = read(db.url.clone()).await;
+    assert_eq!(before.len(), 4);
+
+    // Opening the store runs migration 0010.
+    let store = mandate_engine::store::open(&db.url).await.unwrap();
+    drop(store);
+    assert_eq!(read(db.url.clone()).await, before, "every row, as it was");
+
+    let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    let schema: String =
+        sqlx::query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+            .get(0);
+    assert!(!schema.contains("WITHOUT ROWID"), "{schema}");
+    // Stored in gseq order (the unnumbered event first, as NULLs sort).
+    let order: Vec<Option<i64>> = sqlx::query_scalar("SELECT gseq FROM events ORDER BY rowid")
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(order, [None, Some(1), Some(2), Some(3)]);
+    for (what, insert) in [
+        (
+            "a second (task_id, seq)",
+            "INSERT INTO events (task_id, seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash, gseq)
+             VALUES ('t-b', 2, 'TimerFired', 14, 'engine', '{}', 'x', 'y', 9)",
+        ),
+        (
+            "a second gseq",
+            "INSERT INTO events (task_id, seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash, gseq)
+             VALUES ('t-b', 3, 'TimerFired', 14, 'engine', '{}', 'x', 'y', 3)",
+        ),
+    ] {
+        let err = sqlx::query(insert).execute(&mut c).await.unwrap_err();
+        assert!(err.to_string().contains("UNIQUE"), "{what}: {err}");
+    }
+    // The per-task reads take the (task_id, seq) index, not a scan.
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE task_id = 't-b' AND seq > 0 ORDER BY seq",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<String, _>("detail"))
+    .collect();
+    assert!(
+        plan.iter().any(|d| d.contains("events_task_seq")),
+        "{plan:?}"
+    );
+}
