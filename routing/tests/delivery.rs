@@ -657,32 +657,7 @@ fn with_group(mut n: NewNotification, group: &str) -> NewNotification {
 /// the notification is read and delivered as before.
 async fn bodies_move_to_their_own_table(b: Backend) {
     let db = TestDb::new(b).await;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
-    let dir = root.join(match b {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-    });
-    let old = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(&dir).unwrap() {
-        let f = f.unwrap();
-        let name = f.file_name().into_string().unwrap();
-        if name.as_str() < "0009" {
-            std::fs::copy(f.path(), old.path().join(&name)).unwrap();
-        }
-    }
-    let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
-    match b {
-        Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(&format!("{}?mode=rwc", db.url))
-                .await
-                .unwrap();
-            migrator.run(&pool).await.unwrap();
-        }
-        Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-            migrator.run(&pool).await.unwrap();
-        }
-    }
+    mandate_tests::migrate_before(&db, "0009").await;
     let body = serde_json::to_string(&message("written by the previous release")).unwrap();
     exec_sql(
         &db,

@@ -419,3 +419,42 @@ pub async fn exec_sql(db: &TestDb, sql: &str) -> u64 {
         }
     }
 }
+
+/// Applies to `db` only the migrations numbered below `first_left_out`
+/// (e.g. `"0010"`): the schema an earlier release left, for a test of what
+/// the later migrations do to its rows.
+pub async fn migrate_before(db: &TestDb, first_left_out: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../migrations")
+        .join(match db.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        });
+    let old = tempfile::tempdir().expect("create a temporary directory");
+    for f in std::fs::read_dir(&dir).expect("read the migrations") {
+        let f = f.expect("read the migrations");
+        let name = f.file_name().into_string().expect("a UTF-8 file name");
+        if name.as_str() < first_left_out {
+            std::fs::copy(f.path(), old.path().join(&name)).expect("copy a migration");
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(old.path())
+        .await
+        .expect("read the migrations");
+    match db.backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&format!("{}?mode=rwc", db.url))
+                .await
+                .expect("open sqlite");
+            migrator.run(&pool).await.expect("migrate");
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url)
+                .await
+                .expect("connect postgres");
+            migrator.run(&pool).await.expect("migrate");
+            pool.close().await;
+        }
+    }
+}

@@ -864,26 +864,7 @@ async fn the_sqlite_wal_stays_within_its_limit() {
 async fn sqlite_events_move_to_an_appended_table_whole() {
     use sqlx::{Connection, Row};
     let db = TestDb::new(Backend::Sqlite).await;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sqlite");
-    let old = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(&dir).unwrap() {
-        let f = f.unwrap();
-        let name = f.file_name().into_string().unwrap();
-        if name.as_str() < "0010" {
-            std::fs::copy(f.path(), old.path().join(&name)).unwrap();
-        }
-    }
-    let url = format!("{}?mode=rwc", db.url);
-    {
-        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-        sqlx::migrate::Migrator::new(old.path())
-            .await
-            .unwrap()
-            .run(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-    }
+    mandate_tests::migrate_before(&db, "0010").await;
     exec_sql(
         &db,
         "INSERT INTO events (task_id, seq, event_type, recorded_at_ms, actor, payload, prev_hash, hash, gseq) VALUES
