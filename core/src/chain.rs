@@ -88,11 +88,27 @@ pub fn canonical_bytes(
     actor: &str,
     payload: &Value,
 ) -> Result<Vec<u8>, String> {
+    canonical_document(task_id, seq, event_type, recorded_at_ms, actor, |out| {
+        jcs::write_value(out, payload)
+    })
+}
+
+/// [`canonical_bytes`] with the payload's canonical bytes written by
+/// `payload` (already canonical: sealing writes them from the typed
+/// payload, without a `Value`).
+pub fn canonical_document(
+    task_id: &str,
+    seq: i64,
+    event_type: &str,
+    recorded_at_ms: i64,
+    actor: &str,
+    payload: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(192);
     out.extend_from_slice(b"{\"actor\":");
     jcs::write_str(&mut out, actor);
     out.extend_from_slice(b",\"payload\":");
-    jcs::write_value(&mut out, payload)?;
+    payload(&mut out)?;
     out.extend_from_slice(b",\"recorded_at_ms\":");
     jcs::write_int(&mut out, recorded_at_ms)?;
     out.extend_from_slice(b",\"seq\":");
@@ -144,6 +160,55 @@ impl RawEvent {
             &self.payload,
         )?;
         Ok(link_hash(&self.prev_hash, &bytes))
+    }
+}
+
+/// One event sealed for appending: its envelope, its links, and its payload
+/// as the JSON text to store (compact, not canonical: the canonical form
+/// writes integers beyond 2^53 through a double, and the stored text must
+/// keep them exact). What [`crate::event::seal`] makes and the store
+/// writes, without a `Value` in between.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealedEvent {
+    pub task_id: String,
+    pub seq: i64,
+    pub event_type: String,
+    pub recorded_at_ms: i64,
+    pub actor: String,
+    /// Compact JSON text.
+    pub payload: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl SealedEvent {
+    /// The event as it reads back from a store: its payload text parsed.
+    pub fn to_raw(&self) -> Result<RawEvent, serde_json::Error> {
+        Ok(RawEvent {
+            task_id: self.task_id.clone(),
+            seq: self.seq,
+            event_type: self.event_type.clone(),
+            recorded_at_ms: self.recorded_at_ms,
+            actor: self.actor.clone(),
+            payload: serde_json::from_str(&self.payload)?,
+            prev_hash: self.prev_hash.clone(),
+            hash: self.hash.clone(),
+        })
+    }
+}
+
+impl From<&RawEvent> for SealedEvent {
+    fn from(e: &RawEvent) -> Self {
+        SealedEvent {
+            task_id: e.task_id.clone(),
+            seq: e.seq,
+            event_type: e.event_type.clone(),
+            recorded_at_ms: e.recorded_at_ms,
+            actor: e.actor.clone(),
+            payload: e.payload.to_string(),
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
+        }
     }
 }
 

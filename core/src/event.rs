@@ -516,6 +516,54 @@ impl EventPayload {
         (self.type_name(), payload)
     }
 
+    /// The payload part of [`to_parts`](Self::to_parts) in its two written
+    /// forms, without building the `Value`: its RFC 8785 canonical bytes
+    /// and its compact JSON text. Each is cut from the serialization of
+    /// the whole adjacently tagged payload (`{"payload":…,"type":…}`
+    /// canonically, `{"type":…,"payload":…}` compactly; a variant without
+    /// fields has no `payload` and stands for `{}`).
+    pub fn payload_forms(&self) -> Result<(Vec<u8>, String), String> {
+        let mut tag = Vec::with_capacity(self.type_name().len() + 2);
+        crate::jcs::write_str(&mut tag, self.type_name());
+        let tag = String::from_utf8(tag).map_err(|e| e.to_string())?;
+
+        let whole = crate::jcs_ser::to_vec(self)?;
+        let only_tag = format!("{{\"type\":{tag}}}");
+        let canonical = if whole == only_tag.as_bytes() {
+            b"{}".to_vec()
+        } else {
+            let suffix = format!(",\"type\":{tag}}}");
+            whole
+                .strip_prefix(b"{\"payload\":".as_slice())
+                .and_then(|rest| rest.strip_suffix(suffix.as_bytes()))
+                .ok_or_else(|| {
+                    format!(
+                        "{} does not serialize as {{\"payload\", \"type\"}}",
+                        self.type_name()
+                    )
+                })?
+                .to_vec()
+        };
+
+        let whole = serde_json::to_string(self).map_err(|e| e.to_string())?;
+        let text = if whole == only_tag {
+            "{}".to_string()
+        } else {
+            let prefix = format!("{{\"type\":{tag},\"payload\":");
+            whole
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.strip_suffix('}'))
+                .ok_or_else(|| {
+                    format!(
+                        "{} does not serialize as {{\"type\", \"payload\"}}",
+                        self.type_name()
+                    )
+                })?
+                .to_string()
+        };
+        Ok((canonical, text))
+    }
+
     /// Rebuilds a payload from its stored `(type, payload)` pair.
     ///
     /// Reads the borrowed payload in place: the adjacently tagged form
@@ -562,13 +610,17 @@ impl NewEvent {
 }
 
 /// Seals decided events into the chain after `(last_seq, last_hash)`.
+///
+/// Each payload is serialized twice, straight from its typed form: once
+/// canonically for the hash (`jcs_ser`) and once compactly for the text
+/// stored (`serde_json`), neither through a `Value`.
 pub fn seal(
     task_id: &str,
     last_seq: i64,
     last_hash: &str,
     recorded_at_ms: i64,
     events: &[NewEvent],
-) -> Vec<(Event, super::chain::RawEvent)> {
+) -> Vec<(Event, super::chain::SealedEvent)> {
     let mut prev = if last_seq == 0 {
         super::chain::GENESIS_HASH.to_string()
     } else {
@@ -578,33 +630,48 @@ pub fn seal(
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let (event_type, payload) = e.payload.to_parts();
-            let mut raw = super::chain::RawEvent {
+            let event_type = e.payload.type_name();
+            let seq = last_seq + 1 + i as i64;
+            // Payloads were checked against the limits (which include
+            // canonicalization) before they were decided.
+            let (canonical, text) = e
+                .payload
+                .payload_forms()
+                .expect("decided payloads are canonicalizable");
+            let bytes = super::chain::canonical_document(
+                task_id,
+                seq,
+                event_type,
+                recorded_at_ms,
+                &e.actor,
+                |out| {
+                    out.extend_from_slice(&canonical);
+                    Ok(())
+                },
+            )
+            .expect("decided payloads are canonicalizable");
+            let hash = super::chain::link_hash(&prev, &bytes);
+            let prev_hash = std::mem::replace(&mut prev, hash.clone());
+            let event = Event {
                 task_id: task_id.to_string(),
-                seq: last_seq + 1 + i as i64,
+                seq,
+                recorded_at_ms,
+                actor: e.actor.clone(),
+                payload: e.payload.clone(),
+                prev_hash: prev_hash.clone(),
+                hash: hash.clone(),
+            };
+            let sealed = super::chain::SealedEvent {
+                task_id: task_id.to_string(),
+                seq,
                 event_type: event_type.to_string(),
                 recorded_at_ms,
                 actor: e.actor.clone(),
-                payload,
-                prev_hash: prev.clone(),
-                hash: String::new(),
+                payload: text,
+                prev_hash,
+                hash,
             };
-            // Payloads were checked against the limits (which include
-            // canonicalization) before they were decided.
-            raw.hash = raw
-                .compute_hash()
-                .expect("decided payloads are canonicalizable");
-            prev = raw.hash.clone();
-            let event = Event {
-                task_id: raw.task_id.clone(),
-                seq: raw.seq,
-                recorded_at_ms,
-                actor: raw.actor.clone(),
-                payload: e.payload.clone(),
-                prev_hash: raw.prev_hash.clone(),
-                hash: raw.hash.clone(),
-            };
-            (event, raw)
+            (event, sealed)
         })
         .collect()
 }

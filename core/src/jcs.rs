@@ -139,7 +139,7 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 /// Orders member names by their UTF-16 code units (RFC 8785 §3.2.3). For
 /// ASCII names that is byte order; otherwise it differs from UTF-8 byte
 /// order only between supplementary-plane characters and U+E000–U+FFFF.
-fn utf16_cmp(a: &str, b: &str) -> Ordering {
+pub(crate) fn utf16_cmp(a: &str, b: &str) -> Ordering {
     if a.is_ascii() && b.is_ascii() {
         a.as_bytes().cmp(b.as_bytes())
     } else {
@@ -278,6 +278,106 @@ mod tests {
             }
             same_as_the_crate(&v);
         }
+    }
+
+    /// The serializer over typed values writes the same bytes as the
+    /// `Value` path, and an event payload's two forms are those of
+    /// `to_parts` (its canonical bytes and its compact text).
+    #[test]
+    fn the_typed_serializer_writes_the_value_paths_bytes() {
+        use crate::event::EventPayload;
+        let mut g = Gen(0x2545_f491_4f6c_dd1d);
+        for _ in 0..5_000 {
+            let v = g.value(4);
+            if v.to_string().contains("NaN") {
+                continue;
+            }
+            let ours = crate::jcs_ser::to_vec(&v).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&to_vec(&v).unwrap()),
+                "for {v}"
+            );
+            let p = EventPayload::SignalReceived {
+                name: g.string(),
+                payload: v,
+                sender: "user:x".into(),
+            };
+            let (canonical, text) = p.payload_forms().unwrap();
+            let (_, parts) = p.to_parts();
+            assert_eq!(canonical, to_vec(&parts).unwrap(), "for {parts}");
+            assert_eq!(text, parts.to_string());
+        }
+        // Typed values that a `Value` writes its own way: non-finite floats
+        // are null, u64 past i64 and i128 go through the double, integer
+        // keys are names, and of two members with one name the later wins.
+        #[derive(serde::Serialize)]
+        struct Typed {
+            nan: f64,
+            inf: f32,
+            big: u64,
+            wide: i128,
+            none: Option<u8>,
+            keys: std::collections::BTreeMap<i32, &'static str>,
+            bytes: serde_bytes_like::Bytes,
+            unit: (),
+            tuple: (u8, &'static str),
+            e: E,
+            n: E,
+            t: E,
+            s: E,
+        }
+        #[derive(serde::Serialize)]
+        enum E {
+            Unit,
+            New(u8),
+            Tuple(u8, u8),
+            Struct { z: u8, a: u8 },
+        }
+        mod serde_bytes_like {
+            pub struct Bytes(pub Vec<u8>);
+            impl serde::Serialize for Bytes {
+                fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    s.serialize_bytes(&self.0)
+                }
+            }
+        }
+        let t = Typed {
+            nan: f64::NAN,
+            inf: f32::INFINITY,
+            big: u64::MAX,
+            wide: -(1i128 << 60),
+            none: None,
+            keys: [(10, "ten"), (-2, "minus two"), (3, "three")].into(),
+            bytes: serde_bytes_like::Bytes(vec![0, 255]),
+            unit: (),
+            tuple: (1, "é"),
+            e: E::Unit,
+            n: E::New(7),
+            t: E::Tuple(1, 2),
+            s: E::Struct { z: 1, a: 2 },
+        };
+        let via_value = serde_json::to_value(&t).unwrap();
+        assert_eq!(
+            String::from_utf8(crate::jcs_ser::to_vec(&t).unwrap()).unwrap(),
+            String::from_utf8(to_vec(&via_value).unwrap()).unwrap()
+        );
+        let dup = DupKeys;
+        struct DupKeys;
+        impl serde::Serialize for DupKeys {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(None)?;
+                m.serialize_entry("b", &1)?;
+                m.serialize_entry("a", &2)?;
+                m.serialize_entry("b", &3)?;
+                m.end()
+            }
+        }
+        assert_eq!(
+            crate::jcs_ser::to_vec(&dup).unwrap(),
+            to_vec(&serde_json::to_value(&dup).unwrap()).unwrap()
+        );
     }
 
     #[test]

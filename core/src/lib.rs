@@ -13,6 +13,7 @@ pub mod decide;
 pub mod event;
 pub mod gateway;
 pub mod jcs;
+pub mod jcs_ser;
 pub mod limits;
 pub mod retry;
 pub mod routing;

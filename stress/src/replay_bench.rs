@@ -305,11 +305,11 @@ fn create_request(history: &[Event]) -> AppendRequest {
         events: history
             .iter()
             .map(|e| {
-                let (event_type, payload) = e.payload.to_parts();
-                mandate_engine::core::chain::RawEvent {
+                let (_, payload) = e.payload.payload_forms().expect("a sealed payload");
+                mandate_engine::core::chain::SealedEvent {
                     task_id: e.task_id.clone(),
                     seq: e.seq,
-                    event_type: event_type.to_string(),
+                    event_type: e.payload.type_name().to_string(),
                     recorded_at_ms: e.recorded_at_ms,
                     actor: e.actor.clone(),
                     payload,

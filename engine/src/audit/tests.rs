@@ -126,7 +126,7 @@ fn completed_then_signalled(signals: usize) -> StoredTask {
     };
     StoredTask {
         row: Some(row),
-        events: sealed.into_iter().map(|(_, raw)| raw).collect(),
+        events: sealed.iter().map(|(_, s)| s.to_raw().unwrap()).collect(),
         timers: p.timers,
         consistent: true,
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::history::{over_budget, payload_len, raw_len};
+use super::history::{over_budget, payload_len, sealed_len};
 use super::{Engine, Handoff};
 use crate::core::chain;
 use crate::core::decide::projection;
@@ -179,7 +179,7 @@ impl Engine {
         let (history, raws): (Vec<Event>, Vec<_>) =
             event::seal(&task_id, 0, "", now, &new).into_iter().unzip();
         let state = TaskState::fold(&history);
-        let bytes = raw_len(&raws);
+        let bytes = sealed_len(&raws);
         let request = AppendRequest {
             task_id: task_id.clone(),
             expected_seq: 0,

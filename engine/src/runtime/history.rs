@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::Engine;
 use super::client::Error;
-use crate::core::chain::{RawEvent, Verifier};
+use crate::core::chain::{RawEvent, SealedEvent, Verifier};
 use crate::core::event::{self, Event, EventPayload};
 
 /// Most events in one page of a history.
@@ -47,6 +47,12 @@ pub fn payload_len(payload: &EventPayload) -> u64 {
 /// The bytes stored events take from the budget.
 pub fn raw_len(events: &[RawEvent]) -> u64 {
     events.iter().map(|e| json_len(&e.payload)).sum()
+}
+
+/// The bytes sealed events will take from the budget: their payloads'
+/// stored text, the same count as [`raw_len`] once they are read back.
+pub fn sealed_len(events: &[SealedEvent]) -> u64 {
+    events.iter().map(|e| e.payload.len() as u64).sum()
 }
 
 /// Why the budget refuses `added` more bytes after `have`, if it does.

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::client::load_verified_sized;
-use super::history::{over_budget, raw_len};
+use super::history::{over_budget, sealed_len};
 use super::{ActiveTask, Handoff, Shared};
 use crate::core::decide::{self, Action, AttemptOutcome, DecideInput, Target};
 use crate::core::event::{self, Event, EventPayload, NewEvent, RecordedError};
@@ -410,7 +410,7 @@ impl Driver {
                     event::seal(&self.task_id, before_seq, &before_hash, now, events)
                         .into_iter()
                         .unzip();
-                let added = raw_len(&raws);
+                let added = sealed_len(&raws);
                 (events, raws, added)
             };
             let (mut new_events, mut raws, mut added) = seal(&decision.events);

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
-use crate::core::chain::RawEvent;
+use crate::core::chain::{RawEvent, SealedEvent};
 use crate::core::decide::Projection;
 use crate::core::state::{PendingTimer, TaskStatus};
 
@@ -137,7 +137,7 @@ pub struct AppendRequest {
     pub task_id: String,
     /// The task's current last seq as the appender saw it; 0 creates the task.
     pub expected_seq: i64,
-    pub events: Vec<RawEvent>,
+    pub events: Vec<SealedEvent>,
     pub projection: Projection,
     /// `Some` when the pending timers changed (the rows are replaced).
     pub timers: Option<Vec<PendingTimer>>,

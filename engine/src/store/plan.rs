@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::core::chain::RawEvent;
+use crate::core::chain::SealedEvent;
 use crate::core::state::PendingTimer;
 
 use super::writer::QueuedAppend;
@@ -31,7 +31,7 @@ pub(crate) struct TaskUpsert<'a> {
 pub(crate) struct BatchPlan<'a> {
     pub outcomes: Vec<AppendOutcome>,
     /// Each event with its payload's stored text.
-    pub events: Vec<(&'a RawEvent, &'a str)>,
+    pub events: Vec<(&'a SealedEvent, &'a str)>,
     pub tasks: Vec<TaskUpsert<'a>>,
     /// Tasks whose timer rows are replaced, with the new rows.
     pub timers: Vec<(&'a str, &'a [PendingTimer])>,
@@ -115,11 +115,8 @@ pub(crate) fn plan<'a>(
                 lease_owner,
             },
         );
-        out.events.extend(
-            req.events
-                .iter()
-                .zip(queued.payloads.iter().map(String::as_str)),
-        );
+        out.events
+            .extend(req.events.iter().map(|e| (e, e.payload.as_str())));
         let row = TaskUpsert {
             id: &req.task_id,
             create: req.create.as_ref(),

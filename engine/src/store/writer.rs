@@ -68,21 +68,18 @@ impl Default for WriterConfig {
     }
 }
 
-/// An append as the writer takes it: the request, and each of its events'
-/// payloads as the JSON text stored. The text is written by the appending
-/// task before the request is queued, so the one writer thread, which every
-/// task's appends wait on, does not.
+/// An append as the writer takes it. Its events' payloads are already the
+/// JSON text stored (written when they were sealed, by the appending task),
+/// so the one writer thread, which every task's appends wait on, does not
+/// write them.
 #[derive(Debug, Clone)]
 pub(crate) struct QueuedAppend {
     pub(crate) req: AppendRequest,
-    /// One per event of `req`, in order.
-    pub(crate) payloads: Vec<String>,
 }
 
 impl QueuedAppend {
     pub(crate) fn new(req: AppendRequest) -> Self {
-        let payloads = req.events.iter().map(|e| e.payload.to_string()).collect();
-        QueuedAppend { req, payloads }
+        QueuedAppend { req }
     }
 }
 
