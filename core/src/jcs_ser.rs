@@ -8,9 +8,13 @@
 //! `serde_json::to_value`'s data model: a non-finite float is `null`, a
 //! `u64` or `i128` beyond `i64` goes through the double, map keys may be
 //! strings, chars, integers or booleans (written as strings), and of two
-//! members with one name the later wins. Each object's members are
-//! written into buffers of their own and sorted by the UTF-16 code units of
-//! their names before they are joined.
+//! members with one name the later wins. Each object's member values are
+//! written into one buffer of its own, and the members sorted by the UTF-16
+//! code units of their names (a struct's names borrowed) before they are
+//! joined.
+
+use std::borrow::Cow;
+use std::ops::Range;
 
 use serde::Serialize;
 use serde::ser::{self, Impossible};
@@ -73,10 +77,12 @@ struct Seq<'a> {
     variant: bool,
 }
 
-/// An object being gathered: each member's name and canonical value.
+/// An object being gathered: each member's name and where its canonical
+/// value lies in `values` (one buffer for all of them).
 struct Object<'a> {
     out: &'a mut Vec<u8>,
-    members: Vec<(String, Vec<u8>)>,
+    members: Vec<(Cow<'static, str>, Range<usize>)>,
+    values: Vec<u8>,
     key: Option<String>,
     variant: bool,
 }
@@ -86,15 +92,20 @@ impl<'a> Object<'a> {
         Object {
             out,
             members: Vec::with_capacity(len.unwrap_or(4)),
+            values: Vec::with_capacity(64),
             key: None,
             variant,
         }
     }
 
-    fn member<T: Serialize + ?Sized>(&mut self, key: String, value: &T) -> Result<(), Error> {
-        let mut bytes = Vec::with_capacity(32);
-        value.serialize(Canon(&mut bytes))?;
-        self.members.push((key, bytes));
+    fn member<T: Serialize + ?Sized>(
+        &mut self,
+        key: Cow<'static, str>,
+        value: &T,
+    ) -> Result<(), Error> {
+        let start = self.values.len();
+        value.serialize(Canon(&mut self.values))?;
+        self.members.push((key, start..self.values.len()));
         Ok(())
     }
 
@@ -102,6 +113,7 @@ impl<'a> Object<'a> {
         let Object {
             out,
             mut members,
+            values,
             variant,
             ..
         } = self;
@@ -119,7 +131,7 @@ impl<'a> Object<'a> {
             first = false;
             write_str(out, k);
             out.push(b':');
-            out.extend_from_slice(v);
+            out.extend_from_slice(&values[v.clone()]);
         }
         out.push(b'}');
         if variant {
@@ -353,7 +365,7 @@ impl ser::SerializeMap for Object<'_> {
             .key
             .take()
             .ok_or_else(|| Error("a map value without its key".into()))?;
-        self.member(key, value)
+        self.member(Cow::Owned(key), value)
     }
     fn end(self) -> Result<(), Error> {
         self.finish()
@@ -371,7 +383,7 @@ macro_rules! object_form {
                 key: &'static str,
                 value: &T,
             ) -> Result<(), Error> {
-                self.member(key.to_string(), value)
+                self.member(Cow::Borrowed(key), value)
             }
             fn end(self) -> Result<(), Error> {
                 self.finish()
