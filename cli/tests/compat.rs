@@ -184,3 +184,38 @@ async fn copy_to_postgres(sqlite_url: &str) -> TestDb {
         .unwrap();
     pg
 }
+
+/// Opening a large database from before migration 0010 says, before the
+/// events table is rebuilt, that it is being rebuilt and for how long; a
+/// small one, or one already migrated, opens without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_database_is_told_of_the_events_rebuild() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    mandate_tests::migrate_before(&db, "0010").await;
+    let quiet = mandate(&db.url, &["list", "--json"]);
+    quiet.expect_code(0);
+    assert!(!quiet.stderr.contains("0010"), "{}", quiet.stderr);
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    mandate_tests::migrate_before(&db, "0010").await;
+    // The announcement reads the event counter, not the rows.
+    mandate_tests::exec_sql(
+        &db,
+        &format!(
+            "UPDATE event_log SET head = {} WHERE id = 1",
+            mandate_engine::store::sqlite::ANNOUNCE_REBUILD_FROM_EVENTS
+        ),
+    )
+    .await;
+    let told = mandate(&db.url, &["list", "--json"]);
+    told.expect_code(0);
+    assert!(
+        told.stderr
+            .contains("migration 0010 rebuilds the events table")
+            && told.stderr.contains("100000 events"),
+        "{}",
+        told.stderr
+    );
+    let again = mandate(&db.url, &["list", "--json"]);
+    assert!(!again.stderr.contains("0010"), "{}", again.stderr);
+}

@@ -74,6 +74,41 @@ fn create_private(url: &str, opts: &SqliteConnectOptions) -> Result<(), Error> {
     }
 }
 
+/// A database from before migration 0010 holding at least this many events
+/// is told about the table's rebuild before it starts.
+pub const ANNOUNCE_REBUILD_FROM_EVENTS: i64 = 100_000;
+
+/// Warns, before migrating, when migration 0010 is about to rebuild the
+/// events table of a large database (once; about 13 s per million events
+/// on a 2-core machine, the database locked meanwhile), so that an operator
+/// who opened it does not take the wait for a hang. Reads only
+/// `_sqlx_migrations` and the event counter; says nothing for a new
+/// database or one already migrated.
+async fn announce_events_rebuild(pool: &SqlitePool, url: &str) {
+    let Ok(applied) = sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations")
+        .fetch_all(pool)
+        .await
+    else {
+        return;
+    };
+    if applied.is_empty() || applied.contains(&10) {
+        return;
+    }
+    let events = sqlx::query_scalar::<_, i64>("SELECT head FROM event_log WHERE id = 1")
+        .fetch_optional(pool)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    if events >= ANNOUNCE_REBUILD_FROM_EVENTS {
+        tracing::warn!(
+            "{url}: migration 0010 rebuilds the events table of this database ({events} events) \
+             as a table appended in commit order: once, about 13 s per million events, \
+             with the database locked until it finishes"
+        );
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if missing, mode 0600) and migrates the database at `url`.
     pub async fn open(url: &str, config: WriterConfig) -> Result<Self, Error> {
@@ -89,6 +124,7 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await
             .map_err(connect_err)?;
+        announce_events_rebuild(&pool, url).await;
         MIGRATOR.run(&pool).await.map_err(|source| Error::Migrate {
             backend: "sqlite",
             source,
