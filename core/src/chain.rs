@@ -197,21 +197,6 @@ impl SealedEvent {
     }
 }
 
-impl From<&RawEvent> for SealedEvent {
-    fn from(e: &RawEvent) -> Self {
-        SealedEvent {
-            task_id: e.task_id.clone(),
-            seq: e.seq,
-            event_type: e.event_type.clone(),
-            recorded_at_ms: e.recorded_at_ms,
-            actor: e.actor.clone(),
-            payload: e.payload.to_string(),
-            prev_hash: e.prev_hash.clone(),
-            hash: e.hash.clone(),
-        }
-    }
-}
-
 /// Incremental verifier: feed events in stored order; the first error names the bad seq.
 #[derive(Debug, Clone)]
 pub struct Verifier {
