@@ -1338,44 +1338,71 @@ pub fn decide_with(
     }
 }
 
-/// The attempts that should be running now.
-pub fn actions(state: &TaskState, now_ms: i64) -> Vec<Action> {
-    if state.is_final() || state.paused || state.blocked.is_some() {
-        return Vec::new();
-    }
-    let due = |next: Option<i64>| next.is_none_or(|t| t <= now_ms);
-    let mut out: Vec<Action> = state
+/// An attempt that should be running now, without its input: what a
+/// caller that already runs most of them needs to look at (see [`due`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    pub target: Target,
+    pub attempt: u32,
+}
+
+/// The attempts that should be running now, in [`actions`]' order, without
+/// building them: a driver that already runs most of them builds only the
+/// new ones ([`action`]), so a decision costs nothing per running attempt
+/// beyond this walk.
+pub fn due(state: &TaskState, now_ms: i64) -> impl Iterator<Item = Due> + '_ {
+    let live = !(state.is_final() || state.paused || state.blocked.is_some());
+    let is_due = move |next: Option<i64>| next.is_none_or(|t| t <= now_ms);
+    let steps = state
         .open_steps()
-        .filter(|s| due(s.next_attempt_at_ms))
-        .map(|s| Action {
+        .filter(move |s| live && is_due(s.next_attempt_at_ms))
+        .map(|s| Due {
             target: Target::Step(s.seq),
-            tool: s.tool.clone(),
-            input: s.input.clone(),
             attempt: s.next_attempt(),
-            timeout_ms: s.timeout_ms,
-            compensates_step_seq: None,
-        })
-        .collect();
-    for c in state
+        });
+    let compensations = state
         .compensations
         .values()
-        .filter(|c| c.outcome.is_none() && due(c.next_attempt_at_ms))
-    {
-        let timeout_ms = state
-            .steps
-            .get(&c.step_seq)
-            .map(|s| s.timeout_ms)
-            .unwrap_or(DEFAULT_STEP_TIMEOUT_MS);
-        out.push(Action {
+        .filter(move |c| live && c.outcome.is_none() && is_due(c.next_attempt_at_ms))
+        .map(|c| Due {
             target: Target::Compensation(c.seq),
+            attempt: c.failed_attempts + 1,
+        });
+    steps.chain(compensations)
+}
+
+/// The action of an attempt [`due`] named: its tool, input and timeout.
+/// `None` when `state` has no such step or compensation.
+pub fn action(state: &TaskState, due: Due) -> Option<Action> {
+    match due.target {
+        Target::Step(seq) => state.steps.get(&seq).map(|s| Action {
+            target: due.target,
+            tool: s.tool.clone(),
+            input: s.input.clone(),
+            attempt: due.attempt,
+            timeout_ms: s.timeout_ms,
+            compensates_step_seq: None,
+        }),
+        Target::Compensation(seq) => state.compensations.get(&seq).map(|c| Action {
+            target: due.target,
             tool: c.tool.clone(),
             input: c.input.clone(),
-            attempt: c.failed_attempts + 1,
-            timeout_ms,
+            attempt: due.attempt,
+            timeout_ms: state
+                .steps
+                .get(&c.step_seq)
+                .map(|s| s.timeout_ms)
+                .unwrap_or(DEFAULT_STEP_TIMEOUT_MS),
             compensates_step_seq: Some(c.step_seq),
-        });
+        }),
     }
-    out
+}
+
+/// The attempts that should be running now.
+pub fn actions(state: &TaskState, now_ms: i64) -> Vec<Action> {
+    due(state, now_ms)
+        .filter_map(|d| action(state, d))
+        .collect()
 }
 
 /// Whether `attempt` is still the current attempt of an open step or

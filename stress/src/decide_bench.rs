@@ -139,12 +139,17 @@ pub fn decide_cost(commands: usize, budget_s: f64, shape: Shape) -> DecideCost {
         cpu += thread_cpu_s() - t0;
         state = decision.state;
         state.last_hash = history.last().map(|e| e.hash.clone()).unwrap_or_default();
-        let mut due = decide::actions(&state, now);
-        if shape == Shape::Parallel {
-            due.truncate(1);
-        }
-        outcomes = due
-            .into_iter()
+        // Parallel: one result per decision, and only that attempt built
+        // (building every open step's action each time is this loop's
+        // cost, not decide's, and made the 10,000-step run take minutes).
+        let results = if shape == Shape::Parallel {
+            1
+        } else {
+            usize::MAX
+        };
+        outcomes = decide::due(&state, now)
+            .take(results)
+            .filter_map(|d| decide::action(&state, d))
             .map(|a| AttemptOutcome {
                 target: a.target,
                 attempt: a.attempt,

@@ -422,14 +422,13 @@ impl Driver {
                 // Fed this decision's events: good only once they are appended.
                 let fed = decision.instance.take();
                 let after = decision.state;
-                let acts_after = decide::actions(&after, now);
                 // An attempt still current keeps the task held even when no
                 // new one may start (a pause or a halt just recorded): its
                 // result must be recorded, not hung up on.
                 let still_running = running
                     .iter()
                     .any(|(t, (attempt, _))| decide::attempt_is_current(&after, *t, *attempt));
-                let idle = acts_after.is_empty() && !still_running;
+                let idle = decide::due(&after, now).next().is_none() && !still_running;
                 let far = decide::next_wake(&after, now)
                     .is_none_or(|t| t - now > self.config.idle_hold.as_millis() as i64);
                 let release = after.is_final() || after.blocked.is_some() || (idle && far);
@@ -528,7 +527,6 @@ impl Driver {
                 return;
             }
             let now = self.shared.clock.now_ms();
-            let acts = decide::actions(&state, now);
             // Attempts no longer wanted (resolved elsewhere, superseded, task
             // final) stop; a pause lets running attempts finish.
             running.retain(|target, (attempt, handle)| {
@@ -538,12 +536,15 @@ impl Driver {
                 }
                 keep
             });
-            for a in acts {
-                if running.contains_key(&a.target) {
+            // Only the attempts not running yet are built (their inputs
+            // copied): a wide stage costs no copies per decision.
+            for d in decide::due(&state, now) {
+                if running.contains_key(&d.target) {
                     continue;
                 }
-                let handle = self.dispatch(a.clone(), tx.clone());
-                running.insert(a.target, (a.attempt, handle));
+                if let Some(a) = decide::action(&state, d) {
+                    running.insert(d.target, (d.attempt, self.dispatch(a, tx.clone())));
+                }
             }
             let wake_at = decide::next_wake(&state, now);
             if running.is_empty() {
@@ -653,6 +654,7 @@ impl Driver {
         let shared = self.shared.clone();
         let task_id = self.task_id.clone();
         let handle = tokio::spawn(async move {
+            let mut action = action;
             let started_at_ms = shared.clock.now_ms();
             let t0 = Instant::now();
             let result = match shared.tools.get(&action.tool) {
@@ -675,8 +677,8 @@ impl Driver {
                         }
                         None => ToolContext::new(task_id, seq, action.attempt),
                     };
-                    let call =
-                        AssertUnwindSafe(tool.call(ctx, action.input.clone())).catch_unwind();
+                    let input = std::mem::take(&mut action.input);
+                    let call = AssertUnwindSafe(tool.call(ctx, input)).catch_unwind();
                     match tokio::time::timeout(Duration::from_millis(action.timeout_ms), call).await
                     {
                         Ok(Ok(Ok(v))) => Ok(v),
