@@ -621,13 +621,32 @@ pub fn seal(
     recorded_at_ms: i64,
     events: &[NewEvent],
 ) -> Vec<(Event, super::chain::SealedEvent)> {
+    seal_owned(
+        task_id,
+        last_seq,
+        last_hash,
+        recorded_at_ms,
+        events.to_vec(),
+    )
+}
+
+/// [`seal`], taking the events: their payloads move into the events
+/// returned instead of being copied (what a driver appending a decision
+/// needs, once per event it records).
+pub fn seal_owned(
+    task_id: &str,
+    last_seq: i64,
+    last_hash: &str,
+    recorded_at_ms: i64,
+    events: Vec<NewEvent>,
+) -> Vec<(Event, super::chain::SealedEvent)> {
     let mut prev = if last_seq == 0 {
         super::chain::GENESIS_HASH.to_string()
     } else {
         last_hash.to_string()
     };
     events
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, e)| {
             let event_type = e.payload.type_name();
@@ -657,7 +676,7 @@ pub fn seal(
                 seq,
                 recorded_at_ms,
                 actor: e.actor.clone(),
-                payload: e.payload.clone(),
+                payload: e.payload,
                 prev_hash: prev_hash.clone(),
                 hash: hash.clone(),
             };
@@ -666,7 +685,7 @@ pub fn seal(
                 seq,
                 event_type: event_type.to_string(),
                 recorded_at_ms,
-                actor: e.actor.clone(),
+                actor: e.actor,
                 payload: text,
                 prev_hash,
                 hash,

@@ -164,7 +164,7 @@ impl Engine {
                 Some(a) => format!("agent:{a}"),
                 None => "user:cli".to_string(),
             });
-        let new = [NewEvent {
+        let new = vec![NewEvent {
             actor,
             payload: EventPayload::TaskSubmitted {
                 workflow: workflow.to_string(),
@@ -176,8 +176,9 @@ impl Engine {
             },
         }];
         let local = s.local_worker_with_room();
-        let (history, raws): (Vec<Event>, Vec<_>) =
-            event::seal(&task_id, 0, "", now, &new).into_iter().unzip();
+        let (history, raws): (Vec<Event>, Vec<_>) = event::seal_owned(&task_id, 0, "", now, new)
+            .into_iter()
+            .unzip();
         let state = TaskState::fold(&history);
         let bytes = sealed_len(&raws);
         let request = AppendRequest {

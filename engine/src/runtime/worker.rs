@@ -405,20 +405,22 @@ impl Driver {
             );
             // Sealed once: the same canonical payloads give the hashes and
             // the bytes the budget counts.
-            let seal = |events: &[NewEvent]| {
+            // The payloads move into the events kept (`decision.events` is
+            // empty after this).
+            let seal = |events: Vec<NewEvent>| {
                 let (events, raws): (Vec<Event>, Vec<_>) =
-                    event::seal(&self.task_id, before_seq, &before_hash, now, events)
+                    event::seal_owned(&self.task_id, before_seq, &before_hash, now, events)
                         .into_iter()
                         .unzip();
                 let added = sealed_len(&raws);
                 (events, raws, added)
             };
-            let (mut new_events, mut raws, mut added) = seal(&decision.events);
+            let (mut new_events, mut raws, mut added) = seal(std::mem::take(&mut decision.events));
             if let Some(blocked) = self.over_budget(&history, &decision, added, now) {
                 decision = blocked;
-                (new_events, raws, added) = seal(&decision.events);
+                (new_events, raws, added) = seal(std::mem::take(&mut decision.events));
             }
-            if !decision.events.is_empty() {
+            if !new_events.is_empty() {
                 // Fed this decision's events: good only once they are appended.
                 let fed = decision.instance.take();
                 let after = decision.state;
