@@ -303,7 +303,7 @@ macro_rules! outbox_methods {
                 }
                 // The open notifications of the new items' groups.
                 let mut open = Vec::new();
-                let group_keys = page::ChunkKeys::group_keys(items, &fresh);
+                let group_keys = page::group_keys(items, &fresh);
                 if !group_keys.is_empty() {
                     let mut qb = sqlx::QueryBuilder::<<$ty as HasDb>::Db>::new(
                         "SELECT n.id, n.group_key, b.body, n.item_count FROM notifications n JOIN notification_bodies b ON b.id = n.id

@@ -246,7 +246,7 @@ fn chunk_of_page(
     }
     // The open notifications of the new items' groups.
     let mut open = Vec::new();
-    let group_keys = page::ChunkKeys::group_keys(items, &fresh);
+    let group_keys = page::group_keys(items, &fresh);
     if !group_keys.is_empty() {
         let mut read = c
             .prepare_cached(

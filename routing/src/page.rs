@@ -91,14 +91,14 @@ impl<'a> ChunkKeys<'a> {
             .iter()
             .partition(|&&i| inserted.contains(&items[i].0.item_key))
     }
+}
 
-    /// The group keys whose open notification the fresh items may join.
-    pub(crate) fn group_keys<'b>(items: &'b [Item], fresh: &[usize]) -> HashSet<&'b str> {
-        fresh
-            .iter()
-            .map(|&i| items[i].0.group_key.as_str())
-            .collect()
-    }
+/// The group keys whose open notification the fresh items may join.
+pub(crate) fn group_keys<'b>(items: &'b [Item], fresh: &[usize]) -> HashSet<&'b str> {
+    fresh
+        .iter()
+        .map(|&i| items[i].0.group_key.as_str())
+        .collect()
 }
 
 /// What a chunk writes, and what each of its items got.
