@@ -615,3 +615,108 @@ fn limits_refuse_oversized_payloads_and_odd_names() {
             .is_ok()
     );
 }
+
+/// `due` names what must run (target, attempt) without building it, and
+/// `action` builds one: together exactly `actions`, which the driver relies
+/// on when it builds only the attempts not already running.
+#[test]
+fn due_lists_what_actions_builds_and_action_builds_each() {
+    use super::decide::{Due, action, due};
+    let mut step_b = step_a_scheduled();
+    if let EventPayload::StepScheduled {
+        command,
+        name,
+        input,
+        timeout_ms,
+        ..
+    } = &mut step_b
+    {
+        *command = 1;
+        *name = "b".into();
+        *input = json!({"n": 2});
+        *timeout_ms = 5_000;
+    }
+    let mut events = vec![submitted(), started(), step_a_scheduled(), step_b]; // 1..4
+    let state = TaskState::fold(&history(events.clone()));
+    let listed: Vec<Due> = due(&state, 5_000).collect();
+    assert_eq!(
+        listed,
+        vec![
+            Due {
+                target: Target::Step(3),
+                attempt: 1
+            },
+            Due {
+                target: Target::Step(4),
+                attempt: 1
+            },
+        ]
+    );
+    let built: Vec<_> = listed.iter().filter_map(|d| action(&state, *d)).collect();
+    assert_eq!(built, actions(&state, 5_000));
+    assert_eq!(built[1].input, json!({"n": 2}));
+    assert_eq!(built[1].timeout_ms, 5_000);
+    assert_eq!(built[1].compensates_step_seq, None);
+
+    // Paused: nothing is due, though both steps are open.
+    let mut paused = events.clone();
+    paused.push(EventPayload::TaskPaused { reason: None });
+    assert_eq!(due(&TaskState::fold(&history(paused)), 5_000).count(), 0);
+
+    // Step b fails for good, its effect unknown, and its compensation runs:
+    // due after the open step, with the timeout of the step it undoes.
+    events.push(EventPayload::StepFailed {
+        step_seq: 4,
+        attempt: 1,
+        error: RecordedError {
+            message: "boom".into(),
+            retryable: false,
+            effect_unknown: true,
+        },
+        started_at_ms: 0,
+        duration_ms: 1,
+    }); // 5
+    events.push(EventPayload::CompensationStarted {
+        step_seq: 4,
+        tool: "undo".into(),
+        input: json!({"n": 1}),
+        retry: RetryPolicy::compensation_default(),
+    }); // 6
+    let state = TaskState::fold(&history(events));
+    let listed: Vec<Due> = due(&state, 5_000).collect();
+    assert!(
+        listed.contains(&Due {
+            target: Target::Compensation(6),
+            attempt: 1
+        }),
+        "{listed:?}"
+    );
+    let undo = action(
+        &state,
+        Due {
+            target: Target::Compensation(6),
+            attempt: 1,
+        },
+    )
+    .expect("the compensation exists");
+    assert_eq!(undo.tool, "undo");
+    assert_eq!(undo.timeout_ms, 5_000, "step b's, not the default");
+    assert_eq!(undo.compensates_step_seq, Some(4));
+    assert_eq!(
+        listed
+            .iter()
+            .filter_map(|d| action(&state, *d))
+            .collect::<Vec<_>>(),
+        actions(&state, 5_000)
+    );
+    assert!(
+        action(
+            &state,
+            Due {
+                target: Target::Step(99),
+                attempt: 1
+            }
+        )
+        .is_none()
+    );
+}
