@@ -449,7 +449,7 @@ impl Engine {
                 });
             }
             let now = s.clock.now_ms();
-            let sealed = event::seal(task_id, state.last_seq, &state.last_hash, now, &new);
+            let sealed = event::seal_owned(task_id, state.last_seq, &state.last_hash, now, new);
             let mut after = state.clone();
             for (e, _) in &sealed {
                 after.apply(task_id, e.seq, e.recorded_at_ms, &e.payload);
